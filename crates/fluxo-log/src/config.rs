@@ -1,0 +1,198 @@
+//! Topic configuration: the subset of Kafka's topic configs that fluxo acts
+//! on, with Kafka's names and defaults. Unknown keys are refused, so a typo
+//! never silently does nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{LogError, Result};
+
+/// How a topic's records get their timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// One config key fluxo knows: its Kafka name, default, and validator.
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+    validate: fn(&str) -> std::result::Result<(), String>,
+}
+
+fn non_negative_int(v: &str) -> std::result::Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(()),
+        _ => Err("must be a non-negative integer".into()),
+    }
+}
+
+fn int_or_minus_one(v: &str) -> std::result::Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if n >= -1 => Ok(()),
+        _ => Err("must be an integer, -1 for unlimited".into()),
+    }
+}
+
+fn positive_int(v: &str) -> std::result::Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(()),
+        _ => Err("must be a positive integer".into()),
+    }
+}
+
+fn segment_bytes(v: &str) -> std::result::Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if (14..=i32::MAX as i64).contains(&n) => Ok(()),
+        _ => Err("must be an integer between 14 and 2147483647".into()),
+    }
+}
+
+fn timestamp_type(v: &str) -> std::result::Result<(), String> {
+    match v {
+        "CreateTime" | "LogAppendTime" => Ok(()),
+        _ => Err("must be CreateTime or LogAppendTime".into()),
+    }
+}
+
+fn cleanup_policy(v: &str) -> std::result::Result<(), String> {
+    let ok = v
+        .split(',')
+        .map(str::trim)
+        .all(|p| p == "delete" || p == "compact");
+    if ok {
+        Ok(())
+    } else {
+        Err("must be a list of delete and/or compact".into())
+    }
+}
+
+fn any_compression(v: &str) -> std::result::Result<(), String> {
+    match v {
+        "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+        _ => Err("must be one of producer, uncompressed, gzip, snappy, lz4, zstd".into()),
+    }
+}
+
+/// Every topic config fluxo accepts.
+pub const CONFIG_DEFS: &[ConfigDef] = &[
+    ConfigDef { name: "cleanup.policy", default: "delete", doc: "delete old segments, or compact by key", validate: cleanup_policy },
+    ConfigDef { name: "compression.type", default: "producer", doc: "batches are stored as the producer sent them", validate: any_compression },
+    ConfigDef { name: "flush.messages", default: "9223372036854775807", doc: "fsync after this many messages", validate: positive_int },
+    ConfigDef { name: "flush.ms", default: "9223372036854775807", doc: "fsync data older than this", validate: non_negative_int },
+    ConfigDef { name: "index.interval.bytes", default: "4096", doc: "bytes between offset index entries", validate: non_negative_int },
+    ConfigDef { name: "max.message.bytes", default: "1048588", doc: "largest record batch accepted", validate: non_negative_int },
+    ConfigDef { name: "message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime", validate: timestamp_type },
+    ConfigDef { name: "min.insync.replicas", default: "1", doc: "accepted for compatibility; fluxo is one replica", validate: positive_int },
+    ConfigDef { name: "retention.bytes", default: "-1", doc: "delete old segments beyond this size per partition", validate: int_or_minus_one },
+    ConfigDef { name: "retention.ms", default: "604800000", doc: "delete segments older than this", validate: int_or_minus_one },
+    ConfigDef { name: "segment.bytes", default: "1073741824", doc: "roll a segment at this size", validate: segment_bytes },
+    ConfigDef { name: "segment.ms", default: "604800000", doc: "roll a segment after this age", validate: positive_int },
+];
+
+pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
+    CONFIG_DEFS.iter().find(|d| d.name == name)
+}
+
+/// Checks one key/value pair; the error names the key and the rule.
+pub fn validate_config(name: &str, value: &str) -> Result<()> {
+    let def = config_def(name).ok_or_else(|| LogError::InvalidConfig(format!("unknown topic config '{name}'")))?;
+    (def.validate)(value).map_err(|why| LogError::InvalidConfig(format!("{name}={value}: {why}")))
+}
+
+/// A topic's explicit overrides; everything else takes the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub overrides: BTreeMap<String, String>,
+}
+
+impl TopicConfig {
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<TopicConfig>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut overrides = BTreeMap::new();
+        for (k, v) in pairs {
+            let (k, v) = (k.into(), v.into());
+            validate_config(&k, &v)?;
+            overrides.insert(k, v);
+        }
+        Ok(TopicConfig { overrides })
+    }
+
+    /// The effective value and whether it is the default.
+    pub fn get(&self, name: &str) -> Option<(String, bool)> {
+        if let Some(v) = self.overrides.get(name) {
+            return Some((v.clone(), false));
+        }
+        config_def(name).map(|d| (d.default.to_string(), true))
+    }
+
+    fn int(&self, name: &str) -> i64 {
+        // Values were validated when set; a default always parses.
+        self.get(name)
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or(i64::MAX)
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.int("max.message.bytes").clamp(0, i32::MAX as i64) as usize
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.int("segment.bytes") as u64
+    }
+
+    pub fn segment_ms(&self) -> i64 {
+        self.int("segment.ms")
+    }
+
+    pub fn retention_ms(&self) -> i64 {
+        self.int("retention.ms")
+    }
+
+    pub fn retention_bytes(&self) -> i64 {
+        self.int("retention.bytes")
+    }
+
+    pub fn flush_messages(&self) -> i64 {
+        self.int("flush.messages")
+    }
+
+    pub fn flush_ms(&self) -> i64 {
+        self.int("flush.ms")
+    }
+
+    pub fn index_interval_bytes(&self) -> usize {
+        self.int("index.interval.bytes").clamp(0, i32::MAX as i64) as usize
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        match self.get("message.timestamp.type") {
+            Some((v, _)) if v == "LogAppendTime" => TimestampType::LogAppendTime,
+            _ => TimestampType::CreateTime,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_overrides_and_refusals() {
+        let c = TopicConfig::from_pairs([("retention.ms", "1000")]).unwrap();
+        assert_eq!(c.retention_ms(), 1000);
+        assert_eq!(c.max_message_bytes(), 1_048_588);
+        assert_eq!(c.get("retention.ms"), Some(("1000".into(), false)));
+        assert_eq!(c.get("segment.ms").map(|(_, d)| d), Some(true));
+        assert!(TopicConfig::from_pairs([("retention.msx", "1")]).is_err());
+        assert!(TopicConfig::from_pairs([("segment.bytes", "10")]).is_err());
+        assert!(TopicConfig::from_pairs([("message.timestamp.type", "Now")]).is_err());
+    }
+}

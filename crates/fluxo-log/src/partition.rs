@@ -1,0 +1,550 @@
+//! A partition's log: an ordered list of segments, the append path with
+//! offset assignment, group-committed fsync, reads, and retention.
+//!
+//! Invariants:
+//! - offsets are dense and increasing across segments; a batch's base
+//!   offset is assigned under the append lock, so concurrent producers to
+//!   one partition are serialised in arrival order;
+//! - a batch is visible to readers (below `end_offset`) only after all its
+//!   bytes are in the file, so a reader never sees a partial batch;
+//! - `flushed_offset` never passes data that has not been fsynced.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::batch::{assign_offset, split_batches, BatchHeader};
+use crate::config::{TimestampType, TopicConfig};
+use crate::segment::Segment;
+use crate::{now_ms, LogError, Result};
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp for `LogAppendTime` topics, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    /// Whether the topic's flush policy asks for an fsync now.
+    pub flush_due: bool,
+    pub records: i64,
+    pub bytes: usize,
+}
+
+struct AppendState {
+    messages_since_flush: i64,
+}
+
+pub struct PartitionLog {
+    pub topic: String,
+    pub partition: i32,
+    dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    append_lock: Mutex<AppendState>,
+    log_start_offset: AtomicI64,
+    flushed_offset: AtomicI64,
+    last_flush_ms: AtomicI64,
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Set when a write failed and could not be undone: no more appends.
+    offline: AtomicBool,
+    /// Publishes the end offset, so long-polling fetches wake on appends.
+    end_offset_tx: watch::Sender<i64>,
+}
+
+/// A snapshot of a partition's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub log_start_offset: i64,
+    pub end_offset: i64,
+    pub size_bytes: u64,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition directory. Sealed segments are
+    /// trusted with their indexes; the last segment is fully validated.
+    pub fn open(dir: &Path, topic: &str, partition: i32, config: Arc<TopicConfig>) -> Result<PartitionLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".log") {
+                match stem.parse::<i64>() {
+                    Ok(base) => bases.push(base),
+                    Err(_) => tracing::warn!(dir = %dir.display(), "ignoring stray file {name}"),
+                }
+            } else if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        let interval = config.index_interval_bytes();
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for (i, base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            let path = dir.join(crate::segment::log_file_name(*base));
+            let seg = Segment::open(&path, *base, last, interval)?;
+            segments.push(Arc::new(seg));
+        }
+        if segments.is_empty() {
+            segments.push(Arc::new(Segment::create(dir, 0, now_ms())?));
+        }
+        // A sealed segment whose recovered end does not meet the next base
+        // is tolerated (offsets may have gaps after retention), but never
+        // overlaps: the next segment's base wins.
+        let end = segments.last().map(|s| s.next_offset()).unwrap_or(0);
+        let start = segments.first().map(|s| s.base_offset).unwrap_or(0);
+        let (end_offset_tx, _) = watch::channel(end);
+        Ok(PartitionLog {
+            topic: topic.to_string(),
+            partition,
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            segments: RwLock::new(segments),
+            append_lock: Mutex::new(AppendState { messages_since_flush: 0 }),
+            log_start_offset: AtomicI64::new(start),
+            // What survived recovery is on disk.
+            flushed_offset: AtomicI64::new(end),
+            last_flush_ms: AtomicI64::new(now_ms()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            offline: AtomicBool::new(false),
+            end_offset_tx,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn set_config(&self, config: Arc<TopicConfig>) {
+        *self.config.write() = config;
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config.read().clone()
+    }
+
+    pub fn end_offset(&self) -> i64 {
+        *self.end_offset_tx.borrow()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    pub fn offsets(&self) -> PartitionOffsets {
+        let segs = self.segments.read();
+        PartitionOffsets {
+            log_start_offset: self.log_start_offset(),
+            end_offset: self.end_offset(),
+            size_bytes: segs.iter().map(|s| s.size()).sum(),
+        }
+    }
+
+    /// A receiver that changes whenever the end offset moves.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.end_offset_tx.subscribe()
+    }
+
+    /// Validates and appends a produce request's record set. The batches
+    /// are rewritten in place with their offsets and then written as is.
+    pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo> {
+        if self.offline.load(Ordering::Acquire) {
+            return Err(LogError::Offline("an earlier write failed".into()));
+        }
+        let config = self.config();
+        let batches = split_batches(records)?;
+        let max = config.max_message_bytes();
+        if let Some((_, h)) = batches.iter().find(|(_, h)| h.size > max) {
+            return Err(LogError::MessageTooLarge { size: h.size, max });
+        }
+        let now = now_ms();
+        let append_time = (config.timestamp_type() == TimestampType::LogAppendTime).then_some(now);
+        let mut state = self.append_lock.lock();
+        let mut segment = self.active_segment();
+        if self.should_roll(&segment, records.len() as u64, &config, now) {
+            segment = self.roll(&segment, now)?;
+        }
+        let base = segment.next_offset();
+        let mut next = base;
+        let mut placed: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
+        let mut count = 0i64;
+        for (range, h) in &batches {
+            let batch = &mut records[range.clone()];
+            assign_offset(batch, next, append_time);
+            let mut h = *h;
+            h.base_offset = next;
+            if let Some(t) = append_time {
+                h.max_timestamp = t;
+            }
+            placed.push((range.start, h));
+            next = h.last_offset() + 1;
+            count += h.record_count as i64;
+        }
+        if let Err(e) = segment.append(records, &placed, now, config.index_interval_bytes()) {
+            if matches!(e, LogError::Offline(_)) {
+                self.offline.store(true, Ordering::Release);
+            }
+            return Err(e);
+        }
+        state.messages_since_flush += count;
+        let flush_due = state.messages_since_flush >= config.flush_messages();
+        drop(state);
+        self.end_offset_tx.send_replace(next);
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: next - 1,
+            log_append_time: append_time.unwrap_or(-1),
+            log_start_offset: self.log_start_offset(),
+            flush_due,
+            records: count,
+            bytes: records.len(),
+        })
+    }
+
+    fn active_segment(&self) -> Arc<Segment> {
+        // There is always at least one segment.
+        self.segments.read().last().cloned().expect("a partition always has a segment")
+    }
+
+    fn should_roll(&self, seg: &Segment, incoming: u64, config: &TopicConfig, now: i64) -> bool {
+        if seg.is_empty() {
+            return false;
+        }
+        seg.size() + incoming > config.segment_bytes()
+            || seg.size() + incoming > u32::MAX as u64
+            || now - seg.created_ms() >= config.segment_ms()
+    }
+
+    /// Seals the active segment (fsync, index files) and starts a new one.
+    fn roll(&self, old: &Arc<Segment>, now: i64) -> Result<Arc<Segment>> {
+        old.sync()?;
+        old.write_indexes()?;
+        let base = old.next_offset();
+        let seg = Arc::new(Segment::create(&self.dir, base, now)?);
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.segments.write().push(seg.clone());
+        // Everything in sealed segments is on disk now.
+        self.flushed_offset.fetch_max(base, Ordering::AcqRel);
+        tracing::debug!(topic = %self.topic, partition = self.partition, "rolled segment at offset {base}");
+        Ok(seg)
+    }
+
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed_offset.load(Ordering::Acquire)
+    }
+
+    /// Waits until every offset below `offset` is fsynced. Concurrent
+    /// callers share fsyncs: whoever holds the flush lock syncs everything
+    /// appended so far, and callers queued behind it usually find their
+    /// data already covered (group commit).
+    pub async fn sync_to(self: &Arc<Self>, offset: i64) -> Result<()> {
+        if self.flushed_offset() >= offset {
+            return Ok(());
+        }
+        let _guard = self.flush_lock.lock().await;
+        if self.flushed_offset() >= offset {
+            return Ok(());
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.sync_now())
+            .await
+            .map_err(|e| LogError::Offline(format!("fsync task failed: {e}")))?
+    }
+
+    /// fsyncs the active segment; everything appended before the call is
+    /// durable when it returns.
+    pub fn sync_now(&self) -> Result<()> {
+        let (segment, target) = {
+            let state = self.append_lock.lock();
+            let seg = self.active_segment();
+            let target = seg.next_offset();
+            drop(state);
+            (seg, target)
+        };
+        if self.flushed_offset() >= target {
+            return Ok(());
+        }
+        segment.sync()?;
+        self.flushed_offset.fetch_max(target, Ordering::AcqRel);
+        self.last_flush_ms.store(now_ms(), Ordering::Release);
+        self.append_lock.lock().messages_since_flush = 0;
+        Ok(())
+    }
+
+    /// For `flush.ms`: whether unflushed data is older than the policy.
+    pub fn flush_overdue(&self, now: i64) -> bool {
+        let flush_ms = self.config().flush_ms();
+        self.flushed_offset() < self.end_offset() && now - self.last_flush_ms.load(Ordering::Acquire) >= flush_ms
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`.
+    /// Returns empty bytes at the end of the log.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        let start = self.log_start_offset();
+        let end = self.end_offset();
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end {
+            return Ok(Bytes::new());
+        }
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let i = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        for seg in &segments[i..] {
+            if let Some(pos) = seg.position_of(offset)? {
+                return seg.read(pos, max_bytes);
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// The first batch holding a record with timestamp >= `ts`, with its
+    /// base offset; the caller finds the exact record inside it.
+    pub fn find_batch_by_timestamp(&self, ts: i64) -> Result<Option<(i64, Bytes)>> {
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        for seg in &segments {
+            if let Some(pos) = seg.position_of_timestamp(ts)? {
+                let bytes = seg.read(pos, 0)?;
+                let h = BatchHeader::parse(&bytes)?;
+                return Ok(Some((h.base_offset, bytes)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest timestamp in the log and the batch that holds it.
+    pub fn max_timestamp_batch(&self) -> Result<Option<(i64, Bytes)>> {
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let Some(seg) = segments.iter().filter(|s| !s.is_empty()).max_by_key(|s| s.max_timestamp()) else {
+            return Ok(None);
+        };
+        let ts = seg.max_timestamp();
+        match seg.position_of_timestamp(ts)? {
+            Some(pos) => {
+                let bytes = seg.read(pos, 0)?;
+                let h = BatchHeader::parse(&bytes)?;
+                Ok(Some((h.base_offset, bytes)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes whole segments that retention rules out; never the active
+    /// one. Returns the number of segments removed.
+    pub fn enforce_retention(&self, now: i64) -> usize {
+        let config = self.config();
+        let retention_ms = config.retention_ms();
+        let retention_bytes = config.retention_bytes();
+        let mut removed = Vec::new();
+        {
+            let mut segs = self.segments.write();
+            let mut total: i64 = segs.iter().map(|s| s.size() as i64).sum();
+            while segs.len() > 1 {
+                let first = &segs[0];
+                let newest = if first.max_timestamp() >= 0 { first.max_timestamp() } else { first.last_modified_ms() };
+                let too_old = retention_ms >= 0 && now - newest > retention_ms;
+                let too_big = retention_bytes >= 0 && total - first.size() as i64 >= retention_bytes;
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= first.size() as i64;
+                removed.push(segs.remove(0));
+            }
+            if let Some(first) = segs.first() {
+                self.log_start_offset.fetch_max(first.base_offset, Ordering::AcqRel);
+            }
+        }
+        for seg in &removed {
+            tracing::info!(topic = %self.topic, partition = self.partition, "retention deletes segment at offset {}", seg.base_offset);
+            seg.delete_files();
+        }
+        removed.len()
+    }
+
+    /// Flushes and writes index files, for a clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.sync_now()?;
+        for seg in self.segments.read().iter() {
+            seg.write_indexes()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::make_batch;
+
+    fn open(dir: &Path, config: TopicConfig) -> PartitionLog {
+        PartitionLog::open(dir, "t", 0, Arc::new(config)).unwrap()
+    }
+
+    #[test]
+    fn offsets_are_dense_and_reads_return_whole_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        for i in 0..10 {
+            let mut b = make_batch(3, 20, 1000 + i);
+            let info = log.append(&mut b).unwrap();
+            assert_eq!(info.base_offset, i * 3);
+            assert_eq!(info.last_offset, i * 3 + 2);
+        }
+        assert_eq!(log.end_offset(), 30);
+        let bytes = log.read(7, 1 << 20).unwrap();
+        let h = BatchHeader::parse(&bytes).unwrap();
+        assert_eq!(h.base_offset, 6, "the batch holding offset 7 starts at 6");
+        assert!(matches!(log.read(31, 100), Err(LogError::OffsetOutOfRange { .. })));
+        assert!(log.read(30, 100).unwrap().is_empty());
+        // A tiny max still returns one whole batch.
+        let one = log.read(0, 1).unwrap();
+        assert_eq!(BatchHeader::parse(&one).unwrap().size, one.len());
+    }
+
+    #[test]
+    fn segments_roll_by_size_and_survive_reopen_with_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::from_pairs([("segment.bytes", "2000"), ("index.interval.bytes", "100")]).unwrap();
+        {
+            let log = open(dir.path(), config.clone());
+            for i in 0..50 {
+                let mut b = make_batch(2, 50, 10_000 + i);
+                log.append(&mut b).unwrap();
+            }
+            log.close().unwrap();
+        }
+        let logs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log").collect();
+        assert!(logs.len() > 3, "expected several segments, got {}", logs.len());
+        let log = open(dir.path(), config);
+        assert_eq!(log.end_offset(), 100);
+        for off in [0, 1, 37, 99] {
+            let b = log.read(off, 10).unwrap();
+            let h = BatchHeader::parse(&b).unwrap();
+            assert!(h.base_offset <= off && h.last_offset() >= off);
+        }
+        let (base, _) = log.find_batch_by_timestamp(10_025).unwrap().unwrap();
+        assert_eq!(base, 50);
+        assert!(log.find_batch_by_timestamp(99_999).unwrap().is_none());
+        let (base, _) = log.max_timestamp_batch().unwrap().unwrap();
+        assert_eq!(base, 98);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let good_len;
+        {
+            let log = open(dir.path(), TopicConfig::default());
+            for i in 0..5 {
+                log.append(&mut make_batch(1, 10, i)).unwrap();
+            }
+            good_len = log.offsets().size_bytes;
+        }
+        // Half a batch at the end, as a crash mid-write leaves it.
+        let path = dir.path().join(crate::segment::log_file_name(0));
+        let mut data = std::fs::read(&path).unwrap();
+        let extra = make_batch(4, 10, 9);
+        data.extend_from_slice(&extra[..extra.len() / 2]);
+        std::fs::write(&path, &data).unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.end_offset(), 5);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+        assert_eq!(log.append(&mut make_batch(1, 10, 10)).unwrap().base_offset, 5);
+    }
+
+    #[test]
+    fn a_corrupt_batch_in_the_tail_is_cut_with_everything_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_len;
+        {
+            let log = open(dir.path(), TopicConfig::default());
+            log.append(&mut make_batch(2, 10, 1)).unwrap();
+            first_len = log.offsets().size_bytes;
+            log.append(&mut make_batch(2, 10, 2)).unwrap();
+            log.append(&mut make_batch(2, 10, 3)).unwrap();
+        }
+        let path = dir.path().join(crate::segment::log_file_name(0));
+        let mut data = std::fs::read(&path).unwrap();
+        data[first_len as usize + 70] ^= 0xff; // inside the second batch
+        std::fs::write(&path, &data).unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.end_offset(), 2);
+    }
+
+    #[test]
+    fn missing_or_corrupt_indexes_of_sealed_segments_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::from_pairs([("segment.bytes", "1000"), ("index.interval.bytes", "50")]).unwrap();
+        {
+            let log = open(dir.path(), config.clone());
+            for i in 0..40 {
+                log.append(&mut make_batch(1, 40, i)).unwrap();
+            }
+            log.close().unwrap();
+        }
+        let mut idx: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().unwrap() == "index").collect();
+        idx.sort();
+        std::fs::remove_file(&idx[0]).unwrap();
+        std::fs::write(&idx[1], b"garbage").unwrap();
+        let log = open(dir.path(), config);
+        assert_eq!(log.end_offset(), 40);
+        for off in 0..40 {
+            let h = BatchHeader::parse(&log.read(off, 1).unwrap()).unwrap();
+            assert_eq!(h.base_offset, off);
+        }
+        assert!(idx[0].exists(), "a rebuilt index is written back");
+    }
+
+    #[test]
+    fn retention_drops_old_segments_but_never_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::from_pairs([("segment.bytes", "500"), ("retention.bytes", "600")]).unwrap();
+        let log = open(dir.path(), config);
+        for i in 0..30 {
+            log.append(&mut make_batch(1, 40, i)).unwrap();
+        }
+        assert!(log.enforce_retention(now_ms()) > 0);
+        let o = log.offsets();
+        assert!(o.log_start_offset > 0);
+        assert!(o.size_bytes <= 600 + 500);
+        assert_eq!(o.end_offset, 30);
+        assert!(matches!(log.read(0, 10), Err(LogError::OffsetOutOfRange { .. })));
+    }
+
+    #[test]
+    fn log_append_time_topics_get_the_broker_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::from_pairs([("message.timestamp.type", "LogAppendTime")]).unwrap());
+        let info = log.append(&mut make_batch(1, 10, 5)).unwrap();
+        assert!(info.log_append_time >= now_ms() - 10_000);
+        let h = BatchHeader::parse(&log.read(0, 100).unwrap()).unwrap();
+        assert_eq!(h.max_timestamp, info.log_append_time);
+        assert!(h.is_log_append_time());
+    }
+
+    #[test]
+    fn oversized_batches_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::from_pairs([("max.message.bytes", "200")]).unwrap());
+        assert!(matches!(log.append(&mut make_batch(1, 500, 5)), Err(LogError::MessageTooLarge { .. })));
+        assert_eq!(log.end_offset(), 0);
+    }
+
+    #[tokio::test]
+    async fn sync_to_marks_data_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(dir.path(), TopicConfig::default()));
+        let info = log.append(&mut make_batch(3, 10, 5)).unwrap();
+        assert!(log.flushed_offset() < 3);
+        log.sync_to(info.last_offset + 1).await.unwrap();
+        assert_eq!(log.flushed_offset(), 3);
+    }
+}

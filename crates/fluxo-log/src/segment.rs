@@ -1,0 +1,452 @@
+//! One segment of a partition: a `.log` file of record batches plus its
+//! sparse offset index and time index.
+//!
+//! Index entries are kept in memory and written to `.index` / `.timeindex`
+//! when a segment is sealed (rolled) or the log is closed. The active
+//! segment's index files are never trusted: recovery rebuilds them from a
+//! full scan of the segment, which also validates every batch.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::batch::{BatchHeader, BatchScanner, LOG_OVERHEAD};
+use crate::{LogError, Result};
+
+/// An offset index entry: every `index.interval.bytes` of log, where a batch
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+/// A time index entry: the largest timestamp in the segment up to and
+/// including the batch at `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    pub max_timestamp: i64,
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Default)]
+struct Indexes {
+    offsets: Vec<OffsetEntry>,
+    times: Vec<TimeEntry>,
+    bytes_since_entry: usize,
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    log_path: PathBuf,
+    file: File,
+    /// Bytes of complete batches; readers never look past it.
+    size: AtomicU64,
+    /// Offset after the last batch in this segment.
+    next_offset: AtomicI64,
+    max_timestamp: AtomicI64,
+    /// Wall-clock ms of the first append, for `segment.ms` and retention.
+    created_ms: AtomicI64,
+    /// Wall-clock ms of the last append, for `retention.ms` when timestamps
+    /// are absent.
+    last_modified_ms: AtomicI64,
+    indexes: Mutex<Indexes>,
+}
+
+pub fn log_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+impl Segment {
+    /// Creates a new, empty segment file.
+    pub fn create(dir: &Path, base_offset: i64, now_ms: i64) -> Result<Segment> {
+        let log_path = dir.join(log_file_name(base_offset));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&log_path)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            file,
+            size: AtomicU64::new(0),
+            next_offset: AtomicI64::new(base_offset),
+            max_timestamp: AtomicI64::new(-1),
+            created_ms: AtomicI64::new(now_ms),
+            last_modified_ms: AtomicI64::new(now_ms),
+            indexes: Mutex::new(Indexes::default()),
+        })
+    }
+
+    /// Opens an existing segment. With `full_scan`, or when its index files
+    /// are missing or inconsistent, every batch is read and validated and a
+    /// torn or corrupt tail is cut off (the only data lost is data that was
+    /// never fully written).
+    pub fn open(log_path: &Path, base_offset: i64, full_scan: bool, index_interval: usize) -> Result<Segment> {
+        let file = OpenOptions::new().read(true).write(true).open(log_path)?;
+        let meta = file.metadata()?;
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let seg = Segment {
+            base_offset,
+            log_path: log_path.to_path_buf(),
+            file,
+            size: AtomicU64::new(meta.len()),
+            next_offset: AtomicI64::new(base_offset),
+            max_timestamp: AtomicI64::new(-1),
+            created_ms: AtomicI64::new(modified_ms),
+            last_modified_ms: AtomicI64::new(modified_ms),
+            indexes: Mutex::new(Indexes::default()),
+        };
+        if full_scan || !seg.load_indexes()? {
+            seg.recover(index_interval)?;
+            if !full_scan {
+                seg.write_indexes()?;
+            }
+        }
+        Ok(seg)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.log_path.with_extension("index")
+    }
+
+    fn time_index_path(&self) -> PathBuf {
+        self.log_path.with_extension("timeindex")
+    }
+
+    /// Scans the whole file, rebuilding indexes and cutting a bad tail.
+    fn recover(&self, index_interval: usize) -> Result<()> {
+        let len = self.file.metadata()?.len() as usize;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, 0)?;
+        let mut scanner = BatchScanner::new(&buf);
+        let mut idx = Indexes::default();
+        let mut next = self.base_offset;
+        let mut max_ts = -1i64;
+        let mut good = 0usize;
+        for (pos, h) in scanner.by_ref() {
+            if h.base_offset < next {
+                // Offsets must increase; a batch that goes back is garbage.
+                tracing::warn!(segment = %self.log_path.display(), "batch at byte {pos} has offset {} below {next}", h.base_offset);
+                break;
+            }
+            max_ts = max_ts.max(h.max_timestamp);
+            add_entries(&mut idx, self.base_offset, pos, &h, max_ts, index_interval);
+            next = h.last_offset() + 1;
+            good = pos + h.size;
+        }
+        if good < len {
+            let why = scanner
+                .stopped
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "offsets go backwards".into());
+            tracing::warn!(
+                segment = %self.log_path.display(),
+                "truncating {} bytes of torn or corrupt tail at byte {good}: {why}",
+                len - good
+            );
+            self.file.set_len(good as u64)?;
+            self.file.sync_all()?;
+        }
+        self.size.store(good as u64, Ordering::Release);
+        self.next_offset.store(next, Ordering::Release);
+        self.max_timestamp.store(max_ts, Ordering::Release);
+        *self.indexes.lock() = idx;
+        Ok(())
+    }
+
+    /// Loads the index files of a sealed segment; false if they are missing
+    /// or do not agree with the log file.
+    fn load_indexes(&self) -> Result<bool> {
+        let (Some(offsets), Some(times)) = (read_file(&self.index_path())?, read_file(&self.time_index_path())?) else {
+            return Ok(false);
+        };
+        // The index file ends with a trailer: the segment's next offset and
+        // the log size it describes.
+        if offsets.len() < 16 || (offsets.len() - 16) % 8 != 0 || times.len() % 16 != 0 {
+            return Ok(false);
+        }
+        let (body, trailer) = offsets.split_at(offsets.len() - 16);
+        let next = i64::from_be_bytes(trailer[0..8].try_into().unwrap_or_default());
+        let size = u64::from_be_bytes(trailer[8..16].try_into().unwrap_or_default());
+        if size != self.size.load(Ordering::Acquire) || next < self.base_offset {
+            return Ok(false);
+        }
+        let mut idx = Indexes::default();
+        for e in body.chunks_exact(8) {
+            let entry = OffsetEntry {
+                relative_offset: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+                position: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
+            };
+            if entry.position as u64 >= size || idx.offsets.last().is_some_and(|l| l.position >= entry.position) {
+                return Ok(false);
+            }
+            idx.offsets.push(entry);
+        }
+        let mut max_ts = -1;
+        for e in times.chunks_exact(16) {
+            let entry = TimeEntry {
+                max_timestamp: i64::from_be_bytes(e[0..8].try_into().unwrap_or_default()),
+                relative_offset: u32::from_be_bytes([e[8], e[9], e[10], e[11]]),
+                position: u32::from_be_bytes([e[12], e[13], e[14], e[15]]),
+            };
+            if entry.position as u64 >= size || entry.max_timestamp < max_ts {
+                return Ok(false);
+            }
+            max_ts = entry.max_timestamp;
+            idx.times.push(entry);
+        }
+        // The time index holds the segment's overall max timestamp last.
+        self.next_offset.store(next, Ordering::Release);
+        self.max_timestamp.store(max_ts, Ordering::Release);
+        *self.indexes.lock() = idx;
+        Ok(true)
+    }
+
+    /// Writes both index files (atomically, by rename).
+    pub fn write_indexes(&self) -> Result<()> {
+        let idx = self.indexes.lock();
+        let mut offsets = Vec::with_capacity(idx.offsets.len() * 8 + 16);
+        for e in &idx.offsets {
+            offsets.extend(e.relative_offset.to_be_bytes());
+            offsets.extend(e.position.to_be_bytes());
+        }
+        offsets.extend(self.next_offset().to_be_bytes());
+        offsets.extend(self.size().to_be_bytes());
+        let mut times = Vec::with_capacity(idx.times.len() * 16 + 16);
+        for e in &idx.times {
+            times.extend(e.max_timestamp.to_be_bytes());
+            times.extend(e.relative_offset.to_be_bytes());
+            times.extend(e.position.to_be_bytes());
+        }
+        // Record the overall max timestamp, so a reload knows it exactly.
+        let max_ts = self.max_timestamp();
+        if max_ts >= 0 && idx.times.last().is_none_or(|l| l.max_timestamp < max_ts) {
+            let last_batch = idx.offsets.last().copied().unwrap_or(OffsetEntry { relative_offset: 0, position: 0 });
+            times.extend(max_ts.to_be_bytes());
+            times.extend(last_batch.relative_offset.to_be_bytes());
+            times.extend(last_batch.position.to_be_bytes());
+        }
+        drop(idx);
+        write_atomically(&self.index_path(), &offsets)?;
+        write_atomically(&self.time_index_path(), &times)?;
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn last_modified_ms(&self) -> i64 {
+        self.last_modified_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size() == 0
+    }
+
+    /// Appends batches that already carry their offsets. On a failed write
+    /// the file is cut back so no partial batch stays behind.
+    pub fn append(&self, data: &[u8], headers: &[(usize, BatchHeader)], now_ms: i64, index_interval: usize) -> Result<()> {
+        let start = self.size();
+        if start + data.len() as u64 > u32::MAX as u64 {
+            return Err(LogError::SegmentFull);
+        }
+        if let Err(e) = self.file.write_all_at(data, start) {
+            if let Err(cut) = self.file.set_len(start) {
+                tracing::error!(segment = %self.log_path.display(), "could not cut a failed write back: {cut}");
+                return Err(LogError::Offline(format!("write failed ({e}) and could not be undone ({cut})")));
+            }
+            return Err(e.into());
+        }
+        if start == 0 {
+            self.created_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.last_modified_ms.store(now_ms, Ordering::Relaxed);
+        let mut idx = self.indexes.lock();
+        let mut max_ts = self.max_timestamp();
+        let mut last = self.next_offset();
+        for (pos, h) in headers {
+            max_ts = max_ts.max(h.max_timestamp);
+            add_entries(&mut idx, self.base_offset, start as usize + pos, h, max_ts, index_interval);
+            last = h.last_offset() + 1;
+        }
+        drop(idx);
+        self.max_timestamp.store(max_ts, Ordering::Release);
+        self.next_offset.store(last, Ordering::Release);
+        self.size.store(start + data.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Byte position of the batch holding `offset`, or of the first batch
+    /// after it; None if the segment ends before it.
+    pub fn position_of(&self, offset: i64) -> Result<Option<u64>> {
+        if offset >= self.next_offset() {
+            return Ok(None);
+        }
+        let rel = (offset - self.base_offset).max(0) as u32;
+        let start = {
+            let idx = self.indexes.lock();
+            let i = idx.offsets.partition_point(|e| e.relative_offset <= rel);
+            if i == 0 { 0 } else { idx.offsets[i - 1].position as u64 }
+        };
+        self.scan_from(start, |h| h.last_offset() >= offset)
+    }
+
+    /// Position of the first batch whose max timestamp is at least `ts`.
+    pub fn position_of_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        if self.max_timestamp() < ts {
+            return Ok(None);
+        }
+        let start = {
+            let idx = self.indexes.lock();
+            let i = idx.times.partition_point(|e| e.max_timestamp < ts);
+            // Entry i-1 is the last whose running max is below ts, so the
+            // match is after its batch; start scanning at that batch.
+            if i == 0 { 0 } else { idx.times[i - 1].position as u64 }
+        };
+        self.scan_from(start, |h| h.max_timestamp >= ts)
+    }
+
+    /// Walks batch headers from `start` until `found` says yes.
+    fn scan_from(&self, mut pos: u64, found: impl Fn(&BatchHeader) -> bool) -> Result<Option<u64>> {
+        let end = self.size();
+        let mut header = [0u8; crate::batch::BATCH_HEADER_LEN];
+        while pos + (crate::batch::BATCH_HEADER_LEN as u64) <= end {
+            self.file.read_exact_at(&mut header, pos)?;
+            let h = BatchHeader::parse(&header)?;
+            if found(&h) {
+                return Ok(Some(pos));
+            }
+            pos += h.size as u64;
+        }
+        Ok(None)
+    }
+
+    /// Reads whole batches from `position`, up to about `max_bytes`; the
+    /// first batch is returned whole even when it alone is larger, so a
+    /// consumer can always make progress.
+    pub fn read(&self, position: u64, max_bytes: usize) -> Result<Bytes> {
+        let end = self.size();
+        if position >= end {
+            return Ok(Bytes::new());
+        }
+        let available = (end - position) as usize;
+        let want = available.min(max_bytes.max(LOG_OVERHEAD));
+        let mut buf = BytesMut::zeroed(want);
+        self.file.read_exact_at(&mut buf, position)?;
+        // Cut at the last whole batch.
+        let mut cut = 0usize;
+        let mut first_size = None;
+        while cut + LOG_OVERHEAD <= buf.len() {
+            let len = i32::from_be_bytes([buf[cut + 8], buf[cut + 9], buf[cut + 10], buf[cut + 11]]);
+            if len < 0 {
+                return Err(LogError::CorruptBatch(format!("negative batch length at byte {}", position as usize + cut)));
+            }
+            let size = len as usize + LOG_OVERHEAD;
+            if first_size.is_none() {
+                first_size = Some(size);
+            }
+            if cut + size > buf.len() {
+                break;
+            }
+            cut += size;
+        }
+        if cut == 0 {
+            let size = first_size.unwrap_or(available).min(available);
+            let mut whole = BytesMut::zeroed(size);
+            self.file.read_exact_at(&mut whole, position)?;
+            return Ok(whole.freeze());
+        }
+        buf.truncate(cut);
+        Ok(buf.freeze())
+    }
+
+    /// Removes the segment's files.
+    pub fn delete_files(&self) {
+        for p in [self.log_path.clone(), self.index_path(), self.time_index_path()] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %p.display(), "could not delete: {e}");
+                }
+            }
+        }
+    }
+
+    /// Drops index files, so the next open rebuilds them.
+    pub fn remove_index_files(&self) {
+        let _ = std::fs::remove_file(self.index_path());
+        let _ = std::fs::remove_file(self.time_index_path());
+    }
+}
+
+fn add_entries(idx: &mut Indexes, base_offset: i64, position: usize, h: &BatchHeader, max_ts: i64, interval: usize) {
+    let rel = (h.base_offset - base_offset) as u32;
+    if idx.offsets.is_empty() || idx.bytes_since_entry >= interval {
+        idx.offsets.push(OffsetEntry { relative_offset: rel, position: position as u32 });
+        if idx.times.last().is_none_or(|l| l.max_timestamp < max_ts) {
+            idx.times.push(TimeEntry { max_timestamp: max_ts, relative_offset: rel, position: position as u32 });
+        }
+        idx.bytes_since_entry = 0;
+    }
+    idx.bytes_since_entry += h.size;
+}
+
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v)?;
+            Ok(Some(v))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a small file so that it is either the old or the new content
+/// after a crash: temp file, fsync, rename, fsync the directory.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
