@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from fluxo_helpers import fluxo_bin
+
 LISTEN_RE = re.compile(r"^fluxo: kafka listening on (\S+):(\d+)\s*$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -46,14 +47,6 @@ def _die_with_parent() -> None:
     # SIGKILL) the broker gets SIGKILL instead of lingering on.
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def fluxo_bin() -> str:
-    path = os.environ.get("FLUXO_BIN") or str(REPO_ROOT / "target" / "debug" / "fluxo")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"fluxo binary not found or not executable: {path} (set FLUXO_BIN)",
-                    pytrace=False)
-    return path
 
 
 class BrokerStartError(RuntimeError):

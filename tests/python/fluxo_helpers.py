@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
+
+import pytest
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def fluxo_bin() -> str:
+    path = os.environ.get("FLUXO_BIN") or str(REPO_ROOT / "target" / "debug" / "fluxo")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"fluxo binary not found or not executable: {path} (set FLUXO_BIN)",
+                    pytrace=False)
+    return path
+
 
 # librdkafka: keep clients quiet-ish but let real errors show up in captured stderr.
 BASE_CONF = {
@@ -76,7 +93,8 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1,
 def describe_topic_configs(bootstrap: str, topic: str, timeout: float = 30.0) -> dict:
     """name -> ConfigEntry for a topic."""
     res = ConfigResource(ResourceType.TOPIC, topic)
-    fs = admin(bootstrap).describe_configs([res], request_timeout=timeout)
+    a = admin(bootstrap)  # must stay alive until the future resolves
+    fs = a.describe_configs([res], request_timeout=timeout)
     return fs[res].result(timeout=timeout)
 
 
@@ -90,7 +108,6 @@ class Delivery:
     offset: int | None
     key: bytes | None
     value: bytes | None
-    headers: list | None
     timestamp: tuple
 
 
@@ -100,15 +117,18 @@ def producer(bootstrap: str, **conf) -> Producer:
 
 def produce_all(p: Producer, topic: str, records: Iterable[dict], flush_timeout: float = 120.0) -> list[Delivery]:
     """Produce records (dicts of Producer.produce kwargs: value, key, headers,
-    timestamp, partition) and return the delivery reports in completion order."""
-    reports: list[Delivery] = []
+    timestamp, partition) and return their delivery reports, in input order."""
+    reports: dict[int, Delivery] = {}
 
-    def cb(err, msg):
-        reports.append(Delivery(err, msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                msg.value(), msg.headers(), msg.timestamp()))
+    def make_cb(i):
+        def cb(err, msg):
+            reports[i] = Delivery(err, msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                                  msg.value(), msg.timestamp())
+        return cb
 
     n = 0
     for r in records:
+        cb = make_cb(n)
         while True:
             try:
                 p.produce(topic, on_delivery=cb, **r)
@@ -121,7 +141,7 @@ def produce_all(p: Producer, topic: str, records: Iterable[dict], flush_timeout:
     left = p.flush(flush_timeout)
     assert left == 0, f"{left} messages still undelivered after flush({flush_timeout})"
     assert len(reports) == n, f"{len(reports)} delivery reports for {n} messages"
-    return reports
+    return [reports[i] for i in range(n)]
 
 
 def assert_all_delivered(reports: list[Delivery]) -> None:
@@ -206,3 +226,110 @@ def assert_dense(recs_by_part: dict[int, list[Rec]]) -> None:
         offs = [r.offset for r in recs]
         assert offs == list(range(len(offs))), \
             f"partition {p}: offsets not dense from 0 (first few: {offs[:10]}, n={len(offs)})"
+
+
+# -- raw Kafka protocol (for ApiVersions checks and garbage tests) -----------
+
+API_VERSIONS_KEY = 18
+
+
+def raw_connect(bootstrap: str, timeout: float = 10.0) -> socket.socket:
+    host, port = bootstrap.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
+
+
+def request_header_v1(api_key: int, api_version: int, correlation_id: int,
+                      client_id: bytes = b"fluxo-raw-test") -> bytes:
+    return struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id
+
+
+def api_versions_v0_request(correlation_id: int) -> bytes:
+    return frame(request_header_v1(API_VERSIONS_KEY, 0, correlation_id))
+
+
+def api_versions_flexible_request(api_version: int, correlation_id: int) -> bytes:
+    """ApiVersions v3+ shape: request header v2 (tagged fields) and a body of
+    compact strings client_software_name/version + tagged fields."""
+    header = request_header_v1(API_VERSIONS_KEY, api_version, correlation_id) + b"\x00"
+    name, ver = b"fluxo-tests", b"1.0"
+    body = bytes([len(name) + 1]) + name + bytes([len(ver) + 1]) + ver + b"\x00"
+    return frame(header + body)
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(s: socket.socket) -> bytes | None:
+    """One response frame (without the size prefix), or None on EOF."""
+    size = recv_exact(s, 4)
+    if size is None:
+        return None
+    (n,) = struct.unpack(">i", size)
+    assert 0 <= n < 100 * 1024 * 1024, f"implausible response size {n}"
+    return recv_exact(s, n)
+
+
+def parse_api_versions_v0_response(payload: bytes) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """-> (correlation_id, error_code, {api_key: (min, max)}) for a v0 body."""
+    corr, err = struct.unpack_from(">ih", payload, 0)
+    off = 6
+    versions: dict[int, tuple[int, int]] = {}
+    if len(payload) >= off + 4:
+        (count,) = struct.unpack_from(">i", payload, off)
+        off += 4
+        for _ in range(max(count, 0)):
+            k, lo, hi = struct.unpack_from(">hhh", payload, off)
+            off += 6
+            versions[k] = (lo, hi)
+    return corr, err, versions
+
+
+def api_versions(bootstrap: str) -> dict[int, tuple[int, int]]:
+    """The broker's advertised {api_key: (min, max)} via ApiVersions v0."""
+    with raw_connect(bootstrap) as s:
+        s.sendall(api_versions_v0_request(4242))
+        payload = recv_frame(s)
+    assert payload is not None, "connection closed before ApiVersions v0 response"
+    corr, err, versions = parse_api_versions_v0_response(payload)
+    assert corr == 4242 and err == 0, (corr, err)
+    return versions
+
+
+def wait_closed(s: socket.socket, timeout: float = 10.0) -> bool:
+    """True if the peer closes (EOF or reset) within `timeout`; any bytes it
+    sends first are discarded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        s.settimeout(left)
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        if not data:
+            return True
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

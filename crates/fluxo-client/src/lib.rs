@@ -1,1 +1,180 @@
+//! A small async Kafka-protocol client, used by fluxo's CLI and benchmarks.
+//!
+//! One [`Client`] is one TCP connection. Requests are pipelined: any number
+//! may be in flight, and responses are matched to callers by correlation
+//! id. The version of each request is the highest that both this client and
+//! the broker speak (from ApiVersions at connect), capped per API at the
+//! versions this client fills in.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+pub mod partitioner;
+pub mod records;
+
+pub use records::{fetch, list_offset, produce, encode_batch, OutRecord, Fetched};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}. Is `fluxo serve` running there? Use --bootstrap HOST:PORT to point elsewhere")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the broker does not support {0:?}")]
+    Unsupported(ApiKey),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the connection closed before the response arrived")]
+    Closed,
+    #[error("{what}: {name} (Kafka error {code}){message}")]
+    Broker { what: String, code: i16, name: String, message: String },
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<Bytes>>>>;
+
+struct Outgoing {
+    frame: BytesMut,
+    correlation_id: i32,
+    reply: Option<oneshot::Sender<Bytes>>,
+}
+
+pub struct Client {
+    tx: mpsc::Sender<Outgoing>,
+    next_correlation: AtomicI32,
+    versions: HashMap<i16, (i16, i16)>,
+    pub addr: String,
+}
+
+/// The highest version of each request this client knows how to fill.
+fn client_max(key: ApiKey) -> i16 {
+    match key {
+        ApiKey::Produce => 9,
+        ApiKey::Fetch => 12,
+        ApiKey::ListOffsets => 7,
+        ApiKey::Metadata => 12,
+        ApiKey::CreateTopics => 7,
+        ApiKey::DeleteTopics => 5,
+        ApiKey::DescribeConfigs => 4,
+        ApiKey::CreatePartitions => 3,
+        _ => key.valid_versions().max,
+    }
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        stream.set_nodelay(true)?;
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);
+        let waiters: Waiters = Arc::default();
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                if let Some(reply) = out.reply {
+                    if let Ok(mut map) = w.lock() {
+                        map.insert(out.correlation_id, reply);
+                    }
+                }
+                if wr.write_all(&out.frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(size) = rd.read_i32().await else { break };
+                if size < 4 {
+                    break;
+                }
+                let mut buf = BytesMut::zeroed(size as usize);
+                if rd.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                let correlation = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                let waiter = w.lock().ok().and_then(|mut m| m.remove(&correlation));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(buf.freeze());
+                }
+            }
+            // Dropping the senders wakes everyone still waiting.
+            if let Ok(mut m) = w.lock() {
+                m.clear();
+            }
+        });
+        let mut client = Client { tx, next_correlation: AtomicI32::new(1), versions: HashMap::new(), addr: addr.to_string() };
+        let api_versions: ApiVersionsResponse = client.send_version(&ApiVersionsRequest::default(), 0).await?;
+        if api_versions.error_code != 0 {
+            return Err(ClientError::Protocol(format!("ApiVersions failed with error {}", api_versions.error_code)));
+        }
+        client.versions = api_versions.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        Ok(client)
+    }
+
+    /// The version to use for `key`, if the broker speaks one we do.
+    pub fn version_for(&self, key: ApiKey) -> Option<i16> {
+        let (min, max) = *self.versions.get(&(key as i16))?;
+        let v = max.min(client_max(key));
+        (v >= min).then_some(v)
+    }
+
+    /// Sends a request at the best common version and waits for its response.
+    pub async fn send<R: Request>(&self, request: &R) -> Result<R::Response> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
+        let version = self.version_for(key).ok_or(ClientError::Unsupported(key))?;
+        self.send_version(request, version).await
+    }
+
+    /// Sends without waiting for a response (Produce with acks=0).
+    pub async fn send_no_response<R: Request>(&self, request: &R) -> Result<()> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
+        let version = self.version_for(key).ok_or(ClientError::Unsupported(key))?;
+        let (frame, correlation_id) = self.encode(request, version)?;
+        self.tx.send(Outgoing { frame, correlation_id, reply: None }).await.map_err(|_| ClientError::Closed)
+    }
+
+    fn encode<R: Request>(&self, request: &R, version: i16) -> Result<(BytesMut, i32)> {
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("fluxo-cli"));
+        let mut frame = BytesMut::with_capacity(256);
+        frame.extend_from_slice(&[0; 4]);
+        header.encode(&mut frame, R::header_version(version)).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        request.encode(&mut frame, version).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let len = (frame.len() - 4) as i32;
+        frame[0..4].copy_from_slice(&len.to_be_bytes());
+        Ok((frame, correlation_id))
+    }
+
+    pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
+        let (frame, correlation_id) = self.encode(request, version)?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx.send(Outgoing { frame, correlation_id, reply: Some(reply_tx) }).await.map_err(|_| ClientError::Closed)?;
+        let mut bytes = reply_rx.await.map_err(|_| ClientError::Closed)?;
+        ResponseHeader::decode(&mut bytes, R::Response::header_version(version)).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        R::Response::decode(&mut bytes, version).map_err(|e| ClientError::Protocol(format!("{:?} response: {e}", ApiKey::try_from(R::KEY))))
+    }
+}
+
+/// Parses "host:port" into a socket address, resolving names.
+pub async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
+        .next()
+        .ok_or_else(|| ClientError::Connect { addr: addr.to_string(), source: std::io::Error::other("no address") })
+}

@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod config;
 pub mod partition;
+mod producer_state;
 pub mod segment;
 mod store;
 
@@ -58,6 +59,10 @@ pub enum LogError {
     SegmentFull,
     #[error("partition is offline: {0}")]
     Offline(String),
+    #[error("out of order sequence number: {0}")]
+    OutOfOrderSequence(String),
+    #[error("producer epoch is fenced: {0}")]
+    InvalidProducerEpoch(String),
     #[error("metadata file is unreadable: {0}")]
     Metadata(String),
 }

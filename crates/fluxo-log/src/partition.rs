@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::batch::{assign_offset, split_batches, BatchHeader};
 use crate::config::{TimestampType, TopicConfig};
+use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::Segment;
 use crate::{now_ms, LogError, Result};
 
@@ -34,10 +35,14 @@ pub struct AppendInfo {
     pub flush_due: bool,
     pub records: i64,
     pub bytes: usize,
+    /// The batch was a retry of one already in the log; nothing was written
+    /// and `base_offset` is where the original sits.
+    pub duplicate: bool,
 }
 
 struct AppendState {
     messages_since_flush: i64,
+    producers: ProducerStates,
 }
 
 pub struct PartitionLog {
@@ -108,7 +113,7 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),
             segments: RwLock::new(segments),
-            append_lock: Mutex::new(AppendState { messages_since_flush: 0 }),
+            append_lock: Mutex::new(AppendState { messages_since_flush: 0, producers: ProducerStates::default() }),
             log_start_offset: AtomicI64::new(start),
             // What survived recovery is on disk.
             flushed_offset: AtomicI64::new(end),
@@ -173,6 +178,22 @@ impl PartitionLog {
             segment = self.roll(&segment, now)?;
         }
         let base = segment.next_offset();
+        // Idempotent producers: a retried batch is answered with the offset
+        // it already has; a gap in sequence numbers is refused.
+        for (_, h) in &batches {
+            if let SequenceCheck::Duplicate { base_offset } = state.producers.check(h)? {
+                return Ok(AppendInfo {
+                    base_offset,
+                    last_offset: base_offset + h.last_offset_delta as i64,
+                    log_append_time: -1,
+                    log_start_offset: self.log_start_offset(),
+                    flush_due: false,
+                    records: 0,
+                    bytes: 0,
+                    duplicate: true,
+                });
+            }
+        }
         let mut next = base;
         let mut placed: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
         let mut count = 0i64;
@@ -194,6 +215,9 @@ impl PartitionLog {
             }
             return Err(e);
         }
+        for (_, h) in &placed {
+            state.producers.record(h);
+        }
         state.messages_since_flush += count;
         let flush_due = state.messages_since_flush >= config.flush_messages();
         drop(state);
@@ -206,6 +230,7 @@ impl PartitionLog {
             flush_due,
             records: count,
             bytes: records.len(),
+            duplicate: false,
         })
     }
 

@@ -100,6 +100,21 @@ impl LogStore {
         Ok(store)
     }
 
+    /// This node's cluster id, created once and kept in the data directory.
+    pub fn cluster_id(&self) -> Result<String> {
+        let path = self.data_dir.join("cluster.id");
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+            Ok(_) => Err(LogError::Metadata(format!("{} is empty", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = Uuid::new_v4().simple().to_string();
+                write_atomically(&path, id.as_bytes())?;
+                Ok(id)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -1,1 +1,83 @@
-fn main(){}
+//! The `fluxo` binary: the server and the command-line clients.
+//!
+//! This crate only wires the parts together: `serve` opens the log store
+//! and starts the protocol fronts; the client verbs talk to a running
+//! server over the Kafka protocol through `fluxo-client`.
+
+mod bench;
+mod cli;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fluxo", version, about = "One binary that takes in, keeps, processes and serves streams of events.")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: the Kafka-compatible broker and its durable log.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics on a running server.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCommand),
+    /// Produce lines from stdin to a topic.
+    Produce(cli::produce::ProduceArgs),
+    /// Consume records from a topic and print them.
+    Consume(cli::consume::ConsumeArgs),
+    /// Measure throughput and latency against a running server.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+const GUIDE: &str = "fluxo: one binary that takes in, keeps, processes and serves streams of events.
+
+Start a server (Kafka protocol on 127.0.0.1:9092, data in ./fluxo-data):
+    fluxo serve
+
+Then, from another terminal:
+    fluxo topic create clicks --partitions 3
+    echo '{\"user\": 1, \"page\": \"/\"}' | fluxo produce clicks --key-field user
+    fluxo consume clicks --from-beginning
+
+Any Kafka client works too, e.g. kcat -b 127.0.0.1:9092 -L
+
+Run `fluxo help` or `fluxo <command> --help` for every option.";
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let Some(command) = args.command else {
+        println!("{GUIDE}");
+        return std::process::ExitCode::SUCCESS;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLUXO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fluxo: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Serve(a) => serve::run(a).await,
+            Command::Topic(c) => cli::topic::run(c).await,
+            Command::Produce(a) => cli::produce::run(a).await,
+            Command::Consume(a) => cli::consume::run(a).await,
+            Command::Bench(c) => bench::run(c).await,
+        }
+    });
+    // Background tasks (stdin readers, connections) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fluxo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! One module per Kafka API family. [`dispatch`] routes a decoded request
+//! to its handler; [`supported_versions`] is the single table of what this
+//! broker speaks, used both for routing and for ApiVersions.
+
+pub mod admin;
+pub mod api_versions;
+pub mod configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod producer_id;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+
+use crate::Broker;
+
+/// A response that may still be waiting (for an fsync, a long poll); None
+/// means no response is sent (Produce with acks=0).
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext {
+    /// The address the client connected to; advertised back in Metadata.
+    pub local_addr: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// The versions of each API this broker serves, (min, max). Minimums are
+/// the oldest versions the `kafka-protocol` crate can decode; maximums are
+/// what fluxo implements fully.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    let range = match key {
+        ApiKey::Produce => (3, 11),
+        ApiKey::Fetch => (4, 16),
+        ApiKey::ListOffsets => (1, 9),
+        ApiKey::Metadata => (0, 12),
+        ApiKey::ApiVersions => (0, 4),
+        ApiKey::CreateTopics => (2, 7),
+        ApiKey::DeleteTopics => (1, 6),
+        ApiKey::CreatePartitions => (0, 3),
+        ApiKey::DescribeConfigs => (1, 4),
+        ApiKey::AlterConfigs => (0, 2),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
+        ApiKey::DescribeCluster => (0, 1),
+        ApiKey::InitProducerId => (0, 4),
+        _ => return None,
+    };
+    // Never claim more than the codec knows.
+    let codec = key.valid_versions();
+    Some((range.0.max(codec.min), range.1.min(codec.max)))
+}
+
+/// Every API key fluxo serves, in key order.
+pub fn supported_keys() -> Vec<ApiKey> {
+    (0..=i16::MAX)
+        .take(100)
+        .filter_map(|k| ApiKey::try_from(k).ok())
+        .filter(|k| supported_versions(*k).is_some())
+        .collect()
+}
+
+fn ready(response: ResponseKind) -> ResponseFuture {
+    Box::pin(async move { Some(response) })
+}
+
+pub fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, header: &RequestHeader, request: RequestKind) -> ResponseFuture {
+    let version = header.request_api_version;
+    match request {
+        RequestKind::ApiVersions(r) => ready(ResponseKind::ApiVersions(api_versions::handle(&r, version))),
+        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(broker, ctx, r, version))),
+        RequestKind::Produce(r) => produce::handle(broker, r, version),
+        RequestKind::Fetch(r) => fetch::handle(broker, r, version),
+        RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))),
+        RequestKind::CreateTopics(r) => ready(ResponseKind::CreateTopics(admin::create_topics(broker, r, version))),
+        RequestKind::DeleteTopics(r) => ready(ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version))),
+        RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(admin::create_partitions(broker, r))),
+        RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(metadata::describe_cluster(broker, ctx, r))),
+        RequestKind::DescribeConfigs(r) => ready(ResponseKind::DescribeConfigs(configs::describe(broker, r, version))),
+        RequestKind::AlterConfigs(r) => ready(ResponseKind::AlterConfigs(configs::alter(broker, r))),
+        RequestKind::IncrementalAlterConfigs(r) => ready(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(broker, r))),
+        RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(producer_id::handle(broker, r))),
+        other => {
+            // supported_versions() gates what reaches here.
+            tracing::error!("no handler for {other:?}; please report this bug");
+            Box::pin(async { None })
+        }
+    }
+}

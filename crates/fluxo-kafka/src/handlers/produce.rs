@@ -1,0 +1,103 @@
+//! Produce: validate, append in arrival order, then acknowledge per `acks`.
+
+use std::sync::Arc;
+
+use fluxo_log::{LogError, PartitionLog};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use super::ResponseFuture;
+use crate::errors::log_error_code;
+use crate::Broker;
+
+pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> ResponseFuture {
+    let acks = request.acks;
+    let mut response = ProduceResponse::default();
+    // (topic index, partition index) of appends that must be fsynced first.
+    let mut to_sync: Vec<(usize, usize, Arc<PartitionLog>, i64)> = Vec::new();
+    let request_error = if !matches!(acks, -1..=1) {
+        Some((ResponseError::InvalidRequiredAcks.code(), format!("acks={acks}; use -1 (all), 0 or 1")))
+    } else if request.transactional_id.is_some() {
+        Some((ResponseError::TransactionalIdAuthorizationFailed.code(), "transactions are not supported yet".to_string()))
+    } else {
+        None
+    };
+    for (ti, topic_data) in request.topic_data.into_iter().enumerate() {
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = topic_data.name.clone();
+        topic_response.topic_id = topic_data.topic_id;
+        let topic = if topic_data.name.0.is_empty() && !topic_data.topic_id.is_nil() {
+            broker.store.topic_by_id(topic_data.topic_id)
+        } else {
+            broker.store.topic(topic_data.name.0.as_str())
+        };
+        for (pi, partition_data) in topic_data.partition_data.into_iter().enumerate() {
+            let mut pr = PartitionProduceResponse::default();
+            pr.index = partition_data.index;
+            pr.base_offset = -1;
+            pr.log_append_time_ms = -1;
+            pr.log_start_offset = -1;
+            let outcome: Result<_, (i16, String)> = (|| {
+                if let Some(e) = &request_error {
+                    return Err(e.clone());
+                }
+                let log = topic
+                    .as_ref()
+                    .and_then(|t| t.partition(partition_data.index))
+                    .ok_or_else(|| (ResponseError::UnknownTopicOrPartition.code(), format!("no partition {} of topic '{}'", partition_data.index, topic_data.name.0.as_str())))?;
+                let records = partition_data
+                    .records
+                    .as_ref()
+                    .ok_or_else(|| (ResponseError::InvalidRecord.code(), "no records".to_string()))?;
+                if records.len() > i32::MAX as usize {
+                    return Err((ResponseError::MessageTooLarge.code(), "record set too large".to_string()));
+                }
+                // The batches get their offsets written in place.
+                let mut bytes = records.to_vec();
+                let info = log.append(&mut bytes).map_err(|e| {
+                    if !matches!(e, LogError::MessageTooLarge { .. } | LogError::OutOfOrderSequence(_)) {
+                        tracing::debug!(topic = %log.topic, partition = log.partition, "produce refused: {e}");
+                    }
+                    (log_error_code(&e), e.to_string())
+                })?;
+                Ok((log, info))
+            })();
+            match outcome {
+                Ok((log, info)) => {
+                    pr.base_offset = info.base_offset;
+                    pr.log_append_time_ms = info.log_append_time;
+                    pr.log_start_offset = info.log_start_offset;
+                    if acks == -1 || info.flush_due {
+                        to_sync.push((ti, pi, log, info.last_offset + 1));
+                    }
+                }
+                Err((code, message)) => {
+                    pr.error_code = code;
+                    if version >= 8 {
+                        pr.error_message = Some(StrBytes::from_string(message));
+                    }
+                }
+            }
+            topic_response.partition_responses.push(pr);
+        }
+        response.responses.push(topic_response);
+    }
+    Box::pin(async move {
+        let syncs = to_sync.into_iter().map(|(ti, pi, log, offset)| async move { (ti, pi, log.sync_to(offset).await) });
+        for (ti, pi, result) in futures::future::join_all(syncs).await {
+            if let Err(e) = result {
+                tracing::error!("fsync failed: {e}");
+                let pr = &mut response.responses[ti].partition_responses[pi];
+                pr.error_code = ResponseError::KafkaStorageError.code();
+                pr.base_offset = -1;
+            }
+        }
+        if acks == 0 {
+            None
+        } else {
+            Some(ResponseKind::Produce(response))
+        }
+    })
+}
