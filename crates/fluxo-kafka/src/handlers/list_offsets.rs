@@ -18,7 +18,7 @@ pub const MAX_TIMESTAMP: i64 = -3;
 pub const EARLIEST_LOCAL: i64 = -4;
 pub const LATEST_TIERED: i64 = -5;
 
-pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
     for t in request.topics {
         let topic = broker.store.topic(t.name.0.as_str());
@@ -29,7 +29,8 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, _version: i16) 
             pr.partition_index = p.partition_index;
             pr.timestamp = -1;
             pr.offset = -1;
-            pr.leader_epoch = 0;
+            // The field exists from v4; older versions must leave it unset.
+            pr.leader_epoch = if version >= 4 { 0 } else { -1 };
             match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                 None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(log) => match lookup(&log, p.timestamp) {

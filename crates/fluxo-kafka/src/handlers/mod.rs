@@ -93,3 +93,6 @@ pub fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, header: &RequestHead
         }
     }
 }
+
+#[cfg(test)]
+mod version_sweep_tests;
