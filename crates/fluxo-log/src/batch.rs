@@ -199,63 +199,6 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, log_append_time: Option
     }
 }
 
-/// Iterates over the complete, CRC-valid batches at the start of `buf`, as
-/// recovery does; stops at the first torn or corrupt one.
-pub struct BatchScanner<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    /// Why the scan stopped before the end of `buf`, if it did.
-    pub stopped: Option<LogError>,
-}
-
-impl<'a> BatchScanner<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        BatchScanner {
-            buf,
-            pos: 0,
-            stopped: None,
-        }
-    }
-
-    /// Byte position just after the last good batch returned.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-}
-
-impl Iterator for BatchScanner<'_> {
-    type Item = (usize, BatchHeader);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let rest = &self.buf[self.pos..];
-        if rest.is_empty() || self.stopped.is_some() {
-            return None;
-        }
-        let result = BatchHeader::parse(rest).and_then(|h| {
-            if h.size > rest.len() {
-                Err(LogError::CorruptBatch(format!(
-                    "torn batch: {} of {} bytes present",
-                    rest.len(),
-                    h.size
-                )))
-            } else {
-                validate_batch(&rest[..h.size])
-            }
-        });
-        match result {
-            Ok(h) => {
-                let at = self.pos;
-                self.pos += h.size;
-                Some((at, h))
-            }
-            Err(e) => {
-                self.stopped = Some(e);
-                None
-            }
-        }
-    }
-}
-
 fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -353,17 +296,5 @@ pub(crate) mod tests {
         let mut two = b.clone();
         two.extend_from_slice(&b);
         assert_eq!(split_batches(&two).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn scanner_stops_at_a_torn_tail() {
-        let mut buf = make_batch(2, 5, 1000);
-        let one = buf.len();
-        buf.extend(make_batch(2, 5, 1000));
-        buf.truncate(buf.len() - 3);
-        let mut s = BatchScanner::new(&buf);
-        assert_eq!(s.by_ref().count(), 1);
-        assert_eq!(s.position(), one);
-        assert!(s.stopped.is_some());
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::batch::{BatchHeader, BatchScanner, LOG_OVERHEAD};
+use crate::batch::{validate_batch, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use crate::{LogError, Result};
 
 /// An offset index entry: every `index.interval.bytes` of log, where a batch
@@ -127,42 +127,55 @@ impl Segment {
         self.log_path.with_extension("timeindex")
     }
 
-    /// Scans the whole file, rebuilding indexes and cutting a bad tail.
+    /// Scans the whole file batch by batch, rebuilding indexes and cutting
+    /// a bad tail. Reads one batch at a time, so memory stays bounded by
+    /// the largest batch, not the segment.
     fn recover(&self, index_interval: usize) -> Result<()> {
-        let len = self.file.metadata()?.len() as usize;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, 0)?;
-        let mut scanner = BatchScanner::new(&buf);
+        let len = self.file.metadata()?.len();
         let mut idx = Indexes::default();
         let mut next = self.base_offset;
         let mut max_ts = -1i64;
-        let mut good = 0usize;
-        for (pos, h) in scanner.by_ref() {
+        let mut pos = 0u64;
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        let mut batch = Vec::new();
+        let stopped: Option<String> = loop {
+            if pos == len {
+                break None;
+            }
+            if len - pos < BATCH_HEADER_LEN as u64 {
+                break Some(format!("torn batch header: {} bytes", len - pos));
+            }
+            self.file.read_exact_at(&mut header, pos)?;
+            let h = match BatchHeader::parse(&header) {
+                Ok(h) => h,
+                Err(e) => break Some(e.to_string()),
+            };
+            if pos + h.size as u64 > len {
+                break Some(format!("torn batch: {} of {} bytes present", len - pos, h.size));
+            }
+            batch.resize(h.size, 0);
+            self.file.read_exact_at(&mut batch, pos)?;
+            if let Err(e) = validate_batch(&batch) {
+                break Some(e.to_string());
+            }
             if h.base_offset < next {
-                // Offsets must increase; a batch that goes back is garbage.
-                tracing::warn!(segment = %self.log_path.display(), "batch at byte {pos} has offset {} below {next}", h.base_offset);
-                break;
+                break Some(format!("batch offset {} goes back below {next}", h.base_offset));
             }
             max_ts = max_ts.max(h.max_timestamp);
-            add_entries(&mut idx, self.base_offset, pos, &h, max_ts, index_interval);
+            add_entries(&mut idx, self.base_offset, pos as usize, &h, max_ts, index_interval);
             next = h.last_offset() + 1;
-            good = pos + h.size;
-        }
-        if good < len {
-            let why = scanner
-                .stopped
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "offsets go backwards".into());
+            pos += h.size as u64;
+        };
+        if let Some(why) = stopped {
             tracing::warn!(
                 segment = %self.log_path.display(),
-                "truncating {} bytes of torn or corrupt tail at byte {good}: {why}",
-                len - good
+                "truncating {} bytes of torn or corrupt tail at byte {pos}: {why}",
+                len - pos
             );
-            self.file.set_len(good as u64)?;
+            self.file.set_len(pos)?;
             self.file.sync_all()?;
         }
-        self.size.store(good as u64, Ordering::Release);
+        self.size.store(pos, Ordering::Release);
         self.next_offset.store(next, Ordering::Release);
         self.max_timestamp.store(max_ts, Ordering::Release);
         *self.indexes.lock() = idx;
@@ -342,8 +355,8 @@ impl Segment {
     /// Walks batch headers from `start` until `found` says yes.
     fn scan_from(&self, mut pos: u64, found: impl Fn(&BatchHeader) -> bool) -> Result<Option<u64>> {
         let end = self.size();
-        let mut header = [0u8; crate::batch::BATCH_HEADER_LEN];
-        while pos + (crate::batch::BATCH_HEADER_LEN as u64) <= end {
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while pos + (BATCH_HEADER_LEN as u64) <= end {
             self.file.read_exact_at(&mut header, pos)?;
             let h = BatchHeader::parse(&header)?;
             if found(&h) {

@@ -4,11 +4,15 @@
 //! and starts the protocol fronts; the client verbs talk to a running
 //! server over the Kafka protocol through `fluxo-client`.
 
+mod alloc;
 mod bench;
 mod cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: alloc::FluxoAllocator = alloc::FluxoAllocator;
 
 #[derive(Parser)]
 #[command(name = "fluxo", version, about = "One binary that takes in, keeps, processes and serves streams of events.")]

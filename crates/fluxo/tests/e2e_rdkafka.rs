@@ -160,6 +160,9 @@ async fn garbage_on_one_socket_leaves_everyone_else_served() {
         [&20i32.to_be_bytes()[..], &[0xff; 20]].concat(),
         // A Metadata v9 request whose topic array claims 2^31-1 entries.
         [&18i32.to_be_bytes()[..], &3i16.to_be_bytes(), &9i16.to_be_bytes(), &7i32.to_be_bytes(), &[0, 0], &[0], &[0xff, 0xff, 0xff, 0xff, 0x07]].concat(),
+        // A Produce v3 request whose topic array claims 2^31-1 entries: the
+        // codec would reserve ~200 GB for it.
+        [&21i32.to_be_bytes()[..], &0i16.to_be_bytes(), &3i16.to_be_bytes(), &1i32.to_be_bytes(), &(-1i16).to_be_bytes(), &(-1i16).to_be_bytes(), &1i16.to_be_bytes(), &1000i32.to_be_bytes(), &0x7fff_ffffi32.to_be_bytes()].concat(),
         // An unknown API key.
         [&8i32.to_be_bytes()[..], &999i16.to_be_bytes(), &0i16.to_be_bytes(), &1i32.to_be_bytes()].concat(),
     ];

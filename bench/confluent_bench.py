@@ -1,0 +1,124 @@
+"""Benchmarks fluxo with a real client, confluent-kafka (librdkafka).
+
+Usage: confluent_bench.py BOOTSTRAP {produce,consume,e2e} [options]
+Prints one human line and one `BENCH {json}` line per measurement.
+"""
+import argparse
+import json
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def report(line, data):
+    print(line, flush=True)
+    print("BENCH " + json.dumps(data), flush=True)
+
+
+def fresh_topic(boot, partitions):
+    name = f"cbench-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": boot})
+    for f in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        f.result()
+    return name
+
+
+def produce(boot, records, size, acks, partitions):
+    topic = fresh_topic(boot, partitions)
+    p = Producer({
+        "bootstrap.servers": boot,
+        "acks": acks,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 2_000_000,
+    })
+    value = b"x" * size
+    failed = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            failed.append(err)
+
+    start = time.perf_counter()
+    for i in range(records):
+        while True:
+            try:
+                p.produce(topic, value, partition=i % partitions, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.001)
+    p.flush(120)
+    secs = time.perf_counter() - start
+    assert not failed, failed[:3]
+    rate = records / secs
+    report(f"confluent-kafka produce: {records} x {size} B, acks={acks}, {partitions} partition(s): {rate:,.0f} records/s, {rate * size / 1e6:.1f} MB/s",
+           {"bench": "confluent_produce", "records": records, "record_size": size, "acks": acks, "partitions": partitions,
+            "records_per_sec": rate, "mb_per_sec": rate * size / 1e6})
+    return topic
+
+
+def consume(boot, topic, partitions, expected):
+    c = Consumer({"bootstrap.servers": boot, "group.id": "bench", "enable.auto.commit": False,
+                  "fetch.max.bytes": 50_000_000, "max.partition.fetch.bytes": 10_000_000})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = 0
+    start = time.perf_counter()
+    while got < expected:
+        msgs = c.consume(10000, 1.0)
+        got += sum(1 for m in msgs if m.error() is None)
+    secs = time.perf_counter() - start
+    c.close()
+    rate = got / secs
+    report(f"confluent-kafka consume: {got} records: {rate:,.0f} records/s",
+           {"bench": "confluent_consume", "records": got, "records_per_sec": rate})
+
+
+def e2e(boot, rate, seconds):
+    topic = fresh_topic(boot, 1)
+    p = Producer({"bootstrap.servers": boot, "acks": "1", "linger.ms": 0})
+    c = Consumer({"bootstrap.servers": boot, "group.id": "bench", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 100, "fetch.min.bytes": 1})
+    c.assign([TopicPartition(topic, 0, 0)])
+    total = rate * seconds
+    lat = []
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    sent = 0
+    while sent < total or len(lat) < total:
+        now = time.perf_counter()
+        while sent < total and start + sent * interval <= now:
+            p.produce(topic, str(time.perf_counter()).encode())
+            sent += 1
+        p.poll(0)
+        for m in c.consume(1000, 0.0005):
+            if m.error() is None:
+                lat.append(time.perf_counter() - float(m.value()))
+        if time.perf_counter() - start > seconds + 30:
+            break
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000
+    report(f"confluent-kafka e2e at {rate}/s: p50 {q(0.5):.3f} ms, p99 {q(0.99):.3f} ms, p99.9 {q(0.999):.3f} ms ({len(lat)} records)",
+           {"bench": "confluent_e2e", "rate": rate, "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)})
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bootstrap")
+    ap.add_argument("what", choices=["produce", "e2e"])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--acks", default="all")
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--consume", action="store_true", help="also consume the produced topic")
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--seconds", type=int, default=10)
+    a = ap.parse_args()
+    if a.what == "produce":
+        t = produce(a.bootstrap, a.records, a.size, a.acks, a.partitions)
+        if a.consume:
+            consume(a.bootstrap, t, a.partitions, a.records)
+    else:
+        e2e(a.bootstrap, a.rate, a.seconds)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the broker benchmarks against a fresh release build and prints every
+# figure; BENCHMARKS.md records the medians of several runs of this script.
+# Usage: scripts/bench.sh [RUNS]   (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+cargo build --release -p fluxo >/dev/null
+./scripts/setup-tests.sh >/dev/null
+bin=$PWD/target/release/fluxo
+py=$PWD/.venv/bin/python
+data=$(mktemp -d "$PWD/.bench-data.XXXX")
+log=$(mktemp)
+trap 'kill $(cat "$data.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$data" "$data.pid"' EXIT
+
+FLUXO_LOG=warn "$bin" serve --data-dir "$data" --kafka-addr 127.0.0.1:0 >"$log" 2>&1 &
+echo $! >"$data.pid"
+for _ in $(seq 100); do grep -q "kafka listening" "$log" && break; sleep 0.1; done
+boot=$(sed -n 's/^fluxo: kafka listening on //p' "$log")
+echo "machine: $(nproc) cores, $(uname -r); server at $boot, data in $data"
+
+for run in $(seq "$runs"); do
+  echo "== run $run"
+  "$bin" bench baseline --dir "$data" --megabytes 256 2>/dev/null
+  for size in 100 1024; do
+    for acks in 1 all; do
+      for parts in 1 8; do
+        n=$(( size == 100 ? 2000000 : 500000 ))
+        "$bin" bench produce -b "$boot" --records $n --record-size $size --acks $acks --partitions $parts --topic bench-$size-$acks-$parts 2>/dev/null
+      done
+    done
+  done
+  "$bin" bench consume -b "$boot" --topic bench-100-1-8 2>/dev/null
+  "$bin" bench e2e -b "$boot" --rate 5000 --seconds 10 2>/dev/null
+  "$bin" bench first-round-trip -b "$boot" 2>/dev/null
+  "$py" bench/confluent_bench.py "$boot" produce --records 1000000 --size 100 --acks all --partitions 1 --consume
+  "$py" bench/confluent_bench.py "$boot" produce --records 1000000 --size 100 --acks all --partitions 8
+  "$py" bench/confluent_bench.py "$boot" produce --records 300000 --size 1024 --acks all --partitions 8
+  "$py" bench/confluent_bench.py "$boot" e2e --rate 5000 --seconds 10
+  # Keep the disk from filling between runs.
+  for t in $("$bin" topic list -b "$boot" | awk 'NR>1 {print $1}'); do "$bin" topic delete "$t" -b "$boot" >/dev/null; done
+done
