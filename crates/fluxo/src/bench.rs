@@ -235,26 +235,29 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
         }
         anyhow::Ok(hist)
     });
-    let interval = Duration::from_secs_f64(1.0 / b.rate as f64);
-    let mut next = tokio::time::Instant::now();
-    for _ in 0..total {
-        next += interval;
-        tokio::time::sleep_until(next).await;
-        let sent = epoch.elapsed().as_micros() as u64;
-        let rec = OutRecord { key: None, value: Some(Bytes::from(sent.to_string())), headers: vec![], timestamp: fluxo_log::now_ms() };
-        let batch = encode_batch(std::slice::from_ref(&rec), Compression::None)?;
-        // Do not wait for the ack before the next send: a real producer
-        // keeps sending while acks are in flight.
-        let p = &producer;
-        if acks == 0 {
-            produce(p, &b.topic, 0, batch, 0).await?;
-        } else {
-            let fut = produce(p, &b.topic, 0, batch, acks);
-            tokio::select! {
-                r = fut => { r?; }
-                _ = tokio::time::sleep_until(next + interval) => {}
-            }
+    // Send every record that is due by now, then sleep a millisecond (the
+    // timer's resolution); acks are awaited in the background, as a real
+    // producer keeps sending while acks are in flight.
+    let producer = Arc::new(producer);
+    let mut acks_pending = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    while sent < total {
+        let due = ((epoch.elapsed().as_secs_f64() * b.rate as f64) as u64).min(total);
+        while sent < due {
+            let stamp = epoch.elapsed().as_micros() as u64;
+            let rec = OutRecord { key: None, value: Some(Bytes::from(stamp.to_string())), headers: vec![], timestamp: fluxo_log::now_ms() };
+            let batch = encode_batch(std::slice::from_ref(&rec), Compression::None)?;
+            let (p, topic) = (producer.clone(), b.topic.clone());
+            acks_pending.spawn(async move { produce(&p, &topic, 0, batch, acks).await });
+            sent += 1;
         }
+        while let Some(done) = acks_pending.try_join_next() {
+            done??;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while let Some(done) = acks_pending.join_next().await {
+        done??;
     }
     let hist = tokio::time::timeout(Duration::from_secs(30), reader).await.context("consumer did not receive every record within 30 s")???;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;

@@ -57,6 +57,13 @@ fn main() -> std::process::ExitCode {
         println!("{GUIDE}");
         return std::process::ExitCode::SUCCESS;
     };
+    if !matches!(command, Command::Serve(_)) {
+        // A CLI whose output is piped into `head` should end quietly, as
+        // Unix tools do, not panic on a closed stdout. (The server keeps
+        // SIGPIPE ignored: a client closing its socket must not kill it.)
+        // SAFETY: setting a signal disposition before any threads start.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLUXO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
