@@ -16,14 +16,32 @@ as_root() {
     fi
 }
 
+# Run quietly; show the output only if the command fails.
+quiet() {
+    local log
+    log="$(mktemp)"
+    if ! "$@" >"$log" 2>&1; then
+        echo "setup-tests: command failed: $*" >&2
+        tail -n 50 "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
+}
+
+apt_update() {
+    quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+}
+
 apt_install() {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    quiet as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "$@"
 }
 
 # --- kcat -------------------------------------------------------------------
 if ! command -v kcat >/dev/null 2>&1; then
     echo "setup-tests: installing kcat"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_update
     apt_install kcat
 fi
 
@@ -33,7 +51,7 @@ if [ ! -x .venv/bin/python ]; then
     if ! python3 -m venv .venv >/dev/null 2>&1; then
         # Debian ships ensurepip separately.
         rm -rf .venv
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        apt_update
         apt_install python3-venv
         python3 -m venv .venv
     fi
@@ -42,9 +60,11 @@ fi
 req=tests/python/requirements.txt
 stamp=.venv/.requirements.sha256
 want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
+    ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, snappy, zstandard, pytest, pytest_timeout" 2>/dev/null; then
     echo "setup-tests: installing python packages"
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+    quiet .venv/bin/python -m pip install --upgrade pip
+    quiet .venv/bin/python -m pip install -r "$req"
     echo "$want" >"$stamp"
 fi

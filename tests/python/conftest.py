@@ -19,7 +19,6 @@ import queue
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -150,6 +149,7 @@ class Broker:
         self.note(f"start #{self.starts}: {' '.join(cmd)}")
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")  # plain log file
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

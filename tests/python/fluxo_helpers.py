@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import pytest
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -283,17 +283,22 @@ def recv_frame(s: socket.socket) -> bytes | None:
 
 
 def parse_api_versions_v0_response(payload: bytes) -> tuple[int, int, dict[int, tuple[int, int]]]:
-    """-> (correlation_id, error_code, {api_key: (min, max)}) for a v0 body."""
-    corr, err = struct.unpack_from(">ih", payload, 0)
-    off = 6
-    versions: dict[int, tuple[int, int]] = {}
-    if len(payload) >= off + 4:
+    """-> (correlation_id, error_code, {api_key: (min, max)}) for a response
+    header v0 + ApiVersions v0 body (the format Kafka also uses for the
+    UNSUPPORTED_VERSION answer to any ApiVersions version it does not know)."""
+    try:
+        corr, err = struct.unpack_from(">ih", payload, 0)
+        off = 6
+        versions: dict[int, tuple[int, int]] = {}
         (count,) = struct.unpack_from(">i", payload, off)
         off += 4
         for _ in range(max(count, 0)):
             k, lo, hi = struct.unpack_from(">hhh", payload, off)
             off += 6
             versions[k] = (lo, hi)
+    except struct.error as e:
+        raise AssertionError(f"not an ApiVersions v0 response ({e}): {payload.hex()}") from None
+    assert off == len(payload), f"{len(payload) - off} trailing bytes in ApiVersions v0 response: {payload.hex()}"
     return corr, err, versions
 
 

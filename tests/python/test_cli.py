@@ -6,14 +6,17 @@ ASSUMED INTERFACE (adjust here if the CLI differs):
   fluxo topic describe NAME --bootstrap HOST:PORT       -> output mentions NAME
   fluxo topic delete NAME --bootstrap HOST:PORT
   fluxo produce TOPIC --bootstrap HOST:PORT             <- one record value per stdin line
-  fluxo consume TOPIC --from-beginning --max N --bootstrap HOST:PORT
-                                                        -> one value per stdout line, exits after N
+  fluxo produce TOPIC --compression C --bootstrap HOST:PORT
+  fluxo consume TOPIC --from-beginning --max N [--format raw|json] --bootstrap HOST:PORT
+      json (default): one object per line with partition, offset, timestamp, key, value, headers
+      raw: one value per line; both exit after N records
 The state is always cross-checked with confluent-kafka, so only the flags
 and the stdout format above are assumptions.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -50,17 +53,24 @@ def test_cli_topic_lifecycle(broker, new_topic):
 
 
 @pytest.mark.timeout(120)
-def test_cli_produce_consume(broker, new_topic):
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_cli_produce_consume(broker, new_topic, compression):
     topic = new_topic("clipc")
     boot = ["--bootstrap", broker.bootstrap]
     fluxo("topic", "create", topic, "--partitions", "1", *boot)
     lines = [f"line {i} \u00e9\u00e8" for i in range(100)]
-    fluxo("produce", topic, *boot, stdin=("\n".join(lines) + "\n").encode())
+    fluxo("produce", topic, "--compression", compression, *boot,
+          stdin=("\n".join(lines) + "\n").encode())
 
     got = H.consume_all(broker.bootstrap, topic)[0]
     assert [r.value.decode() for r in got] == lines
 
-    out = fluxo("consume", topic, "--from-beginning", "--max", "100", *boot)
+    out = fluxo("consume", topic, "--from-beginning", "--max", "100", "--format", "raw", *boot)
     assert out.splitlines() == lines
-    out = fluxo("consume", topic, "--from-beginning", "--max", "7", *boot)
+    out = fluxo("consume", topic, "--from-beginning", "--max", "7", "--format", "raw", *boot)
     assert out.splitlines() == lines[:7]
+
+    recs = [json.loads(l) for l in fluxo("consume", topic, "--from-beginning", "--max", "5", *boot).splitlines()]
+    assert [(r["partition"], r["offset"], r["value"], r["key"]) for r in recs] == \
+        [(0, i, lines[i], None) for i in range(5)]
+    assert [r["timestamp"] for r in recs] == [r.ts for r in got[:5]]

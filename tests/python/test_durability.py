@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import os
 import random
+import signal
 import socket
 import struct
 import threading
 import time
 
 import pytest
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
 
 import fluxo_helpers as H
@@ -121,6 +122,29 @@ def test_topic_created_right_before_kill9_survives(broker, new_topic):
     assert H.describe_topic_configs(broker.bootstrap, topic)["retention.ms"].value == "1234567"
 
 
+@pytest.mark.timeout(120)
+def test_sigint_with_open_connections_shuts_down_cleanly(broker, new_topic):
+    topic = new_topic("sigint")
+    H.create_topic(broker.bootstrap, topic, 2)
+    p = H.producer(broker.bootstrap, **{"linger.ms": 5})
+    H.assert_all_delivered(H.produce_all(p, topic, [dict(value=b"v%d" % i, partition=i % 2) for i in range(200)]))
+    # Idle-but-connected clients and a half-sent request must not hold up shutdown.
+    c = H.consumer(broker.bootstrap)
+    c.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
+    assert c.consume(10, timeout=10), "consumer got nothing before shutdown"
+    raw = H.raw_connect(broker.bootstrap)
+    raw.sendall(struct.pack(">i", 100) + b"\x00\x12")
+    try:
+        rc = broker.stop(sig=signal.SIGINT)
+        assert rc == 0, f"exit code {rc} after SIGINT"
+    finally:
+        raw.close()
+        c.close()
+    broker.start()
+    got = H.consume_all(broker.bootstrap, topic)
+    assert sorted(r.value for recs in got.values() for r in recs) == sorted(b"v%d" % i for i in range(200))
+
+
 class CrashCycleProducer(threading.Thread):
     """Produces numbered values until stopped; records the acknowledged ones."""
 
@@ -158,8 +182,9 @@ class CrashCycleProducer(threading.Thread):
                 try:
                     p.produce(self.topic, value=value, partition=n % self.partitions, on_delivery=self._cb)
                     n += 1
-                    if n % 200 == 0:
-                        p.poll(0.001)
+                    if n % 50 == 0:
+                        p.poll(0)
+                        time.sleep(0.001)  # at most ~50k records/s: keeps the final check quick
                 except BufferError:
                     p.poll(0.01)
             self.sent = n
@@ -264,15 +289,15 @@ def test_garbage_on_socket(broker, new_topic):
         assert H.wait_closed(s, 10), "server kept a connection with a negative frame size"
 
     # 4. Valid size, junk payload (unknown api key / undecodable header).
-    for _ in range(20):
+    for _ in range(10):
         payload = struct.pack(">hh", rng.randrange(1000, 32767), rng.randrange(0, 100)) + rng.randbytes(60)
         with H.raw_connect(broker.bootstrap) as s:
             s.sendall(H.frame(payload))
-            H.wait_closed(s, 2)  # either answer or close; it must not crash the server
+            H.wait_closed(s, 1)  # either answer or close; it must not crash the server
     #    Known api key, junk body (Produce v9 with garbage after the header).
     with H.raw_connect(broker.bootstrap) as s:
         s.sendall(H.frame(H.request_header_v1(0, 9, 7) + rng.randbytes(200)))
-        H.wait_closed(s, 2)
+        H.wait_closed(s, 1)
     #    Truncated frame, then hang up.
     with H.raw_connect(broker.bootstrap) as s:
         s.sendall(struct.pack(">i", 1000) + b"\x00\x12\x00\x00")

@@ -20,14 +20,14 @@ CODECS = [None, "gzip", "snappy", "lz4", "zstd"]
 
 
 def kp_producer(bootstrap: str, **conf) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                         request_timeout_ms=30000, max_block_ms=30000, **conf)
+    conf = {"acks": "all", "linger_ms": 5, "request_timeout_ms": 30000, "max_block_ms": 30000, **conf}
+    return KafkaProducer(bootstrap_servers=bootstrap, **conf)
 
 
 def kp_consumer(bootstrap: str, **conf) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest", request_timeout_ms=30000,
-                         check_crcs=True, **conf)
+    conf = {"group_id": None, "enable_auto_commit": False, "auto_offset_reset": "earliest",
+            "request_timeout_ms": 30000, "check_crcs": True, **conf}
+    return KafkaConsumer(bootstrap_servers=bootstrap, **conf)
 
 
 def kp_admin(bootstrap: str) -> KafkaAdminClient:
@@ -175,7 +175,7 @@ def test_admin_configs(broker, new_topic):
                                       config_filter=filt)["topic"][topic]
 
         all_cfg = cfgs("all")
-        assert all_cfg["max.message.bytes"]["value"] == "1048576"
+        assert all_cfg["max.message.bytes"]["value"] == "1048588"  # Kafka's default
         assert all_cfg["retention.ms"]["value"] == "3600000"
         assert set(cfgs("modified")) == {"retention.ms"}
 
