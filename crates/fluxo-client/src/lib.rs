@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,12 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 pub mod partitioner;
 pub mod records;
 
-pub use records::{fetch, list_offset, produce, encode_batch, OutRecord, Fetched};
+pub use records::{encode_batch, fetch, list_offset, produce, Fetched, OutRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}. Is `fluxo serve` running there? Use --bootstrap HOST:PORT to point elsewhere")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("the broker does not support {0:?}")]
@@ -36,7 +41,12 @@ pub enum ClientError {
     #[error("the connection closed before the response arrived")]
     Closed,
     #[error("{what}: {name} (Kafka error {code}){message}")]
-    Broker { what: String, code: i16, name: String, message: String },
+    Broker {
+        what: String,
+        code: i16,
+        name: String,
+        message: String,
+    },
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -73,7 +83,12 @@ fn client_max(key: ApiKey) -> i16 {
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
-        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);
@@ -113,12 +128,26 @@ impl Client {
                 m.clear();
             }
         });
-        let mut client = Client { tx, next_correlation: AtomicI32::new(1), versions: HashMap::new(), addr: addr.to_string() };
-        let api_versions: ApiVersionsResponse = client.send_version(&ApiVersionsRequest::default(), 0).await?;
+        let mut client = Client {
+            tx,
+            next_correlation: AtomicI32::new(1),
+            versions: HashMap::new(),
+            addr: addr.to_string(),
+        };
+        let api_versions: ApiVersionsResponse = client
+            .send_version(&ApiVersionsRequest::default(), 0)
+            .await?;
         if api_versions.error_code != 0 {
-            return Err(ClientError::Protocol(format!("ApiVersions failed with error {}", api_versions.error_code)));
+            return Err(ClientError::Protocol(format!(
+                "ApiVersions failed with error {}",
+                api_versions.error_code
+            )));
         }
-        client.versions = api_versions.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        client.versions = api_versions
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
         Ok(client)
     }
 
@@ -131,17 +160,26 @@ impl Client {
 
     /// Sends a request at the best common version and waits for its response.
     pub async fn send<R: Request>(&self, request: &R) -> Result<R::Response> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
+        let key = ApiKey::try_from(R::KEY)
+            .map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
         let version = self.version_for(key).ok_or(ClientError::Unsupported(key))?;
         self.send_version(request, version).await
     }
 
     /// Sends without waiting for a response (Produce with acks=0).
     pub async fn send_no_response<R: Request>(&self, request: &R) -> Result<()> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
+        let key = ApiKey::try_from(R::KEY)
+            .map_err(|_| ClientError::Protocol(format!("unknown api key {}", R::KEY)))?;
         let version = self.version_for(key).ok_or(ClientError::Unsupported(key))?;
         let (frame, correlation_id) = self.encode(request, version)?;
-        self.tx.send(Outgoing { frame, correlation_id, reply: None }).await.map_err(|_| ClientError::Closed)
+        self.tx
+            .send(Outgoing {
+                frame,
+                correlation_id,
+                reply: None,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     fn encode<R: Request>(&self, request: &R, version: i16) -> Result<(BytesMut, i32)> {
@@ -153,8 +191,12 @@ impl Client {
         header.client_id = Some(StrBytes::from_static_str("fluxo-cli"));
         let mut frame = BytesMut::with_capacity(256);
         frame.extend_from_slice(&[0; 4]);
-        header.encode(&mut frame, R::header_version(version)).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        request.encode(&mut frame, version).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        header
+            .encode(&mut frame, R::header_version(version))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        request
+            .encode(&mut frame, version)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let len = (frame.len() - 4) as i32;
         frame[0..4].copy_from_slice(&len.to_be_bytes());
         Ok((frame, correlation_id))
@@ -163,10 +205,20 @@ impl Client {
     pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
         let (frame, correlation_id) = self.encode(request, version)?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send(Outgoing { frame, correlation_id, reply: Some(reply_tx) }).await.map_err(|_| ClientError::Closed)?;
+        self.tx
+            .send(Outgoing {
+                frame,
+                correlation_id,
+                reply: Some(reply_tx),
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
         let mut bytes = reply_rx.await.map_err(|_| ClientError::Closed)?;
-        ResponseHeader::decode(&mut bytes, R::Response::header_version(version)).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        R::Response::decode(&mut bytes, version).map_err(|e| ClientError::Protocol(format!("{:?} response: {e}", ApiKey::try_from(R::KEY))))
+        ResponseHeader::decode(&mut bytes, R::Response::header_version(version))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        R::Response::decode(&mut bytes, version).map_err(|e| {
+            ClientError::Protocol(format!("{:?} response: {e}", ApiKey::try_from(R::KEY)))
+        })
     }
 }
 
@@ -174,7 +226,13 @@ impl Client {
 pub async fn resolve(addr: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(addr)
         .await
-        .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| ClientError::Connect { addr: addr.to_string(), source: std::io::Error::other("no address") })
+        .ok_or_else(|| ClientError::Connect {
+            addr: addr.to_string(),
+            source: std::io::Error::other("no address"),
+        })
 }

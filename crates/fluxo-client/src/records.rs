@@ -6,9 +6,13 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use crate::{Client, ClientError, Result};
 
@@ -22,12 +26,16 @@ pub struct OutRecord {
 }
 
 fn broker_error(what: &str, code: i16, message: Option<&StrBytes>) -> ClientError {
-    let name = ResponseError::try_from_code(code).map(|e| format!("{e:?}")).unwrap_or_else(|| "unknown".into());
+    let name = ResponseError::try_from_code(code)
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_else(|| "unknown".into());
     ClientError::Broker {
         what: what.to_string(),
         code,
         name,
-        message: message.map(|m| format!(" ({})", m.as_str())).unwrap_or_default(),
+        message: message
+            .map(|m| format!(" ({})", m.as_str()))
+            .unwrap_or_default(),
     }
 }
 
@@ -49,11 +57,23 @@ pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<B
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
-            headers: r.headers.iter().map(|(k, v)| (StrBytes::from_string(k.clone()), Some(v.clone()))).collect::<IndexMap<_, _>>(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (StrBytes::from_string(k.clone()), Some(v.clone())))
+                .collect::<IndexMap<_, _>>(),
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok(buf.freeze())
 }
 
@@ -72,7 +92,13 @@ fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Prod
 }
 
 /// Sends one batch to one partition; returns its base offset (-1 for acks=0).
-pub async fn produce(client: &Client, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
+pub async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+    acks: i16,
+) -> Result<i64> {
     let req = produce_request(topic, partition, batch, acks);
     if acks == 0 {
         client.send_no_response(&req).await?;
@@ -85,13 +111,22 @@ pub async fn produce(client: &Client, topic: &str, partition: i32, batch: Bytes,
         .and_then(|t| t.partition_responses.first())
         .ok_or_else(|| ClientError::Protocol("empty produce response".into()))?;
     if p.error_code != 0 {
-        return Err(broker_error(&format!("produce to {topic}/{partition}"), p.error_code, p.error_message.as_ref()));
+        return Err(broker_error(
+            &format!("produce to {topic}/{partition}"),
+            p.error_code,
+            p.error_message.as_ref(),
+        ));
     }
     Ok(p.base_offset)
 }
 
 /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
-pub async fn list_offset(client: &Client, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+pub async fn list_offset(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> Result<i64> {
     let mut lp = ListOffsetsPartition::default();
     lp.partition_index = partition;
     lp.timestamp = timestamp;
@@ -108,7 +143,11 @@ pub async fn list_offset(client: &Client, topic: &str, partition: i32, timestamp
         .and_then(|t| t.partitions.first())
         .ok_or_else(|| ClientError::Protocol("empty list offsets response".into()))?;
     if p.error_code != 0 {
-        return Err(broker_error(&format!("list offsets of {topic}/{partition}"), p.error_code, None));
+        return Err(broker_error(
+            &format!("list offsets of {topic}/{partition}"),
+            p.error_code,
+            None,
+        ));
     }
     Ok(p.offset)
 }
@@ -122,7 +161,14 @@ pub struct Fetched {
 }
 
 /// Fetches from one partition at `offset`, waiting up to `max_wait_ms` for data.
-pub async fn fetch(client: &Client, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, max_bytes: i32) -> Result<Fetched> {
+pub async fn fetch(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    max_bytes: i32,
+) -> Result<Fetched> {
     let mut fp = FetchPartition::default();
     fp.partition = partition;
     fp.fetch_offset = offset;
@@ -150,7 +196,11 @@ pub async fn fetch(client: &Client, topic: &str, partition: i32, offset: i64, ma
         .and_then(|t| t.partitions.first())
         .ok_or_else(|| ClientError::Protocol("empty fetch response".into()))?;
     if p.error_code != 0 {
-        return Err(broker_error(&format!("fetch {topic}/{partition} at {offset}"), p.error_code, None));
+        return Err(broker_error(
+            &format!("fetch {topic}/{partition} at {offset}"),
+            p.error_code,
+            None,
+        ));
     }
     let mut records = Vec::new();
     let mut next_offset = offset;
@@ -158,7 +208,8 @@ pub async fn fetch(client: &Client, topic: &str, partition: i32, offset: i64, ma
         let mut buf = bytes.clone();
         while buf.len() >= 61 {
             let header_ts = fluxo_batch_max_timestamp(&buf);
-            let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| ClientError::Protocol(format!("bad record batch: {e}")))?;
+            let set = RecordBatchDecoder::decode(&mut buf)
+                .map_err(|e| ClientError::Protocol(format!("bad record batch: {e}")))?;
             for mut r in set.records {
                 if r.offset < offset || r.control {
                     continue;
@@ -171,7 +222,11 @@ pub async fn fetch(client: &Client, topic: &str, partition: i32, offset: i64, ma
             }
         }
     }
-    Ok(Fetched { records, high_watermark: p.high_watermark, next_offset })
+    Ok(Fetched {
+        records,
+        high_watermark: p.high_watermark,
+        next_offset,
+    })
 }
 
 /// The batch's max timestamp (bytes 35..43 of a v2 header), which is the

@@ -6,7 +6,9 @@ use kafka_protocol::error::ResponseError;
 /// The Kafka error code a client acts on for a log error.
 pub fn log_error_code(e: &LogError) -> i16 {
     let code = match e {
-        LogError::Io(_) | LogError::SegmentFull | LogError::Offline(_) => ResponseError::KafkaStorageError,
+        LogError::Io(_) | LogError::SegmentFull | LogError::Offline(_) => {
+            ResponseError::KafkaStorageError
+        }
         LogError::CorruptBatch(_) | LogError::CrcMismatch { .. } => ResponseError::CorruptMessage,
         LogError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
         LogError::InvalidRecord(_) => ResponseError::InvalidRecord,

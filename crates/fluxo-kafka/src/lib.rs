@@ -57,19 +57,25 @@ impl Default for BrokerConfig {
 /// Everything a request handler needs.
 pub struct Broker {
     pub store: Arc<LogStore>,
+    pub groups: Arc<fluxo_groups::GroupCoordinator>,
     pub config: BrokerConfig,
     pub cluster_id: String,
     next_producer_id: std::sync::atomic::AtomicI64,
 }
 
 impl Broker {
-    pub fn new(store: Arc<LogStore>, config: BrokerConfig) -> Result<Broker, fluxo_log::LogError> {
+    pub fn new(
+        store: Arc<LogStore>,
+        groups: Arc<fluxo_groups::GroupCoordinator>,
+        config: BrokerConfig,
+    ) -> Result<Broker, fluxo_log::LogError> {
         let cluster_id = store.cluster_id()?;
         // Producer ids must not repeat across restarts; time-based seeding
         // keeps them increasing without another file.
         let seed = fluxo_log::now_ms() << 8;
         Ok(Broker {
             store,
+            groups,
             config,
             cluster_id,
             next_producer_id: std::sync::atomic::AtomicI64::new(seed),
@@ -77,6 +83,7 @@ impl Broker {
     }
 
     pub(crate) fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_producer_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -60,7 +60,11 @@ pub fn serve(listener: TcpListener, broker: Arc<Broker>) -> std::io::Result<Serv
             }
         }
     });
-    Ok(ServerHandle { shutdown, local_addr, task })
+    Ok(ServerHandle {
+        shutdown,
+        local_addr,
+        task,
+    })
 }
 
 /// One request on its way to the writer.
@@ -122,7 +126,10 @@ async fn handle_connection(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let ctx = RequestContext { local_addr: local, peer };
+        let ctx = RequestContext {
+            local_addr: local,
+            peer,
+        };
         match decode_and_dispatch(frame, &broker, &ctx) {
             Ok(pending) => {
                 if tx.send(pending).await.is_err() {
@@ -154,7 +161,10 @@ async fn read_frame(
     };
     if size < 4 || size as usize > max {
         tracing::warn!(%peer, "closing connection: request size {size} is outside 4..={max} (socket.request.max.bytes)");
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad request size"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad request size",
+        ));
     }
     let mut buf = BytesMut::zeroed(size as usize);
     reader.read_exact(&mut buf).await?;
@@ -162,9 +172,16 @@ async fn read_frame(
 }
 
 /// Decodes a frame and starts its handler. An Err closes the connection.
-fn decode_and_dispatch(mut frame: Bytes, broker: &Arc<Broker>, ctx: &RequestContext) -> Result<Pending, String> {
+fn decode_and_dispatch(
+    mut frame: Bytes,
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+) -> Result<Pending, String> {
     if frame.len() < 8 {
-        return Err(format!("a {}-byte frame is too short for a request header", frame.len()));
+        return Err(format!(
+            "a {}-byte frame is too short for a request header",
+            frame.len()
+        ));
     }
     let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -186,19 +203,34 @@ fn decode_and_dispatch(mut frame: Bytes, broker: &Arc<Broker>, ctx: &RequestCont
                 response: Box::pin(async move { Some(response) }),
             });
         }
-        return Err(format!("{api_key:?} v{version} is not supported (supported: {supported:?})"));
+        return Err(format!(
+            "{api_key:?} v{version} is not supported (supported: {supported:?})"
+        ));
     }
     let header_version = api_key.request_header_version(version);
-    let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| format!("bad {api_key:?} v{version} header: {e}"))?;
-    let request = RequestKind::decode(api_key, &mut frame, version).map_err(|e| format!("bad {api_key:?} v{version} request: {e}"))?;
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .map_err(|e| format!("bad {api_key:?} v{version} header: {e}"))?;
+    let request = RequestKind::decode(api_key, &mut frame, version)
+        .map_err(|e| format!("bad {api_key:?} v{version} request: {e}"))?;
     if frame.has_remaining() {
         tracing::debug!(peer = %ctx.peer, ?api_key, version, "{} trailing bytes after request", frame.remaining());
     }
     let response = handlers::dispatch(broker, ctx, &header, request);
-    Ok(Pending { correlation_id, api_key, version, response })
+    Ok(Pending {
+        correlation_id,
+        api_key,
+        version,
+        response,
+    })
 }
 
-fn encode_response(out: &mut BytesMut, correlation_id: i32, api_key: ApiKey, version: i16, response: &ResponseKind) -> anyhow::Result<()> {
+fn encode_response(
+    out: &mut BytesMut,
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+) -> anyhow::Result<()> {
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     let header_version = api_key.response_header_version(version);

@@ -273,7 +273,10 @@ pub(crate) mod tests {
         assert_eq!(h.last_offset_delta, 2);
         let last = b.len() - 1;
         b[last] ^= 1;
-        assert!(matches!(validate_batch(&b), Err(LogError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate_batch(&b),
+            Err(LogError::CrcMismatch { .. })
+        ));
     }
 
     #[test]
@@ -292,7 +295,10 @@ pub(crate) mod tests {
         assert!(split_batches(&b[..b.len() - 1]).is_err());
         let mut old = b.clone();
         old[16] = 1;
-        assert!(matches!(split_batches(&old), Err(LogError::UnsupportedMagic(1))));
+        assert!(matches!(
+            split_batches(&old),
+            Err(LogError::UnsupportedMagic(1))
+        ));
         let mut two = b.clone();
         two.extend_from_slice(&b);
         assert_eq!(split_batches(&two).unwrap().len(), 2);

@@ -79,18 +79,78 @@ fn any_compression(v: &str) -> std::result::Result<(), String> {
 
 /// Every topic config fluxo accepts.
 pub const CONFIG_DEFS: &[ConfigDef] = &[
-    ConfigDef { name: "cleanup.policy", default: "delete", doc: "delete old segments, or compact by key", validate: cleanup_policy },
-    ConfigDef { name: "compression.type", default: "producer", doc: "batches are stored as the producer sent them", validate: any_compression },
-    ConfigDef { name: "flush.messages", default: "9223372036854775807", doc: "fsync after this many messages", validate: positive_int },
-    ConfigDef { name: "flush.ms", default: "9223372036854775807", doc: "fsync data older than this", validate: non_negative_int },
-    ConfigDef { name: "index.interval.bytes", default: "4096", doc: "bytes between offset index entries", validate: non_negative_int },
-    ConfigDef { name: "max.message.bytes", default: "1048588", doc: "largest record batch accepted", validate: non_negative_int },
-    ConfigDef { name: "message.timestamp.type", default: "CreateTime", doc: "CreateTime or LogAppendTime", validate: timestamp_type },
-    ConfigDef { name: "min.insync.replicas", default: "1", doc: "accepted for compatibility; fluxo is one replica", validate: positive_int },
-    ConfigDef { name: "retention.bytes", default: "-1", doc: "delete old segments beyond this size per partition", validate: int_or_minus_one },
-    ConfigDef { name: "retention.ms", default: "604800000", doc: "delete segments older than this", validate: int_or_minus_one },
-    ConfigDef { name: "segment.bytes", default: "1073741824", doc: "roll a segment at this size", validate: segment_bytes },
-    ConfigDef { name: "segment.ms", default: "604800000", doc: "roll a segment after this age", validate: positive_int },
+    ConfigDef {
+        name: "cleanup.policy",
+        default: "delete",
+        doc: "delete old segments, or compact by key",
+        validate: cleanup_policy,
+    },
+    ConfigDef {
+        name: "compression.type",
+        default: "producer",
+        doc: "batches are stored as the producer sent them",
+        validate: any_compression,
+    },
+    ConfigDef {
+        name: "flush.messages",
+        default: "9223372036854775807",
+        doc: "fsync after this many messages",
+        validate: positive_int,
+    },
+    ConfigDef {
+        name: "flush.ms",
+        default: "9223372036854775807",
+        doc: "fsync data older than this",
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "index.interval.bytes",
+        default: "4096",
+        doc: "bytes between offset index entries",
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "max.message.bytes",
+        default: "1048588",
+        doc: "largest record batch accepted",
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        doc: "CreateTime or LogAppendTime",
+        validate: timestamp_type,
+    },
+    ConfigDef {
+        name: "min.insync.replicas",
+        default: "1",
+        doc: "accepted for compatibility; fluxo is one replica",
+        validate: positive_int,
+    },
+    ConfigDef {
+        name: "retention.bytes",
+        default: "-1",
+        doc: "delete old segments beyond this size per partition",
+        validate: int_or_minus_one,
+    },
+    ConfigDef {
+        name: "retention.ms",
+        default: "604800000",
+        doc: "delete segments older than this",
+        validate: int_or_minus_one,
+    },
+    ConfigDef {
+        name: "segment.bytes",
+        default: "1073741824",
+        doc: "roll a segment at this size",
+        validate: segment_bytes,
+    },
+    ConfigDef {
+        name: "segment.ms",
+        default: "604800000",
+        doc: "roll a segment after this age",
+        validate: positive_int,
+    },
 ];
 
 pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
@@ -99,7 +159,8 @@ pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
 
 /// Checks one key/value pair; the error names the key and the rule.
 pub fn validate_config(name: &str, value: &str) -> Result<()> {
-    let def = config_def(name).ok_or_else(|| LogError::InvalidConfig(format!("unknown topic config '{name}'")))?;
+    let def = config_def(name)
+        .ok_or_else(|| LogError::InvalidConfig(format!("unknown topic config '{name}'")))?;
     (def.validate)(value).map_err(|why| LogError::InvalidConfig(format!("{name}={value}: {why}")))
 }
 

@@ -73,7 +73,12 @@ pub struct PartitionOffsets {
 impl PartitionLog {
     /// Opens (or creates) the partition directory. Sealed segments are
     /// trusted with their indexes; the last segment is fully validated.
-    pub fn open(dir: &Path, topic: &str, partition: i32, config: Arc<TopicConfig>) -> Result<PartitionLog> {
+    pub fn open(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: Arc<TopicConfig>,
+    ) -> Result<PartitionLog> {
         std::fs::create_dir_all(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -113,7 +118,10 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),
             segments: RwLock::new(segments),
-            append_lock: Mutex::new(AppendState { messages_since_flush: 0, producers: ProducerStates::default() }),
+            append_lock: Mutex::new(AppendState {
+                messages_since_flush: 0,
+                producers: ProducerStates::default(),
+            }),
             log_start_offset: AtomicI64::new(start),
             // What survived recovery is on disk.
             flushed_offset: AtomicI64::new(end),
@@ -236,7 +244,11 @@ impl PartitionLog {
 
     fn active_segment(&self) -> Arc<Segment> {
         // There is always at least one segment.
-        self.segments.read().last().cloned().expect("a partition always has a segment")
+        self.segments
+            .read()
+            .last()
+            .cloned()
+            .expect("a partition always has a segment")
     }
 
     fn should_roll(&self, seg: &Segment, incoming: u64, config: &TopicConfig, now: i64) -> bool {
@@ -307,7 +319,8 @@ impl PartitionLog {
     /// For `flush.ms`: whether unflushed data is older than the policy.
     pub fn flush_overdue(&self, now: i64) -> bool {
         let flush_ms = self.config().flush_ms();
-        self.flushed_offset() < self.end_offset() && now - self.last_flush_ms.load(Ordering::Acquire) >= flush_ms
+        self.flushed_offset() < self.end_offset()
+            && now - self.last_flush_ms.load(Ordering::Acquire) >= flush_ms
     }
 
     /// Reads whole batches starting with the one that holds `offset`.
@@ -322,7 +335,9 @@ impl PartitionLog {
             return Ok(Bytes::new());
         }
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
-        let i = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let i = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
         for seg in &segments[i..] {
             if let Some(pos) = seg.position_of(offset)? {
                 return seg.read(pos, max_bytes);
@@ -348,7 +363,11 @@ impl PartitionLog {
     /// The largest timestamp in the log and the batch that holds it.
     pub fn max_timestamp_batch(&self) -> Result<Option<(i64, Bytes)>> {
         let segments: Vec<Arc<Segment>> = self.segments.read().clone();
-        let Some(seg) = segments.iter().filter(|s| !s.is_empty()).max_by_key(|s| s.max_timestamp()) else {
+        let Some(seg) = segments
+            .iter()
+            .filter(|s| !s.is_empty())
+            .max_by_key(|s| s.max_timestamp())
+        else {
             return Ok(None);
         };
         let ts = seg.max_timestamp();
@@ -374,9 +393,14 @@ impl PartitionLog {
             let mut total: i64 = segs.iter().map(|s| s.size() as i64).sum();
             while segs.len() > 1 {
                 let first = &segs[0];
-                let newest = if first.max_timestamp() >= 0 { first.max_timestamp() } else { first.last_modified_ms() };
+                let newest = if first.max_timestamp() >= 0 {
+                    first.max_timestamp()
+                } else {
+                    first.last_modified_ms()
+                };
                 let too_old = retention_ms >= 0 && now - newest > retention_ms;
-                let too_big = retention_bytes >= 0 && total - first.size() as i64 >= retention_bytes;
+                let too_big =
+                    retention_bytes >= 0 && total - first.size() as i64 >= retention_bytes;
                 if !(too_old || too_big) {
                     break;
                 }
@@ -384,7 +408,8 @@ impl PartitionLog {
                 removed.push(segs.remove(0));
             }
             if let Some(first) = segs.first() {
-                self.log_start_offset.fetch_max(first.base_offset, Ordering::AcqRel);
+                self.log_start_offset
+                    .fetch_max(first.base_offset, Ordering::AcqRel);
             }
         }
         for seg in &removed {
@@ -427,7 +452,10 @@ mod tests {
         let bytes = log.read(7, 1 << 20).unwrap();
         let h = BatchHeader::parse(&bytes).unwrap();
         assert_eq!(h.base_offset, 6, "the batch holding offset 7 starts at 6");
-        assert!(matches!(log.read(31, 100), Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(31, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
         assert!(log.read(30, 100).unwrap().is_empty());
         // A tiny max still returns one whole batch.
         let one = log.read(0, 1).unwrap();
@@ -437,7 +465,9 @@ mod tests {
     #[test]
     fn segments_roll_by_size_and_survive_reopen_with_indexes() {
         let dir = tempfile::tempdir().unwrap();
-        let config = TopicConfig::from_pairs([("segment.bytes", "2000"), ("index.interval.bytes", "100")]).unwrap();
+        let config =
+            TopicConfig::from_pairs([("segment.bytes", "2000"), ("index.interval.bytes", "100")])
+                .unwrap();
         {
             let log = open(dir.path(), config.clone());
             for i in 0..50 {
@@ -446,8 +476,15 @@ mod tests {
             }
             log.close().unwrap();
         }
-        let logs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log").collect();
-        assert!(logs.len() > 3, "expected several segments, got {}", logs.len());
+        let logs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+            .collect();
+        assert!(
+            logs.len() > 3,
+            "expected several segments, got {}",
+            logs.len()
+        );
         let log = open(dir.path(), config);
         assert_eq!(log.end_offset(), 100);
         for off in [0, 1, 37, 99] {
@@ -482,7 +519,10 @@ mod tests {
         let log = open(dir.path(), TopicConfig::default());
         assert_eq!(log.end_offset(), 5);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
-        assert_eq!(log.append(&mut make_batch(1, 10, 10)).unwrap().base_offset, 5);
+        assert_eq!(
+            log.append(&mut make_batch(1, 10, 10)).unwrap().base_offset,
+            5
+        );
     }
 
     #[test]
@@ -507,7 +547,9 @@ mod tests {
     #[test]
     fn missing_or_corrupt_indexes_of_sealed_segments_are_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let config = TopicConfig::from_pairs([("segment.bytes", "1000"), ("index.interval.bytes", "50")]).unwrap();
+        let config =
+            TopicConfig::from_pairs([("segment.bytes", "1000"), ("index.interval.bytes", "50")])
+                .unwrap();
         {
             let log = open(dir.path(), config.clone());
             for i in 0..40 {
@@ -515,7 +557,11 @@ mod tests {
             }
             log.close().unwrap();
         }
-        let mut idx: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().unwrap() == "index").collect();
+        let mut idx: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().unwrap() == "index")
+            .collect();
         idx.sort();
         std::fs::remove_file(&idx[0]).unwrap();
         std::fs::write(&idx[1], b"garbage").unwrap();
@@ -531,7 +577,9 @@ mod tests {
     #[test]
     fn retention_drops_old_segments_but_never_the_active_one() {
         let dir = tempfile::tempdir().unwrap();
-        let config = TopicConfig::from_pairs([("segment.bytes", "500"), ("retention.bytes", "600")]).unwrap();
+        let config =
+            TopicConfig::from_pairs([("segment.bytes", "500"), ("retention.bytes", "600")])
+                .unwrap();
         let log = open(dir.path(), config);
         for i in 0..30 {
             log.append(&mut make_batch(1, 40, i)).unwrap();
@@ -541,13 +589,19 @@ mod tests {
         assert!(o.log_start_offset > 0);
         assert!(o.size_bytes <= 600 + 500);
         assert_eq!(o.end_offset, 30);
-        assert!(matches!(log.read(0, 10), Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(0, 10),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
     }
 
     #[test]
     fn log_append_time_topics_get_the_broker_timestamp() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), TopicConfig::from_pairs([("message.timestamp.type", "LogAppendTime")]).unwrap());
+        let log = open(
+            dir.path(),
+            TopicConfig::from_pairs([("message.timestamp.type", "LogAppendTime")]).unwrap(),
+        );
         let info = log.append(&mut make_batch(1, 10, 5)).unwrap();
         assert!(info.log_append_time >= now_ms() - 10_000);
         let h = BatchHeader::parse(&log.read(0, 100).unwrap()).unwrap();
@@ -558,8 +612,14 @@ mod tests {
     #[test]
     fn oversized_batches_are_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), TopicConfig::from_pairs([("max.message.bytes", "200")]).unwrap());
-        assert!(matches!(log.append(&mut make_batch(1, 500, 5)), Err(LogError::MessageTooLarge { .. })));
+        let log = open(
+            dir.path(),
+            TopicConfig::from_pairs([("max.message.bytes", "200")]).unwrap(),
+        );
+        assert!(matches!(
+            log.append(&mut make_batch(1, 500, 5)),
+            Err(LogError::MessageTooLarge { .. })
+        ));
         assert_eq!(log.end_offset(), 0);
     }
 

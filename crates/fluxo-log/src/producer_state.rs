@@ -71,12 +71,20 @@ impl ProducerStates {
             .iter()
             .find(|b| b.first_seq == h.base_sequence && b.last_seq == last_seq(h))
         {
-            return Ok(SequenceCheck::Duplicate { base_offset: b.base_offset });
+            return Ok(SequenceCheck::Duplicate {
+                base_offset: b.base_offset,
+            });
         }
         let expected = entry
             .batches
             .back()
-            .map(|b| if b.last_seq == i32::MAX { 0 } else { b.last_seq + 1 })
+            .map(|b| {
+                if b.last_seq == i32::MAX {
+                    0
+                } else {
+                    b.last_seq + 1
+                }
+            })
             .unwrap_or(h.base_sequence);
         if h.base_sequence != expected {
             return Err(LogError::OutOfOrderSequence(format!(

@@ -90,7 +90,12 @@ impl Segment {
     /// are missing or inconsistent, every batch is read and validated and a
     /// torn or corrupt tail is cut off (the only data lost is data that was
     /// never fully written).
-    pub fn open(log_path: &Path, base_offset: i64, full_scan: bool, index_interval: usize) -> Result<Segment> {
+    pub fn open(
+        log_path: &Path,
+        base_offset: i64,
+        full_scan: bool,
+        index_interval: usize,
+    ) -> Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(log_path)?;
         let meta = file.metadata()?;
         let modified_ms = meta
@@ -151,7 +156,11 @@ impl Segment {
                 Err(e) => break Some(e.to_string()),
             };
             if pos + h.size as u64 > len {
-                break Some(format!("torn batch: {} of {} bytes present", len - pos, h.size));
+                break Some(format!(
+                    "torn batch: {} of {} bytes present",
+                    len - pos,
+                    h.size
+                ));
             }
             batch.resize(h.size, 0);
             self.file.read_exact_at(&mut batch, pos)?;
@@ -159,10 +168,20 @@ impl Segment {
                 break Some(e.to_string());
             }
             if h.base_offset < next {
-                break Some(format!("batch offset {} goes back below {next}", h.base_offset));
+                break Some(format!(
+                    "batch offset {} goes back below {next}",
+                    h.base_offset
+                ));
             }
             max_ts = max_ts.max(h.max_timestamp);
-            add_entries(&mut idx, self.base_offset, pos as usize, &h, max_ts, index_interval);
+            add_entries(
+                &mut idx,
+                self.base_offset,
+                pos as usize,
+                &h,
+                max_ts,
+                index_interval,
+            );
             next = h.last_offset() + 1;
             pos += h.size as u64;
         };
@@ -185,7 +204,10 @@ impl Segment {
     /// Loads the index files of a sealed segment; false if they are missing
     /// or do not agree with the log file.
     fn load_indexes(&self) -> Result<bool> {
-        let (Some(offsets), Some(times)) = (read_file(&self.index_path())?, read_file(&self.time_index_path())?) else {
+        let (Some(offsets), Some(times)) = (
+            read_file(&self.index_path())?,
+            read_file(&self.time_index_path())?,
+        ) else {
             return Ok(false);
         };
         // The index file ends with a trailer: the segment's next offset and
@@ -205,7 +227,12 @@ impl Segment {
                 relative_offset: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
                 position: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
             };
-            if entry.position as u64 >= size || idx.offsets.last().is_some_and(|l| l.position >= entry.position) {
+            if entry.position as u64 >= size
+                || idx
+                    .offsets
+                    .last()
+                    .is_some_and(|l| l.position >= entry.position)
+            {
                 return Ok(false);
             }
             idx.offsets.push(entry);
@@ -249,7 +276,10 @@ impl Segment {
         // Record the overall max timestamp, so a reload knows it exactly.
         let max_ts = self.max_timestamp();
         if max_ts >= 0 && idx.times.last().is_none_or(|l| l.max_timestamp < max_ts) {
-            let last_batch = idx.offsets.last().copied().unwrap_or(OffsetEntry { relative_offset: 0, position: 0 });
+            let last_batch = idx.offsets.last().copied().unwrap_or(OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            });
             times.extend(max_ts.to_be_bytes());
             times.extend(last_batch.relative_offset.to_be_bytes());
             times.extend(last_batch.position.to_be_bytes());
@@ -286,7 +316,13 @@ impl Segment {
 
     /// Appends batches that already carry their offsets. On a failed write
     /// the file is cut back so no partial batch stays behind.
-    pub fn append(&self, data: &[u8], headers: &[(usize, BatchHeader)], now_ms: i64, index_interval: usize) -> Result<()> {
+    pub fn append(
+        &self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        now_ms: i64,
+        index_interval: usize,
+    ) -> Result<()> {
         let start = self.size();
         if start + data.len() as u64 > u32::MAX as u64 {
             return Err(LogError::SegmentFull);
@@ -294,7 +330,9 @@ impl Segment {
         if let Err(e) = self.file.write_all_at(data, start) {
             if let Err(cut) = self.file.set_len(start) {
                 tracing::error!(segment = %self.log_path.display(), "could not cut a failed write back: {cut}");
-                return Err(LogError::Offline(format!("write failed ({e}) and could not be undone ({cut})")));
+                return Err(LogError::Offline(format!(
+                    "write failed ({e}) and could not be undone ({cut})"
+                )));
             }
             return Err(e.into());
         }
@@ -307,13 +345,21 @@ impl Segment {
         let mut last = self.next_offset();
         for (pos, h) in headers {
             max_ts = max_ts.max(h.max_timestamp);
-            add_entries(&mut idx, self.base_offset, start as usize + pos, h, max_ts, index_interval);
+            add_entries(
+                &mut idx,
+                self.base_offset,
+                start as usize + pos,
+                h,
+                max_ts,
+                index_interval,
+            );
             last = h.last_offset() + 1;
         }
         drop(idx);
         self.max_timestamp.store(max_ts, Ordering::Release);
         self.next_offset.store(last, Ordering::Release);
-        self.size.store(start + data.len() as u64, Ordering::Release);
+        self.size
+            .store(start + data.len() as u64, Ordering::Release);
         Ok(())
     }
 
@@ -332,7 +378,11 @@ impl Segment {
         let start = {
             let idx = self.indexes.lock();
             let i = idx.offsets.partition_point(|e| e.relative_offset <= rel);
-            if i == 0 { 0 } else { idx.offsets[i - 1].position as u64 }
+            if i == 0 {
+                0
+            } else {
+                idx.offsets[i - 1].position as u64
+            }
         };
         self.scan_from(start, |h| h.last_offset() >= offset)
     }
@@ -347,7 +397,11 @@ impl Segment {
             let i = idx.times.partition_point(|e| e.max_timestamp < ts);
             // Entry i-1 is the last whose running max is below ts, so the
             // match is after its batch; start scanning at that batch.
-            if i == 0 { 0 } else { idx.times[i - 1].position as u64 }
+            if i == 0 {
+                0
+            } else {
+                idx.times[i - 1].position as u64
+            }
         };
         self.scan_from(start, |h| h.max_timestamp >= ts)
     }
@@ -383,9 +437,13 @@ impl Segment {
         let mut cut = 0usize;
         let mut first_size = None;
         while cut + LOG_OVERHEAD <= buf.len() {
-            let len = i32::from_be_bytes([buf[cut + 8], buf[cut + 9], buf[cut + 10], buf[cut + 11]]);
+            let len =
+                i32::from_be_bytes([buf[cut + 8], buf[cut + 9], buf[cut + 10], buf[cut + 11]]);
             if len < 0 {
-                return Err(LogError::CorruptBatch(format!("negative batch length at byte {}", position as usize + cut)));
+                return Err(LogError::CorruptBatch(format!(
+                    "negative batch length at byte {}",
+                    position as usize + cut
+                )));
             }
             let size = len as usize + LOG_OVERHEAD;
             if first_size.is_none() {
@@ -408,7 +466,11 @@ impl Segment {
 
     /// Removes the segment's files.
     pub fn delete_files(&self) {
-        for p in [self.log_path.clone(), self.index_path(), self.time_index_path()] {
+        for p in [
+            self.log_path.clone(),
+            self.index_path(),
+            self.time_index_path(),
+        ] {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(file = %p.display(), "could not delete: {e}");
@@ -424,12 +486,26 @@ impl Segment {
     }
 }
 
-fn add_entries(idx: &mut Indexes, base_offset: i64, position: usize, h: &BatchHeader, max_ts: i64, interval: usize) {
+fn add_entries(
+    idx: &mut Indexes,
+    base_offset: i64,
+    position: usize,
+    h: &BatchHeader,
+    max_ts: i64,
+    interval: usize,
+) {
     let rel = (h.base_offset - base_offset) as u32;
     if idx.offsets.is_empty() || idx.bytes_since_entry >= interval {
-        idx.offsets.push(OffsetEntry { relative_offset: rel, position: position as u32 });
+        idx.offsets.push(OffsetEntry {
+            relative_offset: rel,
+            position: position as u32,
+        });
         if idx.times.last().is_none_or(|l| l.max_timestamp < max_ts) {
-            idx.times.push(TimeEntry { max_timestamp: max_ts, relative_offset: rel, position: position as u32 });
+            idx.times.push(TimeEntry {
+                max_timestamp: max_ts,
+                relative_offset: rel,
+                position: position as u32,
+            });
         }
         idx.bytes_since_entry = 0;
     }

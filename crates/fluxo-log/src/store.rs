@@ -36,7 +36,9 @@ impl Topic {
     }
 
     pub fn partition(&self, index: i32) -> Option<Arc<PartitionLog>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.read().get(i).cloned())
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.read().get(i).cloned())
     }
 
     pub fn partition_count(&self) -> i32 {
@@ -70,7 +72,8 @@ impl LogStore {
         std::fs::create_dir_all(data_dir.join("log"))?;
         let meta_path = data_dir.join("topics.json");
         let meta: MetadataFile = match std::fs::read(&meta_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LogError::Metadata(format!("{}: {e}", meta_path.display())))?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| LogError::Metadata(format!("{}: {e}", meta_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile::default(),
             Err(e) => return Err(e.into()),
         };
@@ -85,7 +88,12 @@ impl LogStore {
             let mut parts = Vec::with_capacity(record.partitions as usize);
             for p in 0..record.partitions {
                 let dir = store.partition_dir(&record.name, p);
-                parts.push(Arc::new(PartitionLog::open(&dir, &record.name, p, config.clone())?));
+                parts.push(Arc::new(PartitionLog::open(
+                    &dir,
+                    &record.name,
+                    p,
+                    config.clone(),
+                )?));
             }
             let topic = Topic {
                 name: record.name.clone(),
@@ -95,7 +103,11 @@ impl LogStore {
             };
             store.topics.write().insert(record.name, Arc::new(topic));
         }
-        tracing::info!("opened {} topics in {:?}", store.topics.read().len(), started.elapsed());
+        tracing::info!(
+            "opened {} topics in {:?}",
+            store.topics.read().len(),
+            started.elapsed()
+        );
         store.remove_deleted_dirs();
         Ok(store)
     }
@@ -149,22 +161,36 @@ impl LogStore {
             return Err(LogError::InvalidTopic(format!("'{name}' is not allowed")));
         }
         if name.len() > MAX_TOPIC_NAME_LEN {
-            return Err(LogError::InvalidTopic(format!("name is longer than {MAX_TOPIC_NAME_LEN} characters")));
+            return Err(LogError::InvalidTopic(format!(
+                "name is longer than {MAX_TOPIC_NAME_LEN} characters"
+            )));
         }
-        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-            return Err(LogError::InvalidTopic(format!("'{name}' contains '{c}'; use ASCII letters, digits, '.', '_' and '-'")));
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(LogError::InvalidTopic(format!(
+                "'{name}' contains '{c}'; use ASCII letters, digits, '.', '_' and '-'"
+            )));
         }
         Ok(())
     }
 
     /// Checks everything a creation would check, without creating.
-    pub fn validate_new_topic(&self, name: &str, partitions: i32, config: &TopicConfig) -> Result<()> {
+    pub fn validate_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: &TopicConfig,
+    ) -> Result<()> {
         Self::validate_topic_name(name)?;
         if self.topics.read().contains_key(name) {
             return Err(LogError::TopicExists(name.to_string()));
         }
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
-            return Err(LogError::InvalidPartitions(format!("{partitions} partitions; use 1 to {MAX_PARTITIONS}")));
+            return Err(LogError::InvalidPartitions(format!(
+                "{partitions} partitions; use 1 to {MAX_PARTITIONS}"
+            )));
         }
         for (k, v) in &config.overrides {
             crate::config::validate_config(k, v)?;
@@ -172,7 +198,12 @@ impl LogStore {
         Ok(())
     }
 
-    pub fn create_topic(&self, name: &str, partitions: i32, config: TopicConfig) -> Result<Arc<Topic>> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
         let _guard = self.metadata_lock.lock();
         self.validate_new_topic(name, partitions, &config)?;
         let config = Arc::new(config);
@@ -183,7 +214,12 @@ impl LogStore {
         }
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            parts.push(Arc::new(PartitionLog::open(&self.partition_dir(name, p), name, p, config.clone())?));
+            parts.push(Arc::new(PartitionLog::open(
+                &self.partition_dir(name, p),
+                name,
+                p,
+                config.clone(),
+            )?));
         }
         let topic = Arc::new(Topic {
             name: name.to_string(),
@@ -202,7 +238,11 @@ impl LogStore {
 
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let _guard = self.metadata_lock.lock();
-        let topic = self.topics.write().remove(name).ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let topic = self
+            .topics
+            .write()
+            .remove(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
         if let Err(e) = self.persist_metadata() {
             self.topics.write().insert(name.to_string(), topic);
             return Err(e);
@@ -210,7 +250,10 @@ impl LogStore {
         // Move the directory out of the way first, so a re-created topic of
         // the same name starts clean even if removal is slow or fails.
         let from = self.topic_dir(name);
-        let to = self.data_dir.join("log").join(format!(".deleted-{}-{}", name, topic.id));
+        let to = self
+            .data_dir
+            .join("log")
+            .join(format!(".deleted-{}-{}", name, topic.id));
         if let Err(e) = std::fs::rename(&from, &to) {
             tracing::warn!(topic = name, "could not move deleted topic's files: {e}");
         } else if let Err(e) = std::fs::remove_dir_all(&to) {
@@ -223,13 +266,19 @@ impl LogStore {
     /// Raises a topic's partition count; lowering is refused, as in Kafka.
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
         let _guard = self.metadata_lock.lock();
-        let topic = self.topic(name).ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count();
         if count <= current {
-            return Err(LogError::InvalidPartitions(format!("topic has {current} partitions; the new count {count} must be larger")));
+            return Err(LogError::InvalidPartitions(format!(
+                "topic has {current} partitions; the new count {count} must be larger"
+            )));
         }
         if count > MAX_PARTITIONS {
-            return Err(LogError::InvalidPartitions(format!("{count} partitions; at most {MAX_PARTITIONS}")));
+            return Err(LogError::InvalidPartitions(format!(
+                "{count} partitions; at most {MAX_PARTITIONS}"
+            )));
         }
         if validate_only {
             return Ok(());
@@ -237,7 +286,12 @@ impl LogStore {
         let config = topic.config();
         let mut added = Vec::new();
         for p in current..count {
-            added.push(Arc::new(PartitionLog::open(&self.partition_dir(name, p), name, p, config.clone())?));
+            added.push(Arc::new(PartitionLog::open(
+                &self.partition_dir(name, p),
+                name,
+                p,
+                config.clone(),
+            )?));
         }
         topic.partitions.write().extend(added);
         self.persist_metadata()
@@ -246,7 +300,9 @@ impl LogStore {
     /// Replaces a topic's config overrides.
     pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
         let _guard = self.metadata_lock.lock();
-        let topic = self.topic(name).ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
         for (k, v) in &config.overrides {
             crate::config::validate_config(k, v)?;
         }
@@ -276,12 +332,15 @@ impl LogStore {
                 })
                 .collect(),
         };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| LogError::Metadata(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| LogError::Metadata(e.to_string()))?;
         write_atomically(&self.data_dir.join("topics.json"), &json)
     }
 
     fn remove_deleted_dirs(&self) {
-        let Ok(entries) = std::fs::read_dir(self.data_dir.join("log")) else { return };
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("log")) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let orphan = name.starts_with(".deleted-") || !self.topics.read().contains_key(&name);
@@ -294,7 +353,10 @@ impl LogStore {
 
     /// Runs `flush.ms` and retention in the background until the store is
     /// dropped by everyone else.
-    pub fn spawn_maintenance(self: &Arc<Self>, retention_check: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        retention_check: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -303,7 +365,8 @@ impl LogStore {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
                 let now = now_ms();
-                let partitions: Vec<_> = store.topics().iter().flat_map(|t| t.partitions()).collect();
+                let partitions: Vec<_> =
+                    store.topics().iter().flat_map(|t| t.partitions()).collect();
                 for p in &partitions {
                     if p.flush_overdue(now) {
                         let p = p.clone();
@@ -356,13 +419,28 @@ mod tests {
             let store = LogStore::open(dir.path()).unwrap();
             let cfg = TopicConfig::from_pairs([("retention.ms", "5000")]).unwrap();
             store.create_topic("orders", 3, cfg).unwrap();
-            store.create_topic("gone", 1, TopicConfig::default()).unwrap();
-            store.partition("orders", 2).unwrap().append(&mut make_batch(4, 10, 1)).unwrap();
+            store
+                .create_topic("gone", 1, TopicConfig::default())
+                .unwrap();
+            store
+                .partition("orders", 2)
+                .unwrap()
+                .append(&mut make_batch(4, 10, 1))
+                .unwrap();
             store.create_partitions("orders", 4, false).unwrap();
             store.delete_topic("gone").unwrap();
-            assert!(matches!(store.create_topic("orders", 1, TopicConfig::default()), Err(LogError::TopicExists(_))));
-            assert!(matches!(store.create_topic("bad/name", 1, TopicConfig::default()), Err(LogError::InvalidTopic(_))));
-            assert!(matches!(store.create_partitions("orders", 2, false), Err(LogError::InvalidPartitions(_))));
+            assert!(matches!(
+                store.create_topic("orders", 1, TopicConfig::default()),
+                Err(LogError::TopicExists(_))
+            ));
+            assert!(matches!(
+                store.create_topic("bad/name", 1, TopicConfig::default()),
+                Err(LogError::InvalidTopic(_))
+            ));
+            assert!(matches!(
+                store.create_partitions("orders", 2, false),
+                Err(LogError::InvalidPartitions(_))
+            ));
             store.close().unwrap();
         }
         let store = LogStore::open(dir.path()).unwrap();

@@ -124,7 +124,10 @@ async fn fresh_topic(client: &Client, topic: &str, partitions: i32) -> anyhow::R
     req.timeout_ms = 30_000;
     let resp = client.send(&req).await?;
     if let Some(t) = resp.topics.iter().find(|t| t.error_code != 0) {
-        bail!("cannot create {topic}: {}", crate::cli::describe_error(t.error_code, t.error_message.as_ref()));
+        bail!(
+            "cannot create {topic}: {}",
+            crate::cli::describe_error(t.error_code, t.error_message.as_ref())
+        );
     }
     Ok(())
 }
@@ -142,7 +145,14 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
     fresh_topic(&admin, &b.topic, b.partitions).await?;
     let value = Bytes::from(vec![b'x'; b.record_size]);
     let batch_records = b.batch_records.max(1);
-    let records: Vec<OutRecord> = (0..batch_records).map(|_| OutRecord { key: None, value: Some(value.clone()), headers: vec![], timestamp: fluxo_log::now_ms() }).collect();
+    let records: Vec<OutRecord> = (0..batch_records)
+        .map(|_| OutRecord {
+            key: None,
+            value: Some(value.clone()),
+            headers: vec![],
+            timestamp: fluxo_log::now_ms(),
+        })
+        .collect();
     let batch = encode_batch(&records, Compression::None)?;
     let batches_total = b.records.div_ceil(batch_records as u64);
     let next = Arc::new(AtomicU64::new(0));
@@ -153,7 +163,8 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
         // partition leader would have; several batches in flight on each.
         let client = Arc::new(b.conn.connect().await?);
         for _ in 0..b.in_flight.max(1) {
-            let (client, next, batch, topic) = (client.clone(), next.clone(), batch.clone(), b.topic.clone());
+            let (client, next, batch, topic) =
+                (client.clone(), next.clone(), batch.clone(), b.topic.clone());
             tasks.spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < batches_total {
                     produce(&client, &topic, p, batch.clone(), acks).await?;
@@ -191,7 +202,11 @@ async fn bench_consume(b: ConsumeBench) -> anyhow::Result<()> {
             while offset < end {
                 let f = fetch(&client, &topic, p, offset, 100, 4 << 20).await?;
                 n += f.records.len() as u64;
-                bytes += f.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64).sum::<u64>();
+                bytes += f
+                    .records
+                    .iter()
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+                    .sum::<u64>();
                 offset = f.next_offset.max(offset);
             }
             anyhow::Ok((n, bytes))
@@ -206,7 +221,10 @@ async fn bench_consume(b: ConsumeBench) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let rate = n as f64 / secs;
     report(
-        &format!("consume: {n} records in {secs:.2} s: {rate:.0} records/s, {:.1} MB/s of values", bytes as f64 / secs / 1e6),
+        &format!(
+            "consume: {n} records in {secs:.2} s: {rate:.0} records/s, {:.1} MB/s of values",
+            bytes as f64 / secs / 1e6
+        ),
         serde_json::json!({"bench": "consume", "records": n, "records_per_sec": rate, "mb_per_sec": bytes as f64 / secs / 1e6}),
     );
     Ok(())
@@ -228,7 +246,12 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
             let f = fetch(&consumer, &topic, 0, offset, 500, 1 << 20).await?;
             let now = epoch.elapsed().as_micros() as u64;
             for r in &f.records {
-                let sent = r.value.as_ref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok()).context("bad e2e payload")?;
+                let sent = r
+                    .value
+                    .as_ref()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .context("bad e2e payload")?;
                 hist.record(now.saturating_sub(sent).max(1))?;
             }
             offset = f.next_offset.max(offset);
@@ -245,7 +268,12 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
         let due = ((epoch.elapsed().as_secs_f64() * b.rate as f64) as u64).min(total);
         while sent < due {
             let stamp = epoch.elapsed().as_micros() as u64;
-            let rec = OutRecord { key: None, value: Some(Bytes::from(stamp.to_string())), headers: vec![], timestamp: fluxo_log::now_ms() };
+            let rec = OutRecord {
+                key: None,
+                value: Some(Bytes::from(stamp.to_string())),
+                headers: vec![],
+                timestamp: fluxo_log::now_ms(),
+            };
             let batch = encode_batch(std::slice::from_ref(&rec), Compression::None)?;
             let (p, topic) = (producer.clone(), b.topic.clone());
             acks_pending.spawn(async move { produce(&p, &topic, 0, batch, acks).await });
@@ -259,7 +287,9 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
     while let Some(done) = acks_pending.join_next().await {
         done??;
     }
-    let hist = tokio::time::timeout(Duration::from_secs(30), reader).await.context("consumer did not receive every record within 30 s")???;
+    let hist = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .context("consumer did not receive every record within 30 s")???;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     report(
         &format!(
@@ -279,8 +309,20 @@ async fn bench_first_round_trip(b: FirstRoundTripBench) -> anyhow::Result<()> {
         let start = Instant::now();
         let client = b.conn.connect().await?;
         crate::cli::partition_count(&client, &b.topic).await?;
-        let rec = OutRecord { key: None, value: Some(Bytes::from_static(b"hello")), headers: vec![], timestamp: fluxo_log::now_ms() };
-        produce(&client, &b.topic, 0, encode_batch(&[rec], Compression::None)?, 1).await?;
+        let rec = OutRecord {
+            key: None,
+            value: Some(Bytes::from_static(b"hello")),
+            headers: vec![],
+            timestamp: fluxo_log::now_ms(),
+        };
+        produce(
+            &client,
+            &b.topic,
+            0,
+            encode_batch(&[rec], Compression::None)?,
+            1,
+        )
+        .await?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
@@ -297,7 +339,8 @@ async fn bench_baseline(b: BaselineBench) -> anyhow::Result<()> {
     let megabytes = b.megabytes.max(16);
     let disk = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let path = dir.join(".fluxo-bench-baseline");
-        let mut f = std::fs::File::create(&path).with_context(|| format!("cannot write in {}", dir.display()))?;
+        let mut f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
         let chunk = vec![0x5au8; 1 << 20];
         let start = Instant::now();
         for _ in 0..megabytes {
@@ -311,7 +354,9 @@ async fn bench_baseline(b: BaselineBench) -> anyhow::Result<()> {
     })
     .await??;
     report(
-        &format!("baseline disk: sequential 1 MiB writes with fdatasync after each: {disk:.1} MB/s"),
+        &format!(
+            "baseline disk: sequential 1 MiB writes with fdatasync after each: {disk:.1} MB/s"
+        ),
         serde_json::json!({"bench": "baseline_disk", "mb_per_sec": disk}),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

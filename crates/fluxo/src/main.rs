@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: alloc::FluxoAllocator = alloc::FluxoAllocator;
 
 #[derive(Parser)]
-#[command(name = "fluxo", version, about = "One binary that takes in, keeps, processes and serves streams of events.")]
+#[command(
+    name = "fluxo",
+    version,
+    about = "One binary that takes in, keeps, processes and serves streams of events."
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,7 +41,8 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-const GUIDE: &str = "fluxo: one binary that takes in, keeps, processes and serves streams of events.
+const GUIDE: &str =
+    "fluxo: one binary that takes in, keeps, processes and serves streams of events.
 
 Start a server (Kafka protocol on 127.0.0.1:9092, data in ./fluxo-data):
     fluxo serve
@@ -64,10 +69,18 @@ fn main() -> std::process::ExitCode {
         // SAFETY: setting a signal disposition before any threads start.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLUXO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLUXO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fluxo: cannot start the async runtime: {e}");

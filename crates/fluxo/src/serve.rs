@@ -50,7 +50,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
     let store = Arc::new(store);
-    let maintenance = store.spawn_maintenance(Duration::from_secs(args.retention_check_secs.max(1)));
+    let maintenance =
+        store.spawn_maintenance(Duration::from_secs(args.retention_check_secs.max(1)));
     let config = BrokerConfig {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.num_partitions,
@@ -58,10 +59,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         advertised_addr: args.advertised_kafka_addr,
         ..BrokerConfig::default()
     };
-    let broker = Arc::new(Broker::new(store.clone(), config)?);
+    let store_for_groups = store.clone();
+    let groups = tokio::task::spawn_blocking(move || {
+        fluxo_groups::GroupCoordinator::open(store_for_groups, fluxo_groups::GroupConfig::default())
+    })
+    .await?
+    .context("cannot load committed offsets")?;
+    let group_timers = groups.spawn_timers();
+    let broker = Arc::new(Broker::new(store.clone(), groups, config)?);
     let listener = tokio::net::TcpListener::bind(args.kafka_addr)
         .await
-        .with_context(|| format!("cannot listen on {} (is another server using it? pick another with --kafka-addr)", args.kafka_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --kafka-addr)",
+                args.kafka_addr
+            )
+        })?;
     let kafka = fluxo_kafka::serve(listener, broker)?;
     println!("fluxo: kafka listening on {}", kafka.local_addr);
     tracing::info!(data_dir = %args.data_dir.display(), "fluxo is serving");
@@ -69,10 +82,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     // Stop taking requests, then flush and close every segment.
-    if tokio::time::timeout(Duration::from_secs(5), kafka.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), kafka.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections did not close within 5 s; closing the store anyway");
     }
     maintenance.abort();
+    group_timers.abort();
     tokio::task::spawn_blocking(move || store.close()).await??;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -36,35 +36,69 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
 }
 
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         topic = topic.set(k, v);
     }
-    let results = admin.create_topics(&[topic], &AdminOptions::new()).await.expect("create topics");
+    let results = admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("create topics");
     for r in results {
         r.expect("topic created");
     }
 }
 
 /// Reads every record of `partitions` from offset 0 until `expected` arrive.
-fn consume_all(c: &BaseConsumer, topic: &str, partitions: i32, expected: usize) -> Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>, Timestamp)> {
+fn consume_all(
+    c: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<(
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    Vec<(String, Vec<u8>)>,
+    Timestamp,
+)> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
     }
     c.assign(&tpl).expect("assign");
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while out.len() < expected {
-        assert!(std::time::Instant::now() < deadline, "got {} of {expected} records", out.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "got {} of {expected} records",
+            out.len()
+        );
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.expect("consume error");
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|hd| (hd.key.to_string(), hd.value.unwrap_or_default().to_vec())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|hd| (hd.key.to_string(), hd.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
                 .unwrap_or_default();
-            out.push((m.partition(), m.offset(), m.key().map(|k| k.to_vec()), m.payload().unwrap_or_default().to_vec(), headers, m.timestamp()));
+            out.push((
+                m.partition(),
+                m.offset(),
+                m.key().map(|k| k.to_vec()),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+                m.timestamp(),
+            ));
         }
     }
     out
@@ -83,8 +117,15 @@ async fn records_round_trip_in_every_codec_with_keys_headers_and_timestamps() {
         for i in 0..n {
             let key = format!("key-{}", i % 37);
             let value = format!("value-{i}");
-            let headers = OwnedHeaders::new().insert(Header { key: "seq", value: Some(&i.to_string()) });
-            let rec = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers).timestamp(base_ts + i as i64);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "seq",
+                value: Some(&i.to_string()),
+            });
+            let rec = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers)
+                .timestamp(base_ts + i as i64);
             deliveries.push(p.send_result(rec).expect("queue"));
         }
         let mut acked = 0;
@@ -101,13 +142,27 @@ async fn records_round_trip_in_every_codec_with_keys_headers_and_timestamps() {
         for (partition, offset, key, value, headers, ts) in &got {
             let value = String::from_utf8(value.clone()).unwrap();
             let i: i64 = value.strip_prefix("value-").unwrap().parse().unwrap();
-            assert_eq!(key.as_deref(), Some(format!("key-{}", i % 37).as_bytes()), "{codec}");
-            assert_eq!(headers, &vec![("seq".to_string(), i.to_string().into_bytes())], "{codec}");
+            assert_eq!(
+                key.as_deref(),
+                Some(format!("key-{}", i % 37).as_bytes()),
+                "{codec}"
+            );
+            assert_eq!(
+                headers,
+                &vec![("seq".to_string(), i.to_string().into_bytes())],
+                "{codec}"
+            );
             assert_eq!(*ts, Timestamp::CreateTime(base_ts + i), "{codec}");
             // One key, one partition; offsets in a partition are dense from 0.
-            assert_eq!(*partition_of_key.entry(key.clone()).or_insert(*partition), *partition);
+            assert_eq!(
+                *partition_of_key.entry(key.clone()).or_insert(*partition),
+                *partition
+            );
             let expect = next_offset.entry(*partition).or_insert(0i64);
-            assert_eq!(offset, expect, "{codec}: offsets dense in partition {partition}");
+            assert_eq!(
+                offset, expect,
+                "{codec}: offsets dense in partition {partition}"
+            );
             *expect += 1;
         }
     }
@@ -119,33 +174,78 @@ async fn offsets_for_times_finds_the_first_record_at_or_after() {
     create_topic(&server.bootstrap, "times", 1, &[]).await;
     let p = producer(&server.bootstrap, "lz4");
     for i in 0..500i64 {
-        let rec = FutureRecord::<(), _>::to("times").payload("x").timestamp(1_000_000 + i * 10);
-        p.send(rec, Duration::from_secs(10)).await.expect("delivered");
+        let rec = FutureRecord::<(), _>::to("times")
+            .payload("x")
+            .timestamp(1_000_000 + i * 10);
+        p.send(rec, Duration::from_secs(10))
+            .await
+            .expect("delivered");
     }
     let c = consumer(&server.bootstrap);
-    for (ts, want) in [(1_000_000, 0), (1_000_005, 1), (1_002_500, 250), (1_004_990, 499), (1_004_991, -1)] {
+    for (ts, want) in [
+        (1_000_000, 0),
+        (1_000_005, 1),
+        (1_002_500, 250),
+        (1_004_990, 499),
+        (1_004_991, -1),
+    ] {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("times", 0, Offset::Offset(ts)).unwrap();
-        let found = c.offsets_for_times(tpl, Duration::from_secs(10)).expect("offsets_for_times");
+        tpl.add_partition_offset("times", 0, Offset::Offset(ts))
+            .unwrap();
+        let found = c
+            .offsets_for_times(tpl, Duration::from_secs(10))
+            .expect("offsets_for_times");
         let off = found.find_partition("times", 0).unwrap().offset();
-        let want = if want < 0 { Offset::End } else { Offset::Offset(want) };
+        let want = if want < 0 {
+            Offset::End
+        } else {
+            Offset::Offset(want)
+        };
         assert_eq!(off, want, "timestamp {ts}");
     }
-    let (low, high) = c.fetch_watermarks("times", 0, Duration::from_secs(10)).unwrap();
+    let (low, high) = c
+        .fetch_watermarks("times", 0, Duration::from_secs(10))
+        .unwrap();
     assert_eq!((low, high), (0, 500));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_records_get_message_too_large_and_nothing_is_stored() {
     let server = Server::start();
-    create_topic(&server.bootstrap, "small", 1, &[("max.message.bytes", "10000")]).await;
+    create_topic(
+        &server.bootstrap,
+        "small",
+        1,
+        &[("max.message.bytes", "10000")],
+    )
+    .await;
     let p = producer(&server.bootstrap, "none");
     let big = vec![b'x'; 50_000];
-    let err = p.send(FutureRecord::<(), _>::to("small").payload(&big), Duration::from_secs(10)).await.expect_err("must be refused");
-    assert!(matches!(err.0, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)), "got {:?}", err.0);
-    p.send(FutureRecord::<(), _>::to("small").payload("fits"), Duration::from_secs(10)).await.expect("a small record still works");
+    let err = p
+        .send(
+            FutureRecord::<(), _>::to("small").payload(&big),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("must be refused");
+    assert!(
+        matches!(
+            err.0,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+        ),
+        "got {:?}",
+        err.0
+    );
+    p.send(
+        FutureRecord::<(), _>::to("small").payload("fits"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a small record still works");
     let c = consumer(&server.bootstrap);
-    let (low, high) = c.fetch_watermarks("small", 0, Duration::from_secs(10)).unwrap();
+    let (low, high) = c
+        .fetch_watermarks("small", 0, Duration::from_secs(10))
+        .unwrap();
     assert_eq!((low, high), (0, 1));
 }
 
@@ -159,12 +259,38 @@ async fn garbage_on_one_socket_leaves_everyone_else_served() {
         (-1i32).to_be_bytes().to_vec(),
         [&20i32.to_be_bytes()[..], &[0xff; 20]].concat(),
         // A Metadata v9 request whose topic array claims 2^31-1 entries.
-        [&18i32.to_be_bytes()[..], &3i16.to_be_bytes(), &9i16.to_be_bytes(), &7i32.to_be_bytes(), &[0, 0], &[0], &[0xff, 0xff, 0xff, 0xff, 0x07]].concat(),
+        [
+            &18i32.to_be_bytes()[..],
+            &3i16.to_be_bytes(),
+            &9i16.to_be_bytes(),
+            &7i32.to_be_bytes(),
+            &[0, 0],
+            &[0],
+            &[0xff, 0xff, 0xff, 0xff, 0x07],
+        ]
+        .concat(),
         // A Produce v3 request whose topic array claims 2^31-1 entries: the
         // codec would reserve ~200 GB for it.
-        [&21i32.to_be_bytes()[..], &0i16.to_be_bytes(), &3i16.to_be_bytes(), &1i32.to_be_bytes(), &(-1i16).to_be_bytes(), &(-1i16).to_be_bytes(), &1i16.to_be_bytes(), &1000i32.to_be_bytes(), &0x7fff_ffffi32.to_be_bytes()].concat(),
+        [
+            &21i32.to_be_bytes()[..],
+            &0i16.to_be_bytes(),
+            &3i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &(-1i16).to_be_bytes(),
+            &(-1i16).to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &1000i32.to_be_bytes(),
+            &0x7fff_ffffi32.to_be_bytes(),
+        ]
+        .concat(),
         // An unknown API key.
-        [&8i32.to_be_bytes()[..], &999i16.to_be_bytes(), &0i16.to_be_bytes(), &1i32.to_be_bytes()].concat(),
+        [
+            &8i32.to_be_bytes()[..],
+            &999i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+        ]
+        .concat(),
     ];
     for g in garbage {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -177,53 +303,111 @@ async fn garbage_on_one_socket_leaves_everyone_else_served() {
     }
     // ApiVersions v99 gets a v0 answer with UNSUPPORTED_VERSION (35).
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    let req = [&8i32.to_be_bytes()[..], &18i16.to_be_bytes(), &99i16.to_be_bytes(), &42i32.to_be_bytes()].concat();
+    let req = [
+        &8i32.to_be_bytes()[..],
+        &18i16.to_be_bytes(),
+        &99i16.to_be_bytes(),
+        &42i32.to_be_bytes(),
+    ]
+    .concat();
     s.write_all(&req).unwrap();
     let mut head = [0u8; 10];
     s.read_exact(&mut head).unwrap();
-    assert_eq!(i32::from_be_bytes(head[4..8].try_into().unwrap()), 42, "correlation id");
-    assert_eq!(i16::from_be_bytes(head[8..10].try_into().unwrap()), 35, "UNSUPPORTED_VERSION");
+    assert_eq!(
+        i32::from_be_bytes(head[4..8].try_into().unwrap()),
+        42,
+        "correlation id"
+    );
+    assert_eq!(
+        i16::from_be_bytes(head[8..10].try_into().unwrap()),
+        35,
+        "UNSUPPORTED_VERSION"
+    );
     // And a real client is still served.
     create_topic(&server.bootstrap, "after-garbage", 1, &[]).await;
     let p = producer(&server.bootstrap, "none");
-    p.send(FutureRecord::<(), _>::to("after-garbage").payload("ok"), Duration::from_secs(10)).await.expect("delivered");
+    p.send(
+        FutureRecord::<(), _>::to("after-garbage").payload("ok"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_with_auto_creation_off_is_unknown_topic_or_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_in(dir.path(), "127.0.0.1:0", &["--auto-create-topics", "false"]);
+    let server = Server::start_in(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--auto-create-topics", "false"],
+    );
     let c = consumer(&server.bootstrap);
-    let md = c.fetch_metadata(Some("nope"), Duration::from_secs(10)).expect("metadata");
+    let md = c
+        .fetch_metadata(Some("nope"), Duration::from_secs(10))
+        .expect("metadata");
     let t = &md.topics()[0];
-    assert_eq!(t.error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART));
-    let all = c.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
-    assert!(all.topics().iter().all(|t| t.name() != "nope"), "the topic must not be created");
+    assert_eq!(
+        t.error(),
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+    );
+    let all = c
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    assert!(
+        all.topics().iter().all(|t| t.name() != "nope"),
+        "the topic must not be created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_restart_keeps_topics_configs_and_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), "127.0.0.1:0", &[]);
-    create_topic(&server.bootstrap, "kept", 3, &[("retention.ms", "86400000")]).await;
+    create_topic(
+        &server.bootstrap,
+        "kept",
+        3,
+        &[("retention.ms", "86400000")],
+    )
+    .await;
     let p = producer(&server.bootstrap, "zstd");
     for i in 0..300 {
-        p.send(FutureRecord::to("kept").key(&format!("k{i}")).payload(&format!("v{i}")), Duration::from_secs(10)).await.expect("delivered");
+        p.send(
+            FutureRecord::to("kept")
+                .key(&format!("k{i}"))
+                .payload(&format!("v{i}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
     }
     drop(p);
     assert!(server.stop().success(), "clean exit on SIGTERM");
     let server = Server::start_in(dir.path(), "127.0.0.1:0", &[]);
     let c = consumer(&server.bootstrap);
     let got = consume_all(&c, "kept", 3, 300);
-    let mut values: Vec<String> = got.iter().map(|r| String::from_utf8(r.3.clone()).unwrap()).collect();
+    let mut values: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.3.clone()).unwrap())
+        .collect();
     values.sort();
     values.dedup();
     assert_eq!(values.len(), 300);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &server.bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &server.bootstrap)
+        .create()
+        .unwrap();
     let configs = admin
-        .describe_configs(&[rdkafka::admin::ResourceSpecifier::Topic("kept")], &AdminOptions::new())
+        .describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic("kept")],
+            &AdminOptions::new(),
+        )
         .await
         .unwrap();
     let config = configs[0].as_ref().unwrap();
-    assert_eq!(config.get("retention.ms").and_then(|e| e.value.as_deref()), Some("86400000"));
+    assert_eq!(
+        config.get("retention.ms").and_then(|e| e.value.as_deref()),
+        Some("86400000")
+    );
 }

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use fluxo_log::{LogError, TopicConfig};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -16,10 +19,17 @@ use crate::errors::log_error_code;
 use crate::Broker;
 
 fn err(e: &LogError) -> (i16, Option<StrBytes>) {
-    (log_error_code(e), Some(StrBytes::from_string(e.to_string())))
+    (
+        log_error_code(e),
+        Some(StrBytes::from_string(e.to_string())),
+    )
 }
 
-pub fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub fn create_topics(
+    broker: &Arc<Broker>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for t in request.topics {
         let name = t.name.0.as_str().to_string();
@@ -28,7 +38,11 @@ pub fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest, version
         r.num_partitions = -1;
         r.replication_factor = -1;
         let partitions = if t.num_partitions == -1 {
-            if t.assignments.is_empty() { broker.config.default_partitions } else { t.assignments.len() as i32 }
+            if t.assignments.is_empty() {
+                broker.config.default_partitions
+            } else {
+                t.assignments.len() as i32
+            }
         } else {
             t.num_partitions
         };
@@ -36,22 +50,40 @@ pub fn create_topics(broker: &Arc<Broker>, request: CreateTopicsRequest, version
             if !(t.replication_factor == -1 || t.replication_factor == 1) {
                 return Err((
                     ResponseError::InvalidReplicationFactor.code(),
-                    Some(StrBytes::from_string(format!("replication factor {} is larger than the 1 available broker", t.replication_factor))),
+                    Some(StrBytes::from_string(format!(
+                        "replication factor {} is larger than the 1 available broker",
+                        t.replication_factor
+                    ))),
                 ));
             }
-            if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id)) {
-                return Err((ResponseError::InvalidReplicaAssignment.code(), Some(StrBytes::from_string("assignments may only name this broker".into()))));
-            }
-            let pairs = t
-                .configs
+            if t.assignments
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_string(), v.as_str().to_string())));
+                .any(|a| a.broker_ids.iter().any(|b| b.0 != broker.config.node_id))
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment.code(),
+                    Some(StrBytes::from_string(
+                        "assignments may only name this broker".into(),
+                    )),
+                ));
+            }
+            let pairs = t.configs.iter().filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.as_str().to_string(), v.as_str().to_string()))
+            });
             let config = TopicConfig::from_pairs(pairs).map_err(|e| err(&e))?;
-            broker.store.validate_new_topic(&name, partitions, &config).map_err(|e| err(&e))?;
+            broker
+                .store
+                .validate_new_topic(&name, partitions, &config)
+                .map_err(|e| err(&e))?;
             if request.validate_only {
                 return Ok((config, None));
             }
-            let topic = broker.store.create_topic(&name, partitions, config.clone()).map_err(|e| err(&e))?;
+            let topic = broker
+                .store
+                .create_topic(&name, partitions, config.clone())
+                .map_err(|e| err(&e))?;
             Ok((config, Some(topic.id)))
         })();
         match outcome {
@@ -89,13 +121,25 @@ fn describe_for_create(config: &TopicConfig) -> Vec<CreatableTopicConfigs> {
         .collect()
 }
 
-pub fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub fn delete_topics(
+    broker: &Arc<Broker>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let mut response = DeleteTopicsResponse::default();
     // v6 names topics by name or id; older versions by name only.
     let targets: Vec<(Option<TopicName>, uuid::Uuid)> = if version >= 6 {
-        request.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
     } else {
-        request.topic_names.into_iter().map(|n| (Some(n), uuid::Uuid::nil())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n), uuid::Uuid::nil()))
+            .collect()
     };
     for (name, id) in targets {
         let mut r = DeletableTopicResult::default();
@@ -107,7 +151,19 @@ pub fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest, version
         };
         match topic {
             None => {
-                r.error_code = if name.is_some() { ResponseError::UnknownTopicOrPartition.code() } else { ResponseError::UnknownTopicId.code() };
+                r.error_code = if name.is_some() {
+                    ResponseError::UnknownTopicOrPartition.code()
+                } else {
+                    ResponseError::UnknownTopicId.code()
+                };
+            }
+            Some(topic) if topic.name == fluxo_groups::OFFSETS_TOPIC => {
+                r.error_code = ResponseError::InvalidTopicException.code();
+                if version >= 5 {
+                    r.error_message = Some(StrBytes::from_static_str(
+                        "internal topics cannot be deleted",
+                    ));
+                }
             }
             Some(topic) => {
                 r.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
@@ -126,12 +182,19 @@ pub fn delete_topics(broker: &Arc<Broker>, request: DeleteTopicsRequest, version
     response
 }
 
-pub fn create_partitions(broker: &Arc<Broker>, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub fn create_partitions(
+    broker: &Arc<Broker>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut response = CreatePartitionsResponse::default();
     for t in request.topics {
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name.clone();
-        if let Err(e) = broker.store.create_partitions(t.name.0.as_str(), t.count, request.validate_only) {
+        if let Err(e) =
+            broker
+                .store
+                .create_partitions(t.name.0.as_str(), t.count, request.validate_only)
+        {
             let (code, message) = err(&e);
             r.error_code = code;
             r.error_message = message;

@@ -49,17 +49,29 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
     let mut wanted = Vec::new();
     for (ti, t) in request.topics.iter().enumerate() {
         let by_id = version >= 13;
-        let topic = if by_id { broker.store.topic_by_id(t.topic_id) } else { broker.store.topic(t.topic.0.as_str()) };
+        let topic = if by_id {
+            broker.store.topic_by_id(t.topic_id)
+        } else {
+            broker.store.topic(t.topic.0.as_str())
+        };
         let mut tr = FetchableTopicResponse::default();
         tr.topic = match &topic {
-            Some(topic) if by_id => kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(topic.name.clone())),
+            Some(topic) if by_id => kafka_protocol::messages::TopicName(
+                kafka_protocol::protocol::StrBytes::from_string(topic.name.clone()),
+            ),
             _ => t.topic.clone(),
         };
         tr.topic_id = t.topic_id;
         response.responses.push(tr);
-        let missing = if by_id { ResponseError::UnknownTopicId.code() } else { ResponseError::UnknownTopicOrPartition.code() };
+        let missing = if by_id {
+            ResponseError::UnknownTopicId.code()
+        } else {
+            ResponseError::UnknownTopicOrPartition.code()
+        };
         for p in &t.partitions {
-            let log = topic.as_ref().and_then(|topic| topic.partition(p.partition));
+            let log = topic
+                .as_ref()
+                .and_then(|topic| topic.partition(p.partition));
             wanted.push(Wanted {
                 topic_index: ti,
                 error: if log.is_some() { 0 } else { missing },
@@ -70,18 +82,28 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
             });
         }
     }
-    let max_bytes = if request.max_bytes <= 0 { usize::MAX } else { request.max_bytes as usize };
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
     let min_bytes = request.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
 
-    let mut receivers: Vec<watch::Receiver<i64>> = wanted.iter().filter_map(|w| w.log.as_ref().map(|l| l.subscribe())).collect();
+    let mut receivers: Vec<watch::Receiver<i64>> = wanted
+        .iter()
+        .filter_map(|w| w.log.as_ref().map(|l| l.subscribe()))
+        .collect();
     loop {
         for r in receivers.iter_mut() {
             r.borrow_and_update();
         }
         let (partitions, total, has_error) = read_all(&wanted, max_bytes);
-        let done = total >= min_bytes.max(1) || has_error || tokio::time::Instant::now() >= deadline || receivers.is_empty();
+        let done = total >= min_bytes.max(1)
+            || has_error
+            || tokio::time::Instant::now() >= deadline
+            || receivers.is_empty();
         if done || min_bytes == 0 {
             for (w, pd) in wanted.iter().zip(partitions) {
                 response.responses[w.topic_index].partitions.push(pd);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fluxo_log::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::records::RecordBatchDecoder;
 
@@ -18,7 +20,11 @@ pub const MAX_TIMESTAMP: i64 = -3;
 pub const EARLIEST_LOCAL: i64 = -4;
 pub const LATEST_TIERED: i64 = -5;
 
-pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
     for t in request.topics {
         let topic = broker.store.topic(t.name.0.as_str());
@@ -56,18 +62,24 @@ pub fn lookup(log: &PartitionLog, timestamp: i64) -> Result<Option<(i64, i64)>, 
         LATEST | LATEST_TIERED => Ok(Some((log.end_offset(), -1))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
         MAX_TIMESTAMP => {
-            let Some((_, batch)) = log.max_timestamp_batch()? else { return Ok(None) };
+            let Some((_, batch)) = log.max_timestamp_batch()? else {
+                return Ok(None);
+            };
             // The record that holds the batch's max timestamp; the first one
             // if several share it.
             let records = decode(&batch)?;
             Ok(records.iter().max_by_key(|(o, ts)| (*ts, -*o)).copied())
         }
         ts if ts >= 0 => {
-            let Some((_, batch)) = log.find_batch_by_timestamp(ts)? else { return Ok(None) };
+            let Some((_, batch)) = log.find_batch_by_timestamp(ts)? else {
+                return Ok(None);
+            };
             let records = decode(&batch)?;
             Ok(records.into_iter().find(|(_, t)| *t >= ts))
         }
-        other => Err(LogError::InvalidRecord(format!("timestamp {other} is not a ListOffsets query"))),
+        other => Err(LogError::InvalidRecord(format!(
+            "timestamp {other} is not a ListOffsets query"
+        ))),
     }
 }
 
@@ -75,8 +87,13 @@ pub fn lookup(log: &PartitionLog, timestamp: i64) -> Result<Option<(i64, i64)>, 
 fn decode(batch: &Bytes) -> Result<Vec<(i64, i64)>, LogError> {
     let header = fluxo_log::batch::BatchHeader::parse(batch)?;
     let mut buf = batch.clone();
-    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::CorruptBatch(e.to_string()))?;
+    let set =
+        RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::CorruptBatch(e.to_string()))?;
     // With LogAppendTime every record carries the batch's broker timestamp.
     let log_append = header.is_log_append_time().then_some(header.max_timestamp);
-    Ok(set.records.iter().map(|r| (r.offset, log_append.unwrap_or(r.timestamp))).collect())
+    Ok(set
+        .records
+        .iter()
+        .map(|r| (r.offset, log_append.unwrap_or(r.timestamp)))
+        .collect())
 }

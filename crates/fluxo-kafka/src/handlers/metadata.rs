@@ -6,8 +6,13 @@ use std::sync::Arc;
 use fluxo_log::{LogStore, Topic, TopicConfig};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
@@ -20,7 +25,12 @@ pub fn advertised(broker: &Broker, ctx: &RequestContext) -> SocketAddr {
     broker.config.advertised_addr.unwrap_or(ctx.local_addr)
 }
 
-pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let addr = advertised(broker, ctx);
     let mut response = MetadataResponse::default();
     let mut b = MetadataResponseBroker::default();
@@ -39,15 +49,24 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: MetadataReque
         Some(t) => Some(t),
     };
     let Some(wanted) = wanted else {
-        response.topics = broker.store.topics().iter().map(|t| describe_topic(broker, t)).collect();
+        response.topics = broker
+            .store
+            .topics()
+            .iter()
+            .map(|t| describe_topic(broker, t))
+            .collect();
         return response;
     };
     // Auto-creation is implied before v4, and never by topic id.
-    let may_create = broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let may_create =
+        broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     for t in wanted {
         let topic = match &t.name {
             Some(name) => lookup_or_create(broker, name.0.as_str(), may_create),
-            None => broker.store.topic_by_id(t.topic_id).ok_or(ResponseError::UnknownTopicId.code()),
+            None => broker
+                .store
+                .topic_by_id(t.topic_id)
+                .ok_or(ResponseError::UnknownTopicId.code()),
         };
         response.topics.push(match topic {
             Ok(topic) => describe_topic(broker, &topic),
@@ -74,10 +93,17 @@ fn lookup_or_create(broker: &Broker, name: &str, may_create: bool) -> Result<Arc
     if LogStore::validate_topic_name(name).is_err() {
         return Err(ResponseError::InvalidTopicException.code());
     }
-    match broker.store.create_topic(name, broker.config.default_partitions, TopicConfig::default()) {
+    match broker.store.create_topic(
+        name,
+        broker.config.default_partitions,
+        TopicConfig::default(),
+    ) {
         Ok(t) => Ok(t),
         // Another client created it first.
-        Err(fluxo_log::LogError::TopicExists(_)) => broker.store.topic(name).ok_or(ResponseError::UnknownTopicOrPartition.code()),
+        Err(fluxo_log::LogError::TopicExists(_)) => broker
+            .store
+            .topic(name)
+            .ok_or(ResponseError::UnknownTopicOrPartition.code()),
         Err(e) => {
             tracing::warn!(topic = name, "auto-creation failed: {e}");
             Err(log_error_code(&e))
@@ -90,6 +116,7 @@ fn describe_topic(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
     r.topic_id = topic.id;
+    r.is_internal = topic.name == fluxo_groups::OFFSETS_TOPIC;
     r.topic_authorized_operations = i32::MIN;
     r.partitions = (0..topic.partition_count())
         .map(|p| {
@@ -105,7 +132,11 @@ fn describe_topic(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
     r
 }
 
-pub fn describe_cluster(broker: &Arc<Broker>, ctx: &RequestContext, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    _request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let addr = advertised(broker, ctx);
     let mut r = DescribeClusterResponse::default();
     r.cluster_id = StrBytes::from_string(broker.cluster_id.clone());

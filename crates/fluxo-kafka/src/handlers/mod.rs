@@ -6,8 +6,10 @@ pub mod admin;
 pub mod api_versions;
 pub mod configs;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offsets;
 pub mod produce;
 pub mod producer_id;
 
@@ -50,6 +52,17 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::DescribeCluster => (0, 1),
         ApiKey::InitProducerId => (0, 4),
+        ApiKey::FindCoordinator => (0, 4),
+        ApiKey::JoinGroup => (0, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        ApiKey::OffsetCommit => (2, 9),
+        ApiKey::OffsetFetch => (1, 9),
+        ApiKey::OffsetDelete => (0, 0),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DescribeGroups => (0, 5),
+        ApiKey::DeleteGroups => (0, 2),
         _ => return None,
     };
     // Never claim more than the codec knows.
@@ -70,22 +83,68 @@ fn ready(response: ResponseKind) -> ResponseFuture {
     Box::pin(async move { Some(response) })
 }
 
-pub fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, header: &RequestHeader, request: RequestKind) -> ResponseFuture {
+pub fn dispatch(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    header: &RequestHeader,
+    request: RequestKind,
+) -> ResponseFuture {
     let version = header.request_api_version;
     match request {
-        RequestKind::ApiVersions(r) => ready(ResponseKind::ApiVersions(api_versions::handle(&r, version))),
-        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(broker, ctx, r, version))),
+        RequestKind::ApiVersions(r) => {
+            ready(ResponseKind::ApiVersions(api_versions::handle(&r, version)))
+        }
+        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(
+            broker, ctx, r, version,
+        ))),
         RequestKind::Produce(r) => produce::handle(broker, r, version),
         RequestKind::Fetch(r) => fetch::handle(broker, r, version),
-        RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(broker, r, version))),
-        RequestKind::CreateTopics(r) => ready(ResponseKind::CreateTopics(admin::create_topics(broker, r, version))),
-        RequestKind::DeleteTopics(r) => ready(ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version))),
-        RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(admin::create_partitions(broker, r))),
-        RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(metadata::describe_cluster(broker, ctx, r))),
-        RequestKind::DescribeConfigs(r) => ready(ResponseKind::DescribeConfigs(configs::describe(broker, r, version))),
-        RequestKind::AlterConfigs(r) => ready(ResponseKind::AlterConfigs(configs::alter(broker, r))),
-        RequestKind::IncrementalAlterConfigs(r) => ready(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(broker, r))),
-        RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(producer_id::handle(broker, r))),
+        RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(
+            broker, r, version,
+        ))),
+        RequestKind::CreateTopics(r) => ready(ResponseKind::CreateTopics(admin::create_topics(
+            broker, r, version,
+        ))),
+        RequestKind::DeleteTopics(r) => ready(ResponseKind::DeleteTopics(admin::delete_topics(
+            broker, r, version,
+        ))),
+        RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(
+            admin::create_partitions(broker, r),
+        )),
+        RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
+            metadata::describe_cluster(broker, ctx, r),
+        )),
+        RequestKind::DescribeConfigs(r) => ready(ResponseKind::DescribeConfigs(configs::describe(
+            broker, r, version,
+        ))),
+        RequestKind::AlterConfigs(r) => {
+            ready(ResponseKind::AlterConfigs(configs::alter(broker, r)))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ready(ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter(broker, r),
+        )),
+        RequestKind::InitProducerId(r) => {
+            ready(ResponseKind::InitProducerId(producer_id::handle(broker, r)))
+        }
+        RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(broker, ctx, r, version),
+        )),
+        RequestKind::JoinGroup(r) => groups::join(broker, ctx, header, r, version),
+        RequestKind::SyncGroup(r) => groups::sync(broker, r),
+        RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
+        RequestKind::LeaveGroup(r) => {
+            ready(ResponseKind::LeaveGroup(groups::leave(broker, r, version)))
+        }
+        RequestKind::ListGroups(r) => ready(ResponseKind::ListGroups(groups::list(broker, r))),
+        RequestKind::DescribeGroups(r) => {
+            ready(ResponseKind::DescribeGroups(groups::describe(broker, r)))
+        }
+        RequestKind::DeleteGroups(r) => groups::delete(broker, r),
+        RequestKind::OffsetCommit(r) => offsets::commit(broker, r),
+        RequestKind::OffsetFetch(r) => ready(ResponseKind::OffsetFetch(offsets::fetch(
+            broker, r, version,
+        ))),
+        RequestKind::OffsetDelete(r) => offsets::delete(broker, r),
         other => {
             // supported_versions() gates what reaches here.
             tracing::error!("no handler for {other:?}; please report this bug");

@@ -18,9 +18,15 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
     // (topic index, partition index) of appends that must be fsynced first.
     let mut to_sync: Vec<(usize, usize, Arc<PartitionLog>, i64)> = Vec::new();
     let request_error = if !matches!(acks, -1..=1) {
-        Some((ResponseError::InvalidRequiredAcks.code(), format!("acks={acks}; use -1 (all), 0 or 1")))
+        Some((
+            ResponseError::InvalidRequiredAcks.code(),
+            format!("acks={acks}; use -1 (all), 0 or 1"),
+        ))
     } else if request.transactional_id.is_some() {
-        Some((ResponseError::TransactionalIdAuthorizationFailed.code(), "transactions are not supported yet".to_string()))
+        Some((
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+            "transactions are not supported yet".to_string(),
+        ))
     } else {
         None
     };
@@ -43,16 +49,36 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
                 if let Some(e) = &request_error {
                     return Err(e.clone());
                 }
+                if topic_data.name.0.as_str() == fluxo_groups::OFFSETS_TOPIC {
+                    return Err((
+                        ResponseError::InvalidTopicException.code(),
+                        "the offsets topic is written by the group coordinator only".to_string(),
+                    ));
+                }
                 let log = topic
                     .as_ref()
                     .and_then(|t| t.partition(partition_data.index))
-                    .ok_or_else(|| (ResponseError::UnknownTopicOrPartition.code(), format!("no partition {} of topic '{}'", partition_data.index, topic_data.name.0.as_str())))?;
-                let records = partition_data
-                    .records
-                    .as_ref()
-                    .ok_or_else(|| (ResponseError::InvalidRecord.code(), "no records".to_string()))?;
+                    .ok_or_else(|| {
+                        (
+                            ResponseError::UnknownTopicOrPartition.code(),
+                            format!(
+                                "no partition {} of topic '{}'",
+                                partition_data.index,
+                                topic_data.name.0.as_str()
+                            ),
+                        )
+                    })?;
+                let records = partition_data.records.as_ref().ok_or_else(|| {
+                    (
+                        ResponseError::InvalidRecord.code(),
+                        "no records".to_string(),
+                    )
+                })?;
                 if records.len() > i32::MAX as usize {
-                    return Err((ResponseError::MessageTooLarge.code(), "record set too large".to_string()));
+                    return Err((
+                        ResponseError::MessageTooLarge.code(),
+                        "record set too large".to_string(),
+                    ));
                 }
                 // The batches get their offsets written in place.
                 let mut bytes = records.to_vec();
@@ -85,7 +111,9 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
         response.responses.push(topic_response);
     }
     Box::pin(async move {
-        let syncs = to_sync.into_iter().map(|(ti, pi, log, offset)| async move { (ti, pi, log.sync_to(offset).await) });
+        let syncs = to_sync
+            .into_iter()
+            .map(|(ti, pi, log, offset)| async move { (ti, pi, log.sync_to(offset).await) });
         for (ti, pi, result) in futures::future::join_all(syncs).await {
             if let Err(e) = result {
                 tracing::error!("fsync failed: {e}");

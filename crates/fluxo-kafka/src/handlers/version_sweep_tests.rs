@@ -17,7 +17,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use super::{dispatch, supported_keys, supported_versions, RequestContext};
 use crate::{Broker, BrokerConfig};
@@ -43,7 +45,15 @@ fn batch() -> bytes::Bytes {
         headers: Default::default(),
     };
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, [&rec], &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&rec],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     buf.freeze()
 }
 
@@ -144,7 +154,11 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             let mut r = CreatePartitionsRequest::default();
             let mut t = CreatePartitionsTopic::default();
             t.name = name("t");
-            t.count = broker.store.topic("t").map(|t| t.partition_count() + 1).unwrap_or(2);
+            t.count = broker
+                .store
+                .topic("t")
+                .map(|t| t.partition_count() + 1)
+                .unwrap_or(2);
             let mut bad = CreatePartitionsTopic::default();
             bad.name = name("t");
             bad.count = 1;
@@ -166,7 +180,9 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             RequestKind::DescribeConfigs(r)
         }
         ApiKey::AlterConfigs => {
-            use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            use kafka_protocol::messages::alter_configs_request::{
+                AlterConfigsResource, AlterableConfig,
+            };
             let mut r = AlterConfigsRequest::default();
             let mut res = AlterConfigsResource::default();
             res.resource_type = 2;
@@ -179,7 +195,9 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             RequestKind::AlterConfigs(r)
         }
         ApiKey::IncrementalAlterConfigs => {
-            use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            use kafka_protocol::messages::incremental_alter_configs_request::{
+                AlterConfigsResource, AlterableConfig,
+            };
             let mut r = IncrementalAlterConfigsRequest::default();
             let mut res = AlterConfigsResource::default();
             res.resource_type = 2;
@@ -204,6 +222,111 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             r.transaction_timeout_ms = 60_000;
             RequestKind::InitProducerId(r)
         }
+        ApiKey::FindCoordinator => {
+            let mut r = FindCoordinatorRequest::default();
+            if v < 4 {
+                r.key = StrBytes::from_static_str("g");
+            }
+            r.coordinator_keys = if v >= 4 {
+                vec![StrBytes::from_static_str("g")]
+            } else {
+                vec![]
+            };
+            RequestKind::FindCoordinator(r)
+        }
+        ApiKey::JoinGroup => {
+            use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+            let mut r = JoinGroupRequest::default();
+            r.group_id = GroupId(StrBytes::from_string(format!("g{v}")));
+            r.session_timeout_ms = 10_000;
+            r.rebalance_timeout_ms = 10_000;
+            r.protocol_type = StrBytes::from_static_str("consumer");
+            let mut p = JoinGroupRequestProtocol::default();
+            p.name = StrBytes::from_static_str("range");
+            r.protocols = vec![p];
+            RequestKind::JoinGroup(r)
+        }
+        ApiKey::SyncGroup => {
+            let mut r = SyncGroupRequest::default();
+            r.group_id = GroupId(StrBytes::from_static_str("g"));
+            r.member_id = StrBytes::from_static_str("nobody");
+            RequestKind::SyncGroup(r)
+        }
+        ApiKey::Heartbeat => {
+            let mut r = HeartbeatRequest::default();
+            r.group_id = GroupId(StrBytes::from_static_str("g"));
+            r.member_id = StrBytes::from_static_str("nobody");
+            RequestKind::Heartbeat(r)
+        }
+        ApiKey::LeaveGroup => {
+            use kafka_protocol::messages::leave_group_request::MemberIdentity;
+            let mut r = LeaveGroupRequest::default();
+            r.group_id = GroupId(StrBytes::from_static_str("g"));
+            if v >= 3 {
+                let mut m = MemberIdentity::default();
+                m.member_id = StrBytes::from_static_str("nobody");
+                r.members = vec![m];
+            } else {
+                r.member_id = StrBytes::from_static_str("nobody");
+            }
+            RequestKind::LeaveGroup(r)
+        }
+        ApiKey::OffsetCommit => {
+            use kafka_protocol::messages::offset_commit_request::{
+                OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+            };
+            let mut r = OffsetCommitRequest::default();
+            r.group_id = GroupId(StrBytes::from_static_str("standalone"));
+            r.generation_id_or_member_epoch = -1;
+            let mut p = OffsetCommitRequestPartition::default();
+            p.committed_offset = 1;
+            let mut t = OffsetCommitRequestTopic::default();
+            t.name = name("t");
+            t.partitions = vec![p];
+            r.topics = vec![t];
+            RequestKind::OffsetCommit(r)
+        }
+        ApiKey::OffsetFetch => {
+            use kafka_protocol::messages::offset_fetch_request::{
+                OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+            };
+            let mut r = OffsetFetchRequest::default();
+            if v >= 8 {
+                let mut g = OffsetFetchRequestGroup::default();
+                g.group_id = GroupId(StrBytes::from_static_str("standalone"));
+                let mut t = OffsetFetchRequestTopics::default();
+                t.name = name("t");
+                t.partition_indexes = vec![0, 1];
+                g.topics = Some(vec![t]);
+                r.groups = vec![g];
+            } else {
+                r.group_id = GroupId(StrBytes::from_static_str("standalone"));
+                let mut t = OffsetFetchRequestTopic::default();
+                t.name = name("t");
+                t.partition_indexes = vec![0, 1];
+                r.topics = Some(vec![t]);
+            }
+            RequestKind::OffsetFetch(r)
+        }
+        ApiKey::OffsetDelete => {
+            let mut r = OffsetDeleteRequest::default();
+            r.group_id = GroupId(StrBytes::from_static_str("missing"));
+            RequestKind::OffsetDelete(r)
+        }
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::DescribeGroups => {
+            let mut r = DescribeGroupsRequest::default();
+            r.groups = vec![
+                GroupId(StrBytes::from_static_str("g")),
+                GroupId(StrBytes::from_static_str("standalone")),
+            ];
+            RequestKind::DescribeGroups(r)
+        }
+        ApiKey::DeleteGroups => {
+            let mut r = DeleteGroupsRequest::default();
+            r.groups_names = vec![GroupId(StrBytes::from_static_str("missing"))];
+            RequestKind::DeleteGroups(r)
+        }
         other => panic!("the sweep has no request for {other:?}; add one"),
     }
 }
@@ -212,25 +335,44 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
 async fn every_supported_version_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(fluxo_log::LogStore::open(dir.path()).unwrap());
-    store.create_topic("t", 1, fluxo_log::TopicConfig::default()).unwrap();
-    let broker = Arc::new(Broker::new(store, BrokerConfig::default()).unwrap());
-    let ctx = RequestContext { local_addr: "127.0.0.1:9092".parse().unwrap(), peer: "127.0.0.1:50000".parse().unwrap() };
+    store
+        .create_topic("t", 1, fluxo_log::TopicConfig::default())
+        .unwrap();
+    let groups = fluxo_groups::GroupCoordinator::open(store.clone(), Default::default()).unwrap();
+    let _timers = groups.spawn_timers();
+    let broker = Arc::new(Broker::new(store, groups, BrokerConfig::default()).unwrap());
+    let ctx = RequestContext {
+        local_addr: "127.0.0.1:9092".parse().unwrap(),
+        peer: "127.0.0.1:50000".parse().unwrap(),
+    };
     for key in supported_keys() {
         let (min, max) = supported_versions(key).unwrap();
         for v in min..=max {
             let request = request_for(&broker, key, v);
             let mut wire = BytesMut::new();
-            request.encode(&mut wire, v).unwrap_or_else(|e| panic!("{key:?} v{v} request does not encode: {e}"));
+            request
+                .encode(&mut wire, v)
+                .unwrap_or_else(|e| panic!("{key:?} v{v} request does not encode: {e}"));
             let mut wire = wire.freeze();
-            let decoded = RequestKind::decode(key, &mut wire, v).unwrap_or_else(|e| panic!("{key:?} v{v} request does not decode: {e}"));
+            let decoded = RequestKind::decode(key, &mut wire, v)
+                .unwrap_or_else(|e| panic!("{key:?} v{v} request does not decode: {e}"));
             let mut header = RequestHeader::default();
             header.request_api_key = key as i16;
             header.request_api_version = v;
-            let response = dispatch(&broker, &ctx, &header, decoded).await.unwrap_or_else(|| panic!("{key:?} v{v}: no response"));
+            let response = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                dispatch(&broker, &ctx, &header, decoded),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{key:?} v{v}: no answer within 5 s"))
+            .unwrap_or_else(|| panic!("{key:?} v{v}: no response"));
             let mut out = BytesMut::new();
-            response.encode(&mut out, v).unwrap_or_else(|e| panic!("{key:?} v{v} response does not encode: {e}"));
+            response
+                .encode(&mut out, v)
+                .unwrap_or_else(|e| panic!("{key:?} v{v} response does not encode: {e}"));
             let mut back = out.freeze();
-            ResponseKind::decode(key, &mut back, v).unwrap_or_else(|e| panic!("{key:?} v{v} response does not decode: {e}"));
+            ResponseKind::decode(key, &mut back, v)
+                .unwrap_or_else(|e| panic!("{key:?} v{v} response does not decode: {e}"));
         }
     }
 }

@@ -45,14 +45,26 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let count = super::partition_count(&client, &args.topic).await?;
     let partitions: Vec<i32> = match args.partition {
         Some(p) if (0..count).contains(&p) => vec![p],
-        Some(p) => bail!("topic '{}' has partitions 0..{}; --partition {p} is not one of them", args.topic, count - 1),
+        Some(p) => bail!(
+            "topic '{}' has partitions 0..{}; --partition {p} is not one of them",
+            args.topic,
+            count - 1
+        ),
         None => (0..count).collect(),
     };
     let mut positions = Vec::with_capacity(partitions.len());
     for &p in &partitions {
         let start = match args.offset {
             Some(o) => o,
-            None => list_offset(&client, &args.topic, p, if args.from_beginning { -2 } else { -1 }).await?,
+            None => {
+                list_offset(
+                    &client,
+                    &args.topic,
+                    p,
+                    if args.from_beginning { -2 } else { -1 },
+                )
+                .await?
+            }
         };
         positions.push(start);
     }
@@ -92,9 +104,17 @@ fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
 fn print_record(partition: i32, r: &Record, format: Format) -> bool {
     use std::io::Write;
     let line = match format {
-        Format::Raw => r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+        Format::Raw => r
+            .value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default(),
         Format::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = r.headers.iter().map(|(k, v)| (k.to_string(), text(v))).collect();
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), text(v)))
+                .collect();
             json!({
                 "partition": partition,
                 "offset": r.offset,

@@ -15,7 +15,12 @@ use kafka_protocol::protocol::StrBytes;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Connection {
     /// Kafka address of a running fluxo (or any Kafka broker).
-    #[arg(long, short = 'b', default_value = "127.0.0.1:9092", env = "FLUXO_BOOTSTRAP")]
+    #[arg(
+        long,
+        short = 'b',
+        default_value = "127.0.0.1:9092",
+        env = "FLUXO_BOOTSTRAP"
+    )]
     pub bootstrap: String,
 }
 
@@ -27,7 +32,9 @@ impl Connection {
 
 /// Explains a Kafka error code in words a user can act on.
 pub fn describe_error(code: i16, message: Option<&StrBytes>) -> String {
-    let name = ResponseError::try_from_code(code).map(|e| format!("{e:?}")).unwrap_or_else(|| format!("error {code}"));
+    let name = ResponseError::try_from_code(code)
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_else(|| format!("error {code}"));
     match message {
         Some(m) if !m.is_empty() => format!("{name}: {}", m.as_str()),
         _ => name,
@@ -35,7 +42,10 @@ pub fn describe_error(code: i16, message: Option<&StrBytes>) -> String {
 }
 
 /// Metadata for some topics (all when `topics` is None), without creating any.
-pub async fn metadata(client: &Client, topics: Option<&[String]>) -> anyhow::Result<MetadataResponse> {
+pub async fn metadata(
+    client: &Client,
+    topics: Option<&[String]>,
+) -> anyhow::Result<MetadataResponse> {
     let mut req = MetadataRequest::default();
     req.allow_auto_topic_creation = false;
     req.topics = topics.map(|ts| {
@@ -53,7 +63,9 @@ pub async fn metadata(client: &Client, topics: Option<&[String]>) -> anyhow::Res
 /// The partition count of one topic, with a clear error if it is missing.
 pub async fn partition_count(client: &Client, topic: &str) -> anyhow::Result<i32> {
     let md = metadata(client, Some(&[topic.to_string()])).await?;
-    let Some(t) = md.topics.first() else { bail!("the server returned no metadata for '{topic}'") };
+    let Some(t) = md.topics.first() else {
+        bail!("the server returned no metadata for '{topic}'")
+    };
     if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
         bail!("topic '{topic}' does not exist; create it with `fluxo topic create {topic}`");
     }

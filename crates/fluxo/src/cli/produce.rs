@@ -65,12 +65,19 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let partitions = super::partition_count(&client, &args.topic).await?;
     if let Some(p) = args.partition {
         if !(0..partitions).contains(&p) {
-            bail!("topic '{}' has partitions 0..{}; --partition {p} is not one of them", args.topic, partitions - 1);
+            bail!(
+                "topic '{}' has partitions 0..{}; --partition {p} is not one of them",
+                args.topic,
+                partitions - 1
+            );
         }
     }
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-    progress.set_style(indicatif::ProgressStyle::with_template("{spinner} {human_pos} records sent ({per_sec})").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {human_pos} records sent ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
 
     let mut pending: HashMap<i32, Vec<OutRecord>> = HashMap::new();
     let mut in_flight: JoinSet<anyhow::Result<usize>> = JoinSet::new();
@@ -85,7 +92,9 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         }
         let key = match &args.key_field {
             Some(field) => {
-                let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("line {line_no} is not JSON, but --key-field needs JSON lines"))?;
+                let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+                    format!("line {line_no} is not JSON, but --key-field needs JSON lines")
+                })?;
                 match v.get(field) {
                     Some(serde_json::Value::String(s)) => Some(Bytes::from(s.clone())),
                     Some(serde_json::Value::Null) | None => None,
@@ -103,16 +112,39 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             }
         };
         let batch = pending.entry(partition).or_default();
-        batch.push(OutRecord { key, value: Some(Bytes::from(line)), headers: Vec::new(), timestamp: fluxo_log::now_ms() });
+        batch.push(OutRecord {
+            key,
+            value: Some(Bytes::from(line)),
+            headers: Vec::new(),
+            timestamp: fluxo_log::now_ms(),
+        });
         if batch.len() >= args.batch_size {
             let records = std::mem::take(batch);
-            sent += send(&mut in_flight, &client, &args.topic, partition, records, acks, compression).await?;
+            sent += send(
+                &mut in_flight,
+                &client,
+                &args.topic,
+                partition,
+                records,
+                acks,
+                compression,
+            )
+            .await?;
             progress.set_position(sent as u64);
         }
     }
     for (partition, records) in pending.drain() {
         if !records.is_empty() {
-            sent += send(&mut in_flight, &client, &args.topic, partition, records, acks, compression).await?;
+            sent += send(
+                &mut in_flight,
+                &client,
+                &args.topic,
+                partition,
+                records,
+                acks,
+                compression,
+            )
+            .await?;
         }
     }
     while let Some(done) = in_flight.join_next().await {

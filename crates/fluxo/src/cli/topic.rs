@@ -46,14 +46,21 @@ pub enum TopicCommand {
 
 pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
-        TopicCommand::Create { name, partitions, configs, conn } => {
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+            conn,
+        } => {
             let client = conn.connect().await?;
             let mut topic = CreatableTopic::default();
             topic.name = TopicName(StrBytes::from_string(name.clone()));
             topic.num_partitions = partitions;
             topic.replication_factor = -1;
             for kv in configs {
-                let Some((k, v)) = kv.split_once('=') else { bail!("--config '{kv}' must look like key=value") };
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("--config '{kv}' must look like key=value")
+                };
                 let mut c = CreatableTopicConfig::default();
                 c.name = StrBytes::from_string(k.trim().to_string());
                 c.value = Some(StrBytes::from_string(v.trim().to_string()));
@@ -65,7 +72,11 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             let resp = client.send(&req).await.context("create topic")?;
             for t in resp.topics {
                 if t.error_code != 0 {
-                    bail!("cannot create '{}': {}", name, describe_error(t.error_code, t.error_message.as_ref()));
+                    bail!(
+                        "cannot create '{}': {}",
+                        name,
+                        describe_error(t.error_code, t.error_message.as_ref())
+                    );
                 }
             }
             println!("created topic {name} with {partitions} partition(s)");
@@ -76,7 +87,11 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             let mut rows: Vec<(String, usize)> = md
                 .topics
                 .iter()
-                .filter_map(|t| t.name.as_ref().map(|n| (n.0.to_string(), t.partitions.len())))
+                .filter_map(|t| {
+                    t.name
+                        .as_ref()
+                        .map(|n| (n.0.to_string(), t.partitions.len()))
+                })
                 .collect();
             rows.sort();
             println!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
@@ -107,10 +122,23 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             lo.topics = vec![offsets_for(-1)];
             let latest = client.send(&lo).await?;
             println!("topic {name}: {count} partition(s)");
-            println!("{:>10} {:>15} {:>15} {:>15}", "PARTITION", "START", "END", "RECORDS");
+            println!(
+                "{:>10} {:>15} {:>15} {:>15}",
+                "PARTITION", "START", "END", "RECORDS"
+            );
             for p in 0..count as usize {
-                let s = earliest.topics.first().and_then(|t| t.partitions.get(p)).map(|x| x.offset).unwrap_or(-1);
-                let e = latest.topics.first().and_then(|t| t.partitions.get(p)).map(|x| x.offset).unwrap_or(-1);
+                let s = earliest
+                    .topics
+                    .first()
+                    .and_then(|t| t.partitions.get(p))
+                    .map(|x| x.offset)
+                    .unwrap_or(-1);
+                let e = latest
+                    .topics
+                    .first()
+                    .and_then(|t| t.partitions.get(p))
+                    .map(|x| x.offset)
+                    .unwrap_or(-1);
                 println!("{p:>10} {s:>15} {e:>15} {:>15}", e - s);
             }
             let mut dc = DescribeConfigsRequest::default();
@@ -122,8 +150,17 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("configs:");
             for r in configs.results {
                 for c in r.configs {
-                    let source = if c.config_source == 1 { "" } else { " (default)" };
-                    println!("  {}={}{}", c.name.as_str(), c.value.as_ref().map(|v| v.as_str()).unwrap_or(""), source);
+                    let source = if c.config_source == 1 {
+                        ""
+                    } else {
+                        " (default)"
+                    };
+                    println!(
+                        "  {}={}{}",
+                        c.name.as_str(),
+                        c.value.as_ref().map(|v| v.as_str()).unwrap_or(""),
+                        source
+                    );
                 }
             }
         }
@@ -135,7 +172,11 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             let resp = client.send(&req).await.context("delete topic")?;
             for r in resp.responses {
                 if r.error_code != 0 {
-                    bail!("cannot delete '{}': {}", name, describe_error(r.error_code, r.error_message.as_ref()));
+                    bail!(
+                        "cannot delete '{}': {}",
+                        name,
+                        describe_error(r.error_code, r.error_message.as_ref())
+                    );
                 }
             }
             println!("deleted topic {name}");

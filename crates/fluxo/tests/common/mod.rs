@@ -37,26 +37,42 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let bootstrap = loop {
-            assert!(Instant::now() < deadline, "fluxo did not report its kafka listener");
-            let line = lines.next().expect("fluxo exited before listening").expect("read stdout");
+            assert!(
+                Instant::now() < deadline,
+                "fluxo did not report its kafka listener"
+            );
+            let line = lines
+                .next()
+                .expect("fluxo exited before listening")
+                .expect("read stdout");
             if let Some(addr) = line.strip_prefix("fluxo: kafka listening on ") {
                 break addr.trim().to_string();
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, bootstrap, data_dir: data_dir.to_path_buf(), _dir: None }
+        Server {
+            child,
+            bootstrap,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        }
     }
 
     /// SIGTERM, and the exit status once it stops.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "fluxo did not stop within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "fluxo did not stop within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,378 @@
+//! fluxo's group coordinator for the classic consumer-group protocol.
+//!
+//! A [`GroupCoordinator`] keeps every group's membership and runs the
+//! rebalance state machine that Kafka clients expect:
+//!
+//! ```text
+//! Empty --join--> PreparingRebalance --all joined / timeout--> CompletingRebalance
+//!   ^                    ^                                           | leader's SyncGroup
+//!   | last member leaves |---- join, leave, expiry ------------------+--> Stable
+//! ```
+//!
+//! Invariants: a generation's assignment is handed out only after the
+//! leader's SyncGroup for that generation; a member that misses its session
+//! timeout is removed and the group rebalances; a static member
+//! (`group.instance.id`) that rejoins a stable group gets its previous
+//! assignment back without a rebalance; commits from a stale generation are
+//! refused with ILLEGAL_GENERATION. Committed offsets live in
+//! [`offsets::OffsetStore`] and are durable before a commit is acknowledged.
+
+mod group;
+pub mod offsets;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxo_log::{LogError, LogStore};
+use parking_lot::Mutex;
+
+use group::Group;
+pub use group::{
+    DescribedGroup, DescribedMember, GroupState, JoinOutcome, JoinRequest, SyncOutcome,
+};
+pub use offsets::{CommittedOffset, OffsetStore, OFFSETS_TOPIC};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("internal error in the group coordinator, please report this bug: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = GroupError> = std::result::Result<T, E>;
+
+/// Kafka error codes the coordinator answers with.
+pub mod codes {
+    use kafka_protocol::error::ResponseError as E;
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_MEMBER_ID: i16 = E::UnknownMemberId.code();
+    pub const ILLEGAL_GENERATION: i16 = E::IllegalGeneration.code();
+    pub const REBALANCE_IN_PROGRESS: i16 = E::RebalanceInProgress.code();
+    pub const MEMBER_ID_REQUIRED: i16 = E::MemberIdRequired.code();
+    pub const FENCED_INSTANCE_ID: i16 = E::FencedInstanceId.code();
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = E::InconsistentGroupProtocol.code();
+    pub const INVALID_GROUP_ID: i16 = E::InvalidGroupId.code();
+    pub const INVALID_SESSION_TIMEOUT: i16 = E::InvalidSessionTimeout.code();
+    pub const GROUP_ID_NOT_FOUND: i16 = E::GroupIdNotFound.code();
+    pub const NON_EMPTY_GROUP: i16 = E::NonEmptyGroup.code();
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = E::GroupSubscribedToTopic.code();
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = E::UnknownTopicOrPartition.code();
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = E::OffsetMetadataTooLarge.code();
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = E::CoordinatorNotAvailable.code();
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub min_session_timeout: Duration,
+    pub max_session_timeout: Duration,
+    /// Delay before the first rebalance of an empty group completes, so
+    /// members that start together land in one generation.
+    pub initial_rebalance_delay: Duration,
+    /// `offsets.retention.minutes`: offsets of empty groups expire after it.
+    pub offsets_retention: Duration,
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout: Duration::from_millis(1000),
+            max_session_timeout: Duration::from_secs(1800),
+            initial_rebalance_delay: Duration::from_millis(300),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            max_metadata_bytes: 4096,
+        }
+    }
+}
+
+/// Lag of one partition for a group: how far its commit is behind the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub end_offset: i64,
+    pub lag: i64,
+}
+
+pub struct GroupCoordinator {
+    pub config: GroupConfig,
+    groups: Mutex<HashMap<String, Group>>,
+    pub offsets: OffsetStore,
+    store: Arc<LogStore>,
+}
+
+impl GroupCoordinator {
+    pub fn open(store: Arc<LogStore>, config: GroupConfig) -> Result<Arc<GroupCoordinator>> {
+        let offsets = OffsetStore::open(&store)?;
+        Ok(Arc::new(GroupCoordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            offsets,
+            store,
+        }))
+    }
+
+    /// Runs timeouts (rebalance deadlines, session expiry, offset expiry).
+    pub fn spawn_timers(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut last_expiry = std::time::Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let now = std::time::Instant::now();
+                {
+                    let mut groups = this.groups.lock();
+                    for g in groups.values_mut() {
+                        g.on_tick(now);
+                    }
+                    groups.retain(|_, g| {
+                        !(g.state == GroupState::Empty && g.members.is_empty() && g.generation == 0)
+                    });
+                }
+                if last_expiry.elapsed() > Duration::from_secs(60) {
+                    last_expiry = std::time::Instant::now();
+                    this.expire_offsets().await;
+                }
+            }
+        })
+    }
+
+    async fn expire_offsets(&self) {
+        let retention = self.config.offsets_retention.as_millis() as i64;
+        let expired = self
+            .offsets
+            .expired(fluxo_log::now_ms(), retention, |g| self.group_is_empty(g));
+        for (group, keys) in expired {
+            tracing::info!(
+                group,
+                "expiring {} committed offsets of an empty group",
+                keys.len()
+            );
+            if let Err(e) = self
+                .offsets
+                .commit(&group, keys.into_iter().map(|k| (k, None)).collect())
+                .await
+            {
+                tracing::warn!(group, "offset expiry failed: {e}");
+            }
+        }
+    }
+
+    fn group_is_empty(&self, group: &str) -> bool {
+        self.groups
+            .lock()
+            .get(group)
+            .is_none_or(|g| g.members.is_empty())
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        if req.group_id.is_empty() {
+            return JoinOutcome::error(codes::INVALID_GROUP_ID, req.member_id);
+        }
+        let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+        if session < self.config.min_session_timeout || session > self.config.max_session_timeout {
+            return JoinOutcome::error(codes::INVALID_SESSION_TIMEOUT, req.member_id);
+        }
+        let waiter = {
+            let mut groups = self.groups.lock();
+            let group = groups
+                .entry(req.group_id.clone())
+                .or_insert_with(|| Group::new(&req.group_id, self.config.initial_rebalance_delay));
+            match group.join(req) {
+                Ok(outcome) => return outcome,
+                Err(rx) => rx,
+            }
+        };
+        waiter
+            .await
+            .unwrap_or_else(|_| JoinOutcome::error(codes::REBALANCE_IN_PROGRESS, String::new()))
+    }
+
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, bytes::Bytes)>,
+    ) -> SyncOutcome {
+        let waiter = {
+            let mut groups = self.groups.lock();
+            let Some(group) = groups.get_mut(group_id) else {
+                return SyncOutcome::error(codes::UNKNOWN_MEMBER_ID);
+            };
+            match group.sync(
+                generation,
+                member_id,
+                instance_id,
+                protocol_type,
+                protocol_name,
+                assignments,
+            ) {
+                Ok(outcome) => return outcome,
+                Err(rx) => rx,
+            }
+        };
+        waiter
+            .await
+            .unwrap_or_else(|_| SyncOutcome::error(codes::REBALANCE_IN_PROGRESS))
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
+        match self.groups.lock().get_mut(group_id) {
+            None => codes::UNKNOWN_MEMBER_ID,
+            Some(g) => g.heartbeat(generation, member_id, instance_id),
+        }
+    }
+
+    /// Removes members; one error code per (member id, instance id).
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        match self.groups.lock().get_mut(group_id) {
+            None => vec![codes::UNKNOWN_MEMBER_ID; members.len()],
+            Some(g) => members
+                .iter()
+                .map(|(m, i)| g.leave(m, i.as_deref()))
+                .collect(),
+        }
+    }
+
+    /// Checks that a commit comes from the current generation.
+    pub fn validate_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
+        if group_id.is_empty() {
+            return codes::INVALID_GROUP_ID;
+        }
+        let groups = self.groups.lock();
+        match groups.get(group_id) {
+            // A group nobody has joined accepts commits from outside (admin
+            // tools, consumers that assign partitions themselves).
+            None => {
+                if generation < 0 {
+                    codes::NONE
+                } else {
+                    codes::ILLEGAL_GENERATION
+                }
+            }
+            Some(g) => g.validate_commit(generation, member_id, instance_id),
+        }
+    }
+
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        let groups = self.groups.lock();
+        let mut out: Vec<_> = groups
+            .values()
+            .filter(|g| !(g.members.is_empty() && g.generation == 0))
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
+            .collect();
+        for id in self.offsets.groups() {
+            if !groups.contains_key(&id)
+                || groups
+                    .get(&id)
+                    .is_some_and(|g| g.members.is_empty() && g.generation == 0)
+            {
+                out.push((id, "consumer".into(), GroupState::Empty));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<DescribedGroup> {
+        if let Some(g) = self.groups.lock().get(group_id) {
+            return Some(g.describe());
+        }
+        self.offsets.has_group(group_id).then(|| DescribedGroup {
+            group_id: group_id.to_string(),
+            state: GroupState::Empty,
+            protocol_type: "consumer".into(),
+            protocol: String::new(),
+            generation: 0,
+            members: Vec::new(),
+        })
+    }
+
+    /// Deletes an empty group and its offsets.
+    pub async fn delete_group(&self, group_id: &str) -> i16 {
+        {
+            let mut groups = self.groups.lock();
+            match groups.get(group_id) {
+                Some(g) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
+                Some(_) => {
+                    groups.remove(group_id);
+                }
+                None if !self.offsets.has_group(group_id) => return codes::GROUP_ID_NOT_FOUND,
+                None => {}
+            }
+        }
+        let keys: Vec<_> = self
+            .offsets
+            .group_offsets(group_id)
+            .into_iter()
+            .map(|(k, _)| (k, None))
+            .collect();
+        match self.offsets.commit(group_id, keys).await {
+            Ok(()) => codes::NONE,
+            Err(e) => {
+                tracing::error!(group = group_id, "deleting offsets failed: {e}");
+                codes::COORDINATOR_NOT_AVAILABLE
+            }
+        }
+    }
+
+    /// Whether a group with members is using the classic protocol
+    /// (OffsetDelete refuses to drop offsets of topics in active use).
+    pub fn has_members(&self, group_id: &str) -> bool {
+        self.groups
+            .lock()
+            .get(group_id)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    /// Per partition: committed offset, end offset and lag, for every
+    /// partition the group has committed on.
+    pub fn lag(&self, group_id: &str) -> Vec<PartitionLag> {
+        self.offsets
+            .group_offsets(group_id)
+            .into_iter()
+            .map(|((topic, partition), committed)| {
+                let end = self
+                    .store
+                    .partition(&topic, partition)
+                    .map(|p| p.end_offset())
+                    .unwrap_or(-1);
+                PartitionLag {
+                    lag: (end - committed.offset).max(0),
+                    topic,
+                    partition,
+                    committed: Some(committed.offset),
+                    end_offset: end,
+                }
+            })
+            .collect()
+    }
+}
