@@ -36,6 +36,9 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Consume records from a topic and print them.
     Consume(cli::consume::ConsumeArgs),
+    /// List, describe (with lag) and delete consumer groups.
+    #[command(subcommand)]
+    Group(cli::group::GroupCommand),
     /// Measure throughput and latency against a running server.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Topic(c) => cli::topic::run(c).await,
             Command::Produce(a) => cli::produce::run(a).await,
             Command::Consume(a) => cli::consume::run(a).await,
+            Command::Group(c) => cli::group::run(c).await,
             Command::Bench(c) => bench::run(c).await,
         }
     });

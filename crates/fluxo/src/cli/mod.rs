@@ -1,6 +1,7 @@
 //! Client verbs that talk to a running server over the Kafka protocol.
 
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 
