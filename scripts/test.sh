@@ -10,9 +10,10 @@ section "setup"
 ./scripts/setup-tests.sh
 
 section "cargo build"
-cargo build --workspace --tests
-# The test suite drives the fluxo binary itself; make sure it is built.
-cargo build -p fluxo --bin fluxo
+# --bins too: the Python suite drives target/debug/fluxo. Building it as
+# part of the workspace keeps one feature set (a separate `-p fluxo` build
+# would rebuild dependencies with different features).
+cargo build --workspace --bins --tests
 
 section "cargo test"
 cargo test --workspace
