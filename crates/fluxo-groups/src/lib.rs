@@ -376,3 +376,190 @@ impl GroupCoordinator {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn join_req(group: &str, member: &str, instance: Option<&str>) -> JoinRequest {
+        JoinRequest {
+            group_id: group.into(),
+            member_id: member.into(),
+            instance_id: instance.map(Into::into),
+            client_id: "test".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 2000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            require_known_member_id: false,
+        }
+    }
+
+    fn coordinator() -> (tempfile::TempDir, Arc<GroupCoordinator>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let config = GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(10),
+            ..GroupConfig::default()
+        };
+        (dir, GroupCoordinator::open(store, config).unwrap())
+    }
+
+    #[tokio::test]
+    async fn stale_generations_are_refused_after_a_rebalance() {
+        let (_dir, c) = coordinator();
+        let _timers = c.spawn_timers();
+        let a = c.join(join_req("g", "", None)).await;
+        assert_eq!(a.error, codes::NONE);
+        assert_eq!(a.leader, a.member_id, "the only member leads");
+        let s = c
+            .sync(
+                "g",
+                a.generation,
+                &a.member_id,
+                None,
+                None,
+                None,
+                vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
+            )
+            .await;
+        assert_eq!(s.assignment, Bytes::from_static(b"all"));
+        assert_eq!(
+            c.validate_commit("g", a.generation, &a.member_id, None),
+            codes::NONE
+        );
+
+        // A second member starts a rebalance; the first learns by heartbeat.
+        let c2 = c.clone();
+        let b = tokio::spawn(async move { c2.join(join_req("g", "", None)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        let a2 = c.join(join_req("g", &a.member_id, None)).await;
+        let b = b.await.unwrap();
+        assert_eq!(a2.generation, a.generation + 1);
+        assert_eq!(b.generation, a2.generation);
+        assert_eq!(a2.members.len(), 2, "the leader sees both members");
+        // The old generation can no longer commit.
+        assert_eq!(
+            c.validate_commit("g", a.generation, &a.member_id, None),
+            codes::ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            c.validate_commit("g", a2.generation, "stranger", None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+    }
+
+    #[tokio::test]
+    async fn a_static_member_returns_to_its_assignment_without_a_rebalance() {
+        let (_dir, c) = coordinator();
+        let _timers = c.spawn_timers();
+        let a = c.join(join_req("g", "", Some("a"))).await;
+        c.sync(
+            "g",
+            a.generation,
+            &a.member_id,
+            None,
+            None,
+            None,
+            vec![(a.member_id.clone(), Bytes::from_static(b"p0"))],
+        )
+        .await;
+        // Restart: same instance id, no member id.
+        let again = c.join(join_req("g", "", Some("a"))).await;
+        assert_eq!(again.error, codes::NONE);
+        assert_eq!(again.generation, a.generation, "no rebalance");
+        assert_ne!(again.member_id, a.member_id);
+        let s = c
+            .sync(
+                "g",
+                again.generation,
+                &again.member_id,
+                Some("a"),
+                None,
+                None,
+                vec![],
+            )
+            .await;
+        assert_eq!(s.assignment, Bytes::from_static(b"p0"));
+        // The old incarnation is fenced.
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id, Some("a")),
+            codes::FENCED_INSTANCE_ID
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_member_is_expired_after_its_session_timeout() {
+        let (_dir, c) = coordinator();
+        let _timers = c.spawn_timers();
+        let a = c.join(join_req("g", "", None)).await;
+        c.sync("g", a.generation, &a.member_id, None, None, None, vec![])
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        assert!(!c.has_members("g"));
+    }
+
+    #[tokio::test]
+    async fn new_members_must_rejoin_with_their_id_on_v4() {
+        let (_dir, c) = coordinator();
+        let _timers = c.spawn_timers();
+        let mut req = join_req("g", "", None);
+        req.require_known_member_id = true;
+        let first = c.join(req.clone()).await;
+        assert_eq!(first.error, codes::MEMBER_ID_REQUIRED);
+        req.member_id = first.member_id.clone();
+        let joined = c.join(req).await;
+        assert_eq!(joined.error, codes::NONE);
+        assert_eq!(joined.member_id, first.member_id);
+    }
+
+    #[tokio::test]
+    async fn committed_offsets_survive_reopen_and_deletes_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = |offset| CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: fluxo_log::now_ms(),
+        };
+        {
+            let store = Arc::new(LogStore::open(dir.path()).unwrap());
+            let c = GroupCoordinator::open(store.clone(), GroupConfig::default()).unwrap();
+            c.offsets
+                .commit(
+                    "g",
+                    vec![
+                        (("t".into(), 0), Some(commit(5))),
+                        (("t".into(), 1), Some(commit(9))),
+                    ],
+                )
+                .await
+                .unwrap();
+            c.offsets
+                .commit("g", vec![(("t".into(), 0), Some(commit(7)))])
+                .await
+                .unwrap();
+            c.offsets
+                .commit("gone", vec![(("t".into(), 0), Some(commit(1)))])
+                .await
+                .unwrap();
+            assert_eq!(c.delete_group("gone").await, codes::NONE);
+            store.close().unwrap();
+        }
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let c = GroupCoordinator::open(store, GroupConfig::default()).unwrap();
+        assert_eq!(c.offsets.get("g", "t", 0).map(|o| o.offset), Some(7));
+        assert_eq!(c.offsets.get("g", "t", 1).map(|o| o.offset), Some(9));
+        assert!(!c.offsets.has_group("gone"));
+    }
+}
