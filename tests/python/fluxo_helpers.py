@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def fluxo_bin() -> str:
-    path = os.environ.get("FLUXO_BIN") or str(REPO_ROOT / "target" / "debug" / "fluxo")
+    path = os.path.abspath(os.environ.get("FLUXO_BIN") or str(REPO_ROOT / "target" / "debug" / "fluxo"))
     if not os.access(path, os.X_OK):
         pytest.fail(f"fluxo binary not found or not executable: {path} (set FLUXO_BIN)",
                     pytrace=False)

@@ -7,6 +7,7 @@
 mod alloc;
 mod bench;
 mod cli;
+mod config;
 mod serve;
 
 use clap::{Parser, Subcommand};

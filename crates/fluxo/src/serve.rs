@@ -10,41 +10,112 @@ use clap::Args;
 use fluxo_kafka::{Broker, BrokerConfig};
 use fluxo_log::LogStore;
 
-#[derive(Args, Debug)]
+use crate::config::ConfigFile;
+
+#[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// Where topics and metadata are kept.
-    #[arg(long, default_value = "./fluxo-data", env = "FLUXO_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Kafka protocol listener; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:9092", env = "FLUXO_KAFKA_ADDR")]
-    pub kafka_addr: SocketAddr,
-    /// HTTP listener (API, console, metrics); reserved, served by a later release.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "FLUXO_HTTP_ADDR")]
-    pub http_addr: SocketAddr,
-    /// Postgres wire listener; reserved, served by a later release.
-    #[arg(long, default_value = "127.0.0.1:5433", env = "FLUXO_PG_ADDR")]
-    pub pg_addr: SocketAddr,
-    /// Address given to clients in Metadata (default: the address they connected to).
+    /// A TOML config file; flags and FLUXO_* variables override what it sets.
+    #[arg(long, env = "FLUXO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where topics and metadata are kept [default: ./fluxo-data]
+    #[arg(long, env = "FLUXO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka protocol listener; port 0 picks a free port [default: 127.0.0.1:9092]
+    #[arg(long, env = "FLUXO_KAFKA_ADDR")]
+    pub kafka_addr: Option<SocketAddr>,
+    /// HTTP listener (API, console, metrics); reserved, served by a later release [default: 127.0.0.1:8080]
+    #[arg(long, env = "FLUXO_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Postgres wire listener; reserved, served by a later release [default: 127.0.0.1:5433]
+    #[arg(long, env = "FLUXO_PG_ADDR")]
+    pub pg_addr: Option<SocketAddr>,
+    /// Address given to clients in Metadata [default: the address they connected to]
     #[arg(long, env = "FLUXO_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<SocketAddr>,
-    /// auto.create.topics.enable: Metadata for an unknown topic creates it.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "FLUXO_AUTO_CREATE_TOPICS")]
+    /// auto.create.topics.enable: Metadata for an unknown topic creates it [default: true]
+    #[arg(long, action = clap::ArgAction::Set, env = "FLUXO_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// num.partitions: partitions of auto-created topics [default: 1]
+    #[arg(long, env = "FLUXO_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// socket.request.max.bytes: larger requests close the connection [default: 104857600]
+    #[arg(long, env = "FLUXO_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// How often retention is enforced, in seconds [default: 30]
+    #[arg(long, env = "FLUXO_RETENTION_CHECK_SECS")]
+    pub retention_check_secs: Option<u64>,
+}
+
+/// What `serve` runs with once flags, environment and config file are merged.
+#[derive(Debug)]
+pub struct ServeSettings {
+    pub data_dir: PathBuf,
+    pub kafka_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub pg_addr: SocketAddr,
+    pub advertised_kafka_addr: Option<SocketAddr>,
     pub auto_create_topics: bool,
-    /// num.partitions: partitions of auto-created topics.
-    #[arg(long, default_value_t = 1, env = "FLUXO_NUM_PARTITIONS")]
     pub num_partitions: i32,
-    /// socket.request.max.bytes: larger requests close the connection.
-    #[arg(long, default_value_t = 100 * 1024 * 1024)]
     pub max_request_bytes: usize,
-    /// How often retention is enforced, in seconds.
-    #[arg(long, default_value_t = 30)]
     pub retention_check_secs: u64,
+    pub groups: fluxo_groups::GroupConfig,
+}
+
+impl ServeSettings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<ServeSettings> {
+        let file = match &args.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let settings = ServeSettings {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("./fluxo-data")),
+            kafka_addr: args
+                .kafka_addr
+                .or(file.kafka.addr)
+                .unwrap_or(([127, 0, 0, 1], 9092).into()),
+            http_addr: args
+                .http_addr
+                .or(file.http.addr)
+                .unwrap_or(([127, 0, 0, 1], 8080).into()),
+            pg_addr: args
+                .pg_addr
+                .or(file.postgres.addr)
+                .unwrap_or(([127, 0, 0, 1], 5433).into()),
+            advertised_kafka_addr: args.advertised_kafka_addr.or(file.kafka.advertised_addr),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.kafka.auto_create_topics)
+                .unwrap_or(true),
+            num_partitions: args
+                .num_partitions
+                .or(file.kafka.num_partitions)
+                .unwrap_or(1),
+            max_request_bytes: args
+                .max_request_bytes
+                .or(file.kafka.max_request_bytes)
+                .unwrap_or(100 * 1024 * 1024),
+            retention_check_secs: args
+                .retention_check_secs
+                .or(file.log.retention_check_secs)
+                .unwrap_or(30),
+            groups: file.group_config(),
+        };
+        if settings.num_partitions < 1 {
+            anyhow::bail!("num_partitions must be at least 1");
+        }
+        let groups = &settings.groups;
+        if groups.min_session_timeout > groups.max_session_timeout {
+            anyhow::bail!("groups.min_session_timeout_ms is above groups.max_session_timeout_ms");
+        }
+        Ok(settings)
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.num_partitions < 1 {
-        anyhow::bail!("--num-partitions must be at least 1");
-    }
+    let args = ServeSettings::resolve(args)?;
     let data_dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir))
         .await?
@@ -60,8 +131,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..BrokerConfig::default()
     };
     let store_for_groups = store.clone();
+    let group_config = args.groups.clone();
     let groups = tokio::task::spawn_blocking(move || {
-        fluxo_groups::GroupCoordinator::open(store_for_groups, fluxo_groups::GroupConfig::default())
+        fluxo_groups::GroupCoordinator::open(store_for_groups, group_config)
     })
     .await?
     .context("cannot load committed offsets")?;
@@ -77,7 +149,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let kafka = fluxo_kafka::serve(listener, broker)?;
     println!("fluxo: kafka listening on {}", kafka.local_addr);
-    tracing::info!(data_dir = %args.data_dir.display(), "fluxo is serving");
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        http_addr = %args.http_addr,
+        pg_addr = %args.pg_addr,
+        "fluxo is serving (the http and postgres listeners are not part of this release yet)"
+    );
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
@@ -104,4 +181,40 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fluxo.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\naddr = \"127.0.0.1:19092\"\nnum_partitions = 4\n[log]\nretention_check_secs = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            num_partitions: Some(2),
+            ..ServeArgs::default()
+        };
+        let settings = ServeSettings::resolve(args).unwrap();
+        assert_eq!(settings.kafka_addr, "127.0.0.1:19092".parse().unwrap());
+        assert_eq!(settings.num_partitions, 2, "the flag wins over the file");
+        assert_eq!(settings.retention_check_secs, 7);
+        assert!(settings.auto_create_topics, "unset everywhere: the default");
+        assert_eq!(settings.http_addr, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn invalid_merged_values_are_refused() {
+        let args = ServeArgs {
+            num_partitions: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(ServeSettings::resolve(args).is_err());
+    }
 }
