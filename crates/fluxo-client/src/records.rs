@@ -25,7 +25,7 @@ pub struct OutRecord {
     pub timestamp: i64,
 }
 
-fn broker_error(what: &str, code: i16, message: Option<&StrBytes>) -> ClientError {
+pub(crate) fn broker_error(what: &str, code: i16, message: Option<&StrBytes>) -> ClientError {
     let name = ResponseError::try_from_code(code)
         .map(|e| format!("{e:?}"))
         .unwrap_or_else(|| "unknown".into());

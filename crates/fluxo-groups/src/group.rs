@@ -100,7 +100,9 @@ pub struct DescribedMember {
 #[derive(Debug, Clone)]
 pub struct DescribedGroup {
     pub group_id: String,
-    pub state: GroupState,
+    /// Kafka's state name: Empty, Stable, PreparingRebalance, ... for classic
+    /// groups; Empty, Assigning, Reconciling, Stable for KIP-848 ones.
+    pub state: &'static str,
     pub protocol_type: String,
     pub protocol: String,
     pub generation: i32,
@@ -670,7 +672,7 @@ impl Group {
         let protocol = self.protocol.clone().unwrap_or_default();
         DescribedGroup {
             group_id: self.id.clone(),
-            state: self.state,
+            state: self.state.name(),
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
             protocol: protocol.clone(),
             generation: self.generation,

@@ -17,6 +17,8 @@
 //! refused with ILLEGAL_GENERATION. Committed offsets live in
 //! [`offsets::OffsetStore`] and are durable before a commit is acknowledged.
 
+pub mod assignor;
+mod consumer_group;
 mod group;
 pub mod offsets;
 
@@ -27,6 +29,10 @@ use std::time::Duration;
 use fluxo_log::{LogError, LogStore};
 use parking_lot::Mutex;
 
+use consumer_group::ConsumerGroup;
+pub use consumer_group::{
+    ConsumerHeartbeat, ConsumerHeartbeatOutcome, DescribedConsumerGroup, DescribedConsumerMember,
+};
 use group::Group;
 pub use group::{
     DescribedGroup, DescribedMember, GroupState, JoinOutcome, JoinRequest, SyncOutcome,
@@ -61,6 +67,12 @@ pub mod codes {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = E::UnknownTopicOrPartition.code();
     pub const OFFSET_METADATA_TOO_LARGE: i16 = E::OffsetMetadataTooLarge.code();
     pub const COORDINATOR_NOT_AVAILABLE: i16 = E::CoordinatorNotAvailable.code();
+    pub const INVALID_REQUEST: i16 = E::InvalidRequest.code();
+    pub const FENCED_MEMBER_EPOCH: i16 = E::FencedMemberEpoch.code();
+    pub const UNRELEASED_INSTANCE_ID: i16 = E::UnreleasedInstanceId.code();
+    pub const UNSUPPORTED_ASSIGNOR: i16 = E::UnsupportedAssignor.code();
+    pub const STALE_MEMBER_EPOCH: i16 = E::StaleMemberEpoch.code();
+    pub const INVALID_REGULAR_EXPRESSION: i16 = E::InvalidRegularExpression.code();
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +85,10 @@ pub struct GroupConfig {
     /// `offsets.retention.minutes`: offsets of empty groups expire after it.
     pub offsets_retention: Duration,
     pub max_metadata_bytes: usize,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub consumer_heartbeat_interval: Duration,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub consumer_session_timeout: Duration,
 }
 
 impl Default for GroupConfig {
@@ -83,8 +99,20 @@ impl Default for GroupConfig {
             initial_rebalance_delay: Duration::from_millis(300),
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
             max_metadata_bytes: 4096,
+            consumer_heartbeat_interval: Duration::from_secs(5),
+            consumer_session_timeout: Duration::from_secs(45),
         }
     }
+}
+
+/// One row of ListGroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+    /// "classic" or "consumer" (KIP-848).
+    pub group_type: &'static str,
 }
 
 /// Lag of one partition for a group: how far its commit is behind the end.
@@ -100,6 +128,8 @@ pub struct PartitionLag {
 pub struct GroupCoordinator {
     pub config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
+    /// KIP-848 groups; a group id is in at most one of the two maps.
+    consumer_groups: Mutex<HashMap<String, ConsumerGroup>>,
     pub offsets: OffsetStore,
     store: Arc<LogStore>,
 }
@@ -110,6 +140,7 @@ impl GroupCoordinator {
         Ok(Arc::new(GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
+            consumer_groups: Mutex::new(HashMap::new()),
             offsets,
             store,
         }))
@@ -133,6 +164,15 @@ impl GroupCoordinator {
                     groups.retain(|_, g| {
                         !(g.state == GroupState::Empty && g.members.is_empty() && g.generation == 0)
                     });
+                }
+                {
+                    let session = this.config.consumer_session_timeout;
+                    let mut groups = this.consumer_groups.lock();
+                    for g in groups.values_mut() {
+                        g.on_tick(now, session);
+                    }
+                    // An empty KIP-848 group is kept only while it has offsets.
+                    groups.retain(|id, g| !g.is_empty() || this.offsets.has_group(id));
                 }
                 if last_expiry.elapsed() > Duration::from_secs(60) {
                     last_expiry = std::time::Instant::now();
@@ -168,11 +208,81 @@ impl GroupCoordinator {
             .lock()
             .get(group)
             .is_none_or(|g| g.members.is_empty())
+            && self
+                .consumer_groups
+                .lock()
+                .get(group)
+                .is_none_or(|g| g.is_empty())
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848): join, stay, reconcile or leave.
+    pub fn consumer_heartbeat(&self, mut req: ConsumerHeartbeat) -> ConsumerHeartbeatOutcome {
+        if req.group_id.is_empty() {
+            return ConsumerHeartbeatOutcome {
+                error: codes::INVALID_GROUP_ID,
+                member_id: req.member_id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
+        if self.has_members(&req.group_id) {
+            // Kafka can convert a classic group online; fluxo asks the
+            // members to leave first.
+            return ConsumerHeartbeatOutcome {
+                error: codes::GROUP_ID_NOT_FOUND,
+                error_message: Some(format!(
+                    "group {} is a classic group with members; it cannot take KIP-848 members",
+                    req.group_id
+                )),
+                member_id: req.member_id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+        }
+        // Version 0 clients let the coordinator pick the member id.
+        if req.member_id.is_empty() && req.member_epoch == 0 {
+            req.member_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        let mut groups = self.consumer_groups.lock();
+        let group = groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| ConsumerGroup::new(&req.group_id));
+        group.heartbeat(
+            req,
+            &self.store,
+            self.config.consumer_heartbeat_interval,
+            std::time::Instant::now(),
+        )
+    }
+
+    /// ConsumerGroupDescribe: None when no KIP-848 group has this id.
+    pub fn describe_consumer_group(&self, group_id: &str) -> Option<DescribedConsumerGroup> {
+        self.consumer_groups
+            .lock()
+            .get(group_id)
+            .map(|g| g.describe())
+    }
+
+    /// Topic names of a KIP-848 group's subscriptions.
+    pub fn consumer_group_topics(&self, group_id: &str) -> std::collections::BTreeSet<String> {
+        self.consumer_groups
+            .lock()
+            .get(group_id)
+            .map(|g| g.subscribed_topics())
+            .unwrap_or_default()
+    }
+
+    /// Resolves a topic id to its name (assignments carry ids).
+    pub fn topic_name(&self, id: uuid::Uuid) -> Option<String> {
+        self.store.topic_by_id(id).map(|t| t.name.clone())
     }
 
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
         if req.group_id.is_empty() {
             return JoinOutcome::error(codes::INVALID_GROUP_ID, req.member_id);
+        }
+        if self.has_consumer_members(&req.group_id) {
+            return JoinOutcome::error(codes::INCONSISTENT_GROUP_PROTOCOL, req.member_id);
         }
         let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         if session < self.config.min_session_timeout || session > self.config.max_session_timeout {
@@ -249,7 +359,8 @@ impl GroupCoordinator {
         }
     }
 
-    /// Checks that a commit comes from the current generation.
+    /// Checks that a commit comes from the current generation (classic) or
+    /// member epoch (KIP-848).
     pub fn validate_commit(
         &self,
         group_id: &str,
@@ -259,6 +370,17 @@ impl GroupCoordinator {
     ) -> i16 {
         if group_id.is_empty() {
             return codes::INVALID_GROUP_ID;
+        }
+        if let Some(g) = self.consumer_groups.lock().get(group_id) {
+            // Tools may commit for a group nobody is in.
+            if generation < 0 && member_id.is_empty() {
+                return if g.is_empty() {
+                    codes::NONE
+                } else {
+                    codes::UNKNOWN_MEMBER_ID
+                };
+            }
+            return g.validate_member_epoch(member_id, generation);
         }
         let groups = self.groups.lock();
         match groups.get(group_id) {
@@ -275,40 +397,83 @@ impl GroupCoordinator {
         }
     }
 
-    pub fn list(&self) -> Vec<(String, String, GroupState)> {
-        let groups = self.groups.lock();
-        let mut out: Vec<_> = groups
-            .values()
-            .filter(|g| !(g.members.is_empty() && g.generation == 0))
-            .map(|g| {
-                (
-                    g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state,
-                )
-            })
-            .collect();
-        for id in self.offsets.groups() {
-            if !groups.contains_key(&id)
-                || groups
-                    .get(&id)
-                    .is_some_and(|g| g.members.is_empty() && g.generation == 0)
-            {
-                out.push((id, "consumer".into(), GroupState::Empty));
+    /// OffsetFetch v9+ names the member: a stale one learns so.
+    pub fn validate_offset_fetch(&self, group_id: &str, member_id: &str, epoch: i32) -> i16 {
+        if member_id.is_empty() || epoch < 0 {
+            return codes::NONE;
+        }
+        match self.consumer_groups.lock().get(group_id) {
+            Some(g) => g.validate_member_epoch(member_id, epoch),
+            None => codes::NONE,
+        }
+    }
+
+    /// Every group: live ones, and those known only by committed offsets.
+    pub fn list(&self) -> Vec<GroupListing> {
+        let mut out: Vec<GroupListing> = Vec::new();
+        for g in self.groups.lock().values() {
+            if !(g.members.is_empty() && g.generation == 0) {
+                out.push(GroupListing {
+                    group_id: g.id.clone(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    state: g.state.name(),
+                    group_type: "classic",
+                });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.dedup_by(|a, b| a.0 == b.0);
+        for g in self.consumer_groups.lock().values() {
+            out.push(GroupListing {
+                group_id: g.id.clone(),
+                protocol_type: "consumer".into(),
+                state: g.describe().state,
+                group_type: "consumer",
+            });
+        }
+        for id in self.offsets.groups() {
+            if !out.iter().any(|g| g.group_id == id) {
+                out.push(GroupListing {
+                    group_id: id,
+                    protocol_type: "consumer".into(),
+                    state: GroupState::Empty.name(),
+                    group_type: "classic",
+                });
+            }
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
     }
 
+    /// DescribeGroups. A KIP-848 group is shown too, its assignments in the
+    /// classic consumer encoding, so older tools can read it.
     pub fn describe(&self, group_id: &str) -> Option<DescribedGroup> {
         if let Some(g) = self.groups.lock().get(group_id) {
             return Some(g.describe());
         }
+        if let Some(g) = self.consumer_groups.lock().get(group_id) {
+            let d = g.describe();
+            return Some(DescribedGroup {
+                group_id: d.group_id,
+                state: d.state,
+                protocol_type: "consumer".into(),
+                protocol: d.assignor,
+                generation: d.group_epoch,
+                members: d
+                    .members
+                    .into_iter()
+                    .map(|m| DescribedMember {
+                        assignment: self.encode_classic_assignment(&m.assignment),
+                        member_id: m.member_id,
+                        instance_id: m.instance_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        metadata: bytes::Bytes::new(),
+                    })
+                    .collect(),
+            });
+        }
         self.offsets.has_group(group_id).then(|| DescribedGroup {
             group_id: group_id.to_string(),
-            state: GroupState::Empty,
+            state: GroupState::Empty.name(),
             protocol_type: "consumer".into(),
             protocol: String::new(),
             generation: 0,
@@ -316,17 +481,44 @@ impl GroupCoordinator {
         })
     }
 
+    fn encode_classic_assignment(&self, assignment: &assignor::Assignment) -> bytes::Bytes {
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        use kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        let mut a = ConsumerProtocolAssignment::default();
+        for (id, parts) in assignment {
+            let Some(name) = self.topic_name(*id) else { continue };
+            let mut tp = TopicPartition::default();
+            tp.topic = TopicName(StrBytes::from_string(name));
+            tp.partitions = parts.iter().copied().collect();
+            a.assigned_partitions.push(tp);
+        }
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        match a.encode(&mut buf, 0) {
+            Ok(()) => buf.freeze(),
+            Err(e) => {
+                tracing::error!("cannot encode an assignment: {e}");
+                bytes::Bytes::new()
+            }
+        }
+    }
+
     /// Deletes an empty group and its offsets.
     pub async fn delete_group(&self, group_id: &str) -> i16 {
         {
             let mut groups = self.groups.lock();
-            match groups.get(group_id) {
-                Some(g) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
-                Some(_) => {
-                    groups.remove(group_id);
+            let mut consumer_groups = self.consumer_groups.lock();
+            match (groups.get(group_id), consumer_groups.get(group_id)) {
+                (Some(g), _) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
+                (_, Some(g)) if !g.is_empty() => return codes::NON_EMPTY_GROUP,
+                (None, None) if !self.offsets.has_group(group_id) => {
+                    return codes::GROUP_ID_NOT_FOUND
                 }
-                None if !self.offsets.has_group(group_id) => return codes::GROUP_ID_NOT_FOUND,
-                None => {}
+                _ => {
+                    groups.remove(group_id);
+                    consumer_groups.remove(group_id);
+                }
             }
         }
         let keys: Vec<_> = self
@@ -351,6 +543,13 @@ impl GroupCoordinator {
             .lock()
             .get(group_id)
             .is_some_and(|g| !g.members.is_empty())
+    }
+
+    fn has_consumer_members(&self, group_id: &str) -> bool {
+        self.consumer_groups
+            .lock()
+            .get(group_id)
+            .is_some_and(|g| !g.is_empty())
     }
 
     /// Per partition: committed offset, end offset and lag, for every

@@ -57,6 +57,10 @@ pub struct GroupsSection {
     pub max_session_timeout_ms: Option<u64>,
     pub initial_rebalance_delay_ms: Option<u64>,
     pub offsets_retention_minutes: Option<u64>,
+    /// KIP-848 groups: `group.consumer.heartbeat.interval.ms`.
+    pub consumer_heartbeat_interval_ms: Option<u64>,
+    /// KIP-848 groups: `group.consumer.session.timeout.ms`.
+    pub consumer_session_timeout_ms: Option<u64>,
 }
 
 impl ConfigFile {
@@ -91,6 +95,12 @@ impl ConfigFile {
         if let Some(ms) = g.initial_rebalance_delay_ms {
             config.initial_rebalance_delay = Duration::from_millis(ms);
         }
+        if let Some(ms) = g.consumer_heartbeat_interval_ms {
+            config.consumer_heartbeat_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = g.consumer_session_timeout_ms {
+            config.consumer_session_timeout = Duration::from_millis(ms);
+        }
         if let Some(minutes) = g.offsets_retention_minutes {
             config.offsets_retention = Duration::from_secs(minutes.saturating_mul(60));
         }
@@ -122,6 +132,8 @@ mod tests {
             [groups]
             min_session_timeout_ms = 500
             offsets_retention_minutes = 60
+            consumer_heartbeat_interval_ms = 500
+            consumer_session_timeout_ms = 6000
             "#,
         )
         .unwrap();
@@ -133,6 +145,8 @@ mod tests {
         let groups = config.group_config();
         assert_eq!(groups.min_session_timeout, Duration::from_millis(500));
         assert_eq!(groups.offsets_retention, Duration::from_secs(3600));
+        assert_eq!(groups.consumer_heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(groups.consumer_session_timeout, Duration::from_secs(6));
         // Unset keys keep the coordinator's defaults.
         assert_eq!(
             groups.max_session_timeout,

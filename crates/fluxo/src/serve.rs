@@ -110,6 +110,11 @@ impl ServeSettings {
         if groups.min_session_timeout > groups.max_session_timeout {
             anyhow::bail!("groups.min_session_timeout_ms is above groups.max_session_timeout_ms");
         }
+        if groups.consumer_heartbeat_interval >= groups.consumer_session_timeout {
+            anyhow::bail!(
+                "groups.consumer_heartbeat_interval_ms must be below groups.consumer_session_timeout_ms"
+            );
+        }
         Ok(settings)
     }
 }

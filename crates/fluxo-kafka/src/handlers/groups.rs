@@ -213,18 +213,18 @@ pub fn list(broker: &Arc<Broker>, request: ListGroupsRequest) -> ListGroupsRespo
         .iter()
         .map(|s| s.to_lowercase())
         .collect();
-    for (id, protocol_type, state) in broker.groups.list() {
-        if !states.is_empty() && !states.contains(&state.name().to_lowercase()) {
+    for listing in broker.groups.list() {
+        if !states.is_empty() && !states.contains(&listing.state.to_lowercase()) {
             continue;
         }
-        if !types.is_empty() && !types.contains(&"classic".to_string()) {
+        if !types.is_empty() && !types.contains(&listing.group_type.to_string()) {
             continue;
         }
         let mut g = ListedGroup::default();
-        g.group_id = GroupId(s(id));
-        g.protocol_type = s(protocol_type);
-        g.group_state = s(state.name());
-        g.group_type = s("classic");
+        g.group_id = GroupId(s(listing.group_id));
+        g.protocol_type = s(listing.protocol_type);
+        g.group_state = s(listing.state);
+        g.group_type = s(listing.group_type);
         r.groups.push(g);
     }
     r
@@ -238,7 +238,7 @@ pub fn describe(broker: &Arc<Broker>, request: DescribeGroupsRequest) -> Describ
         g.authorized_operations = i32::MIN;
         match broker.groups.describe(id.0.as_str()) {
             Some(d) => {
-                g.group_state = s(d.state.name());
+                g.group_state = s(d.state);
                 g.protocol_type = s(d.protocol_type);
                 g.protocol_data = s(d.protocol);
                 g.members = d

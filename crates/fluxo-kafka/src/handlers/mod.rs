@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod configs;
+pub mod consumer_groups;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
@@ -63,6 +64,8 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ListGroups => (0, 5),
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
+        ApiKey::ConsumerGroupHeartbeat => (0, 1),
+        ApiKey::ConsumerGroupDescribe => (0, 1),
         _ => return None,
     };
     // Never claim more than the codec knows.
@@ -145,6 +148,12 @@ pub fn dispatch(
             broker, r, version,
         ))),
         RequestKind::OffsetDelete(r) => offsets::delete(broker, r),
+        RequestKind::ConsumerGroupHeartbeat(r) => ready(ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::heartbeat(broker, ctx, header, r),
+        )),
+        RequestKind::ConsumerGroupDescribe(r) => ready(ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::describe(broker, r, version),
+        )),
         other => {
             // supported_versions() gates what reaches here.
             tracing::error!("no handler for {other:?}; please report this bug");

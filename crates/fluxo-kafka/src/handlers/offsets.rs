@@ -127,6 +127,20 @@ pub fn fetch(
     let mut response = OffsetFetchResponse::default();
     if version >= 8 {
         for g in request.groups {
+            if let Some(member) = &g.member_id {
+                let code = broker.groups.validate_offset_fetch(
+                    g.group_id.0.as_str(),
+                    member.as_str(),
+                    g.member_epoch,
+                );
+                if code != codes::NONE {
+                    let mut rg = OffsetFetchResponseGroup::default();
+                    rg.group_id = g.group_id;
+                    rg.error_code = code;
+                    response.groups.push(rg);
+                    continue;
+                }
+            }
             let topics = g.topics.map(|ts| {
                 ts.into_iter()
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
@@ -196,13 +210,14 @@ pub fn delete(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> ResponseFut
             return Some(ResponseKind::OffsetDelete(response));
         }
         let active = broker.groups.has_members(&group);
+        let subscribed = broker.groups.consumer_group_topics(&group);
         let mut entries = Vec::new();
         for t in request.topics {
             let mut rt = OffsetDeleteResponseTopic::default();
             for p in t.partitions {
                 let mut rp = OffsetDeleteResponsePartition::default();
                 rp.partition_index = p.partition_index;
-                rp.error_code = if active {
+                rp.error_code = if active || subscribed.contains(t.name.0.as_str()) {
                     codes::GROUP_SUBSCRIBED_TO_TOPIC
                 } else {
                     entries.push(((t.name.0.to_string(), p.partition_index), None));

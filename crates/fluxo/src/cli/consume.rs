@@ -2,6 +2,10 @@
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fluxo_client::group::{commit_offsets, committed_offsets, GroupMember};
 use fluxo_client::{fetch, list_offset};
 use kafka_protocol::records::Record;
 use serde_json::json;
@@ -36,11 +40,21 @@ pub struct ConsumeArgs {
     pub exit_at_end: bool,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Consume as a member of this consumer group (KIP-848 protocol): the
+    /// group's partitions are shared with its other members, and progress is
+    /// committed, so a restart resumes where it stopped. Partitions without
+    /// a committed offset start at the end, or at the beginning with
+    /// --from-beginning.
+    #[arg(long, conflicts_with_all = ["partition", "offset"])]
+    pub group: Option<String>,
     #[command(flatten)]
     pub conn: Connection,
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return run_in_group(args, &group).await;
+    }
     let client = args.conn.connect().await?;
     let count = super::partition_count(&client, &args.topic).await?;
     let partitions: Vec<i32> = match args.partition {
@@ -91,6 +105,126 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Consumes as a group member until --max records, the end of every owned
+/// partition (--exit-at-end) or Ctrl-C; commits what it printed and leaves.
+async fn run_in_group(args: ConsumeArgs, group: &str) -> anyhow::Result<()> {
+    let client = args.conn.connect().await?;
+    // Fail early and clearly on a topic that does not exist.
+    super::partition_count(&client, &args.topic).await?;
+    let mut member = GroupMember::new(group, vec![args.topic.clone()]);
+    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut at_end: BTreeMap<(String, i32), bool> = BTreeMap::new();
+    let mut printed = 0usize;
+    let mut last_commit = Instant::now();
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let result: anyhow::Result<()> = async {
+        loop {
+            if member.heartbeat_due() {
+                let change = member.heartbeat(&client).await?;
+                for tp in &change.revoked {
+                    // Commit before giving it up, so the next owner resumes here.
+                    if let Some(&pos) = positions.get(tp) {
+                        if committed.get(tp) != Some(&pos) {
+                            let one = BTreeMap::from([(tp.clone(), pos)]);
+                            if let Err(e) =
+                                commit_offsets(&client, group, member.epoch(), member.member_id(), &one).await
+                            {
+                                tracing::warn!("could not commit {}/{} on revocation: {e}", tp.0, tp.1);
+                            }
+                        }
+                    }
+                    positions.remove(tp);
+                    committed.remove(tp);
+                    at_end.remove(tp);
+                }
+                if !change.added.is_empty() {
+                    let parts: Vec<i32> = change.added.iter().map(|(_, p)| *p).collect();
+                    let offsets = committed_offsets(&client, group, &args.topic, &parts).await?;
+                    for tp in &change.added {
+                        let start = match offsets.get(&tp.1) {
+                            Some(&o) if o >= 0 => {
+                                committed.insert(tp.clone(), o);
+                                o
+                            }
+                            _ => {
+                                let reset = if args.from_beginning { -2 } else { -1 };
+                                list_offset(&client, &tp.0, tp.1, reset).await?
+                            }
+                        };
+                        positions.insert(tp.clone(), start);
+                        at_end.insert(tp.clone(), false);
+                    }
+                }
+            }
+            if positions.is_empty() {
+                // Nothing assigned yet: wait for the next heartbeat.
+                tokio::select! {
+                    _ = tokio::time::sleep(member.time_to_heartbeat().min(Duration::from_millis(100))) => {}
+                    _ = &mut interrupted => return Ok(()),
+                }
+                continue;
+            }
+            let wait = if positions.len() > 1 { 100 } else { 300 };
+            let owned: Vec<(String, i32)> = positions.keys().cloned().collect();
+            for tp in owned {
+                let pos = positions[&tp];
+                let f = tokio::select! {
+                    f = fetch(&client, &tp.0, tp.1, pos, wait, 1 << 20) => f?,
+                    _ = &mut interrupted => return Ok(()),
+                };
+                for r in &f.records {
+                    if !print_record(tp.1, r, args.format) {
+                        return Ok(());
+                    }
+                    positions.insert(tp.clone(), r.offset + 1);
+                    printed += 1;
+                    if args.max.is_some_and(|m| printed >= m) {
+                        return Ok(());
+                    }
+                }
+                let next = f.next_offset.max(positions[&tp]);
+                positions.insert(tp.clone(), next);
+                at_end.insert(tp.clone(), next >= f.high_watermark);
+            }
+            if last_commit.elapsed() > Duration::from_secs(1) {
+                commit_changed(&client, group, &member, &positions, &mut committed).await?;
+                last_commit = Instant::now();
+            }
+            if args.exit_at_end && !at_end.is_empty() && at_end.values().all(|e| *e) {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    let committed_ok = commit_changed(&client, group, &member, &positions, &mut committed).await;
+    let left = member.leave(&client).await;
+    result?;
+    committed_ok?;
+    left?;
+    Ok(())
+}
+
+async fn commit_changed(
+    client: &fluxo_client::Client,
+    group: &str,
+    member: &GroupMember,
+    positions: &BTreeMap<(String, i32), i64>,
+    committed: &mut BTreeMap<(String, i32), i64>,
+) -> anyhow::Result<()> {
+    let changed: BTreeMap<(String, i32), i64> = positions
+        .iter()
+        .filter(|(tp, pos)| committed.get(*tp) != Some(*pos))
+        .map(|(tp, pos)| (tp.clone(), *pos))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    commit_offsets(client, group, member.epoch(), member.member_id(), &changed).await?;
+    committed.extend(changed);
+    Ok(())
 }
 
 fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
