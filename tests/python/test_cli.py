@@ -74,3 +74,67 @@ def test_cli_produce_consume(broker, new_topic, compression):
     assert [(r["partition"], r["offset"], r["value"], r["key"]) for r in recs] == \
         [(0, i, lines[i], None) for i in range(5)]
     assert [r["timestamp"] for r in recs] == [r.ts for r in got[:5]]
+
+
+def committed(boot: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    a = AdminClient({"bootstrap.servers": boot})
+    req = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    res = a.list_consumer_group_offsets([req])[group].result(30)
+    return {tp.partition: tp.offset for tp in res.topic_partitions}
+
+
+@pytest.mark.timeout(120)
+def test_cli_group_consume_resumes_and_reset_offsets_rewinds(broker, new_topic):
+    topic = new_topic("cligrp")
+    boot = ["--bootstrap", broker.bootstrap]
+    fluxo("topic", "create", topic, "--partitions", "3", *boot)
+    lines = [f"r{i}" for i in range(300)]
+    fluxo("produce", topic, *boot, stdin=("\n".join(lines) + "\n").encode())
+
+    # A group member reads part, commits and leaves; the next one reads the rest.
+    first = fluxo("consume", topic, "--group", "cli-g", "--from-beginning", "--max", "120",
+                  "--format", "raw", *boot).splitlines()
+    assert len(first) == 120
+    assert sum(committed(broker.bootstrap, "cli-g", topic, 3).values()) == 120
+    rest = fluxo("consume", topic, "--group", "cli-g", "--exit-at-end", "--format", "raw",
+                 *boot).splitlines()
+    assert sorted(first + rest) == sorted(lines), "every record exactly once across the two runs"
+    assert committed(broker.bootstrap, "cli-g", topic, 3) == {0: 100, 1: 100, 2: 100}
+    assert "cli-g" in fluxo("group", "list", *boot)
+
+    # A dry run changes nothing; --execute moves the offsets.
+    plan = fluxo("group", "reset-offsets", "cli-g", "--topic", f"{topic}:0,2", "--shift-by", "-10", *boot)
+    assert "dry run" in plan
+    assert committed(broker.bootstrap, "cli-g", topic, 3) == {0: 100, 1: 100, 2: 100}
+    fluxo("group", "reset-offsets", "cli-g", "--topic", f"{topic}:0,2", "--shift-by", "-10", "--execute", *boot)
+    assert committed(broker.bootstrap, "cli-g", topic, 3) == {0: 90, 1: 100, 2: 90}
+    again = fluxo("consume", topic, "--group", "cli-g", "--exit-at-end", "--format", "raw", *boot).splitlines()
+    assert len(again) == 20
+    fluxo("group", "reset-offsets", "cli-g", "--topic", topic, "--to-earliest", "--execute", *boot)
+    assert committed(broker.bootstrap, "cli-g", topic, 3) == {0: 0, 1: 0, 2: 0}
+    desc = fluxo("group", "describe", "cli-g", *boot)
+    assert "100" in desc and topic in desc
+
+
+@pytest.mark.timeout(60)
+def test_cli_reset_offsets_refuses_an_active_group_and_bad_partitions(broker, new_topic):
+    from confluent_kafka import Consumer
+    topic = new_topic("clirst")
+    boot = ["--bootstrap", broker.bootstrap]
+    fluxo("topic", "create", topic, "--partitions", "2", *boot)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "busy", "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    H.wait_for(lambda: c.poll(0.2) is None and len(c.assignment()) == 2, desc="consumer assigned")
+    try:
+        proc = subprocess.run([H.fluxo_bin(), "group", "reset-offsets", "busy", "--topic", topic,
+                               "--to-earliest", "--execute", *boot], capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0
+        assert "active member" in proc.stderr
+    finally:
+        c.close()
+    proc = subprocess.run([H.fluxo_bin(), "group", "reset-offsets", "busy", "--topic", f"{topic}:7",
+                           "--to-latest", *boot], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "7 is not one of them" in proc.stderr
