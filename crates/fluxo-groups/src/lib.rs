@@ -177,6 +177,11 @@ impl GroupCoordinator {
                 if last_expiry.elapsed() > Duration::from_secs(60) {
                     last_expiry = std::time::Instant::now();
                     this.expire_offsets().await;
+                    if this.offsets.needs_compaction() {
+                        if let Err(e) = this.offsets.compact().await {
+                            tracing::warn!("compacting {OFFSETS_TOPIC} failed: {e}");
+                        }
+                    }
                 }
             }
         })
@@ -760,5 +765,56 @@ mod tests {
         assert_eq!(c.offsets.get("g", "t", 0).map(|o| o.offset), Some(7));
         assert_eq!(c.offsets.get("g", "t", 1).map(|o| o.offset), Some(9));
         assert!(!c.offsets.has_group("gone"));
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_only_live_offsets_and_replays_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = |offset| CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: Some(format!("m{offset}")),
+            commit_ms: fluxo_log::now_ms(),
+        };
+        let before;
+        {
+            let store = Arc::new(LogStore::open(dir.path()).unwrap());
+            let c = GroupCoordinator::open(store.clone(), GroupConfig::default()).unwrap();
+            for i in 0..300 {
+                c.offsets
+                    .commit(
+                        &format!("g{}", i % 3),
+                        vec![(("t".into(), i % 5), Some(commit(i as i64)))],
+                    )
+                    .await
+                    .unwrap();
+            }
+            c.offsets
+                .commit("g0", vec![(("t".into(), 0), None)])
+                .await
+                .unwrap();
+            before = (0..3)
+                .map(|g| c.offsets.group_offsets(&format!("g{g}")))
+                .collect::<Vec<_>>();
+            let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
+            assert_eq!(c.offsets.compact().await.unwrap(), 1);
+            assert_eq!(log.log_start_offset(), 301, "the old segment is gone");
+            // Commits after a compaction land after the snapshot.
+            c.offsets
+                .commit("g1", vec![(("t".into(), 4), Some(commit(1000)))])
+                .await
+                .unwrap();
+            store.close().unwrap();
+        }
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let c = GroupCoordinator::open(store.clone(), GroupConfig::default()).unwrap();
+        for g in [0, 2] {
+            assert_eq!(c.offsets.group_offsets(&format!("g{g}")), before[g]);
+        }
+        assert_eq!(c.offsets.get("g1", "t", 4).map(|o| o.offset), Some(1000));
+        assert!(c.offsets.get("g0", "t", 0).is_none(), "a delete survives compaction");
+        let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
+        // 15 keys written, one deleted: 14 in the snapshot, plus one commit.
+        assert_eq!(log.end_offset() - log.log_start_offset(), 15);
     }
 }

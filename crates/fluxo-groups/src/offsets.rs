@@ -3,7 +3,11 @@
 //! per partition (key: group, topic, partition; value: offset and
 //! metadata, or null to delete) and is fsynced before it is acknowledged.
 //! On start the topic is replayed into memory; the last record per key
-//! wins, so the topic is a compacted log by construction.
+//! wins. [`OffsetStore::compact`] keeps the topic small: it writes every
+//! live offset into a fresh segment and then deletes the segments before
+//! it, so a replay reads about one record per live key. A crash between the
+//! two steps leaves old records followed by the same state, which replays
+//! to the same map.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,7 +45,16 @@ type OffsetMap = BTreeMap<String, BTreeMap<(String, i32), CommittedOffset>>;
 pub struct OffsetStore {
     log: Arc<PartitionLog>,
     offsets: RwLock<OffsetMap>,
+    /// Commits hold it shared (they still share fsyncs); compaction holds
+    /// it exclusively, so no commit is half-way (written, not yet in the
+    /// map) while the snapshot is taken and older segments are deleted.
+    compaction: tokio::sync::RwLock<()>,
+    /// Records appended since the last compaction (or since start).
+    appended: std::sync::atomic::AtomicU64,
 }
+
+/// Records per batch in a snapshot.
+const SNAPSHOT_BATCH: usize = 2000;
 
 impl OffsetStore {
     /// Opens (creating if needed) the internal topic and replays it.
@@ -84,6 +97,8 @@ impl OffsetStore {
         Ok(OffsetStore {
             log,
             offsets: RwLock::new(offsets),
+            compaction: tokio::sync::RwLock::new(()),
+            appended: std::sync::atomic::AtomicU64::new(replayed as u64),
         })
     }
 
@@ -120,46 +135,15 @@ impl OffsetStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let records: Vec<Record> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, ((topic, partition), value))| {
-                let key = serde_json::to_vec(&OffsetKey {
-                    group: group.to_string(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                })
-                .unwrap_or_default();
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: -1,
-                    timestamp: fluxo_log::now_ms(),
-                    key: Some(Bytes::from(key)),
-                    value: value
-                        .as_ref()
-                        .map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
-                    headers: Default::default(),
-                }
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| GroupError::Internal(format!("cannot encode offsets: {e}")))?;
+        let _shared = self.compaction.read().await;
+        let mut buf = encode(
+            entries
+                .iter()
+                .map(|((topic, partition), value)| (group, topic.as_str(), *partition, value.as_ref())),
+        )?;
         let info = self.log.append(&mut buf)?;
+        self.appended
+            .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.log.sync_to(info.last_offset + 1).await?;
         let mut map = self.offsets.write();
         for (key, value) in entries {
@@ -178,6 +162,45 @@ impl OffsetStore {
             }
         }
         Ok(())
+    }
+
+    /// Whether the log holds many more records than live offsets.
+    pub fn needs_compaction(&self) -> bool {
+        let live: u64 = self.offsets.read().values().map(|g| g.len() as u64).sum();
+        let appended = self.appended.load(std::sync::atomic::Ordering::Relaxed);
+        appended > 10_000 && appended > 2 * live
+    }
+
+    /// Rewrites the live offsets into a new segment, then deletes every
+    /// older segment. Returns the number of segments deleted.
+    pub async fn compact(&self) -> Result<usize> {
+        let _exclusive = self.compaction.write().await;
+        let snapshot_start = self.log.roll_now()?;
+        let live: Vec<(String, String, i32, CommittedOffset)> = self
+            .offsets
+            .read()
+            .iter()
+            .flat_map(|(g, parts)| {
+                parts
+                    .iter()
+                    .map(move |((t, p), o)| (g.clone(), t.clone(), *p, o.clone()))
+            })
+            .collect();
+        let mut last = snapshot_start;
+        for chunk in live.chunks(SNAPSHOT_BATCH) {
+            let mut buf = encode(chunk.iter().map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))))?;
+            last = self.log.append(&mut buf)?.last_offset + 1;
+        }
+        // The snapshot must be on disk before what it replaces goes away.
+        self.log.sync_to(last).await?;
+        let deleted = self.log.delete_segments_before(snapshot_start);
+        self.appended
+            .store(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "compacted {OFFSETS_TOPIC}: {} live offsets, {deleted} old segment(s) deleted",
+            live.len()
+        );
+        Ok(deleted)
     }
 
     /// Offsets whose commit is older than `retention_ms`, for groups
@@ -205,6 +228,51 @@ impl OffsetStore {
             .filter(|(_, v)| !v.is_empty())
             .collect()
     }
+}
+
+/// One v2 batch of offset records: (group, topic, partition, value or
+/// None for a delete).
+fn encode<'a>(
+    entries: impl Iterator<Item = (&'a str, &'a str, i32, Option<&'a CommittedOffset>)>,
+) -> Result<BytesMut> {
+    let now = fluxo_log::now_ms();
+    let records: Vec<Record> = entries
+        .enumerate()
+        .map(|(i, (group, topic, partition, value))| {
+            let key = serde_json::to_vec(&OffsetKey {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+            })
+            .unwrap_or_default();
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: now,
+                key: Some(Bytes::from(key)),
+                value: value.map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| GroupError::Internal(format!("cannot encode offsets: {e}")))?;
+    Ok(buf)
 }
 
 fn apply(map: &mut OffsetMap, r: &Record) {

@@ -274,6 +274,39 @@ impl PartitionLog {
         Ok(seg)
     }
 
+    /// Seals the active segment now (if it holds anything) and returns the
+    /// base offset of the new active one. Used to start a snapshot in a
+    /// segment of its own.
+    pub fn roll_now(&self) -> Result<i64> {
+        let _state = self.append_lock.lock();
+        let active = self.active_segment();
+        if active.is_empty() {
+            return Ok(active.base_offset);
+        }
+        Ok(self.roll(&active, now_ms())?.base_offset)
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset`
+    /// (never the active one) and moves the log start offset up. Returns
+    /// how many segments went.
+    pub fn delete_segments_before(&self, offset: i64) -> usize {
+        let mut removed = Vec::new();
+        {
+            let mut segs = self.segments.write();
+            while segs.len() > 1 && segs[1].base_offset <= offset {
+                removed.push(segs.remove(0));
+            }
+            if let Some(first) = segs.first() {
+                self.log_start_offset
+                    .fetch_max(first.base_offset, Ordering::AcqRel);
+            }
+        }
+        for seg in &removed {
+            seg.delete_files();
+        }
+        removed.len()
+    }
+
     pub fn flushed_offset(&self) -> i64 {
         self.flushed_offset.load(Ordering::Acquire)
     }
