@@ -27,6 +27,8 @@ use crate::assignor::{self, Assignment, MemberSpec};
 use crate::codes;
 
 pub const LEAVE_EPOCH: i32 = -1;
+/// The heartbeat interval handed out while a group is rebalancing.
+const RECONCILING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
 #[derive(Debug, Clone)]
@@ -190,6 +192,15 @@ impl ConsumerGroup {
         }
     }
 
+    /// Every member is at the assignment epoch with nothing left to revoke.
+    fn settled(&self) -> bool {
+        self.group_epoch == self.assignment_epoch
+            && self
+                .members
+                .values()
+                .all(|m| m.epoch == self.assignment_epoch && m.revoking.is_empty())
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
@@ -309,12 +320,24 @@ impl ConsumerGroup {
         if send {
             member.last_sent = Some(member.assigned.clone());
         }
+        let member_settled = member.epoch == self.assignment_epoch
+            && member.revoking.is_empty()
+            && self.target.get(&member.id).is_none_or(|t| *t == member.assigned);
+        let (member_id, member_epoch) = (member.id.clone(), member.epoch);
+        // While the group moves partitions, members come back sooner: each
+        // step of a handover (revoke, release, take) waits for a heartbeat,
+        // and at the steady-state interval a rebalance would take several.
+        let interval = if member_settled && self.settled() {
+            heartbeat_interval
+        } else {
+            heartbeat_interval.min(RECONCILING_HEARTBEAT_INTERVAL)
+        };
         ConsumerHeartbeatOutcome {
             error: codes::NONE,
             error_message: None,
-            member_id: member.id.clone(),
-            member_epoch: member.epoch,
-            heartbeat_interval_ms: heartbeat_interval.as_millis() as i32,
+            member_id,
+            member_epoch,
+            heartbeat_interval_ms: interval.as_millis() as i32,
             assignment,
         }
     }
@@ -680,6 +703,7 @@ mod tests {
         assert_eq!(count(&a_kept), 2);
         assert_eq!(a2.member_epoch, epoch_a);
         assert_eq!(g.describe_state(), "Reconciling");
+        assert_eq!(a2.heartbeat_interval_ms, 250, "come back soon while rebalancing");
 
         // b asks again before a confirmed: still nothing.
         let b2 = g.heartbeat(hb("b", b1.member_epoch, None, None), &store, I, now);
@@ -696,6 +720,7 @@ mod tests {
         let b4 = g.heartbeat(hb("b", b1.member_epoch, None, Some(b_owned)), &store, I, now);
         assert_eq!(b4.error, 0);
         assert_eq!(g.describe_state(), "Stable");
+        assert_eq!(b4.heartbeat_interval_ms, 5000, "the configured interval once stable");
     }
 
     #[test]

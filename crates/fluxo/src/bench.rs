@@ -29,6 +29,27 @@ pub enum BenchCommand {
     FirstRoundTrip(FirstRoundTripBench),
     /// This machine's baselines: synced sequential writes and loopback TCP.
     Baseline(BaselineBench),
+    /// Many groups committing offsets at once (run it next to `produce`
+    /// to see whether commits slow producers down).
+    Commits(CommitsBench),
+}
+
+#[derive(Args, Debug)]
+pub struct CommitsBench {
+    #[arg(long, default_value_t = 1000)]
+    pub groups: usize,
+    /// Partitions each commit covers.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Connections the groups share.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    #[arg(long, default_value = "bench-commits")]
+    pub topic: String,
+    #[command(flatten)]
+    pub conn: Connection,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +123,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::E2e(b) => bench_e2e(b).await,
         BenchCommand::FirstRoundTrip(b) => bench_first_round_trip(b).await,
         BenchCommand::Baseline(b) => bench_baseline(b).await,
+        BenchCommand::Commits(b) => bench_commits(b).await,
     }
 }
 
@@ -183,6 +205,54 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
     report(
         &format!("produce: {n} records of {} B, acks={}, {} partition(s): {rate:.0} records/s, {mb:.1} MB/s", b.record_size, b.acks, b.partitions),
         serde_json::json!({"bench": "produce", "records": n, "record_size": b.record_size, "acks": b.acks, "partitions": b.partitions, "records_per_sec": rate, "mb_per_sec": mb}),
+    );
+    Ok(())
+}
+
+/// Every group commits in a loop, each commit acknowledged only once it is
+/// durable, for a fixed time.
+async fn bench_commits(b: CommitsBench) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let admin = b.conn.connect().await?;
+    fresh_topic(&admin, &b.topic, b.partitions).await?;
+    let mut clients = Vec::new();
+    for _ in 0..b.connections.max(1) {
+        clients.push(Arc::new(b.conn.connect().await?));
+    }
+    let commits = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(b.seconds);
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for g in 0..b.groups {
+        let client = clients[g % clients.len()].clone();
+        let (commits, topic, partitions) = (commits.clone(), b.topic.clone(), b.partitions);
+        tasks.spawn(async move {
+            let group = format!("bench-commit-{g}");
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut offset = 0i64;
+            while Instant::now() < deadline {
+                offset += 1;
+                let offsets: BTreeMap<(String, i32), i64> =
+                    (0..partitions).map(|p| ((topic.clone(), p), offset)).collect();
+                let t = Instant::now();
+                fluxo_client::group::commit_offsets(&client, &group, -1, "", &offsets).await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(h)
+        });
+    }
+    let start = Instant::now();
+    while let Some(r) = tasks.join_next().await {
+        latency.add(r??)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = commits.load(Ordering::Relaxed);
+    let rate = n as f64 / secs;
+    let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
+    report(
+        &format!("commits: {} groups, {n} durable commits of {} partitions in {secs:.1} s: {rate:.0} commits/s, p50 {:.2} ms, p99 {p99:.2} ms", b.groups, b.partitions, latency.value_at_quantile(0.5) as f64 / 1000.0),
+        serde_json::json!({"bench": "commits", "groups": b.groups, "commits": n, "commits_per_sec": rate, "p99_ms": p99}),
     );
     Ok(())
 }
