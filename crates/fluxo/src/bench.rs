@@ -46,6 +46,10 @@ pub struct CommitsBench {
     /// Connections the groups share.
     #[arg(long, default_value_t = 50)]
     pub connections: usize,
+    /// Each group commits once per interval (like a consumer's
+    /// auto.commit.interval.ms); 0: back to back, as fast as they can.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
     #[arg(long, default_value = "bench-commits")]
     pub topic: String,
     #[command(flatten)]
@@ -226,11 +230,19 @@ async fn bench_commits(b: CommitsBench) -> anyhow::Result<()> {
     for g in 0..b.groups {
         let client = clients[g % clients.len()].clone();
         let (commits, topic, partitions) = (commits.clone(), b.topic.clone(), b.partitions);
+        let interval = Duration::from_millis(b.interval_ms);
+        // Spread the groups over the interval instead of all at once.
+        let phase = interval.mul_f64(g as f64 / b.groups.max(1) as f64);
         tasks.spawn(async move {
             let group = format!("bench-commit-{g}");
             let mut h = Histogram::<u64>::new(3)?;
             let mut offset = 0i64;
+            let mut next = Instant::now() + phase;
             while Instant::now() < deadline {
+                if !interval.is_zero() {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
                 offset += 1;
                 let offsets: BTreeMap<(String, i32), i64> =
                     (0..partitions).map(|p| ((topic.clone(), p), offset)).collect();
@@ -251,7 +263,7 @@ async fn bench_commits(b: CommitsBench) -> anyhow::Result<()> {
     let rate = n as f64 / secs;
     let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
     report(
-        &format!("commits: {} groups, {n} durable commits of {} partitions in {secs:.1} s: {rate:.0} commits/s, p50 {:.2} ms, p99 {p99:.2} ms", b.groups, b.partitions, latency.value_at_quantile(0.5) as f64 / 1000.0),
+        &format!("commits: {} groups every {} ms, {n} durable commits of {} partitions in {secs:.1} s: {rate:.0} commits/s, p50 {:.2} ms, p99 {p99:.2} ms", b.groups, b.interval_ms, b.partitions, latency.value_at_quantile(0.5) as f64 / 1000.0),
         serde_json::json!({"bench": "commits", "groups": b.groups, "commits": n, "commits_per_sec": rate, "p99_ms": p99}),
     );
     Ok(())
