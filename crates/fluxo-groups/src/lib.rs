@@ -67,6 +67,7 @@ pub mod codes {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = E::UnknownTopicOrPartition.code();
     pub const OFFSET_METADATA_TOO_LARGE: i16 = E::OffsetMetadataTooLarge.code();
     pub const COORDINATOR_NOT_AVAILABLE: i16 = E::CoordinatorNotAvailable.code();
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = E::CoordinatorLoadInProgress.code();
     pub const INVALID_REQUEST: i16 = E::InvalidRequest.code();
     pub const FENCED_MEMBER_EPOCH: i16 = E::FencedMemberEpoch.code();
     pub const UNRELEASED_INSTANCE_ID: i16 = E::UnreleasedInstanceId.code();
@@ -135,8 +136,19 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// Opens the coordinator with every committed offset loaded.
     pub fn open(store: Arc<LogStore>, config: GroupConfig) -> Result<Arc<GroupCoordinator>> {
-        let offsets = OffsetStore::open(&store)?;
+        let coordinator = GroupCoordinator::open_unloaded(store, config)?;
+        coordinator.offsets.load()?;
+        Ok(coordinator)
+    }
+
+    /// Opens the coordinator before its offsets are read, so the broker can
+    /// serve produce and fetch at once; group requests get
+    /// COORDINATOR_LOAD_IN_PROGRESS (clients retry) until
+    /// [`GroupCoordinator::load`] finishes.
+    pub fn open_unloaded(store: Arc<LogStore>, config: GroupConfig) -> Result<Arc<GroupCoordinator>> {
+        let offsets = OffsetStore::open_unloaded(&store)?;
         Ok(Arc::new(GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
@@ -144,6 +156,16 @@ impl GroupCoordinator {
             offsets,
             store,
         }))
+    }
+
+    /// Replays committed offsets; group requests are served afterwards.
+    pub fn load(&self) -> Result<()> {
+        self.offsets.load()
+    }
+
+    /// COORDINATOR_LOAD_IN_PROGRESS while offsets are being loaded.
+    pub fn loading_error(&self) -> Option<i16> {
+        (!self.offsets.is_loaded()).then_some(codes::COORDINATOR_LOAD_IN_PROGRESS)
     }
 
     /// Runs timeouts (rebalance deadlines, session expiry, offset expiry).
@@ -230,6 +252,14 @@ impl GroupCoordinator {
                 ..Default::default()
             };
         }
+        if let Some(code) = self.loading_error() {
+            return ConsumerHeartbeatOutcome {
+                error: code,
+                member_id: req.member_id,
+                member_epoch: req.member_epoch,
+                ..Default::default()
+            };
+        }
         if self.has_members(&req.group_id) {
             // Kafka can convert a classic group online; fluxo asks the
             // members to leave first.
@@ -283,6 +313,9 @@ impl GroupCoordinator {
     }
 
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        if let Some(code) = self.loading_error() {
+            return JoinOutcome::error(code, req.member_id);
+        }
         if req.group_id.is_empty() {
             return JoinOutcome::error(codes::INVALID_GROUP_ID, req.member_id);
         }
@@ -318,6 +351,9 @@ impl GroupCoordinator {
         protocol_name: Option<&str>,
         assignments: Vec<(String, bytes::Bytes)>,
     ) -> SyncOutcome {
+        if let Some(code) = self.loading_error() {
+            return SyncOutcome::error(code);
+        }
         let waiter = {
             let mut groups = self.groups.lock();
             let Some(group) = groups.get_mut(group_id) else {
@@ -347,6 +383,9 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> i16 {
+        if let Some(code) = self.loading_error() {
+            return code;
+        }
         match self.groups.lock().get_mut(group_id) {
             None => codes::UNKNOWN_MEMBER_ID,
             Some(g) => g.heartbeat(generation, member_id, instance_id),
@@ -355,6 +394,9 @@ impl GroupCoordinator {
 
     /// Removes members; one error code per (member id, instance id).
     pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        if let Some(code) = self.loading_error() {
+            return vec![code; members.len()];
+        }
         match self.groups.lock().get_mut(group_id) {
             None => vec![codes::UNKNOWN_MEMBER_ID; members.len()],
             Some(g) => members
@@ -375,6 +417,9 @@ impl GroupCoordinator {
     ) -> i16 {
         if group_id.is_empty() {
             return codes::INVALID_GROUP_ID;
+        }
+        if let Some(code) = self.loading_error() {
+            return code;
         }
         if let Some(g) = self.consumer_groups.lock().get(group_id) {
             // Tools may commit for a group nobody is in.
@@ -404,6 +449,9 @@ impl GroupCoordinator {
 
     /// OffsetFetch v9+ names the member: a stale one learns so.
     pub fn validate_offset_fetch(&self, group_id: &str, member_id: &str, epoch: i32) -> i16 {
+        if let Some(code) = self.loading_error() {
+            return code;
+        }
         if member_id.is_empty() || epoch < 0 {
             return codes::NONE;
         }
@@ -511,6 +559,9 @@ impl GroupCoordinator {
 
     /// Deletes an empty group and its offsets.
     pub async fn delete_group(&self, group_id: &str) -> i16 {
+        if let Some(code) = self.loading_error() {
+            return code;
+        }
         {
             let mut groups = self.groups.lock();
             let mut consumer_groups = self.consumer_groups.lock();
@@ -816,5 +867,36 @@ mod tests {
         let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
         // 15 keys written, one deleted: 14 in the snapshot, plus one commit.
         assert_eq!(log.end_offset() - log.log_start_offset(), 15);
+    }
+
+    #[tokio::test]
+    async fn group_requests_wait_for_offsets_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let c = GroupCoordinator::open_unloaded(store, GroupConfig::default()).unwrap();
+        let loading = codes::COORDINATOR_LOAD_IN_PROGRESS;
+        assert_eq!(c.join(join_req("g", "", None)).await.error, loading);
+        assert_eq!(c.heartbeat("g", 1, "m", None), loading);
+        assert_eq!(c.validate_commit("g", -1, "", None), loading);
+        assert_eq!(c.validate_offset_fetch("g", "", -1), loading);
+        assert_eq!(c.delete_group("g").await, loading);
+        let hb = c.consumer_heartbeat(ConsumerHeartbeat {
+            group_id: "g".into(),
+            member_id: "m".into(),
+            member_epoch: 0,
+            instance_id: None,
+            rack_id: None,
+            client_id: "t".into(),
+            client_host: "/127.0.0.1".into(),
+            rebalance_timeout_ms: 1000,
+            subscribed_topic_names: Some(vec!["t".into()]),
+            subscribed_topic_regex: None,
+            server_assignor: None,
+            owned: Some(Default::default()),
+        });
+        assert_eq!(hb.error, loading);
+        c.load().unwrap();
+        assert_eq!(c.validate_commit("g", -1, "", None), codes::NONE);
+        assert_eq!(c.validate_offset_fetch("g", "", -1), codes::NONE);
     }
 }

@@ -51,6 +51,7 @@ pub struct OffsetStore {
     compaction: tokio::sync::RwLock<()>,
     /// Records appended since the last compaction (or since start).
     appended: std::sync::atomic::AtomicU64,
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 /// Records per batch in a snapshot.
@@ -59,6 +60,16 @@ const SNAPSHOT_BATCH: usize = 2000;
 impl OffsetStore {
     /// Opens (creating if needed) the internal topic and replays it.
     pub fn open(store: &LogStore) -> Result<OffsetStore> {
+        let offsets = OffsetStore::open_unloaded(store)?;
+        offsets.load()?;
+        Ok(offsets)
+    }
+
+    /// Opens the internal topic without reading it; [`OffsetStore::load`]
+    /// must run before the offsets are used (until then
+    /// [`OffsetStore::is_loaded`] is false and the coordinator answers
+    /// COORDINATOR_LOAD_IN_PROGRESS).
+    pub fn open_unloaded(store: &LogStore) -> Result<OffsetStore> {
         let topic = match store.topic(OFFSETS_TOPIC) {
             Some(t) => t,
             None => store.create_topic(
@@ -70,6 +81,22 @@ impl OffsetStore {
         let log = topic
             .partition(0)
             .ok_or_else(|| GroupError::Internal("offsets topic has no partition 0".into()))?;
+        Ok(OffsetStore {
+            log,
+            offsets: RwLock::new(OffsetMap::new()),
+            compaction: tokio::sync::RwLock::new(()),
+            appended: std::sync::atomic::AtomicU64::new(0),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replays the internal topic into memory (last record per key wins).
+    pub fn load(&self) -> Result<()> {
+        let log = &self.log;
         let mut offsets = OffsetMap::new();
         let mut position = log.log_start_offset();
         let end = log.end_offset();
@@ -94,12 +121,12 @@ impl OffsetStore {
             "loaded committed offsets of {} groups ({replayed} records)",
             offsets.len()
         );
-        Ok(OffsetStore {
-            log,
-            offsets: RwLock::new(offsets),
-            compaction: tokio::sync::RwLock::new(()),
-            appended: std::sync::atomic::AtomicU64::new(replayed as u64),
-        })
+        *self.offsets.write() = offsets;
+        self.appended
+            .store(replayed as u64, std::sync::atomic::Ordering::Relaxed);
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {

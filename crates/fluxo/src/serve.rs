@@ -135,13 +135,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         advertised_addr: args.advertised_kafka_addr,
         ..BrokerConfig::default()
     };
-    let store_for_groups = store.clone();
-    let group_config = args.groups.clone();
-    let groups = tokio::task::spawn_blocking(move || {
-        fluxo_groups::GroupCoordinator::open(store_for_groups, group_config)
-    })
-    .await?
-    .context("cannot load committed offsets")?;
+    // Produce and fetch are served at once; group requests answer
+    // COORDINATOR_LOAD_IN_PROGRESS (clients retry) until offsets are loaded.
+    let groups = fluxo_groups::GroupCoordinator::open_unloaded(store.clone(), args.groups.clone())
+        .context("cannot open the committed-offsets topic")?;
+    let loader = groups.clone();
+    let offsets_loaded = tokio::task::spawn_blocking(move || loader.load());
     let group_timers = groups.spawn_timers();
     let broker = Arc::new(Broker::new(store.clone(), groups, config)?);
     let listener = tokio::net::TcpListener::bind(args.kafka_addr)
@@ -161,7 +160,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "fluxo is serving (the http and postgres listeners are not part of this release yet)"
     );
 
-    wait_for_signal().await?;
+    let offsets_loaded = async {
+        match offsets_loaded.await {
+            Ok(Ok(())) => std::future::pending::<anyhow::Result<()>>().await,
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("cannot load committed offsets")),
+            Err(e) => Err(anyhow::Error::new(e).context("loading committed offsets panicked")),
+        }
+    };
+    // A failed load is fatal: serving groups without their offsets would
+    // make consumers start over.
+    let failure = tokio::select! {
+        r = wait_for_signal() => r.err(),
+        r = offsets_loaded => r.err(),
+    };
     tracing::info!("shutting down");
     // Stop taking requests, then flush and close every segment.
     if tokio::time::timeout(Duration::from_secs(5), kafka.shutdown())
@@ -173,6 +184,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     maintenance.abort();
     group_timers.abort();
     tokio::task::spawn_blocking(move || store.close()).await??;
+    if let Some(e) = failure {
+        return Err(e);
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

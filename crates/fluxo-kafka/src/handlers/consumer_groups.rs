@@ -100,6 +100,12 @@ pub fn describe(
     for id in request.group_ids {
         let mut g = DescribedGroup::default();
         g.authorized_operations = i32::MIN;
+        if let Some(code) = broker.groups.loading_error() {
+            g.error_code = code;
+            g.group_id = id;
+            r.groups.push(g);
+            continue;
+        }
         match broker.groups.describe_consumer_group(id.0.as_str()) {
             Some(d) => {
                 g.group_state = s(d.state);

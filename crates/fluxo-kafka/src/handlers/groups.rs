@@ -213,6 +213,10 @@ pub fn list(broker: &Arc<Broker>, request: ListGroupsRequest) -> ListGroupsRespo
         .iter()
         .map(|s| s.to_lowercase())
         .collect();
+    if let Some(code) = broker.groups.loading_error() {
+        r.error_code = code;
+        return r;
+    }
     for listing in broker.groups.list() {
         if !states.is_empty() && !states.contains(&listing.state.to_lowercase()) {
             continue;
@@ -236,6 +240,11 @@ pub fn describe(broker: &Arc<Broker>, request: DescribeGroupsRequest) -> Describ
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
         g.authorized_operations = i32::MIN;
+        if let Some(code) = broker.groups.loading_error() {
+            g.error_code = code;
+            r.groups.push(g);
+            continue;
+        }
         match broker.groups.describe(id.0.as_str()) {
             Some(d) => {
                 g.group_state = s(d.state);

@@ -127,12 +127,12 @@ pub fn fetch(
     let mut response = OffsetFetchResponse::default();
     if version >= 8 {
         for g in request.groups {
-            if let Some(member) = &g.member_id {
-                let code = broker.groups.validate_offset_fetch(
-                    g.group_id.0.as_str(),
-                    member.as_str(),
-                    g.member_epoch,
-                );
+            {
+                let member = g.member_id.as_ref().map(|m| m.as_str()).unwrap_or("");
+                let code =
+                    broker
+                        .groups
+                        .validate_offset_fetch(g.group_id.0.as_str(), member, g.member_epoch);
                 if code != codes::NONE {
                     let mut rg = OffsetFetchResponseGroup::default();
                     rg.group_id = g.group_id;
@@ -171,6 +171,13 @@ pub fn fetch(
         }
         return response;
     }
+    if let Some(code) = broker.groups.loading_error() {
+        // v2+ has a top-level error; v1 clients see an empty answer and retry.
+        if version >= 2 {
+            response.error_code = code;
+        }
+        return response;
+    }
     let topics = request.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
@@ -205,6 +212,10 @@ pub fn delete(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> ResponseFut
     Box::pin(async move {
         let group = request.group_id.0.to_string();
         let mut response = OffsetDeleteResponse::default();
+        if let Some(code) = broker.groups.loading_error() {
+            response.error_code = code;
+            return Some(ResponseKind::OffsetDelete(response));
+        }
         if broker.groups.describe(&group).is_none() {
             response.error_code = codes::GROUP_ID_NOT_FOUND;
             return Some(ResponseKind::OffsetDelete(response));
