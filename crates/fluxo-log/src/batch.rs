@@ -253,6 +253,17 @@ pub(crate) mod tests {
         b
     }
 
+    /// `make_batch` from an idempotent producer (id, epoch 0, sequence).
+    pub fn make_idempotent_batch(n: i32, producer_id: i64, base_sequence: i32) -> Vec<u8> {
+        let mut b = make_batch(n, 10, 1000);
+        b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
     fn put_varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {

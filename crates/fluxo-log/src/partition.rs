@@ -111,6 +111,7 @@ impl PartitionLog {
         // overlaps: the next segment's base wins.
         let end = segments.last().map(|s| s.next_offset()).unwrap_or(0);
         let start = segments.first().map(|s| s.base_offset).unwrap_or(0);
+        let producers = restore_producers(dir, &segments, end)?;
         let (end_offset_tx, _) = watch::channel(end);
         Ok(PartitionLog {
             topic: topic.to_string(),
@@ -120,7 +121,7 @@ impl PartitionLog {
             segments: RwLock::new(segments),
             append_lock: Mutex::new(AppendState {
                 messages_since_flush: 0,
-                producers: ProducerStates::default(),
+                producers,
             }),
             log_start_offset: AtomicI64::new(start),
             // What survived recovery is on disk.
@@ -183,7 +184,7 @@ impl PartitionLog {
         let mut state = self.append_lock.lock();
         let mut segment = self.active_segment();
         if self.should_roll(&segment, records.len() as u64, &config, now) {
-            segment = self.roll(&segment, now)?;
+            segment = self.roll(&segment, now, &state.producers)?;
         }
         let base = segment.next_offset();
         // Idempotent producers: a retried batch is answered with the offset
@@ -261,10 +262,11 @@ impl PartitionLog {
     }
 
     /// Seals the active segment (fsync, index files) and starts a new one.
-    fn roll(&self, old: &Arc<Segment>, now: i64) -> Result<Arc<Segment>> {
+    fn roll(&self, old: &Arc<Segment>, now: i64, producers: &ProducerStates) -> Result<Arc<Segment>> {
         old.sync()?;
         old.write_indexes()?;
         let base = old.next_offset();
+        producers.write_snapshot(&self.dir, base)?;
         let seg = Arc::new(Segment::create(&self.dir, base, now)?);
         std::fs::File::open(&self.dir)?.sync_all()?;
         self.segments.write().push(seg.clone());
@@ -278,12 +280,12 @@ impl PartitionLog {
     /// base offset of the new active one. Used to start a snapshot in a
     /// segment of its own.
     pub fn roll_now(&self) -> Result<i64> {
-        let _state = self.append_lock.lock();
+        let state = self.append_lock.lock();
         let active = self.active_segment();
         if active.is_empty() {
             return Ok(active.base_offset);
         }
-        Ok(self.roll(&active, now_ms())?.base_offset)
+        Ok(self.roll(&active, now_ms(), &state.producers)?.base_offset)
     }
 
     /// Deletes the sealed segments that hold only offsets below `offset`
@@ -458,8 +460,25 @@ impl PartitionLog {
         for seg in self.segments.read().iter() {
             seg.write_indexes()?;
         }
+        let state = self.append_lock.lock();
+        state.producers.write_snapshot(&self.dir, self.end_offset())?;
         Ok(())
     }
+}
+
+/// Idempotent-producer state after a restart: the newest snapshot, then
+/// every batch header after it. Without a snapshot only the active segment
+/// is replayed, which bounds the cost of opening a long log.
+fn restore_producers(dir: &Path, segments: &[Arc<Segment>], end: i64) -> Result<ProducerStates> {
+    let active_base = segments.last().map(|s| s.base_offset).unwrap_or(0);
+    let (from, mut producers) = match ProducerStates::load_snapshot(dir, end) {
+        Some((offset, state)) => (offset, state),
+        None => (active_base, ProducerStates::default()),
+    };
+    for seg in segments.iter().filter(|s| s.next_offset() > from) {
+        seg.for_each_header_from(from.max(seg.base_offset), |h| producers.record(h))?;
+    }
+    Ok(producers)
 }
 
 #[cfg(test)]
@@ -664,5 +683,41 @@ mod tests {
         assert!(log.flushed_offset() < 3);
         log.sync_to(info.last_offset + 1).await.unwrap();
         assert_eq!(log.flushed_offset(), 3);
+    }
+
+    #[test]
+    fn a_retried_idempotent_batch_is_recognised_after_a_restart() {
+        use crate::batch::tests::make_idempotent_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            TopicConfig::from_pairs([("segment.bytes", "400"), ("index.interval.bytes", "50")])
+                .unwrap()
+        };
+        let mut bases = Vec::new();
+        {
+            let log = open(dir.path(), config());
+            for i in 0..10 {
+                let info = log.append(&mut make_idempotent_batch(3, 42, i * 3)).unwrap();
+                bases.push(info.base_offset);
+            }
+            assert!(log.segments.read().len() > 2, "the batches span segments");
+            // No close: a crash, so the newest state is only in the log.
+        }
+        let log = open(dir.path(), config());
+        let end = log.end_offset();
+        // The last batch and an older one in the remembered window come
+        // back as duplicates with their original offsets.
+        for i in [9, 7] {
+            let info = log.append(&mut make_idempotent_batch(3, 42, i * 3)).unwrap();
+            assert!(info.duplicate, "batch {i} is a duplicate");
+            assert_eq!(info.base_offset, bases[i as usize]);
+        }
+        assert_eq!(log.end_offset(), end, "nothing was written twice");
+        // A gap is still refused, and the next sequence is accepted.
+        assert!(log.append(&mut make_idempotent_batch(3, 42, 33)).is_err());
+        assert!(!log.append(&mut make_idempotent_batch(3, 42, 30)).unwrap().duplicate);
+        log.close().unwrap();
+        let log = open(dir.path(), config());
+        assert!(log.append(&mut make_idempotent_batch(3, 42, 30)).unwrap().duplicate);
     }
 }

@@ -387,6 +387,19 @@ impl Segment {
         self.scan_from(start, |h| h.last_offset() >= offset)
     }
 
+    /// Calls `f` with the header of every batch that holds offsets at or
+    /// after `offset`, in order.
+    pub(crate) fn for_each_header_from(&self, offset: i64, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+        let Some(start) = self.position_of(offset)? else {
+            return Ok(());
+        };
+        self.scan_from(start, |h| {
+            f(h);
+            false
+        })?;
+        Ok(())
+    }
+
     /// Position of the first batch whose max timestamp is at least `ts`.
     pub fn position_of_timestamp(&self, ts: i64) -> Result<Option<u64>> {
         if self.max_timestamp() < ts {
@@ -407,7 +420,7 @@ impl Segment {
     }
 
     /// Walks batch headers from `start` until `found` says yes.
-    fn scan_from(&self, mut pos: u64, found: impl Fn(&BatchHeader) -> bool) -> Result<Option<u64>> {
+    fn scan_from(&self, mut pos: u64, mut found: impl FnMut(&BatchHeader) -> bool) -> Result<Option<u64>> {
         let end = self.size();
         let mut header = [0u8; BATCH_HEADER_LEN];
         while pos + (BATCH_HEADER_LEN as u64) <= end {
