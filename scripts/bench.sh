@@ -5,19 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-cargo build --release -p fluxo >/dev/null
-./scripts/setup-tests.sh >/dev/null
-bin=$PWD/target/release/fluxo
-py=$PWD/.venv/bin/python
-data=$(mktemp -d "$PWD/.bench-data.XXXX")
-log=$(mktemp)
-trap 'kill $(cat "$data.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$data" "$data.pid"' EXIT
-
-FLUXO_LOG=warn "$bin" serve --data-dir "$data" --kafka-addr 127.0.0.1:0 >"$log" 2>&1 &
-echo $! >"$data.pid"
-for _ in $(seq 100); do grep -q "kafka listening" "$log" && break; sleep 0.1; done
-boot=$(sed -n 's/^fluxo: kafka listening on //p' "$log")
-echo "machine: $(nproc) cores, $(uname -r); server at $boot, data in $data"
+. scripts/bench-server.sh
 
 for run in $(seq "$runs"); do
   echo "== run $run"

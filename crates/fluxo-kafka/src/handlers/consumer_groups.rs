@@ -41,12 +41,8 @@ pub fn heartbeat(
         member_epoch: request.member_epoch,
         instance_id: request.instance_id.map(|i| i.to_string()),
         rack_id: request.rack_id.map(|r| r.to_string()),
-        client_id: header
-            .client_id
-            .as_ref()
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        client_host: format!("/{}", ctx.peer.ip()),
+        client_id: ctx.client_id(header),
+        client_host: ctx.client_host(),
         rebalance_timeout_ms: request.rebalance_timeout_ms,
         subscribed_topic_names: request
             .subscribed_topic_names

@@ -35,6 +35,22 @@ pub struct RequestContext {
     pub peer: SocketAddr,
 }
 
+impl RequestContext {
+    /// The client id of a request, as group APIs report it.
+    pub fn client_id(&self, header: &RequestHeader) -> String {
+        header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The peer as Kafka's tools print it: "/IP".
+    pub fn client_host(&self) -> String {
+        format!("/{}", self.peer.ip())
+    }
+}
+
 /// The versions of each API this broker serves, (min, max). Minimums are
 /// the oldest versions the `kafka-protocol` crate can decode; maximums are
 /// what fluxo implements fully.
