@@ -260,6 +260,16 @@ impl GroupCoordinator {
                 ..Default::default()
             };
         }
+        {
+            let mut groups = self.groups.lock();
+            match groups.get(&req.group_id) {
+                Some(g) if g.members.is_empty() => {
+                    // An empty classic group switches to KIP-848.
+                    groups.remove(&req.group_id);
+                }
+                _ => {}
+            }
+        }
         if self.has_members(&req.group_id) {
             // Kafka can convert a classic group online; fluxo asks the
             // members to leave first.
@@ -319,8 +329,19 @@ impl GroupCoordinator {
         if req.group_id.is_empty() {
             return JoinOutcome::error(codes::INVALID_GROUP_ID, req.member_id);
         }
-        if self.has_consumer_members(&req.group_id) {
-            return JoinOutcome::error(codes::INCONSISTENT_GROUP_PROTOCOL, req.member_id);
+        {
+            let mut consumer_groups = self.consumer_groups.lock();
+            match consumer_groups.get(&req.group_id) {
+                Some(g) if !g.is_empty() => {
+                    return JoinOutcome::error(codes::INCONSISTENT_GROUP_PROTOCOL, req.member_id)
+                }
+                // The group id switches to the classic protocol; its
+                // committed offsets stay.
+                Some(_) => {
+                    consumer_groups.remove(&req.group_id);
+                }
+                None => {}
+            }
         }
         let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         if session < self.config.min_session_timeout || session > self.config.max_session_timeout {
@@ -421,16 +442,15 @@ impl GroupCoordinator {
         if let Some(code) = self.loading_error() {
             return code;
         }
+        // A KIP-848 group judges commits only while it has members; an
+        // empty one may be taken over by classic members.
         if let Some(g) = self.consumer_groups.lock().get(group_id) {
-            // Tools may commit for a group nobody is in.
-            if generation < 0 && member_id.is_empty() {
-                return if g.is_empty() {
-                    codes::NONE
-                } else {
-                    codes::UNKNOWN_MEMBER_ID
-                };
+            if !g.is_empty() {
+                if generation < 0 && member_id.is_empty() {
+                    return codes::UNKNOWN_MEMBER_ID;
+                }
+                return g.validate_member_epoch(member_id, generation);
             }
-            return g.validate_member_epoch(member_id, generation);
         }
         let groups = self.groups.lock();
         match groups.get(group_id) {
@@ -475,6 +495,13 @@ impl GroupCoordinator {
             }
         }
         for g in self.consumer_groups.lock().values() {
+            // One row per id: a live group wins over an empty one.
+            if let Some(i) = out.iter().position(|l| l.group_id == g.id) {
+                if g.is_empty() {
+                    continue;
+                }
+                out.remove(i);
+            }
             out.push(GroupListing {
                 group_id: g.id.clone(),
                 protocol_type: "consumer".into(),
@@ -500,7 +527,9 @@ impl GroupCoordinator {
     /// classic consumer encoding, so older tools can read it.
     pub fn describe(&self, group_id: &str) -> Option<DescribedGroup> {
         if let Some(g) = self.groups.lock().get(group_id) {
-            return Some(g.describe());
+            if !g.members.is_empty() || !self.has_consumer_members(group_id) {
+                return Some(g.describe());
+            }
         }
         if let Some(g) = self.consumer_groups.lock().get(group_id) {
             let d = g.describe();
