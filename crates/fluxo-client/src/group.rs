@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -18,7 +19,6 @@ use kafka_protocol::messages::{
     ConsumerGroupHeartbeatRequest, GroupId, MetadataRequest, OffsetCommitRequest,
     OffsetFetchRequest, TopicName,
 };
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
@@ -90,7 +90,11 @@ pub async fn committed_offsets(
     // v7: one group, topics by name; every fluxo server answers it.
     let resp = client.send_version(&req, 7).await?;
     if resp.error_code != 0 {
-        return Err(broker_error(&format!("fetch offsets of {group}"), resp.error_code, None));
+        return Err(broker_error(
+            &format!("fetch offsets of {group}"),
+            resp.error_code,
+            None,
+        ));
     }
     let mut out = BTreeMap::new();
     for t in resp.topics {
@@ -161,7 +165,8 @@ impl GroupMember {
     }
 
     pub fn time_to_heartbeat(&self) -> Duration {
-        self.next_heartbeat.saturating_duration_since(Instant::now())
+        self.next_heartbeat
+            .saturating_duration_since(Instant::now())
     }
 
     /// One heartbeat. On a fenced or unknown member it starts over: every
@@ -281,7 +286,11 @@ impl GroupMember {
             .next()
             .ok_or_else(|| ClientError::Protocol("empty metadata response".into()))?;
         if topic.error_code != 0 {
-            return Err(broker_error(&format!("look up topic id {id}"), topic.error_code, None));
+            return Err(broker_error(
+                &format!("look up topic id {id}"),
+                topic.error_code,
+                None,
+            ));
         }
         let name = topic
             .name

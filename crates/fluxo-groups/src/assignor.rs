@@ -37,7 +37,10 @@ pub fn assign(
     }
 }
 
-fn range(members: &[MemberSpec<'_>], partitions: &BTreeMap<Uuid, i32>) -> HashMap<String, Assignment> {
+fn range(
+    members: &[MemberSpec<'_>],
+    partitions: &BTreeMap<Uuid, i32>,
+) -> HashMap<String, Assignment> {
     let mut out: HashMap<String, Assignment> = members
         .iter()
         .map(|m| (m.member_id.to_string(), Assignment::new()))
@@ -70,7 +73,10 @@ fn range(members: &[MemberSpec<'_>], partitions: &BTreeMap<Uuid, i32>) -> HashMa
     out
 }
 
-fn uniform(members: &[MemberSpec<'_>], partitions: &BTreeMap<Uuid, i32>) -> HashMap<String, Assignment> {
+fn uniform(
+    members: &[MemberSpec<'_>],
+    partitions: &BTreeMap<Uuid, i32>,
+) -> HashMap<String, Assignment> {
     let mut sorted: Vec<&MemberSpec<'_>> = members.iter().collect();
     sorted.sort_unstable_by_key(|m| m.member_id);
     let mut owned: Vec<BTreeSet<(Uuid, i32)>> = vec![BTreeSet::new(); sorted.len()];
@@ -79,7 +85,9 @@ fn uniform(members: &[MemberSpec<'_>], partitions: &BTreeMap<Uuid, i32>) -> Hash
     // Stickiness: keep what each member had, while it still subscribes.
     for (i, m) in sorted.iter().enumerate() {
         for (topic, parts) in m.previous.into_iter().flatten() {
-            let Some(&count) = partitions.get(topic) else { continue };
+            let Some(&count) = partitions.get(topic) else {
+                continue;
+            };
             if !m.topics.contains(topic) {
                 continue;
             }
@@ -187,7 +195,11 @@ mod tests {
     fn uniform_balances_and_is_sticky() {
         let t = Uuid::new_v4();
         let partitions = BTreeMap::from([(t, 6)]);
-        let first = assign(UNIFORM, &[spec("a", &[t], None), spec("b", &[t], None)], &partitions);
+        let first = assign(
+            UNIFORM,
+            &[spec("a", &[t], None), spec("b", &[t], None)],
+            &partitions,
+        );
         check_complete(&first, &partitions);
         assert_eq!(count(&first["a"]), 3);
         // A third member takes one partition from each; nothing else moves.
@@ -205,7 +217,10 @@ mod tests {
             assert_eq!(count(&second[m]), 2, "{m}: {:?}", second[m]);
         }
         for m in ["a", "b"] {
-            assert!(second[m][&t].is_subset(&first[m][&t]), "{m} kept its partitions");
+            assert!(
+                second[m][&t].is_subset(&first[m][&t]),
+                "{m} kept its partitions"
+            );
         }
     }
 
@@ -215,14 +230,21 @@ mod tests {
         let partitions = BTreeMap::from([(t1, 4), (t2, 4)]);
         let out = assign(
             UNIFORM,
-            &[spec("a", &[t1], None), spec("b", &[t1, t2], None), spec("c", &[t2], None)],
+            &[
+                spec("a", &[t1], None),
+                spec("b", &[t1, t2], None),
+                spec("c", &[t2], None),
+            ],
             &partitions,
         );
         check_complete(&out, &partitions);
         assert!(!out["a"].contains_key(&t2));
         assert!(!out["c"].contains_key(&t1));
         let counts: Vec<usize> = ["a", "b", "c"].iter().map(|m| count(&out[*m])).collect();
-        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{counts:?}");
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -242,7 +264,11 @@ mod tests {
         let partitions = BTreeMap::from([(t, 7)]);
         let out = assign(
             RANGE,
-            &[spec("b", &[t], None), spec("a", &[t], None), spec("c", &[t], None)],
+            &[
+                spec("b", &[t], None),
+                spec("a", &[t], None),
+                spec("c", &[t], None),
+            ],
             &partitions,
         );
         check_complete(&out, &partitions);

@@ -222,7 +222,10 @@ impl ConsumerGroup {
                 return ConsumerHeartbeatOutcome::error(
                     codes::UNSUPPORTED_ASSIGNOR,
                     &req.member_id,
-                    format!("unknown assignor {name}; fluxo has {:?}", assignor::ASSIGNORS),
+                    format!(
+                        "unknown assignor {name}; fluxo has {:?}",
+                        assignor::ASSIGNORS
+                    ),
                 );
             }
         }
@@ -259,7 +262,10 @@ impl ConsumerGroup {
                 // A member whose last response was lost may still send its
                 // previous epoch; anything else is a fenced zombie.
                 let lost_response = epoch == member.previous_epoch
-                    && req.owned.as_ref().is_some_and(|o| is_subset(o, &member.assigned));
+                    && req
+                        .owned
+                        .as_ref()
+                        .is_some_and(|o| is_subset(o, &member.assigned));
                 if epoch != member.epoch && !lost_response {
                     return ConsumerHeartbeatOutcome::error(
                         codes::FENCED_MEMBER_EPOCH,
@@ -310,7 +316,10 @@ impl ConsumerGroup {
         }
         self.reconcile(&req.member_id, now);
 
-        let member = self.members.get_mut(&req.member_id).expect("still a member");
+        let member = self
+            .members
+            .get_mut(&req.member_id)
+            .expect("still a member");
         // Send the assignment when it changed, on a join, and when what the
         // member owns disagrees with what it should (a lost response).
         let send = full_request
@@ -322,7 +331,10 @@ impl ConsumerGroup {
         }
         let member_settled = member.epoch == self.assignment_epoch
             && member.revoking.is_empty()
-            && self.target.get(&member.id).is_none_or(|t| *t == member.assigned);
+            && self
+                .target
+                .get(&member.id)
+                .is_none_or(|t| *t == member.assigned);
         let (member_id, member_epoch) = (member.id.clone(), member.epoch);
         // While the group moves partitions, members come back sooner: each
         // step of a handover (revoke, release, take) waits for a heartbeat,
@@ -342,7 +354,11 @@ impl ConsumerGroup {
         }
     }
 
-    fn join(&mut self, req: &ConsumerHeartbeat, now: Instant) -> Result<(), ConsumerHeartbeatOutcome> {
+    fn join(
+        &mut self,
+        req: &ConsumerHeartbeat,
+        now: Instant,
+    ) -> Result<(), ConsumerHeartbeatOutcome> {
         if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
             return Err(ConsumerHeartbeatOutcome::error(
                 codes::INVALID_REQUEST,
@@ -352,7 +368,10 @@ impl ConsumerGroup {
         }
         if let Some(instance) = &req.instance_id {
             if let Some(previous_id) = self.static_members.get(instance).cloned() {
-                let previous = self.members.get(&previous_id).expect("static member exists");
+                let previous = self
+                    .members
+                    .get(&previous_id)
+                    .expect("static member exists");
                 if previous_id != req.member_id && !previous.left_static {
                     return Err(ConsumerHeartbeatOutcome::error(
                         codes::UNRELEASED_INSTANCE_ID,
@@ -370,7 +389,8 @@ impl ConsumerGroup {
                     self.target
                         .remove(&previous_id)
                         .map(|t| self.target.insert(req.member_id.clone(), t));
-                    self.static_members.insert(instance.clone(), req.member_id.clone());
+                    self.static_members
+                        .insert(instance.clone(), req.member_id.clone());
                     self.members.insert(req.member_id.clone(), member);
                     return Ok(());
                 }
@@ -411,7 +431,8 @@ impl ConsumerGroup {
             },
         );
         if let Some(instance) = &req.instance_id {
-            self.static_members.insert(instance.clone(), req.member_id.clone());
+            self.static_members
+                .insert(instance.clone(), req.member_id.clone());
         }
         self.group_epoch += 1;
         Ok(())
@@ -460,7 +481,11 @@ impl ConsumerGroup {
             .map(|m| m.id.clone())
             .collect();
         for id in &expired {
-            tracing::info!(group = self.id, member = id, "consumer group member expired");
+            tracing::info!(
+                group = self.id,
+                member = id,
+                "consumer group member expired"
+            );
             self.remove_member(id);
         }
         expired
@@ -481,7 +506,8 @@ impl ConsumerGroup {
             .collect();
         if !regexes.is_empty() {
             for topic in store.topics() {
-                if !topic.name.starts_with("__") && regexes.iter().any(|r| r.is_match(&topic.name)) {
+                if !topic.name.starts_with("__") && regexes.iter().any(|r| r.is_match(&topic.name))
+                {
                     names.insert(topic.name.clone());
                 }
             }
@@ -505,7 +531,10 @@ impl ConsumerGroup {
             .iter()
             .filter(|(name, _)| {
                 member.topic_names.binary_search(name).is_ok()
-                    || member.topic_regex.as_ref().is_some_and(|r| r.1.is_match(name))
+                    || member
+                        .topic_regex
+                        .as_ref()
+                        .is_some_and(|r| r.1.is_match(name))
             })
             .map(|(_, (id, _))| *id)
             .collect()
@@ -519,7 +548,10 @@ impl ConsumerGroup {
                 *votes.entry(a.as_str()).or_default() += 1;
             }
         }
-        if let Some((name, _)) = votes.iter().max_by_key(|(name, n)| (**n, std::cmp::Reverse(**name))) {
+        if let Some((name, _)) = votes
+            .iter()
+            .max_by_key(|(name, n)| (**n, std::cmp::Reverse(**name)))
+        {
             self.assignor = name.to_string();
         }
         let specs: Vec<MemberSpec<'_>> = self
@@ -657,7 +689,12 @@ mod tests {
         (dir, store)
     }
 
-    fn hb(member: &str, epoch: i32, topics: Option<&[&str]>, owned: Option<Assignment>) -> ConsumerHeartbeat {
+    fn hb(
+        member: &str,
+        epoch: i32,
+        topics: Option<&[&str]>,
+        owned: Option<Assignment>,
+    ) -> ConsumerHeartbeat {
         ConsumerHeartbeat {
             group_id: "g".into(),
             member_id: member.into(),
@@ -686,14 +723,24 @@ mod tests {
         let (_d, store) = store_with(&[("t", 4)]);
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
-        let a1 = g.heartbeat(hb("a", 0, Some(&["t"]), Some(Assignment::new())), &store, I, now);
+        let a1 = g.heartbeat(
+            hb("a", 0, Some(&["t"]), Some(Assignment::new())),
+            &store,
+            I,
+            now,
+        );
         assert_eq!(a1.error, 0);
         let a_owned = a1.assignment.clone().unwrap();
         assert_eq!(count(&a_owned), 4);
         let epoch_a = a1.member_epoch;
 
         // b joins: the target splits 2/2, but a still owns everything.
-        let b1 = g.heartbeat(hb("b", 0, Some(&["t"]), Some(Assignment::new())), &store, I, now);
+        let b1 = g.heartbeat(
+            hb("b", 0, Some(&["t"]), Some(Assignment::new())),
+            &store,
+            I,
+            now,
+        );
         assert_eq!(count(b1.assignment.as_ref().unwrap()), 0);
         assert!(b1.member_epoch > epoch_a);
 
@@ -703,7 +750,10 @@ mod tests {
         assert_eq!(count(&a_kept), 2);
         assert_eq!(a2.member_epoch, epoch_a);
         assert_eq!(g.describe_state(), "Reconciling");
-        assert_eq!(a2.heartbeat_interval_ms, 250, "come back soon while rebalancing");
+        assert_eq!(
+            a2.heartbeat_interval_ms, 250,
+            "come back soon while rebalancing"
+        );
 
         // b asks again before a confirmed: still nothing.
         let b2 = g.heartbeat(hb("b", b1.member_epoch, None, None), &store, I, now);
@@ -717,10 +767,18 @@ mod tests {
         let b_owned = b3.assignment.unwrap();
         assert_eq!(count(&b_owned), 2);
         assert!(intersect(&b_owned, &a_kept).is_empty());
-        let b4 = g.heartbeat(hb("b", b1.member_epoch, None, Some(b_owned)), &store, I, now);
+        let b4 = g.heartbeat(
+            hb("b", b1.member_epoch, None, Some(b_owned)),
+            &store,
+            I,
+            now,
+        );
         assert_eq!(b4.error, 0);
         assert_eq!(g.describe_state(), "Stable");
-        assert_eq!(b4.heartbeat_interval_ms, 5000, "the configured interval once stable");
+        assert_eq!(
+            b4.heartbeat_interval_ms, 5000,
+            "the configured interval once stable"
+        );
     }
 
     #[test]
@@ -728,13 +786,21 @@ mod tests {
         let (_d, store) = store_with(&[("t", 2)]);
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
-        let a = g.heartbeat(hb("a", 0, Some(&["t"]), Some(Assignment::new())), &store, I, now);
+        let a = g.heartbeat(
+            hb("a", 0, Some(&["t"]), Some(Assignment::new())),
+            &store,
+            I,
+            now,
+        );
         let r = g.heartbeat(hb("a", a.member_epoch + 5, None, None), &store, I, now);
         assert_eq!(r.error, codes::FENCED_MEMBER_EPOCH);
         let r = g.heartbeat(hb("zombie", 3, None, None), &store, I, now);
         assert_eq!(r.error, codes::UNKNOWN_MEMBER_ID);
         assert_eq!(g.validate_member_epoch("a", a.member_epoch), codes::NONE);
-        assert_eq!(g.validate_member_epoch("a", a.member_epoch + 1), codes::STALE_MEMBER_EPOCH);
+        assert_eq!(
+            g.validate_member_epoch("a", a.member_epoch + 1),
+            codes::STALE_MEMBER_EPOCH
+        );
     }
 
     #[test]
@@ -742,8 +808,18 @@ mod tests {
         let (_d, store) = store_with(&[("t", 4)]);
         let start = Instant::now();
         let mut g = ConsumerGroup::new("g");
-        let a = g.heartbeat(hb("a", 0, Some(&["t"]), Some(Assignment::new())), &store, I, start);
-        let b = g.heartbeat(hb("b", 0, Some(&["t"]), Some(Assignment::new())), &store, I, start);
+        let a = g.heartbeat(
+            hb("a", 0, Some(&["t"]), Some(Assignment::new())),
+            &store,
+            I,
+            start,
+        );
+        let b = g.heartbeat(
+            hb("b", 0, Some(&["t"]), Some(Assignment::new())),
+            &store,
+            I,
+            start,
+        );
         // a gives up half and b takes it.
         let a2 = g.heartbeat(hb("a", a.member_epoch, None, None), &store, I, start);
         let kept = a2.assignment.unwrap();
@@ -752,7 +828,12 @@ mod tests {
         assert_eq!(count(b2.assignment.as_ref().unwrap()), 2);
         // a goes silent.
         let later = start + Duration::from_secs(30);
-        g.heartbeat(hb("b", b.member_epoch, None, b2.assignment.clone()), &store, I, later);
+        g.heartbeat(
+            hb("b", b.member_epoch, None, b2.assignment.clone()),
+            &store,
+            I,
+            later,
+        );
         let expired = g.on_tick(start + S + Duration::from_secs(1), S);
         assert_eq!(expired, vec!["a".to_string()]);
         let b3 = g.heartbeat(hb("b", b.member_epoch, None, None), &store, I, later);
@@ -779,7 +860,10 @@ mod tests {
         // A second process with the same instance id is refused.
         let mut dup = hb("a3", 0, Some(&["t"]), Some(Assignment::new()));
         dup.instance_id = Some("host-1".into());
-        assert_eq!(g.heartbeat(dup, &store, I, now).error, codes::UNRELEASED_INSTANCE_ID);
+        assert_eq!(
+            g.heartbeat(dup, &store, I, now).error,
+            codes::UNRELEASED_INSTANCE_ID
+        );
     }
 
     #[test]

@@ -147,7 +147,10 @@ impl GroupCoordinator {
     /// serve produce and fetch at once; group requests get
     /// COORDINATOR_LOAD_IN_PROGRESS (clients retry) until
     /// [`GroupCoordinator::load`] finishes.
-    pub fn open_unloaded(store: Arc<LogStore>, config: GroupConfig) -> Result<Arc<GroupCoordinator>> {
+    pub fn open_unloaded(
+        store: Arc<LogStore>,
+        config: GroupConfig,
+    ) -> Result<Arc<GroupCoordinator>> {
         let offsets = OffsetStore::open_unloaded(&store)?;
         Ok(Arc::new(GroupCoordinator {
             config,
@@ -569,7 +572,9 @@ impl GroupCoordinator {
         use kafka_protocol::protocol::{Encodable, StrBytes};
         let mut a = ConsumerProtocolAssignment::default();
         for (id, parts) in assignment {
-            let Some(name) = self.topic_name(*id) else { continue };
+            let Some(name) = self.topic_name(*id) else {
+                continue;
+            };
             let mut tp = TopicPartition::default();
             tp.topic = TopicName(StrBytes::from_string(name));
             tp.partitions = parts.iter().copied().collect();
@@ -892,7 +897,10 @@ mod tests {
             assert_eq!(c.offsets.group_offsets(&format!("g{g}")), before[g]);
         }
         assert_eq!(c.offsets.get("g1", "t", 4).map(|o| o.offset), Some(1000));
-        assert!(c.offsets.get("g0", "t", 0).is_none(), "a delete survives compaction");
+        assert!(
+            c.offsets.get("g0", "t", 0).is_none(),
+            "a delete survives compaction"
+        );
         let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
         // 15 keys written, one deleted: 14 in the snapshot, plus one commit.
         assert_eq!(log.end_offset() - log.log_start_offset(), 15);

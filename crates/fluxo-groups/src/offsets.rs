@@ -163,11 +163,9 @@ impl OffsetStore {
             return Ok(());
         }
         let _shared = self.compaction.read().await;
-        let mut buf = encode(
-            entries
-                .iter()
-                .map(|((topic, partition), value)| (group, topic.as_str(), *partition, value.as_ref())),
-        )?;
+        let mut buf = encode(entries.iter().map(|((topic, partition), value)| {
+            (group, topic.as_str(), *partition, value.as_ref())
+        }))?;
         let info = self.log.append(&mut buf)?;
         self.appended
             .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -215,7 +213,11 @@ impl OffsetStore {
             .collect();
         let mut last = snapshot_start;
         for chunk in live.chunks(SNAPSHOT_BATCH) {
-            let mut buf = encode(chunk.iter().map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))))?;
+            let mut buf = encode(
+                chunk
+                    .iter()
+                    .map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))),
+            )?;
             last = self.log.append(&mut buf)?.last_offset + 1;
         }
         // The snapshot must be on disk before what it replaces goes away.

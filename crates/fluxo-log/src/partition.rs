@@ -262,7 +262,12 @@ impl PartitionLog {
     }
 
     /// Seals the active segment (fsync, index files) and starts a new one.
-    fn roll(&self, old: &Arc<Segment>, now: i64, producers: &ProducerStates) -> Result<Arc<Segment>> {
+    fn roll(
+        &self,
+        old: &Arc<Segment>,
+        now: i64,
+        producers: &ProducerStates,
+    ) -> Result<Arc<Segment>> {
         old.sync()?;
         old.write_indexes()?;
         let base = old.next_offset();
@@ -461,7 +466,9 @@ impl PartitionLog {
             seg.write_indexes()?;
         }
         let state = self.append_lock.lock();
-        state.producers.write_snapshot(&self.dir, self.end_offset())?;
+        state
+            .producers
+            .write_snapshot(&self.dir, self.end_offset())?;
         Ok(())
     }
 }
@@ -697,7 +704,9 @@ mod tests {
         {
             let log = open(dir.path(), config());
             for i in 0..10 {
-                let info = log.append(&mut make_idempotent_batch(3, 42, i * 3)).unwrap();
+                let info = log
+                    .append(&mut make_idempotent_batch(3, 42, i * 3))
+                    .unwrap();
                 bases.push(info.base_offset);
             }
             assert!(log.segments.read().len() > 2, "the batches span segments");
@@ -708,16 +717,26 @@ mod tests {
         // The last batch and an older one in the remembered window come
         // back as duplicates with their original offsets.
         for i in [9, 7] {
-            let info = log.append(&mut make_idempotent_batch(3, 42, i * 3)).unwrap();
+            let info = log
+                .append(&mut make_idempotent_batch(3, 42, i * 3))
+                .unwrap();
             assert!(info.duplicate, "batch {i} is a duplicate");
             assert_eq!(info.base_offset, bases[i as usize]);
         }
         assert_eq!(log.end_offset(), end, "nothing was written twice");
         // A gap is still refused, and the next sequence is accepted.
         assert!(log.append(&mut make_idempotent_batch(3, 42, 33)).is_err());
-        assert!(!log.append(&mut make_idempotent_batch(3, 42, 30)).unwrap().duplicate);
+        assert!(
+            !log.append(&mut make_idempotent_batch(3, 42, 30))
+                .unwrap()
+                .duplicate
+        );
         log.close().unwrap();
         let log = open(dir.path(), config());
-        assert!(log.append(&mut make_idempotent_batch(3, 42, 30)).unwrap().duplicate);
+        assert!(
+            log.append(&mut make_idempotent_batch(3, 42, 30))
+                .unwrap()
+                .duplicate
+        );
     }
 }

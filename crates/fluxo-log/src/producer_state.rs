@@ -149,8 +149,11 @@ impl ProducerStates {
     /// Writes the state as of `offset` and drops snapshots beyond the
     /// newest few.
     pub(crate) fn write_snapshot(&self, dir: &Path, offset: i64) -> Result<()> {
-        let data = serde_json::to_vec(self)
-            .map_err(|e| LogError::Io(std::io::Error::other(format!("cannot encode producer state: {e}"))))?;
+        let data = serde_json::to_vec(self).map_err(|e| {
+            LogError::Io(std::io::Error::other(format!(
+                "cannot encode producer state: {e}"
+            )))
+        })?;
         crate::segment::write_atomically(&snapshot_path(dir, offset), &data)?;
         for old in snapshot_offsets(dir).into_iter().skip(SNAPSHOTS_KEPT) {
             let _ = std::fs::remove_file(snapshot_path(dir, old));
@@ -172,7 +175,9 @@ impl ProducerStates {
                 .and_then(|data| serde_json::from_slice(&data).ok())
             {
                 Some(state) => return Some((offset, state)),
-                None => tracing::warn!(dir = %dir.display(), "skipping unreadable producer snapshot at {offset}"),
+                None => {
+                    tracing::warn!(dir = %dir.display(), "skipping unreadable producer snapshot at {offset}")
+                }
             }
         }
         None

@@ -389,7 +389,11 @@ impl Segment {
 
     /// Calls `f` with the header of every batch that holds offsets at or
     /// after `offset`, in order.
-    pub(crate) fn for_each_header_from(&self, offset: i64, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+    pub(crate) fn for_each_header_from(
+        &self,
+        offset: i64,
+        mut f: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
         let Some(start) = self.position_of(offset)? else {
             return Ok(());
         };
@@ -420,7 +424,11 @@ impl Segment {
     }
 
     /// Walks batch headers from `start` until `found` says yes.
-    fn scan_from(&self, mut pos: u64, mut found: impl FnMut(&BatchHeader) -> bool) -> Result<Option<u64>> {
+    fn scan_from(
+        &self,
+        mut pos: u64,
+        mut found: impl FnMut(&BatchHeader) -> bool,
+    ) -> Result<Option<u64>> {
         let end = self.size();
         let mut header = [0u8; BATCH_HEADER_LEN];
         while pos + (BATCH_HEADER_LEN as u64) <= end {

@@ -244,8 +244,9 @@ async fn bench_commits(b: CommitsBench) -> anyhow::Result<()> {
                     next += interval;
                 }
                 offset += 1;
-                let offsets: BTreeMap<(String, i32), i64> =
-                    (0..partitions).map(|p| ((topic.clone(), p), offset)).collect();
+                let offsets: BTreeMap<(String, i32), i64> = (0..partitions)
+                    .map(|p| ((topic.clone(), p), offset))
+                    .collect();
                 let t = Instant::now();
                 fluxo_client::group::commit_offsets(&client, &group, -1, "", &offsets).await?;
                 h.record(t.elapsed().as_micros() as u64)?;

@@ -145,7 +145,10 @@ mod tests {
         let groups = config.group_config();
         assert_eq!(groups.min_session_timeout, Duration::from_millis(500));
         assert_eq!(groups.offsets_retention, Duration::from_secs(3600));
-        assert_eq!(groups.consumer_heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(
+            groups.consumer_heartbeat_interval,
+            Duration::from_millis(500)
+        );
         assert_eq!(groups.consumer_session_timeout, Duration::from_secs(6));
         // Unset keys keep the coordinator's defaults.
         assert_eq!(

@@ -129,10 +129,11 @@ pub fn fetch(
         for g in request.groups {
             {
                 let member = g.member_id.as_ref().map(|m| m.as_str()).unwrap_or("");
-                let code =
-                    broker
-                        .groups
-                        .validate_offset_fetch(g.group_id.0.as_str(), member, g.member_epoch);
+                let code = broker.groups.validate_offset_fetch(
+                    g.group_id.0.as_str(),
+                    member,
+                    g.member_epoch,
+                );
                 if code != codes::NONE {
                     let mut rg = OffsetFetchResponseGroup::default();
                     rg.group_id = g.group_id;

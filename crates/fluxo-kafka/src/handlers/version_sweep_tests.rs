@@ -331,7 +331,11 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             let mut r = ConsumerGroupHeartbeatRequest::default();
             r.group_id = GroupId(StrBytes::from_static_str("kip848"));
             // v0 lets the coordinator pick the member id; v1 clients pick it.
-            r.member_id = StrBytes::from_string(if v == 0 { String::new() } else { format!("m{v}") });
+            r.member_id = StrBytes::from_string(if v == 0 {
+                String::new()
+            } else {
+                format!("m{v}")
+            });
             r.member_epoch = 0;
             r.rebalance_timeout_ms = 30_000;
             r.subscribed_topic_names = Some(vec![name("t")]);
