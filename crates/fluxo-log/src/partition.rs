@@ -184,7 +184,7 @@ impl PartitionLog {
         let mut state = self.append_lock.lock();
         let mut segment = self.active_segment();
         if self.should_roll(&segment, records.len() as u64, &config, now) {
-            segment = self.roll(&segment, now, &state.producers)?;
+            segment = self.roll(&segment, now, &mut state.producers)?;
         }
         let base = segment.next_offset();
         // Idempotent producers: a retried batch is answered with the offset
@@ -266,7 +266,7 @@ impl PartitionLog {
         &self,
         old: &Arc<Segment>,
         now: i64,
-        producers: &ProducerStates,
+        producers: &mut ProducerStates,
     ) -> Result<Arc<Segment>> {
         old.sync()?;
         old.write_indexes()?;
@@ -285,12 +285,14 @@ impl PartitionLog {
     /// base offset of the new active one. Used to start a snapshot in a
     /// segment of its own.
     pub fn roll_now(&self) -> Result<i64> {
-        let state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
         let active = self.active_segment();
         if active.is_empty() {
             return Ok(active.base_offset);
         }
-        Ok(self.roll(&active, now_ms(), &state.producers)?.base_offset)
+        Ok(self
+            .roll(&active, now_ms(), &mut state.producers)?
+            .base_offset)
     }
 
     /// Deletes the sealed segments that hold only offsets below `offset`
@@ -465,7 +467,7 @@ impl PartitionLog {
         for seg in self.segments.read().iter() {
             seg.write_indexes()?;
         }
-        let state = self.append_lock.lock();
+        let mut state = self.append_lock.lock();
         state
             .producers
             .write_snapshot(&self.dir, self.end_offset())?;

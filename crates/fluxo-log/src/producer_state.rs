@@ -41,6 +41,11 @@ struct ProducerEntry {
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// A batch was recorded since the last snapshot; without one, a
+    /// snapshot would repeat the previous (so closing thousands of idle
+    /// partitions writes nothing).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 pub(crate) enum SequenceCheck {
@@ -110,6 +115,7 @@ impl ProducerStates {
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }
+        self.dirty = true;
         let entry = self.producers.entry(h.producer_id).or_default();
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
@@ -148,13 +154,17 @@ fn snapshot_offsets(dir: &Path) -> Vec<i64> {
 impl ProducerStates {
     /// Writes the state as of `offset` and drops snapshots beyond the
     /// newest few.
-    pub(crate) fn write_snapshot(&self, dir: &Path, offset: i64) -> Result<()> {
+    pub(crate) fn write_snapshot(&mut self, dir: &Path, offset: i64) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
         let data = serde_json::to_vec(self).map_err(|e| {
             LogError::Io(std::io::Error::other(format!(
                 "cannot encode producer state: {e}"
             )))
         })?;
         crate::segment::write_atomically(&snapshot_path(dir, offset), &data)?;
+        self.dirty = false;
         for old in snapshot_offsets(dir).into_iter().skip(SNAPSHOTS_KEPT) {
             let _ = std::fs::remove_file(snapshot_path(dir, old));
         }
