@@ -276,7 +276,13 @@ impl ConsumerGroup {
             }
         }
 
-        let member = self.members.get_mut(&req.member_id).expect("joined above");
+        let Some(member) = self.members.get_mut(&req.member_id) else {
+            return ConsumerHeartbeatOutcome::error(
+                codes::UNKNOWN_MEMBER_ID,
+                &req.member_id,
+                "unknown member; rejoin with epoch 0",
+            );
+        };
         member.last_heartbeat = now;
         member.left_static = false;
         member.client_id = req.client_id.clone();
@@ -316,10 +322,13 @@ impl ConsumerGroup {
         }
         self.reconcile(&req.member_id, now);
 
-        let member = self
-            .members
-            .get_mut(&req.member_id)
-            .expect("still a member");
+        let Some(member) = self.members.get_mut(&req.member_id) else {
+            return ConsumerHeartbeatOutcome::error(
+                codes::UNKNOWN_MEMBER_ID,
+                &req.member_id,
+                "unknown member; rejoin with epoch 0",
+            );
+        };
         // Send the assignment when it changed, on a join, and when what the
         // member owns disagrees with what it should (a lost response).
         let send = full_request
@@ -367,12 +376,17 @@ impl ConsumerGroup {
             ));
         }
         if let Some(instance) = &req.instance_id {
-            if let Some(previous_id) = self.static_members.get(instance).cloned() {
-                let previous = self
-                    .members
-                    .get(&previous_id)
-                    .expect("static member exists");
-                if previous_id != req.member_id && !previous.left_static {
+            let previous = self
+                .static_members
+                .get(instance)
+                .and_then(|id| self.members.get(id))
+                .map(|m| (m.id.clone(), m.left_static));
+            if previous.is_none() {
+                // A mapping whose member is gone is stale.
+                self.static_members.remove(instance);
+            }
+            if let Some((previous_id, left_static)) = previous {
+                if previous_id != req.member_id && !left_static {
                     return Err(ConsumerHeartbeatOutcome::error(
                         codes::UNRELEASED_INSTANCE_ID,
                         &req.member_id,
@@ -380,9 +394,22 @@ impl ConsumerGroup {
                     ));
                 }
                 if previous_id != req.member_id {
+                    if self.members.contains_key(&req.member_id) {
+                        return Err(ConsumerHeartbeatOutcome::error(
+                            codes::INVALID_REQUEST,
+                            &req.member_id,
+                            "this member id already belongs to another member of the group",
+                        ));
+                    }
                     // The restarted static member takes over its old
                     // assignment and epoch: no rebalance.
-                    let mut member = self.members.remove(&previous_id).expect("exists");
+                    let Some(mut member) = self.members.remove(&previous_id) else {
+                        return Err(ConsumerHeartbeatOutcome::error(
+                            codes::UNKNOWN_MEMBER_ID,
+                            &req.member_id,
+                            "the static member left meanwhile; rejoin",
+                        ));
+                    };
                     member.id = req.member_id.clone();
                     member.last_sent = None;
                     member.owned = Assignment::new();
@@ -584,7 +611,9 @@ impl ConsumerGroup {
             .flat_map(|m| m.holds())
             .collect();
         let assignment_epoch = self.assignment_epoch;
-        let member = self.members.get_mut(member_id).expect("member exists");
+        let Some(member) = self.members.get_mut(member_id) else {
+            return;
+        };
         if !member.revoking.is_empty() {
             if intersect(&member.owned, &member.revoking).is_empty() {
                 member.revoking.clear();
@@ -864,6 +893,34 @@ mod tests {
             g.heartbeat(dup, &store, I, now).error,
             codes::UNRELEASED_INSTANCE_ID
         );
+    }
+
+    #[test]
+    fn a_static_takeover_cannot_steal_another_members_id() {
+        let (_d, store) = store_with(&[("t", 2)]);
+        let now = Instant::now();
+        let mut g = ConsumerGroup::new("g");
+        let mut a = hb("a", 0, Some(&["t"]), Some(Assignment::new()));
+        a.instance_id = Some("i1".into());
+        g.heartbeat(a, &store, I, now);
+        let mut b = hb("b", 0, Some(&["t"]), Some(Assignment::new()));
+        b.instance_id = Some("i3".into());
+        g.heartbeat(b, &store, I, now);
+        let mut leave = hb("a", STATIC_LEAVE_EPOCH, None, None);
+        leave.instance_id = Some("i1".into());
+        g.heartbeat(leave, &store, I, now);
+        // "b" claims i1 with its own id: refused, nothing breaks.
+        let mut steal = hb("b", 0, Some(&["t"]), Some(Assignment::new()));
+        steal.instance_id = Some("i1".into());
+        assert_eq!(
+            g.heartbeat(steal, &store, I, now).error,
+            codes::INVALID_REQUEST
+        );
+        // b leaves for good; a newcomer with i3 joins as a fresh member.
+        g.heartbeat(hb("b", LEAVE_EPOCH, None, None), &store, I, now);
+        let mut c = hb("c", 0, Some(&["t"]), Some(Assignment::new()));
+        c.instance_id = Some("i3".into());
+        assert_eq!(g.heartbeat(c, &store, I, now).error, codes::NONE);
     }
 
     #[test]
