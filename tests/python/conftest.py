@@ -29,6 +29,7 @@ import pytest
 from fluxo_helpers import fluxo_bin
 
 LISTEN_RE = re.compile(r"^fluxo: kafka listening on (\S+):(\d+)\s*$")
+HTTP_RE = re.compile(r"^fluxo: http listening on (\S+:\d+)\s*$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -68,6 +69,7 @@ class Broker:
         self.log_path = self.workdir / "fluxo.log"
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
+        self.http_addr: str | None = None
         self.host: str | None = None
         self.port: int | None = None
         self.starts = 0
@@ -194,6 +196,10 @@ class Broker:
                     self._force_kill()
                     raise BrokerStartError(f"asked for port {port}, broker listens on {new_port}")
                 self.host, self.port = host, new_port
+                continue
+            m = HTTP_RE.match(line)
+            if m and self.port is not None:
+                self.http_addr = m.group(1)
                 break
         # Keep draining stdout in the background (the pump thread owns it; the
         # queue just fills up harmlessly).

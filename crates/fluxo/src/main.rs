@@ -40,6 +40,8 @@ enum Command {
     /// List, describe (with lag) and delete consumer groups.
     #[command(subcommand)]
     Group(cli::group::GroupCommand),
+    /// Run SQL against a running server (a REPL, or one script with -e).
+    Sql(cli::sql::SqlArgs),
     /// Measure throughput and latency against a running server.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -98,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Produce(a) => cli::produce::run(a).await,
             Command::Consume(a) => cli::consume::run(a).await,
             Command::Group(c) => cli::group::run(c).await,
+            Command::Sql(a) => cli::sql::run(a).await,
             Command::Bench(c) => bench::run(c).await,
         }
     });

@@ -153,11 +153,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let kafka = fluxo_kafka::serve(listener, broker)?;
     println!("fluxo: kafka listening on {}", kafka.local_addr);
+    let engine = fluxo_sql::Engine::open(store.clone(), &args.data_dir)
+        .await
+        .context("cannot open the SQL engine")?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --http-addr)",
+                args.http_addr
+            )
+        })?;
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = fluxo_http::serve(http_listener, engine.clone(), async {
+        let _ = http_stopped.await;
+    })?;
+    println!("fluxo: http listening on {}", http.local_addr);
     tracing::info!(
         data_dir = %args.data_dir.display(),
-        http_addr = %args.http_addr,
         pg_addr = %args.pg_addr,
-        "fluxo is serving (the http and postgres listeners are not part of this release yet)"
+        "fluxo is serving (the postgres listener is not part of this release yet)"
     );
 
     let offsets_loaded = async {
@@ -181,6 +196,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("connections did not close within 5 s; closing the store anyway");
     }
+    let _ = http_stop.send(());
+    http.abort();
+    // Pipelines read the store: stop them before closing it.
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     maintenance.abort();
     group_timers.abort();
     tokio::task::spawn_blocking(move || store.close()).await??;

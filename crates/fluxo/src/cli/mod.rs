@@ -1,8 +1,10 @@
-//! Client verbs that talk to a running server over the Kafka protocol.
+//! Client verbs that talk to a running server: over the Kafka protocol,
+//! and (`sql`) over the HTTP API.
 
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod sql;
 pub mod topic;
 
 use anyhow::{bail, Context};

@@ -1,0 +1,235 @@
+//! What every aggregation operator shares: evaluating the group keys, the
+//! aggregate arguments and their `FILTER (WHERE ...)` clauses on a batch,
+//! creating DataFusion's accumulators, and laying out output rows in the
+//! order DataFusion's plan expects (group columns, then aggregates).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+
+use crate::error::{Result, SqlError};
+
+/// Where each group-by column of the output comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSlot {
+    /// The i-th key expression.
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateExprs {
+    pub key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// The key columns as stored (a constant column stands in when the query
+    /// groups only by the window, so that key sets are never empty).
+    pub key_schema: SchemaRef,
+    pub layout: Vec<GroupSlot>,
+    pub aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The aggregation's output: group columns in `layout` order, then one
+    /// column per aggregate.
+    pub output_schema: SchemaRef,
+}
+
+/// Inputs of one batch, ready for accumulators.
+pub struct EvaluatedBatch {
+    pub keys: Vec<ArrayRef>,
+    pub args: Vec<Vec<ArrayRef>>,
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl EvaluatedBatch {
+    /// The rows where `mask` is true.
+    pub fn filter(&self, mask: &BooleanArray) -> Result<EvaluatedBatch> {
+        let f = |a: &ArrayRef| arrow::compute::filter(a, mask);
+        Ok(EvaluatedBatch {
+            keys: self.keys.iter().map(f).collect::<Result<_, _>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|a| a.iter().map(f).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<_, _>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|o| o.as_ref().map(|b| filter_bool(b, mask)).transpose())
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn take(&self, indices: &arrow::array::UInt32Array) -> Result<EvaluatedBatch> {
+        let t = |a: &ArrayRef| arrow::compute::take(a.as_ref(), indices, None);
+        Ok(EvaluatedBatch {
+            keys: self.keys.iter().map(t).collect::<Result<_, _>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|a| a.iter().map(t).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<_, _>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|o| {
+                    o.as_ref()
+                        .map(|b| -> Result<BooleanArray> {
+                            let taken = arrow::compute::take(b, indices, None)?;
+                            as_bool(&taken)
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+fn filter_bool(b: &BooleanArray, mask: &BooleanArray) -> Result<BooleanArray> {
+    let filtered = arrow::compute::filter(b, mask)?;
+    as_bool(&filtered)
+}
+
+fn as_bool(a: &ArrayRef) -> Result<BooleanArray> {
+    a.as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| SqlError::Internal("expected a boolean array".into()))
+}
+
+impl AggregateExprs {
+    pub fn new(
+        key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        input_schema: &Schema,
+        layout: Vec<GroupSlot>,
+        aggs: Vec<Arc<AggregateFunctionExpr>>,
+        filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+        output_schema: SchemaRef,
+    ) -> Result<AggregateExprs> {
+        let mut fields = Vec::new();
+        for (i, e) in key_exprs.iter().enumerate() {
+            fields.push(Field::new(
+                format!("key{i}"),
+                e.data_type(input_schema)?,
+                e.nullable(input_schema)?,
+            ));
+        }
+        if fields.is_empty() {
+            fields.push(Field::new("constant", DataType::Boolean, false));
+        }
+        Ok(AggregateExprs {
+            key_exprs,
+            key_schema: Arc::new(Schema::new(fields)),
+            layout,
+            aggs,
+            filters,
+            output_schema,
+        })
+    }
+
+    pub fn has_keys(&self) -> bool {
+        !self.key_exprs.is_empty()
+    }
+
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<EvaluatedBatch> {
+        let n = batch.num_rows();
+        let mut keys = Vec::with_capacity(self.key_exprs.len().max(1));
+        for e in &self.key_exprs {
+            keys.push(e.evaluate(batch)?.into_array(n)?);
+        }
+        if keys.is_empty() {
+            keys.push(Arc::new(BooleanArray::from(vec![true; n])) as ArrayRef);
+        }
+        let mut args = Vec::with_capacity(self.aggs.len());
+        for agg in &self.aggs {
+            let values = agg
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(n))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            args.push(values);
+        }
+        let mut filters = Vec::with_capacity(self.filters.len());
+        for f in &self.filters {
+            filters.push(match f {
+                None => None,
+                Some(f) => {
+                    let v = f.evaluate(batch)?.into_array(n)?;
+                    let b = as_bool(&v)?;
+                    Some(if b.null_count() > 0 {
+                        arrow::compute::prep_null_mask_filter(&b)
+                    } else {
+                        b
+                    })
+                }
+            });
+        }
+        Ok(EvaluatedBatch {
+            keys,
+            args,
+            filters,
+        })
+    }
+
+    pub fn new_groups_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs
+            .iter()
+            .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
+                if agg.groups_accumulator_supported() {
+                    Ok(agg.create_groups_accumulator()?)
+                } else {
+                    let agg = agg.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        agg.create_accumulator()
+                    })))
+                }
+            })
+            .collect()
+    }
+
+    pub fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        Ok(self
+            .aggs
+            .iter()
+            .map(|agg| agg.create_accumulator())
+            .collect::<datafusion::error::Result<_>>()?)
+    }
+
+    /// Builds output rows from key columns, one window and aggregate values.
+    pub fn assemble(
+        &self,
+        keys: &[ArrayRef],
+        window: Option<(&ArrayRef, &ArrayRef)>,
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let mut columns = Vec::with_capacity(self.output_schema.fields().len());
+        for slot in &self.layout {
+            columns.push(match slot {
+                GroupSlot::Key(i) => keys[*i].clone(),
+                GroupSlot::WindowStart => window
+                    .ok_or_else(|| SqlError::Internal("window column without a window".into()))?
+                    .0
+                    .clone(),
+                GroupSlot::WindowEnd => window
+                    .ok_or_else(|| SqlError::Internal("window column without a window".into()))?
+                    .1
+                    .clone(),
+            });
+        }
+        columns.extend(values);
+        // Aggregates may produce a type that differs in nullability only.
+        Ok(RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(keys.first().map_or(0, |k| k.len()))),
+        )?)
+    }
+}
+
+/// A column of `n` copies of one window bound.
+pub fn constant_time(value: i64, n: usize) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(vec![value; n]))
+}

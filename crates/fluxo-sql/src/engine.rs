@@ -1,0 +1,626 @@
+//! The engine: executes statements, owns the catalog, the views and their
+//! pipelines. DDL is serialized (one statement changes the catalog at a
+//! time); pull queries run concurrently on snapshots of the views.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use fluxo_log::LogStore;
+use parking_lot::RwLock;
+use serde::Serialize;
+
+use crate::catalog::{Catalog, CatalogEntry};
+use crate::error::{Result, SqlError};
+use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
+use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
+use crate::pipeline::{self, PipelineHandle, PipelineSpec};
+use crate::planner::{plan_dataflow, planning_context, Dataflow};
+use crate::view::{Subscription, ViewStore};
+
+/// What a statement returned.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// For statements without rows: what was done (`CREATE SOURCE`).
+    pub message: Option<String>,
+}
+
+impl QueryResult {
+    fn message(text: impl Into<String>) -> QueryResult {
+        QueryResult {
+            schema: Arc::new(Schema::empty()),
+            batches: Vec::new(),
+            message: Some(text.into()),
+        }
+    }
+
+    fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> QueryResult {
+        QueryResult {
+            schema,
+            batches,
+            message: None,
+        }
+    }
+
+    pub fn row_count(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// `{"columns": [{"name", "type"}], "rows": [[...]]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut rows = Vec::new();
+        for b in &self.batches {
+            rows.extend(rows_json(b).into_iter().map(serde_json::Value::from));
+        }
+        let mut out = serde_json::json!({
+            "columns": columns_json(&self.schema),
+            "rows": rows,
+        });
+        if let Some(m) = &self.message {
+            out["message"] = serde_json::Value::String(m.clone());
+        }
+        out
+    }
+}
+
+struct ViewEntry {
+    def: ViewDef,
+    dataflow: Dataflow,
+    store: Arc<ViewStore>,
+    pipeline: PipelineHandle,
+    lateness_ms: i64,
+}
+
+#[derive(Default)]
+struct Objects {
+    sources: HashMap<String, Arc<SourceDef>>,
+    views: HashMap<String, Arc<ViewEntry>>,
+    sinks: HashMap<String, SinkDef>,
+}
+
+pub struct Engine {
+    store: Arc<LogStore>,
+    catalog: parking_lot::Mutex<Catalog>,
+    objects: RwLock<Objects>,
+    ddl: tokio::sync::Mutex<()>,
+}
+
+/// A pipeline as the status API shows it.
+#[derive(Debug, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub sql: String,
+    pub status: String,
+    pub source: String,
+    pub operators: Vec<String>,
+    pub events_in: u64,
+    pub rows_out: u64,
+    pub events_in_per_sec: u64,
+    pub rows_out_per_sec: u64,
+    pub watermark: Option<String>,
+    pub late_events: u64,
+    pub bad_records: u64,
+    pub allowed_lateness_ms: i64,
+    pub open_windows: u64,
+    pub state_bytes: u64,
+    pub view_rows: u64,
+    pub last_error: Option<String>,
+    pub last_checkpoint: Option<String>,
+    pub partitions: Vec<pipeline::PartitionProgress>,
+}
+
+impl Engine {
+    /// Opens the engine over `store`, replaying the catalog in `data_dir/sql`.
+    pub async fn open(store: Arc<LogStore>, data_dir: &Path) -> Result<Arc<Engine>> {
+        let catalog = Catalog::open(&data_dir.join("sql"))?;
+        let entries = catalog.entries().to_vec();
+        let engine = Arc::new(Engine {
+            store,
+            catalog: parking_lot::Mutex::new(catalog),
+            objects: RwLock::new(Objects::default()),
+            ddl: tokio::sync::Mutex::new(()),
+        });
+        for entry in entries {
+            let restored = async {
+                let stmt = crate::parser::parse_statement_str(&entry.sql)?;
+                engine.execute_statement(stmt, false).await
+            }
+            .await;
+            if let Err(e) = restored {
+                tracing::error!(name = %entry.name, error = %e, "cannot restore {} from the catalog", entry.kind);
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Executes a script; returns the result of each statement.
+    pub async fn execute(&self, sql: &str) -> Result<Vec<QueryResult>> {
+        let statements = parse_statements(sql)?;
+        let mut results = Vec::with_capacity(statements.len());
+        for stmt in statements {
+            results.push(self.execute_statement(stmt, true).await?);
+        }
+        Ok(results)
+    }
+
+    /// Executes a script and returns the last statement's result.
+    pub async fn execute_one(&self, sql: &str) -> Result<QueryResult> {
+        self.execute(sql)
+            .await?
+            .pop()
+            .ok_or_else(|| SqlError::Syntax("empty statement".into()))
+    }
+
+    async fn execute_statement(&self, stmt: Statement, persist: bool) -> Result<QueryResult> {
+        match stmt {
+            Statement::CreateSource(def) => {
+                let _ddl = self.ddl.lock().await;
+                self.create_source(def, persist)
+            }
+            Statement::CreateView(def) => {
+                let _ddl = self.ddl.lock().await;
+                self.create_view(def, persist).await
+            }
+            Statement::CreateSink(def) => {
+                let _ddl = self.ddl.lock().await;
+                self.create_sink(def, persist)
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
+                let _ddl = self.ddl.lock().await;
+                self.drop_object(kind, &name, if_exists)
+            }
+            Statement::Show(kind) => self.show(kind),
+            Statement::Describe(name) => self.describe(&name),
+            Statement::Subscribe(name) => {
+                self.view_store(&name)?;
+                Err(SqlError::Plan(format!(
+                    "SUBSCRIBE streams without end: use GET /api/v1/views/{name}/changes, `fluxo sql -e 'SUBSCRIBE {name}'` or psql"
+                )))
+            }
+            Statement::Explain(inner) => self.explain(*inner).await,
+            Statement::Query(q) => self.pull_query(&q.to_string()).await,
+        }
+    }
+
+    fn check_name_free(&self, name: &str, if_not_exists: bool) -> Result<bool> {
+        let objects = self.objects.read();
+        let kind = if objects.sources.contains_key(name) {
+            "source"
+        } else if objects.views.contains_key(name) {
+            "view"
+        } else if objects.sinks.contains_key(name) {
+            "sink"
+        } else {
+            return Ok(true);
+        };
+        if if_not_exists {
+            return Ok(false);
+        }
+        Err(SqlError::AlreadyExists {
+            kind,
+            name: name.to_string(),
+        })
+    }
+
+    fn create_source(&self, def: SourceDef, persist: bool) -> Result<QueryResult> {
+        if !self.check_name_free(&def.name, def.if_not_exists)? {
+            return Ok(QueryResult::message(format!("source {} already exists, skipped", def.name)));
+        }
+        def.options
+            .check_known("a source", &["connector", "topic", "format", "idle_timeout"])?;
+        match def.options.get("connector").unwrap_or("topic") {
+            "topic" => {}
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "connector '{other}' is not supported for sources; use connector = 'topic'"
+                )))
+            }
+        }
+        let topic = def.options.required("a source", "topic")?;
+        LogStore::validate_topic_name(topic)
+            .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+        crate::format::Format::parse(def.options.get("format").unwrap_or("json"))?;
+        def.options.duration_ms("idle_timeout")?;
+        if persist {
+            self.catalog.lock().add(CatalogEntry {
+                kind: "source".into(),
+                name: def.name.clone(),
+                sql: Statement::CreateSource(def.clone()).to_string(),
+            })?;
+        }
+        let name = def.name.clone();
+        self.objects.write().sources.insert(name.clone(), Arc::new(def));
+        Ok(QueryResult::message(format!("CREATE SOURCE {name}")))
+    }
+
+    async fn create_view(&self, def: ViewDef, persist: bool) -> Result<QueryResult> {
+        if !self.check_name_free(&def.name, def.if_not_exists)? {
+            return Ok(QueryResult::message(format!("view {} already exists, skipped", def.name)));
+        }
+        def.options.check_known("a materialized view", &["allowed_lateness"])?;
+        let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
+        let sources = self.objects.read().sources.clone();
+        let dataflow = plan_dataflow(&sources, &def.query).await?;
+        let store = Arc::new(ViewStore::new(dataflow.output_schema.clone())?);
+        if persist {
+            self.catalog.lock().add(CatalogEntry {
+                kind: "view".into(),
+                name: def.name.clone(),
+                sql: Statement::CreateView(def.clone()).to_string(),
+            })?;
+        }
+        let pipeline = pipeline::start(
+            PipelineSpec {
+                name: def.name.clone(),
+                dataflow: dataflow.clone(),
+                view: store.clone(),
+                allowed_lateness_ms: lateness_ms,
+            },
+            self.store.clone(),
+        )?;
+        let name = def.name.clone();
+        self.objects.write().views.insert(
+            name.clone(),
+            Arc::new(ViewEntry {
+                def,
+                dataflow,
+                store,
+                pipeline,
+                lateness_ms,
+            }),
+        );
+        Ok(QueryResult::message(format!("CREATE MATERIALIZED VIEW {name}")))
+    }
+
+    fn create_sink(&self, def: SinkDef, _persist: bool) -> Result<QueryResult> {
+        if !self.check_name_free(&def.name, def.if_not_exists)? {
+            return Ok(QueryResult::message(format!("sink {} already exists, skipped", def.name)));
+        }
+        if !self.objects.read().views.contains_key(&def.from) {
+            return Err(SqlError::NotFound {
+                kind: "view",
+                name: def.from.clone(),
+            });
+        }
+        Err(SqlError::Plan(
+            "CREATE SINK is not available in this build yet; query the view or SUBSCRIBE to it".into(),
+        ))
+    }
+
+    fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
+        let mut objects = self.objects.write();
+        let exists = match kind {
+            ObjectKind::Source => objects.sources.contains_key(name),
+            ObjectKind::View => objects.views.contains_key(name),
+            ObjectKind::Sink => objects.sinks.contains_key(name),
+        };
+        if !exists {
+            if if_exists {
+                return Ok(QueryResult::message(format!("{} {name} does not exist, skipped", kind.as_str())));
+            }
+            return Err(SqlError::NotFound {
+                kind: kind.as_str(),
+                name: name.to_string(),
+            });
+        }
+        match kind {
+            ObjectKind::Source => {
+                let users: Vec<&String> = objects
+                    .views
+                    .iter()
+                    .filter(|(_, v)| v.dataflow.scan.source.name == name)
+                    .map(|(n, _)| n)
+                    .collect();
+                if !users.is_empty() {
+                    let mut users: Vec<String> = users.into_iter().cloned().collect();
+                    users.sort();
+                    return Err(SqlError::InUse(format!(
+                        "cannot drop source {name}: views {} read from it; drop them first",
+                        users.join(", ")
+                    )));
+                }
+                self.catalog.lock().remove(name)?;
+                objects.sources.remove(name);
+            }
+            ObjectKind::View => {
+                let users: Vec<String> = objects
+                    .sinks
+                    .iter()
+                    .filter(|(_, s)| s.from == name)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(SqlError::InUse(format!(
+                        "cannot drop view {name}: sinks {} read from it; drop them first",
+                        users.join(", ")
+                    )));
+                }
+                self.catalog.lock().remove(name)?;
+                if let Some(v) = objects.views.remove(name) {
+                    v.pipeline.stop();
+                }
+            }
+            ObjectKind::Sink => {
+                self.catalog.lock().remove(name)?;
+                objects.sinks.remove(name);
+            }
+        }
+        let what = match kind {
+            ObjectKind::View => "MATERIALIZED VIEW".to_string(),
+            k => k.as_str().to_uppercase(),
+        };
+        Ok(QueryResult::message(format!("DROP {what} {name}")))
+    }
+
+    fn show(&self, kind: ObjectKind) -> Result<QueryResult> {
+        let objects = self.objects.read();
+        let mut rows: Vec<(String, String, String)> = match kind {
+            ObjectKind::Source => objects
+                .sources
+                .values()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.options.get("topic").unwrap_or("").to_string(),
+                        s.options.get("format").unwrap_or("json").to_string(),
+                    )
+                })
+                .collect(),
+            ObjectKind::View => objects
+                .views
+                .values()
+                .map(|v| {
+                    (
+                        v.def.name.clone(),
+                        v.dataflow.scan.source.name.clone(),
+                        v.pipeline.stats.status.lock().clone(),
+                    )
+                })
+                .collect(),
+            ObjectKind::Sink => objects
+                .sinks
+                .values()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.from.clone(),
+                        s.options.get("connector").unwrap_or("").to_string(),
+                    )
+                })
+                .collect(),
+        };
+        rows.sort();
+        let names = match kind {
+            ObjectKind::Source => ["name", "topic", "format"],
+            ObjectKind::View => ["name", "source", "status"],
+            ObjectKind::Sink => ["name", "from", "connector"],
+        };
+        let schema = Arc::new(Schema::new(
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+            ],
+        )?;
+        Ok(QueryResult::rows(schema, vec![batch]))
+    }
+
+    fn describe(&self, name: &str) -> Result<QueryResult> {
+        let objects = self.objects.read();
+        let (schema, event_time): (Schema, Option<String>) = if let Some(s) = objects.sources.get(name) {
+            (s.schema(), s.watermark.as_ref().map(|w| w.column.clone()))
+        } else if let Some(v) = objects.views.get(name) {
+            (v.store.schema().as_ref().clone(), None)
+        } else {
+            return Err(SqlError::NotFound {
+                kind: "source or view",
+                name: name.to_string(),
+            });
+        };
+        let out_schema = Arc::new(Schema::new(vec![
+            Field::new("column", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("nullable", DataType::Boolean, false),
+            Field::new("event_time", DataType::Boolean, false),
+        ]));
+        let fields = schema.fields();
+        let batch = RecordBatch::try_new(
+            out_schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().as_str()))),
+                Arc::new(StringArray::from_iter_values(
+                    fields.iter().map(|f| sql_type_name(f.data_type())),
+                )),
+                Arc::new(BooleanArray::from(fields.iter().map(|f| f.is_nullable()).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(
+                    fields
+                        .iter()
+                        .map(|f| event_time.as_deref() == Some(f.name().as_str()))
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        Ok(QueryResult::rows(out_schema, vec![batch]))
+    }
+
+    async fn explain(&self, inner: Statement) -> Result<QueryResult> {
+        let query = match inner {
+            Statement::CreateView(v) => v.query,
+            Statement::Query(q) => q,
+            _ => return Err(SqlError::Plan("EXPLAIN takes a query or a CREATE MATERIALIZED VIEW".into())),
+        };
+        let sources = self.objects.read().sources.clone();
+        let lines = match plan_dataflow(&sources, &query).await {
+            Ok(dataflow) => {
+                let mut lines = vec!["continuous dataflow (source first):".to_string()];
+                lines.extend(dataflow.describe().into_iter().map(|l| format!("  {l}")));
+                lines.push(format!("  View: {}", dataflow.output_schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")));
+                lines
+            }
+            Err(stream_err) => {
+                // Not a continuous query: maybe a pull query over views.
+                match self.pull_query(&format!("EXPLAIN {query}")).await {
+                    Ok(r) => {
+                        let mut lines = Vec::new();
+                        for b in &r.batches {
+                            for row in rows_json(b) {
+                                if let Some(serde_json::Value::String(plan)) = row.get(1) {
+                                    lines.extend(plan.lines().map(String::from));
+                                }
+                            }
+                        }
+                        lines
+                    }
+                    Err(_) => return Err(stream_err),
+                }
+            }
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from_iter_values(lines))],
+        )?;
+        Ok(QueryResult::rows(schema, vec![batch]))
+    }
+
+    /// A query over views (and constants), on their current contents.
+    async fn pull_query(&self, sql: &str) -> Result<QueryResult> {
+        let (sources, views) = {
+            let o = self.objects.read();
+            (
+                o.sources.clone(),
+                o.views
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.store.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let ctx = planning_context(&sources)?;
+        for (name, store) in views {
+            ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
+        }
+        let df = ctx.sql(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(QueryResult::rows(schema, batches))
+    }
+
+    /// A snapshot of a view and a stream of its changes after it.
+    pub fn subscribe(&self, view: &str) -> Result<Subscription> {
+        self.view_store(view)?.subscribe()
+    }
+
+    fn view_store(&self, name: &str) -> Result<Arc<ViewStore>> {
+        self.objects
+            .read()
+            .views
+            .get(name)
+            .map(|v| v.store.clone())
+            .ok_or_else(|| SqlError::NotFound {
+                kind: "view",
+                name: name.to_string(),
+            })
+    }
+
+    pub fn pipelines(&self) -> Vec<PipelineStatus> {
+        let objects = self.objects.read();
+        let mut out: Vec<PipelineStatus> = objects
+            .views
+            .values()
+            .map(|v| {
+                let s = &v.pipeline.stats;
+                let wm = s.watermark.load(Ordering::Relaxed);
+                PipelineStatus {
+                    name: v.def.name.clone(),
+                    sql: Statement::CreateView(v.def.clone()).to_string(),
+                    status: s.status.lock().clone(),
+                    source: v.dataflow.scan.source.name.clone(),
+                    operators: v.dataflow.describe(),
+                    events_in: s.events_in.load(Ordering::Relaxed),
+                    rows_out: s.rows_out.load(Ordering::Relaxed),
+                    events_in_per_sec: s.rate_in.load(Ordering::Relaxed),
+                    rows_out_per_sec: s.rate_out.load(Ordering::Relaxed),
+                    watermark: (wm != i64::MIN).then(|| iso_utc(wm.saturating_mul(1000))),
+                    late_events: s.late_events.load(Ordering::Relaxed),
+                    bad_records: s.bad_records.load(Ordering::Relaxed),
+                    allowed_lateness_ms: v.lateness_ms,
+                    open_windows: s.open_windows.load(Ordering::Relaxed),
+                    state_bytes: s.state_bytes.load(Ordering::Relaxed),
+                    view_rows: v.store.row_count(),
+                    last_error: s.last_error.lock().clone(),
+                    last_checkpoint: None,
+                    partitions: s.partitions.lock().clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Stops every pipeline.
+    pub fn shutdown(&self) {
+        let views: Vec<Arc<ViewEntry>> = self.objects.read().views.values().cloned().collect();
+        for v in views {
+            v.pipeline.stop();
+        }
+    }
+}
+
+/// A view as a table for pull queries: each scan sees a fresh snapshot.
+#[derive(Debug)]
+struct ViewTable {
+    store: Arc<ViewStore>,
+}
+
+impl std::fmt::Debug for ViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.store.schema().clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self
+            .store
+            .snapshot()
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        let table = MemTable::try_new(self.store.schema().clone(), vec![vec![snapshot]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}

@@ -1,0 +1,40 @@
+//! fluxo's continuous SQL engine.
+//!
+//! Users declare **sources** over topics (`CREATE SOURCE ... WITH (topic =
+//! ..., format = 'json')`), **materialized views** over them, and query the
+//! views (`SELECT` on a view is a pull query on its current contents;
+//! `SUBSCRIBE` follows its changes). Each view runs as a **pipeline**: a
+//! dataflow of operators over Arrow record batches, planned by DataFusion
+//! ([`planner`]), fed straight from the log ([`pipeline`]).
+//!
+//! Main types: [`Engine`] (execute statements, list pipelines, subscribe),
+//! [`parser::Statement`] (the SQL surface), [`planner::Dataflow`],
+//! [`view::ViewStore`].
+//!
+//! Invariants:
+//! - The catalog on disk holds every object that exists, and only those; it
+//!   is replaced atomically, and replaying it recreates every pipeline.
+//! - A window's row appears in its view only once the watermark has passed
+//!   the window's end; after that it changes only through late events
+//!   within the view's `allowed_lateness`, as a retraction plus an insert.
+//!   Views over windows therefore hold final (or, with lateness, corrected)
+//!   results, never partial ones.
+//! - Watermarks never go back; an event is late only relative to the
+//!   windows it belongs to, and every late event is counted.
+//! - A view's subscribers see its snapshot and then every change after it,
+//!   each exactly once, in order.
+
+pub mod catalog;
+pub mod dataflow;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod json;
+pub mod parser;
+pub mod pipeline;
+pub mod planner;
+pub mod source;
+pub mod view;
+
+pub use engine::{Engine, PipelineStatus, QueryResult};
+pub use error::{Result, SqlError};

@@ -1,0 +1,766 @@
+//! fluxo's statements on top of `sqlparser`.
+//!
+//! The streaming statements (`CREATE SOURCE` with a `WATERMARK` clause,
+//! `CREATE SINK`, `SUBSCRIBE`, `SHOW SOURCES`, ...) are not in any SQL
+//! dialect, so they are parsed here with the parser's own primitives; every
+//! query inside them, and every plain `SELECT`, is parsed by sqlparser
+//! itself and planned by DataFusion. Each statement prints back as canonical
+//! SQL (`Display`), which is what the durable catalog stores.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::sql::sqlparser::ast::{
+    self, BinaryOperator, DataType as SqlType, ExactNumberInfo, Expr, Query, Value,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::error::{Result, SqlError};
+
+/// One statement of fluxo's SQL surface.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    CreateSource(SourceDef),
+    CreateView(ViewDef),
+    CreateSink(SinkDef),
+    Show(ObjectKind),
+    Describe(String),
+    Drop {
+        kind: ObjectKind,
+        name: String,
+        if_exists: bool,
+    },
+    Subscribe(String),
+    /// `EXPLAIN` of a view definition or a query.
+    Explain(Box<Statement>),
+    /// Anything else sqlparser understands (a `SELECT`), run by DataFusion.
+    Query(Box<Query>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Source,
+    View,
+    Sink,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Source => "source",
+            ObjectKind::View => "view",
+            ObjectKind::Sink => "sink",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: DataType,
+    /// The type as the user wrote it, for `Display` and `DESCRIBE`.
+    pub sql_type: String,
+    pub nullable: bool,
+}
+
+/// `WATERMARK FOR column AS column - INTERVAL ...`
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkDef {
+    pub column: String,
+    pub delay_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDef {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnDef>,
+    pub watermark: Option<WatermarkDef>,
+    pub options: Options,
+}
+
+impl SourceDef {
+    pub fn schema(&self) -> Schema {
+        Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewDef {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub options: Options,
+    pub query: Box<Query>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkDef {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub from: String,
+    pub options: Options,
+}
+
+/// `WITH (key = 'value', ...)`, keys lower-cased, in a stable order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options(pub BTreeMap<String, String>);
+
+impl Options {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Fails on any key not in `known`, naming it, so that a typo is not
+    /// silently ignored.
+    pub fn check_known(&self, what: &str, known: &[&str]) -> Result<()> {
+        for key in self.0.keys() {
+            if !known.contains(&key.as_str()) {
+                return Err(SqlError::Plan(format!(
+                    "unknown option '{key}' for {what}; known options: {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn required(&self, what: &str, key: &str) -> Result<&str> {
+        self.get(key)
+            .ok_or_else(|| SqlError::Plan(format!("{what} needs the option {key} = '...'")))
+    }
+
+    /// An option holding a duration such as `'5 seconds'` or `'500ms'`.
+    pub fn duration_ms(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => parse_duration_ms(v)
+                .map(Some)
+                .map_err(|e| SqlError::Plan(format!("option {key}: {e}"))),
+        }
+    }
+}
+
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
+            .collect();
+        write!(f, "WITH ({})", parts.join(", "))
+    }
+}
+
+/// Parses a script of one or more statements separated by `;`.
+pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let mut statements = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        statements.push(parse_statement(&mut parser)?);
+        let next = parser.peek_token();
+        if next.token != Token::EOF && next.token != Token::SemiColon {
+            return Err(SqlError::Syntax(format!(
+                "expected ';' or the end of the statement, found {} at {}",
+                next.token, next.span.start
+            )));
+        }
+    }
+    if statements.is_empty() {
+        return Err(SqlError::Syntax("empty statement".into()));
+    }
+    Ok(statements)
+}
+
+/// Parses exactly one statement.
+pub fn parse_statement_str(sql: &str) -> Result<Statement> {
+    let mut all = parse_statements(sql)?;
+    if all.len() != 1 {
+        return Err(SqlError::Syntax(format!(
+            "expected one statement, found {}",
+            all.len()
+        )));
+    }
+    Ok(all.remove(0))
+}
+
+fn parse_statement(p: &mut Parser) -> Result<Statement> {
+    if p.parse_keyword(Keyword::CREATE) {
+        if p.parse_keyword(Keyword::SOURCE) {
+            return parse_create_source(p);
+        }
+        if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+            return parse_create_view(p);
+        }
+        if parse_word(p, "SINK") {
+            return parse_create_sink(p);
+        }
+        if p.parse_keyword(Keyword::VIEW) {
+            return Err(SqlError::Plan(
+                "fluxo keeps views up to date: use CREATE MATERIALIZED VIEW".into(),
+            ));
+        }
+        let found = p.peek_token();
+        return Err(SqlError::Syntax(format!(
+            "expected SOURCE, MATERIALIZED VIEW or SINK after CREATE, found {} at {}",
+            found.token, found.span.start
+        )));
+    }
+    if p.parse_keyword(Keyword::SHOW) {
+        let kind = if parse_word(p, "SOURCES") {
+            ObjectKind::Source
+        } else if p.parse_keyword(Keyword::VIEWS)
+            || p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS])
+        {
+            ObjectKind::View
+        } else if parse_word(p, "SINKS") {
+            ObjectKind::Sink
+        } else {
+            let found = p.peek_token();
+            return Err(SqlError::Syntax(format!(
+                "expected SOURCES, VIEWS or SINKS after SHOW, found {} at {}",
+                found.token, found.span.start
+            )));
+        };
+        return Ok(Statement::Show(kind));
+    }
+    if p.parse_keyword(Keyword::DESCRIBE) || p.parse_keyword(Keyword::DESC) {
+        return Ok(Statement::Describe(parse_name(p)?));
+    }
+    if p.parse_keyword(Keyword::DROP) {
+        let kind = if p.parse_keyword(Keyword::SOURCE) {
+            ObjectKind::Source
+        } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW])
+            || p.parse_keyword(Keyword::VIEW)
+        {
+            ObjectKind::View
+        } else if parse_word(p, "SINK") {
+            ObjectKind::Sink
+        } else {
+            let found = p.peek_token();
+            return Err(SqlError::Syntax(format!(
+                "expected SOURCE, MATERIALIZED VIEW or SINK after DROP, found {} at {}",
+                found.token, found.span.start
+            )));
+        };
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = parse_name(p)?;
+        return Ok(Statement::Drop {
+            kind,
+            name,
+            if_exists,
+        });
+    }
+    if parse_word(p, "SUBSCRIBE") {
+        let _ = p.parse_keyword(Keyword::TO);
+        return Ok(Statement::Subscribe(parse_name(p)?));
+    }
+    if p.parse_keyword(Keyword::EXPLAIN) {
+        let inner = parse_statement(p)?;
+        return match inner {
+            Statement::CreateView(_) | Statement::Query(_) => {
+                Ok(Statement::Explain(Box::new(inner)))
+            }
+            _ => Err(SqlError::Plan(
+                "EXPLAIN takes a query or a CREATE MATERIALIZED VIEW".into(),
+            )),
+        };
+    }
+    match p.parse_statement()? {
+        ast::Statement::Query(q) => Ok(Statement::Query(q)),
+        other => {
+            let text = other.to_string();
+            let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            Err(SqlError::Plan(format!(
+                "fluxo does not support {head} statements; see SHOW SOURCES, CREATE SOURCE, CREATE MATERIALIZED VIEW, CREATE SINK, SELECT, SUBSCRIBE"
+            )))
+        }
+    }
+}
+
+/// Matches a word that is not one of sqlparser's keywords.
+fn parse_word(p: &mut Parser, word: &str) -> bool {
+    if let Token::Word(w) = &p.peek_token().token {
+        if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word) {
+            p.next_token();
+            return true;
+        }
+    }
+    false
+}
+
+/// An object name: unquoted names are folded to lower case, as in Postgres.
+fn parse_name(p: &mut Parser) -> Result<String> {
+    let name = p.parse_object_name(false)?;
+    if name.0.len() != 1 {
+        return Err(SqlError::Plan(format!(
+            "qualified names are not supported: {name}"
+        )));
+    }
+    let ident = name.0[0]
+        .as_ident()
+        .ok_or_else(|| SqlError::Syntax(format!("expected a name, found {name}")))?;
+    Ok(ident_value(ident))
+}
+
+fn ident_value(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn parse_if_not_exists(p: &mut Parser) -> bool {
+    p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS])
+}
+
+fn parse_create_source(p: &mut Parser) -> Result<Statement> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_name(p)?;
+    p.expect_token(&Token::LParen)?;
+    let mut columns: Vec<ColumnDef> = Vec::new();
+    let mut watermark = None;
+    loop {
+        if parse_word(p, "WATERMARK") {
+            if watermark.is_some() {
+                return Err(SqlError::Plan(format!(
+                    "source {name} has more than one WATERMARK clause"
+                )));
+            }
+            p.expect_keyword(Keyword::FOR)?;
+            let column = ident_value(&p.parse_identifier()?);
+            p.expect_keyword(Keyword::AS)?;
+            let expr = p.parse_expr()?;
+            watermark = Some(parse_watermark(&column, &expr)?);
+        } else {
+            let column_name = ident_value(&p.parse_identifier()?);
+            let sql_type = p.parse_data_type()?;
+            let data_type = arrow_type(&sql_type)?;
+            let nullable = !p.parse_keywords(&[Keyword::NOT, Keyword::NULL]);
+            if columns.iter().any(|c| c.name == column_name) {
+                return Err(SqlError::Plan(format!(
+                    "column {column_name} appears twice in source {name}"
+                )));
+            }
+            columns.push(ColumnDef {
+                name: column_name,
+                data_type,
+                sql_type: sql_type.to_string(),
+                nullable,
+            });
+        }
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen)?;
+        break;
+    }
+    if columns.is_empty() {
+        return Err(SqlError::Plan(format!("source {name} has no columns")));
+    }
+    if let Some(w) = &watermark {
+        let column = columns.iter().find(|c| c.name == w.column).ok_or_else(|| {
+            SqlError::Plan(format!(
+                "WATERMARK FOR {}: source {name} has no column {}",
+                w.column, w.column
+            ))
+        })?;
+        if !matches!(column.data_type, DataType::Timestamp(_, _)) {
+            return Err(SqlError::Plan(format!(
+                "WATERMARK FOR {}: the column must be a TIMESTAMP, not {}",
+                w.column, column.sql_type
+            )));
+        }
+    }
+    let options = parse_with_options(p)?;
+    Ok(Statement::CreateSource(SourceDef {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    }))
+}
+
+fn parse_watermark(column: &str, expr: &Expr) -> Result<WatermarkDef> {
+    let bad = || {
+        SqlError::Plan(format!(
+            "WATERMARK FOR {column} AS ...: expected {column} or {column} - INTERVAL '...', found {expr}"
+        ))
+    };
+    let is_column = |e: &Expr| matches!(e, Expr::Identifier(i) if ident_value(i) == column);
+    match expr {
+        e if is_column(e) => Ok(WatermarkDef {
+            column: column.to_string(),
+            delay_ms: 0,
+        }),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_column(left) => {
+            let delay_ms = interval_ms(right).map_err(|_| bad())?;
+            if delay_ms < 0 {
+                return Err(bad());
+            }
+            Ok(WatermarkDef {
+                column: column.to_string(),
+                delay_ms,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The length of an `INTERVAL '5' SECOND` or `INTERVAL '5 seconds'` literal.
+pub fn interval_ms(expr: &Expr) -> Result<i64> {
+    let Expr::Interval(interval) = expr else {
+        return Err(SqlError::Plan(format!("expected an INTERVAL, found {expr}")));
+    };
+    let text = match interval.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
+            other => return Err(SqlError::Plan(format!("bad interval value {other}"))),
+        },
+        other => return Err(SqlError::Plan(format!("bad interval value {other}"))),
+    };
+    match &interval.leading_field {
+        Some(unit) => {
+            let n: f64 = text
+                .trim()
+                .parse()
+                .map_err(|_| SqlError::Plan(format!("bad interval value '{text}'")))?;
+            let unit_ms = unit_ms(&unit.to_string())
+                .ok_or_else(|| SqlError::Plan(format!("unsupported interval unit {unit}")))?;
+            Ok((n * unit_ms as f64).round() as i64)
+        }
+        None => parse_duration_ms(&text).map_err(SqlError::Plan),
+    }
+}
+
+fn unit_ms(unit: &str) -> Option<i64> {
+    Some(match unit.to_ascii_lowercase().as_str() {
+        "ms" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        _ => return None,
+    })
+}
+
+/// `'5 seconds'`, `'5s'`, `'1 minute 30 seconds'`, `'250ms'`.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let mut total = 0f64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| format!("bad duration '{text}': expected a number"))?;
+        rest = rest[num_end..].trim_start();
+        let unit_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_end];
+        let ms = unit_ms(unit).ok_or_else(|| {
+            format!("bad duration '{text}': unknown unit '{unit}' (use ms, seconds, minutes, hours or days)")
+        })?;
+        total += number * ms as f64;
+        rest = rest[unit_end..].trim_start();
+    }
+    Ok(total.round() as i64)
+}
+
+fn parse_with_options(p: &mut Parser) -> Result<Options> {
+    let mut options = Options::default();
+    if !p.parse_keyword(Keyword::WITH) {
+        return Ok(options);
+    }
+    p.expect_token(&Token::LParen)?;
+    loop {
+        let key = p
+            .parse_identifiers()?
+            .iter()
+            .map(|i| i.value.to_lowercase())
+            .collect::<Vec<_>>()
+            .join(".");
+        p.expect_token(&Token::Eq)?;
+        let token = p.next_token();
+        let value = match token.token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            other => {
+                return Err(SqlError::Syntax(format!(
+                    "expected a value for option {key}, found {other} at {}",
+                    token.span.start
+                )))
+            }
+        };
+        if options.0.insert(key.clone(), value).is_some() {
+            return Err(SqlError::Plan(format!("option {key} given twice")));
+        }
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen)?;
+        return Ok(options);
+    }
+}
+
+fn parse_create_view(p: &mut Parser) -> Result<Statement> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_name(p)?;
+    let options = parse_with_options(p)?;
+    p.expect_keyword(Keyword::AS)?;
+    let query = p.parse_query()?;
+    Ok(Statement::CreateView(ViewDef {
+        name,
+        if_not_exists,
+        options,
+        query,
+    }))
+}
+
+fn parse_create_sink(p: &mut Parser) -> Result<Statement> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_name(p)?;
+    p.expect_keyword(Keyword::FROM)?;
+    let from = parse_name(p)?;
+    let options = parse_with_options(p)?;
+    Ok(Statement::CreateSink(SinkDef {
+        name,
+        if_not_exists,
+        from,
+        options,
+    }))
+}
+
+/// Maps a SQL column type to the Arrow type fluxo keeps it in.
+pub fn arrow_type(t: &SqlType) -> Result<DataType> {
+    Ok(match t {
+        SqlType::BigInt(_) | SqlType::Int8(_) | SqlType::Int64 => DataType::Int64,
+        SqlType::Int(_) | SqlType::Integer(_) | SqlType::Int4(_) | SqlType::Int32 => {
+            DataType::Int32
+        }
+        SqlType::SmallInt(_) | SqlType::Int2(_) | SqlType::Int16 => DataType::Int16,
+        SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 | SqlType::Float64 => {
+            DataType::Float64
+        }
+        SqlType::Float(_) => DataType::Float64,
+        SqlType::Real | SqlType::Float4 | SqlType::Float32 => DataType::Float32,
+        SqlType::Boolean | SqlType::Bool => DataType::Boolean,
+        SqlType::Text | SqlType::String(_) | SqlType::Varchar(_) | SqlType::Char(_) => {
+            DataType::Utf8
+        }
+        SqlType::Character(_) | SqlType::CharacterVarying(_) => DataType::Utf8,
+        SqlType::Date => DataType::Date32,
+        SqlType::Timestamp(_, tz) => match tz {
+            ast::TimezoneInfo::Tz | ast::TimezoneInfo::WithTimeZone => {
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+            }
+            _ => DataType::Timestamp(TimeUnit::Millisecond, None),
+        },
+        SqlType::Decimal(info) | SqlType::Numeric(info) => match info {
+            ExactNumberInfo::PrecisionAndScale(p, s) => DataType::Decimal128(
+                u8::try_from(*p).map_err(|_| SqlError::Plan(format!("bad precision in {t}")))?,
+                i8::try_from(*s).map_err(|_| SqlError::Plan(format!("bad scale in {t}")))?,
+            ),
+            ExactNumberInfo::Precision(p) => DataType::Decimal128(
+                u8::try_from(*p).map_err(|_| SqlError::Plan(format!("bad precision in {t}")))?,
+                0,
+            ),
+            ExactNumberInfo::None => DataType::Decimal128(38, 10),
+        },
+        other => {
+            return Err(SqlError::Plan(format!(
+                "column type {other} is not supported; use BIGINT, INT, SMALLINT, DOUBLE, REAL, BOOLEAN, TEXT, DATE, TIMESTAMP or DECIMAL(p, s)"
+            )))
+        }
+    })
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::CreateSource(s) => {
+                write!(f, "CREATE SOURCE {} (", quote_ident(&s.name))?;
+                let mut parts: Vec<String> = s
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        let not_null = if c.nullable { "" } else { " NOT NULL" };
+                        format!("{} {}{not_null}", quote_ident(&c.name), c.sql_type)
+                    })
+                    .collect();
+                if let Some(w) = &s.watermark {
+                    let col = quote_ident(&w.column);
+                    parts.push(format!(
+                        "WATERMARK FOR {col} AS {col} - INTERVAL '{} milliseconds'",
+                        w.delay_ms
+                    ));
+                }
+                write!(f, "{}) {}", parts.join(", "), s.options)
+            }
+            Statement::CreateView(v) => {
+                write!(f, "CREATE MATERIALIZED VIEW {} ", quote_ident(&v.name))?;
+                if !v.options.0.is_empty() {
+                    write!(f, "{} ", v.options)?;
+                }
+                write!(f, "AS {}", v.query)
+            }
+            Statement::CreateSink(s) => write!(
+                f,
+                "CREATE SINK {} FROM {} {}",
+                quote_ident(&s.name),
+                quote_ident(&s.from),
+                s.options
+            ),
+            Statement::Show(kind) => write!(f, "SHOW {}S", kind.as_str().to_uppercase()),
+            Statement::Describe(name) => write!(f, "DESCRIBE {}", quote_ident(name)),
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
+                let kind = match kind {
+                    ObjectKind::View => "MATERIALIZED VIEW".to_string(),
+                    other => other.as_str().to_uppercase(),
+                };
+                let if_exists = if *if_exists { "IF EXISTS " } else { "" };
+                write!(f, "DROP {kind} {if_exists}{}", quote_ident(name))
+            }
+            Statement::Subscribe(name) => write!(f, "SUBSCRIBE {}", quote_ident(name)),
+            Statement::Explain(inner) => write!(f, "EXPLAIN {inner}"),
+            Statement::Query(q) => write!(f, "{q}"),
+        }
+    }
+}
+
+/// Quotes a name unless it is a plain lower-case identifier.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIDS: &str = "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+        date_time TIMESTAMP, extra TEXT,
+        WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+      WITH (connector = 'topic', topic = 'bids', format = 'json')";
+
+    #[test]
+    fn create_source_with_watermark_round_trips() {
+        let stmt = parse_statement_str(BIDS).unwrap();
+        let Statement::CreateSource(s) = &stmt else {
+            panic!("{stmt:?}")
+        };
+        assert_eq!(s.name, "bids");
+        assert_eq!(s.columns.len(), 7);
+        assert_eq!(
+            s.columns[5].data_type,
+            DataType::Timestamp(TimeUnit::Millisecond, None)
+        );
+        assert_eq!(
+            s.watermark,
+            Some(WatermarkDef {
+                column: "date_time".into(),
+                delay_ms: 5000
+            })
+        );
+        assert_eq!(s.options.get("topic"), Some("bids"));
+        let again = parse_statement_str(&stmt.to_string()).unwrap();
+        assert_eq!(again, stmt);
+    }
+
+    #[test]
+    fn watermark_must_name_a_timestamp_column_of_the_source() {
+        let err = parse_statement_str(
+            "CREATE SOURCE s (a BIGINT, WATERMARK FOR b AS b) WITH (topic = 't')",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no column b"), "{err}");
+        let err = parse_statement_str(
+            "CREATE SOURCE s (a BIGINT, WATERMARK FOR a AS a) WITH (topic = 't')",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must be a TIMESTAMP"), "{err}");
+        let err = parse_statement_str(
+            "CREATE SOURCE s (t TIMESTAMP, WATERMARK FOR t AS t + INTERVAL '1' SECOND)",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expected t or t - INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn views_sinks_and_small_statements() {
+        let all = parse_statements(
+            "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds') AS SELECT count(*) FROM bids;
+             CREATE SINK out FROM v WITH (connector = 'topic', topic = 'o');
+             SHOW SOURCES; show views; SHOW SINKS; DESCRIBE v; DROP MATERIALIZED VIEW IF EXISTS v;
+             DROP SINK out; SUBSCRIBE v; EXPLAIN SELECT 1; SELECT * FROM v ORDER BY 1 LIMIT 3",
+        )
+        .unwrap();
+        assert_eq!(all.len(), 11);
+        for stmt in &all {
+            assert_eq!(&parse_statement_str(&stmt.to_string()).unwrap(), stmt);
+        }
+        assert!(matches!(&all[0], Statement::CreateView(v) if v.options.duration_ms("allowed_lateness").unwrap() == Some(10_000)));
+        assert_eq!(all[3], Statement::Show(ObjectKind::View));
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong_and_where() {
+        let err = parse_statements("CREATE SOURCE s (a BIGINT,, b INT)").unwrap_err();
+        assert!(err.to_string().contains("Line: 1"), "{err}");
+        let err = parse_statements("CREATE TABLE t (a INT)").unwrap_err();
+        assert!(err.to_string().contains("expected SOURCE"), "{err}");
+        let err = parse_statements("CREATE SOURCE s (a GEOMETRY)").unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        let err = parse_statements("SELECT 1 SELECT 2").unwrap_err();
+        assert!(err.to_string().contains("expected ';'"), "{err}");
+        let err = parse_statements("INSERT INTO t VALUES (1)").unwrap_err();
+        assert!(err.to_string().contains("does not support INSERT"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("5 seconds"), Ok(5000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("1 minute 30 s"), Ok(90_000));
+        assert!(parse_duration_ms("5 parsecs").is_err());
+    }
+}

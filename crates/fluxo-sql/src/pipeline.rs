@@ -1,0 +1,530 @@
+//! Running a view's dataflow: one OS thread per pipeline reads the source
+//! topic's partitions straight from the log, decodes the records, pushes
+//! them through the operators and applies the result to the view.
+//!
+//! Watermarks: each partition's watermark is the largest event time it has
+//! delivered minus the source's delay. The pipeline's watermark is the
+//! minimum over partitions that are not idle; a partition is idle once it
+//! is caught up and has delivered nothing for the source's `idle_timeout`,
+//! so a quiet partition does not hold windows back. When every partition
+//! is idle the pipeline's watermark is their maximum. The watermark never
+//! goes back. Sources without a WATERMARK run on processing time: an event's
+//! time is when the pipeline reads it, and the watermark is the clock.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use bytes::Bytes;
+use fluxo_log::{LogStore, PartitionLog};
+use kafka_protocol::records::RecordBatchDecoder;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::dataflow::session_window::SessionWindow;
+use crate::dataflow::updating_aggregate::UpdatingAggregate;
+use crate::dataflow::window_aggregate::WindowAggregate;
+use crate::dataflow::Changes;
+use crate::error::{Result, SqlError};
+use crate::format::{Format, RecordDecoder};
+use crate::planner::{Dataflow, Stage};
+use crate::source::{align, WindowSpec};
+use crate::view::ViewStore;
+
+/// How much of a partition one read takes.
+const READ_BYTES: usize = 1 << 20;
+const DEFAULT_IDLE_TIMEOUT_MS: i64 = 2_000;
+
+/// Live counters of a pipeline, read by the status API.
+#[derive(Default)]
+pub struct PipelineStats {
+    pub events_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub late_events: AtomicU64,
+    pub bad_records: AtomicU64,
+    /// i64::MIN until the first watermark.
+    pub watermark: AtomicI64,
+    pub open_windows: AtomicU64,
+    pub state_bytes: AtomicU64,
+    pub rate_in: AtomicU64,
+    pub rate_out: AtomicU64,
+    pub status: Mutex<String>,
+    pub last_error: Mutex<Option<String>>,
+    pub partitions: Mutex<Vec<PartitionProgress>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    pub offset: i64,
+    pub end_offset: i64,
+    pub idle: bool,
+}
+
+struct PartitionCursor {
+    offset: i64,
+    max_event_time: Option<i64>,
+    last_data: Instant,
+    caught_up: bool,
+}
+
+enum StageRuntime {
+    None,
+    Window(WindowAggregate),
+    Session(SessionWindow),
+    Updating(UpdatingAggregate),
+}
+
+pub struct PipelineHandle {
+    pub stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl PipelineHandle {
+    /// Stops the pipeline and waits for its thread.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PipelineHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+pub struct PipelineSpec {
+    pub name: String,
+    pub dataflow: Dataflow,
+    pub view: Arc<ViewStore>,
+    pub allowed_lateness_ms: i64,
+}
+
+pub fn start(spec: PipelineSpec, store: Arc<LogStore>) -> Result<PipelineHandle> {
+    let stats = Arc::new(PipelineStats {
+        watermark: AtomicI64::new(i64::MIN),
+        ..Default::default()
+    });
+    *stats.status.lock() = "starting".into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = Runner::new(spec, store, stats.clone(), stop.clone())?;
+    let name = format!("pipeline-{}", runner.name);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || runner.run())
+        .map_err(|e| SqlError::Internal(format!("cannot start a pipeline thread: {e}")))?;
+    Ok(PipelineHandle {
+        stats,
+        stop,
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+struct Runner {
+    name: String,
+    dataflow: Dataflow,
+    view: Arc<ViewStore>,
+    store: Arc<LogStore>,
+    stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
+    decoder: RecordDecoder,
+    topic: String,
+    idle_timeout_ms: i64,
+    stage: StageRuntime,
+    partitions: Vec<PartitionCursor>,
+    watermark: i64,
+}
+
+impl Runner {
+    fn new(
+        spec: PipelineSpec,
+        store: Arc<LogStore>,
+        stats: Arc<PipelineStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Runner> {
+        let source = &spec.dataflow.scan.source;
+        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
+        let topic = source.options.required("a source", "topic")?.to_string();
+        let idle_timeout_ms = source
+            .options
+            .duration_ms("idle_timeout")?
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        let lateness = spec.allowed_lateness_ms;
+        let stage = match &spec.dataflow.stage {
+            Stage::None => StageRuntime::None,
+            Stage::Window { spec: w, exprs } => match *w {
+                WindowSpec::Tumble { size } => {
+                    StageRuntime::Window(WindowAggregate::new(exprs.clone(), size, size, lateness))
+                }
+                WindowSpec::Hop { slide, size } => {
+                    StageRuntime::Window(WindowAggregate::new(exprs.clone(), slide, size, lateness))
+                }
+                WindowSpec::Session { gap } => {
+                    StageRuntime::Session(SessionWindow::new(exprs.clone(), gap, lateness)?)
+                }
+            },
+            Stage::Updating { exprs } => StageRuntime::Updating(UpdatingAggregate::new(exprs.clone())?),
+        };
+        Ok(Runner {
+            name: spec.name,
+            decoder: RecordDecoder::new(std::sync::Arc::new(source.schema()), format),
+            dataflow: spec.dataflow,
+            view: spec.view,
+            store,
+            stats,
+            stop,
+            topic,
+            idle_timeout_ms,
+            stage,
+            partitions: Vec::new(),
+            watermark: i64::MIN,
+        })
+    }
+
+    fn run(mut self) {
+        if let Err(e) = self.run_loop() {
+            tracing::error!(pipeline = %self.name, error = %e, "pipeline failed");
+            *self.stats.status.lock() = "failed".into();
+            *self.stats.last_error.lock() = Some(e.to_string());
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<()> {
+        if let StageRuntime::Updating(u) = &mut self.stage {
+            let initial = u.start()?;
+            self.emit(initial)?;
+        }
+        let mut rate_at = Instant::now();
+        let (mut last_in, mut last_out) = (0u64, 0u64);
+        while !self.stop.load(Ordering::Acquire) {
+            let Some(topic) = self.store.topic(&self.topic) else {
+                *self.stats.status.lock() = format!("waiting for topic {}", self.topic);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            *self.stats.status.lock() = "running".into();
+            let logs = topic.partitions();
+            while self.partitions.len() < logs.len() {
+                let start = logs[self.partitions.len()].log_start_offset();
+                self.partitions.push(PartitionCursor {
+                    offset: start,
+                    max_event_time: None,
+                    last_data: Instant::now(),
+                    caught_up: false,
+                });
+            }
+            let mut progressed = false;
+            for (i, log) in logs.iter().enumerate() {
+                let cursor = &mut self.partitions[i];
+                let start = log.log_start_offset();
+                if cursor.offset < start {
+                    cursor.offset = start;
+                }
+                let end = log.end_offset();
+                if cursor.offset >= end {
+                    cursor.caught_up = true;
+                    continue;
+                }
+                let bytes = log.read(cursor.offset, READ_BYTES).map_err(|e| {
+                    SqlError::Execution(format!("reading {}/{i}: {e}", self.topic))
+                })?;
+                let (values, next) = decode_records(bytes, cursor.offset)?;
+                cursor.offset = next.max(cursor.offset);
+                cursor.caught_up = cursor.offset >= end;
+                if values.is_empty() {
+                    continue;
+                }
+                cursor.last_data = Instant::now();
+                progressed = true;
+                let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+                let decoded = self.decoder.decode(&slices)?;
+                if decoded.bad > 0 {
+                    self.stats.bad_records.fetch_add(decoded.bad as u64, Ordering::Relaxed);
+                    if let Some(e) = decoded.first_error {
+                        *self.stats.last_error.lock() = Some(format!(
+                            "skipped {} record(s) of {}/{i} that do not match source {}: {e}",
+                            decoded.bad, self.topic, self.dataflow.scan.source.name
+                        ));
+                    }
+                }
+                self.stats
+                    .events_in
+                    .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
+                self.process(decoded.batch, i)?;
+            }
+            let watermark = self.combined_watermark();
+            if watermark > self.watermark {
+                self.watermark = watermark;
+                self.stats.watermark.store(watermark, Ordering::Relaxed);
+                let out = match &mut self.stage {
+                    StageRuntime::Window(w) => w.advance(watermark)?,
+                    StageRuntime::Session(s) => s.advance(watermark)?,
+                    _ => Vec::new(),
+                };
+                self.emit(out)?;
+            }
+            self.publish_progress(&logs);
+            if rate_at.elapsed() >= Duration::from_secs(1) {
+                let secs = rate_at.elapsed().as_secs_f64();
+                let now_in = self.stats.events_in.load(Ordering::Relaxed);
+                let now_out = self.stats.rows_out.load(Ordering::Relaxed);
+                self.stats.rate_in.store(((now_in - last_in) as f64 / secs) as u64, Ordering::Relaxed);
+                self.stats.rate_out.store(((now_out - last_out) as f64 / secs) as u64, Ordering::Relaxed);
+                (last_in, last_out, rate_at) = (now_in, now_out, Instant::now());
+            }
+            if !progressed {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        *self.stats.status.lock() = "stopped".into();
+        Ok(())
+    }
+
+    fn publish_progress(&self, logs: &[Arc<PartitionLog>]) {
+        let progress = self
+            .partitions
+            .iter()
+            .zip(logs)
+            .enumerate()
+            .map(|(i, (c, log))| PartitionProgress {
+                partition: i as i32,
+                offset: c.offset,
+                end_offset: log.end_offset(),
+                idle: self.is_idle(c),
+            })
+            .collect();
+        *self.stats.partitions.lock() = progress;
+        let (open, bytes) = match &self.stage {
+            StageRuntime::Window(w) => (w.open_windows(), w.state_size()),
+            StageRuntime::Session(s) => (s.open_windows(), 0),
+            StageRuntime::Updating(u) => (u.groups(), 0),
+            StageRuntime::None => (0, 0),
+        };
+        self.stats.open_windows.store(open as u64, Ordering::Relaxed);
+        self.stats.state_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn is_idle(&self, c: &PartitionCursor) -> bool {
+        c.caught_up && c.last_data.elapsed().as_millis() as i64 >= self.idle_timeout_ms
+    }
+
+    fn combined_watermark(&self) -> i64 {
+        let Some(w) = &self.dataflow.scan.source.watermark else {
+            return now_ms();
+        };
+        let of = |c: &PartitionCursor| c.max_event_time.map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms));
+        let active: Vec<i64> = self
+            .partitions
+            .iter()
+            .filter(|c| !self.is_idle(c))
+            .map(of)
+            .collect();
+        if active.is_empty() {
+            self.partitions.iter().map(of).max().unwrap_or(i64::MIN)
+        } else {
+            active.into_iter().min().unwrap_or(i64::MIN)
+        }
+    }
+
+    /// Runs one decoded batch of partition `p` through the dataflow.
+    fn process(&mut self, batch: RecordBatch, p: usize) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let source = &self.dataflow.scan.source;
+        let (batch, mut times) = match &source.watermark {
+            Some(w) => {
+                let idx = source
+                    .columns
+                    .iter()
+                    .position(|c| c.name == w.column)
+                    .ok_or_else(|| SqlError::Internal("watermark column vanished".into()))?;
+                let column = arrow::compute::cast(
+                    batch.column(idx),
+                    &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                )?;
+                let ts = column
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| SqlError::Internal("event time is not a timestamp".into()))?;
+                if ts.null_count() > 0 {
+                    let nulls = ts.null_count();
+                    self.stats.bad_records.fetch_add(nulls as u64, Ordering::Relaxed);
+                    *self.stats.last_error.lock() = Some(format!(
+                        "skipped {nulls} record(s) without a value for the event-time column {}",
+                        w.column
+                    ));
+                    let mask = arrow::compute::is_not_null(ts)?;
+                    let batch = arrow::compute::filter_record_batch(&batch, &mask)?;
+                    let ts = arrow::compute::filter(ts, &mask)?;
+                    let ts = ts
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .ok_or_else(|| SqlError::Internal("event time is not a timestamp".into()))?
+                        .values()
+                        .to_vec();
+                    (batch, ts)
+                } else {
+                    (batch, ts.values().to_vec())
+                }
+            }
+            None => {
+                let n = batch.num_rows();
+                (batch, vec![now_ms(); n])
+            }
+        };
+        if let Some(max) = times.iter().max() {
+            let c = &mut self.partitions[p];
+            c.max_event_time = Some(c.max_event_time.map_or(*max, |m| m.max(*max)));
+        }
+        let (scanned, expanded_times) = self.scan_columns(&batch, &times)?;
+        if let Some(t) = expanded_times {
+            times = t;
+        }
+        let mut changes = Changes::inserts(scanned);
+        for op in &self.dataflow.pre {
+            changes = op.apply_tracking(changes, Some(&mut times))?;
+        }
+        let watermark = self.watermark;
+        let late = match &mut self.stage {
+            StageRuntime::None => {
+                return self.emit(vec![changes]);
+            }
+            StageRuntime::Updating(u) => {
+                let out = u.process(&changes.batch)?;
+                return self.emit(out);
+            }
+            StageRuntime::Window(w) => w.process(&changes.batch, &times, watermark)?,
+            StageRuntime::Session(s) => s.process(&changes.batch, &times, watermark)?,
+        };
+        if let Some(late) = late {
+            self.stats
+                .late_events
+                .fetch_add(late.true_count() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The scan's columns: the source's, plus window bounds when windowed
+    /// (a hopping window without aggregation repeats each row per window).
+    fn scan_columns(
+        &self,
+        batch: &RecordBatch,
+        times: &[i64],
+    ) -> Result<(RecordBatch, Option<Vec<i64>>)> {
+        let scan = &self.dataflow.scan;
+        let n_source = scan.source.columns.len();
+        let Some((spec, _)) = scan.window else {
+            return Ok((batch.project(&scan.projection)?, None));
+        };
+        let aggregated = !matches!(self.dataflow.stage, Stage::None);
+        let (base, times_out, starts, len): (RecordBatch, Option<Vec<i64>>, Vec<i64>, i64) =
+            match spec {
+                WindowSpec::Hop { slide, size } if !aggregated => {
+                    let k = (size / slide) as usize;
+                    let mut indices = Vec::with_capacity(times.len() * k);
+                    let mut starts = Vec::with_capacity(times.len() * k);
+                    let mut new_times = Vec::with_capacity(times.len() * k);
+                    for (i, t) in times.iter().enumerate() {
+                        let last = align(*t, slide);
+                        for j in 0..k as i64 {
+                            indices.push(i as u32);
+                            starts.push(last - j * slide);
+                            new_times.push(*t);
+                        }
+                    }
+                    let idx = UInt32Array::from(indices);
+                    let columns = batch
+                        .columns()
+                        .iter()
+                        .map(|c| arrow::compute::take(c, &idx, None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (
+                        RecordBatch::try_new(batch.schema(), columns)?,
+                        Some(new_times),
+                        starts,
+                        size,
+                    )
+                }
+                other => {
+                    let len = other.pane_len();
+                    let starts = times.iter().map(|t| align(*t, len)).collect();
+                    (batch.clone(), None, starts, len)
+                }
+            };
+        let ends: Vec<i64> = starts.iter().map(|s| s + len).collect();
+        let start_col: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts));
+        let end_col: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends));
+        let columns: Vec<ArrayRef> = scan
+            .projection
+            .iter()
+            .map(|&i| {
+                if i < n_source {
+                    base.column(i).clone()
+                } else if i == n_source {
+                    start_col.clone()
+                } else {
+                    end_col.clone()
+                }
+            })
+            .collect();
+        let schema = Arc::new(scan.full_schema().project(&scan.projection)?);
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(base.num_rows()));
+        Ok((
+            RecordBatch::try_new_with_options(schema, columns, &options)?,
+            times_out,
+        ))
+    }
+
+    fn emit(&mut self, out: Vec<Changes>) -> Result<()> {
+        for mut changes in out {
+            for op in &self.dataflow.post {
+                changes = op.apply(changes)?;
+            }
+            if changes.num_rows() == 0 {
+                continue;
+            }
+            self.stats
+                .rows_out
+                .fetch_add(changes.num_rows() as u64, Ordering::Relaxed);
+            self.view.apply(changes)?;
+        }
+        Ok(())
+    }
+}
+
+/// The values of the records at or after `from` in `bytes` (whole batches
+/// from the log), and the offset after the last record.
+fn decode_records(mut bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
+    let mut values = Vec::new();
+    let mut next = from;
+    while bytes.len() >= 61 {
+        let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
+        let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
+        let set = RecordBatchDecoder::decode(&mut bytes)
+            .map_err(|e| SqlError::Execution(format!("corrupt record batch at offset {base}: {e}")))?;
+        for r in set.records {
+            if r.offset < from || r.control {
+                continue;
+            }
+            if let Some(v) = r.value {
+                values.push(v);
+            }
+        }
+        // A batch may hold only control records or compacted-away offsets.
+        next = next.max(base + last_delta + 1);
+    }
+    Ok((values, next))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

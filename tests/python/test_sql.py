@@ -1,0 +1,225 @@
+"""Continuous SQL end to end: the real `fluxo serve`, events produced with
+confluent-kafka, statements over the HTTP API (`POST /api/v1/sql`) and
+`fluxo sql`, live changes over server-sent events, and a kill -9 in the
+middle of a stream. Every expected result is computed here, independently,
+from the events the test produced."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import subprocess
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pytest
+from confluent_kafka import Producer
+
+import fluxo_helpers as H
+
+T0 = 1_700_000_000_000  # ms
+
+
+def sql(broker, statement: str, expect_status: int = 200) -> dict:
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/api/v1/sql", body=json.dumps({"sql": statement}),
+                 headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    assert resp.status == expect_status, f"{statement}: {resp.status} {body}"
+    return body
+
+
+def get(broker, path: str) -> dict:
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return {"status": resp.status, "body": json.loads(resp.read())}
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def produce_bids(broker, topic: str, bids: list[dict]) -> None:
+    p = Producer({**H.BASE_CONF, "bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i, b in enumerate(bids):
+        p.produce(topic, json.dumps(b).encode(), partition=i % 2)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+
+
+def make_bids(n: int, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = T0 + i * 10 - rng.randrange(0, 1500)
+        # Half the events carry RFC 3339 times, half epoch milliseconds.
+        when = iso(ts) if i % 2 else ts
+        out.append({"auction": rng.randrange(10), "price": rng.randrange(1, 500),
+                    "channel": rng.choice(["web", "app"]), "date_time": when, "_ts": ts})
+    return out
+
+
+SOURCE = """CREATE SOURCE bids (auction BIGINT, price BIGINT, channel TEXT, date_time TIMESTAMP,
+              WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+            WITH (connector = 'topic', topic = '{topic}', format = 'json', idle_timeout = '300ms')"""
+
+VIEW = """CREATE MATERIALIZED VIEW per_auction AS
+            SELECT auction, window_start, window_end, count(*) AS bids, max(price) AS top
+            FROM TUMBLE(bids, date_time, INTERVAL '5' SECOND)
+            GROUP BY auction, window_start, window_end"""
+
+
+def expected_windows(bids: list[dict], watermark: int) -> dict:
+    acc = defaultdict(lambda: [0, 0])
+    for b in bids:
+        start = b["_ts"] - b["_ts"] % 5000
+        if start + 5000 <= watermark:
+            a = acc[(b["auction"], iso(start), iso(start + 5000))]
+            a[0] += 1
+            a[1] = max(a[1], b["price"])
+    return {k: tuple(v) for k, v in acc.items()}
+
+
+def view_rows(broker) -> dict:
+    body = sql(broker, "SELECT * FROM per_auction")
+    assert [c["name"] for c in body["columns"]] == ["auction", "window_start", "window_end", "bids", "top"]
+    return {(r[0], r[1], r[2]): (r[3], r[4]) for r in body["rows"]}
+
+
+def wait_watermark(broker, view: str, watermark_ms: int, timeout: float = 60) -> dict:
+    want = iso(watermark_ms)
+
+    def ready():
+        for p in get(broker, "/api/v1/pipelines")["body"]["pipelines"]:
+            if p["name"] == view and p["watermark"] == want:
+                return p
+        return None
+    return H.wait_for(ready, timeout=timeout, desc=f"watermark {want} in {view}")
+
+
+def test_tumbling_view_over_http_matches_the_events(broker, new_topic):
+    topic = new_topic(partitions=2)
+    bids = make_bids(20_000)
+    produce_bids(broker, topic, [{k: v for k, v in b.items() if k != "_ts"} for b in bids])
+    assert sql(broker, SOURCE.format(topic=topic))["message"] == "CREATE SOURCE bids"
+    sql(broker, VIEW)
+    watermark = max(b["_ts"] for b in bids) - 2000
+    status = wait_watermark(broker, "per_auction", watermark)
+    assert view_rows(broker) == expected_windows(bids, watermark)
+    assert status["events_in"] == len(bids)
+    assert status["late_events"] == 0
+    assert any("WindowAggregate: TUMBLE" in op for op in status["operators"]), status["operators"]
+
+    # A pull query with WHERE, ORDER BY and LIMIT over the view.
+    top = sql(broker, "SELECT auction, bids FROM per_auction WHERE auction = 3 ORDER BY bids DESC, window_start LIMIT 2")
+    exp = sorted(((k[0], v[0], k[1]) for k, v in expected_windows(bids, watermark).items() if k[0] == 3),
+                 key=lambda x: (-x[1], x[2]))[:2]
+    assert top["rows"] == [[a, n] for a, n, _ in exp]
+
+    # Late events: behind every closed window; counted, results unchanged.
+    produce_bids(broker, topic, [{"auction": 1, "price": 1, "channel": "web", "date_time": T0}] * 3)
+    H.wait_for(lambda: next(p for p in get(broker, "/api/v1/pipelines")["body"]["pipelines"]
+                            if p["name"] == "per_auction")["late_events"] == 3, desc="late events counted")
+    assert view_rows(broker) == expected_windows(bids, watermark)
+
+    explain = sql(broker, "EXPLAIN " + VIEW.split(" AS", 1)[1])
+    assert any("Source: bids" in r[0] for r in explain["rows"])
+
+
+def test_bad_statements_get_400_with_a_precise_error(broker, new_topic):
+    topic = new_topic(partitions=1)
+    sql(broker, SOURCE.format(topic=topic))
+    cases = {
+        "SELEC 1": "syntax error",
+        "CREATE MATERIALIZED VIEW v AS SELECT nope FROM bids": "nope",
+        "CREATE MATERIALIZED VIEW v AS SELECT * FROM bids ORDER BY price": "ORDER BY is not supported",
+        "SELECT * FROM no_such_view": "no_such_view",
+        "CREATE SOURCE x (a INT) WITH (topic = 't', colour = 'red')": "unknown option 'colour'",
+        "DROP MATERIALIZED VIEW nothing": "view nothing does not exist",
+    }
+    for statement, fragment in cases.items():
+        body = sql(broker, statement, expect_status=400)
+        assert fragment in body["error"], (statement, body)
+    # Malformed bodies and unknown routes are JSON errors too.
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/api/v1/sql", body=b"{not json", headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 400 and "error" in json.loads(resp.read())
+    assert get(broker, "/api/v1/nothing")["status"] == 404
+    assert get(broker, "/api/v1/views/nothing/changes")["status"] == 404
+
+
+def read_sse_events(resp, count: int, timeout: float = 30) -> list[tuple[str, dict]]:
+    events, event = [], None
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        line = resp.fp.readline().decode().rstrip("\n")
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            events.append((event, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def test_changes_stream_as_server_sent_events(broker, new_topic):
+    topic = new_topic(partitions=1)
+    sql(broker, SOURCE.format(topic=topic))
+    sql(broker, "CREATE MATERIALIZED VIEW per_channel AS SELECT channel, count(*) AS n FROM bids GROUP BY channel")
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/api/v1/views/per_channel/changes", headers={"accept": "text/event-stream"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("content-type").startswith("text/event-stream")
+    [(kind, snapshot)] = read_sse_events(resp, 1)
+    assert kind == "snapshot" and snapshot["rows"] == []
+    produce_bids(broker, topic, [{"auction": 1, "price": 5, "channel": "web", "date_time": T0}])
+    [(kind, change)] = read_sse_events(resp, 1)
+    assert kind == "changes"
+    assert change == {"deleted": [], "inserted": [["web", 1]]}
+    produce_bids(broker, topic, [{"auction": 1, "price": 5, "channel": "web", "date_time": T0}])
+    [(kind, change)] = read_sse_events(resp, 1)
+    assert change == {"deleted": [["web", 1]], "inserted": [["web", 2]]}
+
+
+def test_fluxo_sql_cli_runs_statements_and_reports_errors(broker, new_topic):
+    topic = new_topic(partitions=1)
+    env = {"FLUXO_HTTP_ADDR": broker.http_addr, "PATH": "/usr/bin:/bin"}
+    run = lambda *a, **kw: subprocess.run([H.fluxo_bin(), "sql", *a], capture_output=True, text=True,
+                                          env=env, timeout=60, **kw)
+    r = run("-e", SOURCE.format(topic=topic))
+    assert r.returncode == 0, r.stderr
+    assert "CREATE SOURCE bids" in r.stdout
+    r = run("-e", "SHOW SOURCES")
+    assert r.returncode == 0 and "bids" in r.stdout and topic in r.stdout and "(1 row)" in r.stdout
+    r = run("-e", "SELECT nope FROM bids")
+    assert r.returncode != 0 and "nope" in r.stderr
+    # The REPL reads statements ended by ';' from stdin.
+    r = run(input="DESCRIBE bids;\nSELECT 1 + 1 AS two;\n")
+    assert r.returncode == 0, r.stderr
+    assert "date_time" in r.stdout and "TIMESTAMP" in r.stdout and " 2 " in r.stdout
+
+
+def test_views_are_back_and_exact_after_kill_9_mid_stream(broker, new_topic):
+    topic = new_topic(partitions=2)
+    bids = make_bids(30_000, seed=11)
+    clean = [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
+    produce_bids(broker, topic, clean[:15_000])
+    sql(broker, SOURCE.format(topic=topic))
+    sql(broker, VIEW)
+    # Kill while the pipeline is still reading the second half.
+    produce_bids(broker, topic, clean[15_000:])
+    broker.kill9()
+    broker.start(port=broker.port)
+    assert [r[0] for r in sql(broker, "SHOW VIEWS")["rows"]] == ["per_auction"]
+    watermark = max(b["_ts"] for b in bids) - 2000
+    wait_watermark(broker, "per_auction", watermark)
+    assert view_rows(broker) == expected_windows(bids, watermark)
