@@ -22,6 +22,12 @@ import fluxo_helpers as H
 T0 = 1_700_000_000_000  # ms
 
 
+def topic_with(broker, new_topic, partitions: int) -> str:
+    name = new_topic("sql")
+    H.create_topic(broker.bootstrap, name, partitions=partitions)
+    return name
+
+
 def sql(broker, statement: str, expect_status: int = 200) -> dict:
     host, port = broker.http_addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -105,7 +111,7 @@ def wait_watermark(broker, view: str, watermark_ms: int, timeout: float = 60) ->
 
 
 def test_tumbling_view_over_http_matches_the_events(broker, new_topic):
-    topic = new_topic(partitions=2)
+    topic = topic_with(broker, new_topic, 2)
     bids = make_bids(20_000)
     produce_bids(broker, topic, [{k: v for k, v in b.items() if k != "_ts"} for b in bids])
     assert sql(broker, SOURCE.format(topic=topic))["message"] == "CREATE SOURCE bids"
@@ -134,7 +140,7 @@ def test_tumbling_view_over_http_matches_the_events(broker, new_topic):
 
 
 def test_bad_statements_get_400_with_a_precise_error(broker, new_topic):
-    topic = new_topic(partitions=1)
+    topic = topic_with(broker, new_topic, 1)
     sql(broker, SOURCE.format(topic=topic))
     cases = {
         "SELEC 1": "syntax error",
@@ -170,7 +176,7 @@ def read_sse_events(resp, count: int, timeout: float = 30) -> list[tuple[str, di
 
 
 def test_changes_stream_as_server_sent_events(broker, new_topic):
-    topic = new_topic(partitions=1)
+    topic = topic_with(broker, new_topic, 1)
     sql(broker, SOURCE.format(topic=topic))
     sql(broker, "CREATE MATERIALIZED VIEW per_channel AS SELECT channel, count(*) AS n FROM bids GROUP BY channel")
     host, port = broker.http_addr.rsplit(":", 1)
@@ -191,7 +197,7 @@ def test_changes_stream_as_server_sent_events(broker, new_topic):
 
 
 def test_fluxo_sql_cli_runs_statements_and_reports_errors(broker, new_topic):
-    topic = new_topic(partitions=1)
+    topic = topic_with(broker, new_topic, 1)
     env = {"FLUXO_HTTP_ADDR": broker.http_addr, "PATH": "/usr/bin:/bin"}
     run = lambda *a, **kw: subprocess.run([H.fluxo_bin(), "sql", *a], capture_output=True, text=True,
                                           env=env, timeout=60, **kw)
@@ -209,7 +215,7 @@ def test_fluxo_sql_cli_runs_statements_and_reports_errors(broker, new_topic):
 
 
 def test_views_are_back_and_exact_after_kill_9_mid_stream(broker, new_topic):
-    topic = new_topic(partitions=2)
+    topic = topic_with(broker, new_topic, 2)
     bids = make_bids(30_000, seed=11)
     clean = [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
     produce_bids(broker, topic, clean[:15_000])
