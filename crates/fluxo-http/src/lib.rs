@@ -116,7 +116,10 @@ async fn sql(
     let Json(req) = body.map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("expected a JSON body {{\"sql\": \"...\"}}: {}", e.body_text()),
+            format!(
+                "expected a JSON body {{\"sql\": \"...\"}}: {}",
+                e.body_text()
+            ),
         )
     })?;
     let result = state.engine.execute_one(&req.sql).await?;
@@ -170,7 +173,12 @@ fn async_stream(
     subscription: fluxo_sql::view::Subscription,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(
-        (Some(snapshot_event(&subscription.snapshot)), subscription.changes, engine, name),
+        (
+            Some(snapshot_event(&subscription.snapshot)),
+            subscription.changes,
+            engine,
+            name,
+        ),
         |(first, mut rx, engine, name)| async move {
             if let Some(ev) = first {
                 return Some((Ok(ev), (None, rx, engine, name)));

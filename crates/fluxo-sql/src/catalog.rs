@@ -96,8 +96,18 @@ mod tests {
     fn entries_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::open(dir.path()).unwrap();
-        c.add(CatalogEntry { kind: "source".into(), name: "a".into(), sql: "CREATE SOURCE a".into() }).unwrap();
-        c.add(CatalogEntry { kind: "view".into(), name: "b".into(), sql: "CREATE MATERIALIZED VIEW b".into() }).unwrap();
+        c.add(CatalogEntry {
+            kind: "source".into(),
+            name: "a".into(),
+            sql: "CREATE SOURCE a".into(),
+        })
+        .unwrap();
+        c.add(CatalogEntry {
+            kind: "view".into(),
+            name: "b".into(),
+            sql: "CREATE MATERIALIZED VIEW b".into(),
+        })
+        .unwrap();
         c.remove("a").unwrap();
         let c = Catalog::open(dir.path()).unwrap();
         assert_eq!(c.entries().len(), 1);

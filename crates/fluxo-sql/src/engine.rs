@@ -218,10 +218,15 @@ impl Engine {
 
     fn create_source(&self, def: SourceDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
-            return Ok(QueryResult::message(format!("source {} already exists, skipped", def.name)));
+            return Ok(QueryResult::message(format!(
+                "source {} already exists, skipped",
+                def.name
+            )));
         }
-        def.options
-            .check_known("a source", &["connector", "topic", "format", "idle_timeout"])?;
+        def.options.check_known(
+            "a source",
+            &["connector", "topic", "format", "idle_timeout"],
+        )?;
         match def.options.get("connector").unwrap_or("topic") {
             "topic" => {}
             other => {
@@ -243,15 +248,22 @@ impl Engine {
             })?;
         }
         let name = def.name.clone();
-        self.objects.write().sources.insert(name.clone(), Arc::new(def));
+        self.objects
+            .write()
+            .sources
+            .insert(name.clone(), Arc::new(def));
         Ok(QueryResult::message(format!("CREATE SOURCE {name}")))
     }
 
     async fn create_view(&self, def: ViewDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
-            return Ok(QueryResult::message(format!("view {} already exists, skipped", def.name)));
+            return Ok(QueryResult::message(format!(
+                "view {} already exists, skipped",
+                def.name
+            )));
         }
-        def.options.check_known("a materialized view", &["allowed_lateness"])?;
+        def.options
+            .check_known("a materialized view", &["allowed_lateness"])?;
         let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
         let sources = self.objects.read().sources.clone();
         let dataflow = plan_dataflow(&sources, &def.query).await?;
@@ -283,12 +295,17 @@ impl Engine {
                 lateness_ms,
             }),
         );
-        Ok(QueryResult::message(format!("CREATE MATERIALIZED VIEW {name}")))
+        Ok(QueryResult::message(format!(
+            "CREATE MATERIALIZED VIEW {name}"
+        )))
     }
 
     fn create_sink(&self, def: SinkDef, _persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
-            return Ok(QueryResult::message(format!("sink {} already exists, skipped", def.name)));
+            return Ok(QueryResult::message(format!(
+                "sink {} already exists, skipped",
+                def.name
+            )));
         }
         if !self.objects.read().views.contains_key(&def.from) {
             return Err(SqlError::NotFound {
@@ -297,7 +314,8 @@ impl Engine {
             });
         }
         Err(SqlError::Plan(
-            "CREATE SINK is not available in this build yet; query the view or SUBSCRIBE to it".into(),
+            "CREATE SINK is not available in this build yet; query the view or SUBSCRIBE to it"
+                .into(),
         ))
     }
 
@@ -310,7 +328,10 @@ impl Engine {
         };
         if !exists {
             if if_exists {
-                return Ok(QueryResult::message(format!("{} {name} does not exist, skipped", kind.as_str())));
+                return Ok(QueryResult::message(format!(
+                    "{} {name} does not exist, skipped",
+                    kind.as_str()
+                )));
             }
             return Err(SqlError::NotFound {
                 kind: kind.as_str(),
@@ -418,9 +439,15 @@ impl Engine {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.0.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.1.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.2.as_str()),
+                )),
             ],
         )?;
         Ok(QueryResult::rows(schema, vec![batch]))
@@ -428,16 +455,17 @@ impl Engine {
 
     fn describe(&self, name: &str) -> Result<QueryResult> {
         let objects = self.objects.read();
-        let (schema, event_time): (Schema, Option<String>) = if let Some(s) = objects.sources.get(name) {
-            (s.schema(), s.watermark.as_ref().map(|w| w.column.clone()))
-        } else if let Some(v) = objects.views.get(name) {
-            (v.store.schema().as_ref().clone(), None)
-        } else {
-            return Err(SqlError::NotFound {
-                kind: "source or view",
-                name: name.to_string(),
-            });
-        };
+        let (schema, event_time): (Schema, Option<String>) =
+            if let Some(s) = objects.sources.get(name) {
+                (s.schema(), s.watermark.as_ref().map(|w| w.column.clone()))
+            } else if let Some(v) = objects.views.get(name) {
+                (v.store.schema().as_ref().clone(), None)
+            } else {
+                return Err(SqlError::NotFound {
+                    kind: "source or view",
+                    name: name.to_string(),
+                });
+            };
         let out_schema = Arc::new(Schema::new(vec![
             Field::new("column", DataType::Utf8, false),
             Field::new("type", DataType::Utf8, false),
@@ -448,11 +476,15 @@ impl Engine {
         let batch = RecordBatch::try_new(
             out_schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().as_str()))),
+                Arc::new(StringArray::from_iter_values(
+                    fields.iter().map(|f| f.name().as_str()),
+                )),
                 Arc::new(StringArray::from_iter_values(
                     fields.iter().map(|f| sql_type_name(f.data_type())),
                 )),
-                Arc::new(BooleanArray::from(fields.iter().map(|f| f.is_nullable()).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(
+                    fields.iter().map(|f| f.is_nullable()).collect::<Vec<_>>(),
+                )),
                 Arc::new(BooleanArray::from(
                     fields
                         .iter()
@@ -468,14 +500,27 @@ impl Engine {
         let query = match inner {
             Statement::CreateView(v) => v.query,
             Statement::Query(q) => q,
-            _ => return Err(SqlError::Plan("EXPLAIN takes a query or a CREATE MATERIALIZED VIEW".into())),
+            _ => {
+                return Err(SqlError::Plan(
+                    "EXPLAIN takes a query or a CREATE MATERIALIZED VIEW".into(),
+                ))
+            }
         };
         let sources = self.objects.read().sources.clone();
         let lines = match plan_dataflow(&sources, &query).await {
             Ok(dataflow) => {
                 let mut lines = vec!["continuous dataflow (source first):".to_string()];
                 lines.extend(dataflow.describe().into_iter().map(|l| format!("  {l}")));
-                lines.push(format!("  View: {}", dataflow.output_schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")));
+                lines.push(format!(
+                    "  View: {}",
+                    dataflow
+                        .output_schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
                 lines
             }
             Err(stream_err) => {

@@ -141,8 +141,14 @@ impl RecordDecoder {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -174,7 +180,12 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(out.bad, 0);
-        let ts = out.batch.column(1).as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
+        let ts = out
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
         assert_eq!(ts.values(), &[1704067201000, 1704067202000, 1704067203000]);
     }
 
@@ -192,7 +203,12 @@ mod tests {
             .unwrap();
         assert_eq!(out.bad, 3);
         assert!(out.first_error.is_some());
-        let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let ids = out
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(ids.values(), &[1, 5]);
         assert!(out.batch.column(1).is_null(0));
     }
@@ -200,7 +216,9 @@ mod tests {
     #[test]
     fn csv_lines() {
         let d = RecordDecoder::new(schema(), Format::Csv);
-        let out = d.decode(&[b"1,2024-01-01T00:00:01Z", b"2,2024-01-01T00:00:02Z\n"]).unwrap();
+        let out = d
+            .decode(&[b"1,2024-01-01T00:00:01Z", b"2,2024-01-01T00:00:02Z\n"])
+            .unwrap();
         assert_eq!(out.bad, 0);
         assert_eq!(out.batch.num_rows(), 2);
     }

@@ -1,10 +1,11 @@
 //! Query results as JSON: `{"columns": [...], "rows": [[...], ...]}`, with
 //! timestamps as ISO-8601 strings in UTC.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch,
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
-use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type, Float32Type, Float64Type, Date32Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{json, Value};
@@ -85,12 +86,18 @@ pub fn column_json(a: &ArrayRef) -> Vec<Value> {
         DataType::Float32 => a
             .as_primitive::<Float32Type>()
             .iter()
-            .map(|v| v.and_then(|v| serde_json::Number::from_f64(v as f64)).map_or(Value::Null, Value::Number))
+            .map(|v| {
+                v.and_then(|v| serde_json::Number::from_f64(v as f64))
+                    .map_or(Value::Null, Value::Number)
+            })
             .collect(),
         DataType::Float64 => a
             .as_primitive::<Float64Type>()
             .iter()
-            .map(|v| v.and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number))
+            .map(|v| {
+                v.and_then(serde_json::Number::from_f64)
+                    .map_or(Value::Null, Value::Number)
+            })
             .collect(),
         DataType::Boolean => a
             .as_boolean()
@@ -128,7 +135,9 @@ pub fn column_json(a: &ArrayRef) -> Vec<Value> {
             .iter()
             .map(|v| {
                 v.and_then(|d| DateTime::from_timestamp(d as i64 * 86_400, 0))
-                    .map_or(Value::Null, |d| Value::String(d.format("%Y-%m-%d").to_string()))
+                    .map_or(Value::Null, |d| {
+                        Value::String(d.format("%Y-%m-%d").to_string())
+                    })
             })
             .collect(),
         _ => formatted(a, &()),
@@ -174,7 +183,13 @@ mod tests {
 
     #[test]
     fn timestamps_are_iso_utc() {
-        let a: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![Some(1_704_067_201_250), None]));
-        assert_eq!(column_json(&a), vec![json!("2024-01-01T00:00:01.250Z"), Value::Null]);
+        let a: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![
+            Some(1_704_067_201_250),
+            None,
+        ]));
+        assert_eq!(
+            column_json(&a),
+            vec![json!("2024-01-01T00:00:01.250Z"), Value::Null]
+        );
     }
 }

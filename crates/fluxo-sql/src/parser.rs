@@ -283,7 +283,11 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         ast::Statement::Query(q) => Ok(Statement::Query(q)),
         other => {
             let text = other.to_string();
-            let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            let head: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
             Err(SqlError::Plan(format!(
                 "fluxo does not support {head} statements; see SHOW SOURCES, CREATE SOURCE, CREATE MATERIALIZED VIEW, CREATE SINK, SELECT, SUBSCRIBE"
             )))
@@ -429,7 +433,9 @@ fn parse_watermark(column: &str, expr: &Expr) -> Result<WatermarkDef> {
 /// The length of an `INTERVAL '5' SECOND` or `INTERVAL '5 seconds'` literal.
 pub fn interval_ms(expr: &Expr) -> Result<i64> {
     let Expr::Interval(interval) = expr else {
-        return Err(SqlError::Plan(format!("expected an INTERVAL, found {expr}")));
+        return Err(SqlError::Plan(format!(
+            "expected an INTERVAL, found {expr}"
+        )));
     };
     let text = match interval.value.as_ref() {
         Expr::Value(v) => match &v.value {
@@ -677,7 +683,8 @@ pub fn quote_ident(name: &str) -> String {
 mod tests {
     use super::*;
 
-    const BIDS: &str = "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+    const BIDS: &str =
+        "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
         date_time TIMESTAMP, extra TEXT,
         WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
       WITH (connector = 'topic', topic = 'bids', format = 'json')";
@@ -722,7 +729,10 @@ mod tests {
             "CREATE SOURCE s (t TIMESTAMP, WATERMARK FOR t AS t + INTERVAL '1' SECOND)",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("expected t or t - INTERVAL"), "{err}");
+        assert!(
+            err.to_string().contains("expected t or t - INTERVAL"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -738,7 +748,9 @@ mod tests {
         for stmt in &all {
             assert_eq!(&parse_statement_str(&stmt.to_string()).unwrap(), stmt);
         }
-        assert!(matches!(&all[0], Statement::CreateView(v) if v.options.duration_ms("allowed_lateness").unwrap() == Some(10_000)));
+        assert!(
+            matches!(&all[0], Statement::CreateView(v) if v.options.duration_ms("allowed_lateness").unwrap() == Some(10_000))
+        );
         assert_eq!(all[3], Statement::Show(ObjectKind::View));
     }
 

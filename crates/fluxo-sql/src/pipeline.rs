@@ -168,7 +168,9 @@ impl Runner {
                     StageRuntime::Session(SessionWindow::new(exprs.clone(), gap, lateness)?)
                 }
             },
-            Stage::Updating { exprs } => StageRuntime::Updating(UpdatingAggregate::new(exprs.clone())?),
+            Stage::Updating { exprs } => {
+                StageRuntime::Updating(UpdatingAggregate::new(exprs.clone())?)
+            }
         };
         Ok(Runner {
             name: spec.name,
@@ -230,9 +232,9 @@ impl Runner {
                     cursor.caught_up = true;
                     continue;
                 }
-                let bytes = log.read(cursor.offset, READ_BYTES).map_err(|e| {
-                    SqlError::Execution(format!("reading {}/{i}: {e}", self.topic))
-                })?;
+                let bytes = log
+                    .read(cursor.offset, READ_BYTES)
+                    .map_err(|e| SqlError::Execution(format!("reading {}/{i}: {e}", self.topic)))?;
                 let (values, next) = decode_records(bytes, cursor.offset)?;
                 cursor.offset = next.max(cursor.offset);
                 cursor.caught_up = cursor.offset >= end;
@@ -244,7 +246,9 @@ impl Runner {
                 let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
                 let decoded = self.decoder.decode(&slices)?;
                 if decoded.bad > 0 {
-                    self.stats.bad_records.fetch_add(decoded.bad as u64, Ordering::Relaxed);
+                    self.stats
+                        .bad_records
+                        .fetch_add(decoded.bad as u64, Ordering::Relaxed);
                     if let Some(e) = decoded.first_error {
                         *self.stats.last_error.lock() = Some(format!(
                             "skipped {} record(s) of {}/{i} that do not match source {}: {e}",
@@ -273,8 +277,13 @@ impl Runner {
                 let secs = rate_at.elapsed().as_secs_f64();
                 let now_in = self.stats.events_in.load(Ordering::Relaxed);
                 let now_out = self.stats.rows_out.load(Ordering::Relaxed);
-                self.stats.rate_in.store(((now_in - last_in) as f64 / secs) as u64, Ordering::Relaxed);
-                self.stats.rate_out.store(((now_out - last_out) as f64 / secs) as u64, Ordering::Relaxed);
+                self.stats
+                    .rate_in
+                    .store(((now_in - last_in) as f64 / secs) as u64, Ordering::Relaxed);
+                self.stats.rate_out.store(
+                    ((now_out - last_out) as f64 / secs) as u64,
+                    Ordering::Relaxed,
+                );
                 (last_in, last_out, rate_at) = (now_in, now_out, Instant::now());
             }
             if !progressed {
@@ -305,8 +314,12 @@ impl Runner {
             StageRuntime::Updating(u) => (u.groups(), 0),
             StageRuntime::None => (0, 0),
         };
-        self.stats.open_windows.store(open as u64, Ordering::Relaxed);
-        self.stats.state_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.stats
+            .open_windows
+            .store(open as u64, Ordering::Relaxed);
+        self.stats
+            .state_bytes
+            .store(bytes as u64, Ordering::Relaxed);
     }
 
     fn is_idle(&self, c: &PartitionCursor) -> bool {
@@ -317,7 +330,10 @@ impl Runner {
         let Some(w) = &self.dataflow.scan.source.watermark else {
             return now_ms();
         };
-        let of = |c: &PartitionCursor| c.max_event_time.map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms));
+        let of = |c: &PartitionCursor| {
+            c.max_event_time
+                .map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms))
+        };
         let active: Vec<i64> = self
             .partitions
             .iter()
@@ -346,7 +362,10 @@ impl Runner {
                     .ok_or_else(|| SqlError::Internal("watermark column vanished".into()))?;
                 let column = arrow::compute::cast(
                     batch.column(idx),
-                    &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                    &arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Millisecond,
+                        None,
+                    ),
                 )?;
                 let ts = column
                     .as_any()
@@ -354,7 +373,9 @@ impl Runner {
                     .ok_or_else(|| SqlError::Internal("event time is not a timestamp".into()))?;
                 if ts.null_count() > 0 {
                     let nulls = ts.null_count();
-                    self.stats.bad_records.fetch_add(nulls as u64, Ordering::Relaxed);
+                    self.stats
+                        .bad_records
+                        .fetch_add(nulls as u64, Ordering::Relaxed);
                     *self.stats.last_error.lock() = Some(format!(
                         "skipped {nulls} record(s) without a value for the event-time column {}",
                         w.column
@@ -506,8 +527,9 @@ fn decode_records(mut bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
     while bytes.len() >= 61 {
         let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
         let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
-        let set = RecordBatchDecoder::decode(&mut bytes)
-            .map_err(|e| SqlError::Execution(format!("corrupt record batch at offset {base}: {e}")))?;
+        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+            SqlError::Execution(format!("corrupt record batch at offset {base}: {e}"))
+        })?;
         for r in set.records {
             if r.offset < from || r.control {
                 continue;

@@ -25,7 +25,9 @@ use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
 use crate::dataflow::stateless::StatelessOp;
 use crate::error::{Result, SqlError};
 use crate::parser::SourceDef;
-use crate::source::{ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction};
+use crate::source::{
+    ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction,
+};
 
 /// The stateful part of a dataflow, if any.
 #[derive(Debug, Clone)]
@@ -66,10 +68,7 @@ impl Dataflow {
             source.push_str(&format!(" (topic {topic})"));
         }
         match &self.scan.source.watermark {
-            Some(w) => source.push_str(&format!(
-                ", watermark {} - {} ms",
-                w.column, w.delay_ms
-            )),
+            Some(w) => source.push_str(&format!(", watermark {} - {} ms", w.column, w.delay_ms)),
             None => source.push_str(", processing time"),
         }
         lines.push(source);
@@ -82,13 +81,33 @@ impl Dataflow {
             }
             Stage::Window { spec, exprs } => lines.push(format!(
                 "WindowAggregate: {spec}, keys [{}], aggregates [{}]",
-                exprs.key_exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
-                exprs.aggs.iter().map(|a| a.name().to_string()).collect::<Vec<_>>().join(", ")
+                exprs
+                    .key_exprs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                exprs
+                    .aggs
+                    .iter()
+                    .map(|a| a.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             Stage::Updating { exprs } => lines.push(format!(
                 "UpdatingAggregate: keys [{}], aggregates [{}]",
-                exprs.key_exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
-                exprs.aggs.iter().map(|a| a.name().to_string()).collect::<Vec<_>>().join(", ")
+                exprs
+                    .key_exprs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                exprs
+                    .aggs
+                    .iter()
+                    .map(|a| a.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
         lines.extend(self.post.iter().map(|op| op.describe()));
@@ -189,7 +208,11 @@ fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
     let mut i = 1;
     while i < chain.len() {
         let node = &chain[i];
-        let ops = if matches!(stage, Stage::None) { &mut pre } else { &mut post };
+        let ops = if matches!(stage, Stage::None) {
+            &mut pre
+        } else {
+            &mut post
+        };
         if let Some(f) = node.downcast_ref::<FilterExec>() {
             ops.push(StatelessOp::Filter {
                 predicate: f.predicate().clone(),
@@ -210,7 +233,8 @@ fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
                 });
             }
         } else if let Some(p) = node.downcast_ref::<ProjectionExec>() {
-            let exprs: Vec<Arc<dyn PhysicalExpr>> = p.expr().iter().map(|e| e.expr.clone()).collect();
+            let exprs: Vec<Arc<dyn PhysicalExpr>> =
+                p.expr().iter().map(|e| e.expr.clone()).collect();
             window_cols = remap_window_cols(&window_cols, &exprs);
             ops.push(StatelessOp::Project {
                 exprs,
@@ -226,8 +250,12 @@ fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
             // A two-phase aggregation: plan from the first phase, output
             // the final phase's schema.
             let (first, output_schema) = match agg.mode() {
-                AggregateMode::Single | AggregateMode::SinglePartitioned | AggregateMode::Partial => (agg, agg.schema()),
-                AggregateMode::Final | AggregateMode::FinalPartitioned | AggregateMode::PartialReduce => {
+                AggregateMode::Single
+                | AggregateMode::SinglePartitioned
+                | AggregateMode::Partial => (agg, agg.schema()),
+                AggregateMode::Final
+                | AggregateMode::FinalPartitioned
+                | AggregateMode::PartialReduce => {
                     return Err(SqlError::Internal(
                         "final aggregation without its partial phase".into(),
                     ))

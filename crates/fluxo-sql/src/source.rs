@@ -34,11 +34,18 @@ pub const WINDOW_END: &str = "window_end";
 /// How events are grouped in time. All lengths in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
-    Tumble { size: i64 },
+    Tumble {
+        size: i64,
+    },
     /// Windows of `size` starting every `slide`; `size` is a multiple of
     /// `slide`, so a window is the union of `size / slide` panes.
-    Hop { slide: i64, size: i64 },
-    Session { gap: i64 },
+    Hop {
+        slide: i64,
+        size: i64,
+    },
+    Session {
+        gap: i64,
+    },
 }
 
 impl WindowSpec {
@@ -90,7 +97,12 @@ impl ScanInfo {
 }
 
 fn full_schema(source: &SourceDef, windowed: bool) -> SchemaRef {
-    let mut fields: Vec<Field> = source.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = source
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     if windowed {
         fields.push(Field::new(WINDOW_START, window_type(), false));
         fields.push(Field::new(WINDOW_END, window_type(), false));
@@ -155,7 +167,10 @@ pub struct SourceScanExec {
 impl SourceScanExec {
     fn new(info: ScanInfo) -> SourceScanExec {
         let full = info.full_schema();
-        let schema = Arc::new(full.project(&info.projection).unwrap_or_else(|_| (*full).clone()));
+        let schema = Arc::new(
+            full.project(&info.projection)
+                .unwrap_or_else(|_| (*full).clone()),
+        );
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
@@ -263,16 +278,26 @@ impl TableFunctionImpl for WindowTableFunction {
             plan_datafusion_err!("{name}: there is no source named {}", source_col.name)
         })?;
         let Expr::Column(time_col) = &exprs[1] else {
-            return plan_err!("{name}: the second argument must be a TIMESTAMP column of {}: {usage}", source.name);
+            return plan_err!(
+                "{name}: the second argument must be a TIMESTAMP column of {}: {usage}",
+                source.name
+            );
         };
         let time_index = source
             .columns
             .iter()
             .position(|c| c.name == time_col.name)
             .ok_or_else(|| {
-                plan_datafusion_err!("{name}: source {} has no column {}", source.name, time_col.name)
+                plan_datafusion_err!(
+                    "{name}: source {} has no column {}",
+                    source.name,
+                    time_col.name
+                )
             })?;
-        if !matches!(source.columns[time_index].data_type, DataType::Timestamp(_, _)) {
+        if !matches!(
+            source.columns[time_index].data_type,
+            DataType::Timestamp(_, _)
+        ) {
             return plan_err!(
                 "{name}: column {} of {} is {}, not a TIMESTAMP",
                 time_col.name,

@@ -51,7 +51,11 @@ fn append(store: &LogStore, topic: &str, partition: i32, values: &[String]) {
             .collect();
         let batch = encode_batch(&records, Compression::None).unwrap();
         let mut bytes = batch.to_vec();
-        store.partition(topic, partition).unwrap().append(&mut bytes).unwrap();
+        store
+            .partition(topic, partition)
+            .unwrap()
+            .append(&mut bytes)
+            .unwrap();
     }
 }
 
@@ -79,14 +83,24 @@ fn generate(n: usize) -> (Vec<Bid>, [Vec<String>; 2]) {
 }
 
 async fn rows(engine: &Engine, sql: &str) -> Vec<Vec<Value>> {
-    let r = engine.execute_one(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let r = engine
+        .execute_one(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let v = r.to_json();
-    v["rows"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().clone()).collect()
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().clone())
+        .collect()
 }
 
 fn ts(v: &Value) -> i64 {
     let s = v.as_str().unwrap();
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_millis()
 }
 
 async fn wait_for_watermark(engine: &Engine, views: &[&str], watermark: i64, events: u64) {
@@ -98,14 +112,18 @@ async fn wait_for_watermark(engine: &Engine, views: &[&str], watermark: i64, eve
             ps.iter().any(|p| {
                 &p.name == v
                     && p.events_in == events
-                    && (p.watermark.as_deref() == Some(want.as_str()) || p.operators.iter().all(|o| !o.contains("Window")))
+                    && (p.watermark.as_deref() == Some(want.as_str())
+                        || p.operators.iter().all(|o| !o.contains("Window")))
             })
         });
         if done {
             return;
         }
         if Instant::now() > deadline {
-            panic!("pipelines did not catch up: {}", serde_json::to_string_pretty(&ps).unwrap());
+            panic!(
+                "pipelines did not catch up: {}",
+                serde_json::to_string_pretty(&ps).unwrap()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -115,12 +133,19 @@ async fn wait_for_watermark(engine: &Engine, views: &[&str], watermark: i64, eve
 async fn windowed_and_updating_views_match_an_independent_computation() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LogStore::open(dir.path()).unwrap());
-    store.create_topic("bids", 3, TopicConfig::default()).unwrap();
+    store
+        .create_topic("bids", 3, TopicConfig::default())
+        .unwrap();
     let (bids, parts) = generate(30_000);
     append(&store, "bids", 0, &parts[0]);
     append(&store, "bids", 1, &parts[1]);
     // Two records that do not match the schema: skipped and counted.
-    append(&store, "bids", 1, &["not json".to_string(), r#"{"auction": "x"}"#.to_string()]);
+    append(
+        &store,
+        "bids",
+        1,
+        &["not json".to_string(), r#"{"auction": "x"}"#.to_string()],
+    );
     let engine = Engine::open(store.clone(), dir.path()).await.unwrap();
     engine
         .execute(&format!(
@@ -145,7 +170,13 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
         .unwrap();
     let max_ts = bids.iter().map(|b| b.ts).max().unwrap();
     let watermark = max_ts - DELAY_MS;
-    wait_for_watermark(&engine, &["tumble", "hop", "sessions", "per_channel", "web"], watermark, bids.len() as u64).await;
+    wait_for_watermark(
+        &engine,
+        &["tumble", "hop", "sessions", "per_channel", "web"],
+        watermark,
+        bids.len() as u64,
+    )
+    .await;
 
     // Tumbling: every window that ended by the watermark, exactly.
     let mut expected: BTreeMap<(i64, i64), (i64, i64, i64, i64)> = BTreeMap::new();
@@ -154,7 +185,9 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
         if start + 10_000 > watermark {
             continue;
         }
-        let e = expected.entry((b.auction, start)).or_insert((0, 0, i64::MAX, i64::MIN));
+        let e = expected
+            .entry((b.auction, start))
+            .or_insert((0, 0, i64::MAX, i64::MIN));
         e.0 += 1;
         e.1 += b.price;
         e.2 = e.2.min(b.price);
@@ -167,7 +200,12 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
             assert_eq!(ts(&r[2]) - ts(&r[1]), 10_000);
             (
                 (r[0].as_i64().unwrap(), ts(&r[1])),
-                (r[3].as_i64().unwrap(), r[4].as_i64().unwrap(), r[5].as_i64().unwrap(), r[6].as_i64().unwrap()),
+                (
+                    r[3].as_i64().unwrap(),
+                    r[4].as_i64().unwrap(),
+                    r[5].as_i64().unwrap(),
+                    r[6].as_i64().unwrap(),
+                ),
             )
         })
         .collect();
@@ -188,12 +226,19 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
             e.1.insert(b.bidder);
         }
     }
-    let expected: BTreeMap<(i64, i64), (i64, i64)> =
-        expected.into_iter().map(|(k, (n, s))| (k, (n, s.len() as i64))).collect();
+    let expected: BTreeMap<(i64, i64), (i64, i64)> = expected
+        .into_iter()
+        .map(|(k, (n, s))| (k, (n, s.len() as i64)))
+        .collect();
     let got: BTreeMap<(i64, i64), (i64, i64)> = rows(&engine, "SELECT * FROM hop")
         .await
         .iter()
-        .map(|r| ((r[0].as_i64().unwrap(), ts(&r[1])), (r[3].as_i64().unwrap(), r[4].as_i64().unwrap())))
+        .map(|r| {
+            (
+                (r[0].as_i64().unwrap(), ts(&r[1])),
+                (r[3].as_i64().unwrap(), r[4].as_i64().unwrap()),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "hopping windows");
 
@@ -226,7 +271,14 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
     let got: BTreeSet<(i64, i64, i64, i64)> = rows(&engine, "SELECT * FROM sessions")
         .await
         .iter()
-        .map(|r| (r[0].as_i64().unwrap(), ts(&r[1]), ts(&r[2]), r[3].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r[0].as_i64().unwrap(),
+                ts(&r[1]),
+                ts(&r[2]),
+                r[3].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "session windows");
 
@@ -240,42 +292,92 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
     let got: BTreeMap<String, (i64, i64)> = rows(&engine, "SELECT * FROM per_channel")
         .await
         .iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), (r[1].as_i64().unwrap(), r[2].as_i64().unwrap())))
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                (r[1].as_i64().unwrap(), r[2].as_i64().unwrap()),
+            )
+        })
         .collect();
     assert_eq!(got, expected, "updating aggregate");
 
     // Filter and projection, and a pull query with WHERE/ORDER BY/LIMIT.
-    let web: Vec<i64> = bids.iter().filter(|b| b.channel == "web").map(|b| b.price * 2).collect();
+    let web: Vec<i64> = bids
+        .iter()
+        .filter(|b| b.channel == "web")
+        .map(|b| b.price * 2)
+        .collect();
     let got = rows(&engine, "SELECT count(*), sum(doubled) FROM web").await;
     assert_eq!(got[0][0].as_i64().unwrap(), web.len() as i64);
     assert_eq!(got[0][1].as_i64().unwrap(), web.iter().sum::<i64>());
-    let top = rows(&engine, "SELECT doubled FROM web WHERE doubled > 10 ORDER BY doubled DESC LIMIT 3").await;
+    let top = rows(
+        &engine,
+        "SELECT doubled FROM web WHERE doubled > 10 ORDER BY doubled DESC LIMIT 3",
+    )
+    .await;
     let mut sorted = web.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(top.iter().map(|r| r[0].as_i64().unwrap()).collect::<Vec<_>>(), sorted[..3].to_vec());
+    assert_eq!(
+        top.iter()
+            .map(|r| r[0].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        sorted[..3].to_vec()
+    );
 
     let status = engine.pipelines();
     for p in &status {
-        assert_eq!(p.late_events, 0, "{}: no event was behind the watermark", p.name);
-        assert_eq!(p.bad_records, 2, "{}: the two bad records are counted", p.name);
-        assert!(p.last_error.as_deref().unwrap_or("").contains("do not match source bids"), "{:?}", p.last_error);
+        assert_eq!(
+            p.late_events, 0,
+            "{}: no event was behind the watermark",
+            p.name
+        );
+        assert_eq!(
+            p.bad_records, 2,
+            "{}: the two bad records are counted",
+            p.name
+        );
+        assert!(
+            p.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("do not match source bids"),
+            "{:?}",
+            p.last_error
+        );
     }
 
     // Late events: behind every window's end, counted and ignored.
     let late: Vec<String> = (0..5)
-        .map(|i| bid_json(&Bid { auction: 1, bidder: 1, price: 1, channel: "web", ts: T0 + i }, false))
+        .map(|i| {
+            bid_json(
+                &Bid {
+                    auction: 1,
+                    bidder: 1,
+                    price: 1,
+                    channel: "web",
+                    ts: T0 + i,
+                },
+                false,
+            )
+        })
         .collect();
     append(&store, "bids", 0, &late);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let p = engine.pipelines().into_iter().find(|p| p.name == "tumble").unwrap();
+        let p = engine
+            .pipelines()
+            .into_iter()
+            .find(|p| p.name == "tumble")
+            .unwrap();
         if p.late_events == 5 {
             break;
         }
         assert!(Instant::now() < deadline, "late events not counted: {p:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got: usize = rows(&engine, "SELECT count(*) FROM tumble").await[0][0].as_i64().unwrap() as usize;
+    let got: usize = rows(&engine, "SELECT count(*) FROM tumble").await[0][0]
+        .as_i64()
+        .unwrap() as usize;
     assert_eq!(got, expected_tumble_count(&bids, watermark));
     engine.shutdown();
 }
@@ -295,12 +397,21 @@ async fn the_catalog_survives_a_restart_and_views_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LogStore::open(dir.path()).unwrap());
     store.create_topic("t", 1, TopicConfig::default()).unwrap();
-    append(&store, "t", 0, &(0..100).map(|i| format!(r#"{{"k": {}, "v": {i}}}"#, i % 3)).collect::<Vec<_>>());
+    append(
+        &store,
+        "t",
+        0,
+        &(0..100)
+            .map(|i| format!(r#"{{"k": {}, "v": {i}}}"#, i % 3))
+            .collect::<Vec<_>>(),
+    );
     {
         let engine = Engine::open(store.clone(), dir.path()).await.unwrap();
         engine
-            .execute("CREATE SOURCE s (k BIGINT, v BIGINT) WITH (topic = 't');
-                      CREATE MATERIALIZED VIEW sums AS SELECT k, sum(v) AS total FROM s GROUP BY k")
+            .execute(
+                "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (topic = 't');
+                      CREATE MATERIALIZED VIEW sums AS SELECT k, sum(v) AS total FROM s GROUP BY k",
+            )
             .await
             .unwrap();
         engine.shutdown();
@@ -309,8 +420,15 @@ async fn the_catalog_survives_a_restart_and_views_are_rebuilt() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let got = rows(&engine, "SELECT k, total FROM sums ORDER BY k").await;
-        let want: Vec<i64> = (0..3).map(|k| (0..100).filter(|i| i % 3 == k).sum()).collect();
-        if got.iter().map(|r| r[1].as_i64().unwrap()).collect::<Vec<_>>() == want {
+        let want: Vec<i64> = (0..3)
+            .map(|k| (0..100).filter(|i| i % 3 == k).sum())
+            .collect();
+        if got
+            .iter()
+            .map(|r| r[1].as_i64().unwrap())
+            .collect::<Vec<_>>()
+            == want
+        {
             break;
         }
         assert!(Instant::now() < deadline, "view not rebuilt: {got:?}");
@@ -320,7 +438,10 @@ async fn the_catalog_survives_a_restart_and_views_are_rebuilt() {
     assert_eq!(shown[0][0], "sums");
     let err = engine.execute_one("DROP SOURCE s").await.unwrap_err();
     assert!(err.to_string().contains("views sums read from it"), "{err}");
-    engine.execute_one("DROP MATERIALIZED VIEW sums").await.unwrap();
+    engine
+        .execute_one("DROP MATERIALIZED VIEW sums")
+        .await
+        .unwrap();
     engine.execute_one("DROP SOURCE s").await.unwrap();
     engine.shutdown();
     let engine = Engine::open(store, dir.path()).await.unwrap();
@@ -353,6 +474,9 @@ async fn bad_statements_get_precise_errors() {
     for (sql, want) in cases {
         let err = engine.execute_one(sql).await.unwrap_err();
         assert!(err.is_user_error(), "{sql}: {err}");
-        assert!(err.to_string().contains(want), "{sql}: got {err}, want {want}");
+        assert!(
+            err.to_string().contains(want),
+            "{sql}: got {err}, want {want}"
+        );
     }
 }

@@ -224,7 +224,8 @@ impl AggregateExprs {
         Ok(RecordBatch::try_new_with_options(
             self.output_schema.clone(),
             columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(keys.first().map_or(0, |k| k.len()))),
+            &arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(keys.first().map_or(0, |k| k.len()))),
         )?)
     }
 }

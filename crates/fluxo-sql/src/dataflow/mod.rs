@@ -54,7 +54,9 @@ impl Changes {
                     .as_any()
                     .downcast_ref::<BooleanArray>()
                     .cloned()
-                    .ok_or_else(|| crate::SqlError::Internal("filter changed an array's type".into()))?,
+                    .ok_or_else(|| {
+                        crate::SqlError::Internal("filter changed an array's type".into())
+                    })?,
             ),
         };
         Ok(Changes { batch, signs })

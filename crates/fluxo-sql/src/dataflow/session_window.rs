@@ -126,11 +126,7 @@ impl SessionWindow {
                 target.end = target.end.max(absorbed.end);
                 self.by_end.remove(&(old_end, keep));
                 self.by_end.insert((target.end, keep));
-                for (acc, mut from) in target
-                    .accumulators
-                    .iter_mut()
-                    .zip(absorbed.accumulators)
-                {
+                for (acc, mut from) in target.accumulators.iter_mut().zip(absorbed.accumulators) {
                     let state = from.state()?;
                     let arrays = state
                         .iter()

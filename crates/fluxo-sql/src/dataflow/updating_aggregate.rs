@@ -57,7 +57,8 @@ impl UpdatingAggregate {
             return Ok(Vec::new());
         }
         self.started = true;
-        let key_column = std::sync::Arc::new(BooleanArray::from(vec![true])) as arrow::array::ArrayRef;
+        let key_column =
+            std::sync::Arc::new(BooleanArray::from(vec![true])) as arrow::array::ArrayRef;
         let rows = self.converter.convert_columns(&[key_column])?;
         let key: Box<[u8]> = rows.row(0).as_ref().into();
         self.index.insert(key.clone(), 0);
@@ -103,7 +104,8 @@ impl UpdatingAggregate {
             update_row_accumulators(&mut self.groups[touched[0]].accumulators, &input)?;
         } else {
             for g in &touched {
-                let taken = input.take(&UInt32Array::from(rows_of.remove(g).unwrap_or_default()))?;
+                let taken =
+                    input.take(&UInt32Array::from(rows_of.remove(g).unwrap_or_default()))?;
                 update_row_accumulators(&mut self.groups[*g].accumulators, &taken)?;
             }
         }
@@ -142,11 +144,9 @@ impl UpdatingAggregate {
             return Ok(Vec::new());
         }
         let parser = self.converter.parser();
-        let keys = self.converter.convert_rows(
-            keys_out
-                .iter()
-                .map(|g| parser.parse(&self.groups[*g].key)),
-        )?;
+        let keys = self
+            .converter
+            .convert_rows(keys_out.iter().map(|g| parser.parse(&self.groups[*g].key)))?;
         let values = scalars_to_arrays(&self.exprs, columns)?;
         let batch = self.exprs.assemble(&keys, None, values)?;
         let all_inserts = signs.iter().all(|s| *s);

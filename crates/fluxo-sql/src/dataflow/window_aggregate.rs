@@ -256,16 +256,25 @@ impl WindowAggregate {
         // events may still change it.
         let needed_later = |p: i64| p + self.size > end || p.saturating_add(horizon) > watermark;
         let (keys, values) = if pane_starts.len() == 1 && !needed_later(pane_starts[0]) {
-            let pane = self.panes.remove(&pane_starts[0]).expect("pane listed above");
+            let pane = self
+                .panes
+                .remove(&pane_starts[0])
+                .expect("pane listed above");
             pane.evaluate()?
         } else {
             let mut merged = Pane::new(&self.exprs)?;
             for p in pane_starts {
                 let keep = needed_later(p);
                 let snapshot = if keep {
-                    self.panes.get_mut(&p).expect("pane listed above").snapshot(&self.exprs, true)?
+                    self.panes
+                        .get_mut(&p)
+                        .expect("pane listed above")
+                        .snapshot(&self.exprs, true)?
                 } else {
-                    self.panes.remove(&p).expect("pane listed above").snapshot(&self.exprs, false)?
+                    self.panes
+                        .remove(&p)
+                        .expect("pane listed above")
+                        .snapshot(&self.exprs, false)?
                 };
                 merged.merge(&snapshot)?;
             }
@@ -278,7 +287,11 @@ impl WindowAggregate {
 
     pub fn state_size(&self) -> usize {
         self.panes.values().map(|p| p.size()).sum::<usize>()
-            + self.emitted.values().map(|b| b.get_array_memory_size()).sum::<usize>()
+            + self
+                .emitted
+                .values()
+                .map(|b| b.get_array_memory_size())
+                .sum::<usize>()
     }
 
     pub fn open_windows(&self) -> usize {

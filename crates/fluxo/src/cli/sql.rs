@@ -35,7 +35,8 @@ async fn run_script(addr: &str, script: &str) -> anyhow::Result<()> {
     if let Some(view) = subscribe_target(trimmed) {
         return subscribe(addr, &view).await;
     }
-    let (status, body) = post_json(addr, "/api/v1/sql", &serde_json::json!({"sql": script})).await?;
+    let (status, body) =
+        post_json(addr, "/api/v1/sql", &serde_json::json!({"sql": script})).await?;
     let value: Value = serde_json::from_slice(&body)
         .with_context(|| format!("the server answered {status} with a body that is not JSON"))?;
     if status != 200 {
@@ -56,7 +57,14 @@ async fn repl(addr: &str) -> anyhow::Result<()> {
     }
     loop {
         if interactive {
-            eprint!("{}", if buffer.is_empty() { "fluxo> " } else { "   ...> " });
+            eprint!(
+                "{}",
+                if buffer.is_empty() {
+                    "fluxo> "
+                } else {
+                    "   ...> "
+                }
+            );
             let _ = std::io::stderr().flush();
         }
         let mut line = String::new();
@@ -148,7 +156,9 @@ async fn subscribe(addr: &str, view: &str) -> anyhow::Result<()> {
     let mut event = String::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         pending.push_str(&String::from_utf8_lossy(data));
         while let Some(pos) = pending.find('\n') {
             let line: String = pending.drain(..=pos).collect();
@@ -206,7 +216,11 @@ fn print_result(v: &Value) {
         .as_array()
         .map(|rows| {
             rows.iter()
-                .map(|r| r.as_array().map(|c| c.iter().map(cell).collect()).unwrap_or_default())
+                .map(|r| {
+                    r.as_array()
+                        .map(|c| c.iter().map(cell).collect())
+                        .unwrap_or_default()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -229,12 +243,20 @@ fn print_result(v: &Value) {
     println!("{}", line(&columns));
     println!(
         "{}",
-        widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+")
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
     );
     for r in &rows {
         println!("{}", line(r));
     }
-    println!("({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    println!(
+        "({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
 }
 
 #[cfg(test)]
@@ -244,7 +266,10 @@ mod tests {
     #[test]
     fn subscribe_statements_are_recognised() {
         assert_eq!(subscribe_target("SUBSCRIBE v"), Some("v".into()));
-        assert_eq!(subscribe_target("subscribe to My_View"), Some("my_view".into()));
+        assert_eq!(
+            subscribe_target("subscribe to My_View"),
+            Some("my_view".into())
+        );
         assert_eq!(subscribe_target("SELECT 1"), None);
     }
 }
