@@ -5,7 +5,6 @@
 //! start the engine replays the statements and every pipeline runs again.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -71,18 +70,9 @@ impl Catalog {
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| SqlError::Internal(format!("cannot encode the catalog: {e}")))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |e| SqlError::io(tmp.display(), e);
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(|e| SqlError::io(self.path.display(), e))?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        fluxo_log::segment::write_atomically(&self.path, &bytes).map_err(|e| {
+            SqlError::Execution(format!("cannot write {}: {e}", self.path.display()))
+        })?;
         self.entries = file.entries;
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! time); pull queries run concurrently on snapshots of the views.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,12 +19,17 @@ use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogEntry};
+use crate::checkpoint::{checkpoint_dir, CheckpointStore};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{plan_dataflow, planning_context, Dataflow};
+use crate::sink::{TopicSink, TopicSinkConfig};
 use crate::view::{Subscription, ViewStore};
+
+/// How often a pipeline checkpoints unless its view says otherwise.
+const DEFAULT_CHECKPOINT_INTERVAL_MS: i64 = 10_000;
 
 /// What a statement returned.
 #[derive(Debug, Clone)]
@@ -90,6 +95,8 @@ struct Objects {
 
 pub struct Engine {
     store: Arc<LogStore>,
+    /// `data_dir/sql`: the catalog and the pipelines' checkpoints.
+    sql_dir: PathBuf,
     catalog: parking_lot::Mutex<Catalog>,
     objects: RwLock<Objects>,
     ddl: tokio::sync::Mutex<()>,
@@ -115,17 +122,19 @@ pub struct PipelineStatus {
     pub state_bytes: u64,
     pub view_rows: u64,
     pub last_error: Option<String>,
-    pub last_checkpoint: Option<String>,
+    pub last_checkpoint: Option<pipeline::CheckpointInfo>,
     pub partitions: Vec<pipeline::PartitionProgress>,
 }
 
 impl Engine {
     /// Opens the engine over `store`, replaying the catalog in `data_dir/sql`.
     pub async fn open(store: Arc<LogStore>, data_dir: &Path) -> Result<Arc<Engine>> {
-        let catalog = Catalog::open(&data_dir.join("sql"))?;
+        let sql_dir = data_dir.join("sql");
+        let catalog = Catalog::open(&sql_dir)?;
         let entries = catalog.entries().to_vec();
         let engine = Arc::new(Engine {
             store,
+            sql_dir,
             catalog: parking_lot::Mutex::new(catalog),
             objects: RwLock::new(Objects::default()),
             ddl: tokio::sync::Mutex::new(()),
@@ -139,6 +148,10 @@ impl Engine {
             if let Err(e) = restored {
                 tracing::error!(name = %entry.name, error = %e, "cannot restore {} from the catalog", entry.kind);
             }
+        }
+        // Every view has its sinks now: let the pipelines run.
+        for view in engine.objects.read().views.values() {
+            view.pipeline.resume();
         }
         Ok(engine)
     }
@@ -262,27 +275,47 @@ impl Engine {
                 def.name
             )));
         }
-        def.options
-            .check_known("a materialized view", &["allowed_lateness"])?;
+        def.options.check_known(
+            "a materialized view",
+            &["allowed_lateness", "checkpoint_interval"],
+        )?;
         let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
+        let checkpoint_interval_ms = def
+            .options
+            .duration_ms("checkpoint_interval")?
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+        if checkpoint_interval_ms < 100 {
+            return Err(SqlError::Plan(format!(
+                "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
+            )));
+        }
         let sources = self.objects.read().sources.clone();
         let dataflow = plan_dataflow(&sources, &def.query).await?;
         let store = Arc::new(ViewStore::new(dataflow.output_schema.clone())?);
+        let definition = Statement::CreateView(def.clone()).to_string();
+        let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
         if persist {
+            // A new view never resumes from what a dropped one of the same
+            // name left behind.
+            checkpoints.remove()?;
             self.catalog.lock().add(CatalogEntry {
                 kind: "view".into(),
                 name: def.name.clone(),
-                sql: Statement::CreateView(def.clone()).to_string(),
+                sql: definition.clone(),
             })?;
         }
         let pipeline = pipeline::start(
             PipelineSpec {
                 name: def.name.clone(),
+                definition,
                 dataflow: dataflow.clone(),
                 view: store.clone(),
                 allowed_lateness_ms: lateness_ms,
+                checkpoints,
+                checkpoint_interval_ms,
             },
             self.store.clone(),
+            !persist,
         )?;
         let name = def.name.clone();
         self.objects.write().views.insert(
@@ -300,23 +333,63 @@ impl Engine {
         )))
     }
 
-    fn create_sink(&self, def: SinkDef, _persist: bool) -> Result<QueryResult> {
+    fn create_sink(&self, def: SinkDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
             return Ok(QueryResult::message(format!(
                 "sink {} already exists, skipped",
                 def.name
             )));
         }
-        if !self.objects.read().views.contains_key(&def.from) {
-            return Err(SqlError::NotFound {
-                kind: "view",
-                name: def.from.clone(),
-            });
+        let view = {
+            let objects = self.objects.read();
+            match objects.views.get(&def.from) {
+                Some(v) => v.clone(),
+                None if objects.sources.contains_key(&def.from) => {
+                    return Err(SqlError::Plan(format!(
+                        "sinks read from a materialized view, and {0} is a source; \
+                         create one first: CREATE MATERIALIZED VIEW {0}_out AS SELECT * FROM {0}",
+                        def.from
+                    )))
+                }
+                None => {
+                    return Err(SqlError::NotFound {
+                        kind: "view",
+                        name: def.from.clone(),
+                    })
+                }
+            }
+        };
+        match def.options.get("connector").unwrap_or("topic") {
+            "topic" => {}
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "connector '{other}' is not supported for sinks yet; use connector = 'topic'"
+                )))
+            }
         }
-        Err(SqlError::Plan(
-            "CREATE SINK is not available in this build yet; query the view or SUBSCRIBE to it"
-                .into(),
-        ))
+        let config = TopicSinkConfig::from_def(&def, view.store.schema())?;
+        if config.key.is_empty() && !view.dataflow.is_append_only(view.lateness_ms) {
+            return Err(SqlError::Plan(format!(
+                "view {} is updating (its rows change as events arrive), so a sink needs a key to \
+                 write updates as upserts and deletes as tombstones: add key = '<columns>' to WITH",
+                def.from
+            )));
+        }
+        if persist {
+            self.catalog.lock().add(CatalogEntry {
+                kind: "sink".into(),
+                name: def.name.clone(),
+                sql: Statement::CreateSink(def.clone()).to_string(),
+            })?;
+        }
+        view.pipeline.add_sink(Box::new(TopicSink::new(
+            def.name.clone(),
+            config,
+            self.store.clone(),
+        )));
+        let name = def.name.clone();
+        self.objects.write().sinks.insert(name.clone(), def);
+        Ok(QueryResult::message(format!("CREATE SINK {name}")))
     }
 
     fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
@@ -374,10 +447,15 @@ impl Engine {
                 if let Some(v) = objects.views.remove(name) {
                     v.pipeline.stop();
                 }
+                CheckpointStore::new(checkpoint_dir(&self.sql_dir, name)).remove()?;
             }
             ObjectKind::Sink => {
                 self.catalog.lock().remove(name)?;
-                objects.sinks.remove(name);
+                if let Some(sink) = objects.sinks.remove(name) {
+                    if let Some(view) = objects.views.get(&sink.from) {
+                        view.pipeline.remove_sink(name);
+                    }
+                }
             }
         }
         let what = match kind {
@@ -614,7 +692,7 @@ impl Engine {
                     state_bytes: s.state_bytes.load(Ordering::Relaxed),
                     view_rows: v.store.row_count(),
                     last_error: s.last_error.lock().clone(),
-                    last_checkpoint: None,
+                    last_checkpoint: s.last_checkpoint.lock().clone(),
                     partitions: s.partitions.lock().clone(),
                 }
             })

@@ -25,6 +25,7 @@
 //!   each exactly once, in order.
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod dataflow;
 pub mod engine;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod json;
 pub mod parser;
 pub mod pipeline;
 pub mod planner;
+pub mod sink;
 pub mod source;
 pub mod view;
 

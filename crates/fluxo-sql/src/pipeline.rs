@@ -22,6 +22,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::checkpoint::{Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition};
 use crate::dataflow::session_window::SessionWindow;
 use crate::dataflow::updating_aggregate::UpdatingAggregate;
 use crate::dataflow::window_aggregate::WindowAggregate;
@@ -29,6 +30,7 @@ use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::planner::{Dataflow, Stage};
+use crate::sink::Sink;
 use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
 
@@ -52,6 +54,16 @@ pub struct PipelineStats {
     pub status: Mutex<String>,
     pub last_error: Mutex<Option<String>>,
     pub partitions: Mutex<Vec<PartitionProgress>>,
+    pub last_checkpoint: Mutex<Option<CheckpointInfo>>,
+}
+
+/// The last checkpoint a pipeline wrote (or restored from, after a start).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    pub epoch: u64,
+    pub taken_at_ms: i64,
+    pub duration_ms: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,10 +91,46 @@ enum StageRuntime {
 pub struct PipelineHandle {
     pub stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// What the engine asks of a running pipeline.
+enum SinkCommand {
+    Add(Box<dyn Sink>),
+    Remove(String),
+}
+
+#[derive(Default)]
+struct Control {
+    /// A pipeline starts paused when the engine replays its catalog, so
+    /// that the sinks of its view are attached before it emits anything.
+    paused: AtomicBool,
+    pending: AtomicBool,
+    commands: Mutex<Vec<SinkCommand>>,
+}
+
 impl PipelineHandle {
+    /// Lets a paused pipeline run.
+    pub fn resume(&self) {
+        self.control.paused.store(false, Ordering::Release);
+    }
+
+    /// Attaches a sink; it gets every change from the pipeline's next batch
+    /// on (and first the view's rows, if new and it asks for them).
+    pub fn add_sink(&self, sink: Box<dyn Sink>) {
+        self.send(SinkCommand::Add(sink));
+    }
+
+    pub fn remove_sink(&self, name: &str) {
+        self.send(SinkCommand::Remove(name.to_string()));
+    }
+
+    fn send(&self, command: SinkCommand) {
+        self.control.commands.lock().push(command);
+        self.control.pending.store(true, Ordering::Release);
+    }
+
     /// Stops the pipeline and waits for its thread.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -100,19 +148,30 @@ impl Drop for PipelineHandle {
 
 pub struct PipelineSpec {
     pub name: String,
+    /// The statement that defines the pipeline; a checkpoint taken under
+    /// another definition is not restored.
+    pub definition: String,
     pub dataflow: Dataflow,
     pub view: Arc<ViewStore>,
     pub allowed_lateness_ms: i64,
+    pub checkpoints: CheckpointStore,
+    pub checkpoint_interval_ms: i64,
 }
 
-pub fn start(spec: PipelineSpec, store: Arc<LogStore>) -> Result<PipelineHandle> {
+/// Starts a pipeline's thread; with `paused` it waits for
+/// [`PipelineHandle::resume`] before reading anything.
+pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<PipelineHandle> {
     let stats = Arc::new(PipelineStats {
         watermark: AtomicI64::new(i64::MIN),
         ..Default::default()
     });
     *stats.status.lock() = "starting".into();
     let stop = Arc::new(AtomicBool::new(false));
-    let runner = Runner::new(spec, store, stats.clone(), stop.clone())?;
+    let control = Arc::new(Control {
+        paused: AtomicBool::new(paused),
+        ..Default::default()
+    });
+    let runner = Runner::new(spec, store, stats.clone(), stop.clone(), control.clone())?;
     let name = format!("pipeline-{}", runner.name);
     let thread = std::thread::Builder::new()
         .name(name)
@@ -121,6 +180,7 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>) -> Result<PipelineHandle>
     Ok(PipelineHandle {
         stats,
         stop,
+        control,
         thread: Mutex::new(Some(thread)),
     })
 }
@@ -138,6 +198,15 @@ struct Runner {
     stage: StageRuntime,
     partitions: Vec<PartitionCursor>,
     watermark: i64,
+    definition: String,
+    checkpoints: CheckpointStore,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    epoch: u64,
+    control: Arc<Control>,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Sink states of the checkpoint the pipeline resumed from.
+    restored_sinks: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Runner {
@@ -146,6 +215,7 @@ impl Runner {
         store: Arc<LogStore>,
         stats: Arc<PipelineStats>,
         stop: Arc<AtomicBool>,
+        control: Arc<Control>,
     ) -> Result<Runner> {
         let source = &spec.dataflow.scan.source;
         let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
@@ -185,25 +255,61 @@ impl Runner {
             stage,
             partitions: Vec::new(),
             watermark: i64::MIN,
+            definition: spec.definition,
+            checkpoints: spec.checkpoints,
+            checkpoint_interval: Duration::from_millis(spec.checkpoint_interval_ms.max(1) as u64),
+            last_checkpoint: Instant::now(),
+            epoch: 0,
+            control,
+            sinks: Vec::new(),
+            restored_sinks: serde_json::Map::new(),
         })
     }
 
     fn run(mut self) {
-        if let Err(e) = self.run_loop() {
-            tracing::error!(pipeline = %self.name, error = %e, "pipeline failed");
-            *self.stats.status.lock() = "failed".into();
-            *self.stats.last_error.lock() = Some(e.to_string());
-        }
+        let stats = self.stats.clone();
+        let name = self.name.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!(
+                "internal error: the pipeline panicked ({}). This is a bug in fluxo; please report it",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message")
+            ),
+        };
+        tracing::error!(pipeline = %name, error = %error, "pipeline failed");
+        *stats.status.lock() = "failed".into();
+        *stats.last_error.lock() = Some(error);
     }
 
     fn run_loop(&mut self) -> Result<()> {
-        if let StageRuntime::Updating(u) = &mut self.stage {
-            let initial = u.start()?;
-            self.emit(initial)?;
+        while self.control.paused.load(Ordering::Acquire) {
+            if self.stop.load(Ordering::Acquire) {
+                *self.stats.status.lock() = "stopped".into();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let restored = self.restore()?;
+        self.apply_commands()?;
+        if !restored {
+            if let StageRuntime::Updating(u) = &mut self.stage {
+                let initial = u.start()?;
+                self.emit(initial)?;
+            }
         }
         let mut rate_at = Instant::now();
-        let (mut last_in, mut last_out) = (0u64, 0u64);
+        let (mut last_in, mut last_out) = (
+            self.stats.events_in.load(Ordering::Relaxed),
+            self.stats.rows_out.load(Ordering::Relaxed),
+        );
         while !self.stop.load(Ordering::Acquire) {
+            self.apply_commands()?;
             let Some(topic) = self.store.topic(&self.topic) else {
                 *self.stats.status.lock() = format!("waiting for topic {}", self.topic);
                 std::thread::sleep(Duration::from_millis(200));
@@ -286,12 +392,161 @@ impl Runner {
                 );
                 (last_in, last_out, rate_at) = (now_in, now_out, Instant::now());
             }
+            if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+                self.checkpoint_logged();
+            }
             if !progressed {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        // A clean stop resumes exactly where it left off.
+        self.checkpoint_logged();
         *self.stats.status.lock() = "stopped".into();
         Ok(())
+    }
+
+    fn apply_commands(&mut self) -> Result<()> {
+        if !self.control.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let commands = std::mem::take(&mut *self.control.commands.lock());
+        for command in commands {
+            match command {
+                SinkCommand::Add(mut sink) => {
+                    match self.restored_sinks.get(sink.name()) {
+                        Some(prepared) => sink.recover(Some(prepared))?,
+                        None => {
+                            sink.recover(None)?;
+                            if sink.wants_snapshot() {
+                                sink.write(&Changes::inserts(self.view.snapshot()?))?;
+                            }
+                        }
+                    }
+                    self.sinks.retain(|s| s.name() != sink.name());
+                    self.sinks.push(sink);
+                }
+                SinkCommand::Remove(name) => {
+                    self.sinks.retain(|s| s.name() != name);
+                    self.restored_sinks.remove(&name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint; a failure (a full disk, say) is reported in the
+    /// status and retried at the next interval, the pipeline runs on.
+    fn checkpoint_logged(&mut self) {
+        self.last_checkpoint = Instant::now();
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(pipeline = %self.name, error = %e, "checkpoint failed");
+            *self.stats.last_error.lock() = Some(format!("checkpoint failed: {e}"));
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let operator = match &mut self.stage {
+            StageRuntime::None => OperatorState::default(),
+            StageRuntime::Window(w) => w.checkpoint()?,
+            StageRuntime::Session(s) => s.checkpoint()?,
+            StageRuntime::Updating(u) => u.checkpoint()?,
+        };
+        let epoch = self.epoch + 1;
+        let mut sinks = serde_json::Map::new();
+        for sink in &mut self.sinks {
+            sinks.insert(sink.name().to_string(), sink.prepare(epoch)?);
+        }
+        let checkpoint = Checkpoint {
+            epoch,
+            definition: self.definition.clone(),
+            taken_at_ms: now_ms(),
+            watermark: self.watermark,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|c| PartitionPosition {
+                    offset: c.offset,
+                    max_event_time: c.max_event_time,
+                })
+                .collect(),
+            counters: Counters {
+                events_in: self.stats.events_in.load(Ordering::Relaxed),
+                rows_out: self.stats.rows_out.load(Ordering::Relaxed),
+                late_events: self.stats.late_events.load(Ordering::Relaxed),
+                bad_records: self.stats.bad_records.load(Ordering::Relaxed),
+            },
+            operator,
+            view: Some(self.view.snapshot()?),
+            sinks,
+        };
+        let bytes = self.checkpoints.save(&checkpoint)?;
+        self.epoch = epoch;
+        for sink in &mut self.sinks {
+            sink.commit(epoch)?;
+        }
+        *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
+            epoch,
+            taken_at_ms: checkpoint.taken_at_ms,
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// Resumes from the last checkpoint, if there is one for this
+    /// definition. Returns whether it did.
+    fn restore(&mut self) -> Result<bool> {
+        let Some(checkpoint) = self.checkpoints.load()? else {
+            return Ok(false);
+        };
+        if checkpoint.definition != self.definition {
+            tracing::info!(pipeline = %self.name, "ignoring a checkpoint of an earlier definition");
+            return Ok(false);
+        }
+        match &mut self.stage {
+            StageRuntime::None => {}
+            StageRuntime::Window(w) => w.restore(&checkpoint.operator)?,
+            StageRuntime::Session(s) => s.restore(&checkpoint.operator)?,
+            StageRuntime::Updating(u) => u.restore(&checkpoint.operator)?,
+        }
+        self.view.clear();
+        if let Some(rows) = checkpoint.view {
+            self.view.apply(Changes::inserts(rows))?;
+        }
+        self.partitions = checkpoint
+            .partitions
+            .iter()
+            .map(|p| PartitionCursor {
+                offset: p.offset,
+                max_event_time: p.max_event_time,
+                last_data: Instant::now(),
+                caught_up: false,
+            })
+            .collect();
+        self.watermark = checkpoint.watermark;
+        self.stats
+            .watermark
+            .store(self.watermark, Ordering::Relaxed);
+        let c = checkpoint.counters;
+        self.stats.events_in.store(c.events_in, Ordering::Relaxed);
+        self.stats.rows_out.store(c.rows_out, Ordering::Relaxed);
+        self.stats
+            .late_events
+            .store(c.late_events, Ordering::Relaxed);
+        self.stats
+            .bad_records
+            .store(c.bad_records, Ordering::Relaxed);
+        self.epoch = checkpoint.epoch;
+        self.restored_sinks = checkpoint.sinks;
+        *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
+            epoch: checkpoint.epoch,
+            taken_at_ms: checkpoint.taken_at_ms,
+            duration_ms: 0,
+            bytes: 0,
+        });
+        tracing::info!(pipeline = %self.name, epoch = checkpoint.epoch, "resumed from checkpoint");
+        Ok(true)
     }
 
     fn publish_progress(&self, logs: &[Arc<PartitionLog>]) {
@@ -513,6 +768,9 @@ impl Runner {
             self.stats
                 .rows_out
                 .fetch_add(changes.num_rows() as u64, Ordering::Relaxed);
+            for sink in &mut self.sinks {
+                sink.write(&changes)?;
+            }
             self.view.apply(changes)?;
         }
         Ok(())

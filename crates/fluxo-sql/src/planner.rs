@@ -55,9 +55,15 @@ pub struct Dataflow {
 }
 
 impl Dataflow {
-    /// Whether the output only ever grows (no retractions).
-    pub fn is_append_only(&self) -> bool {
-        !matches!(self.stage, Stage::Updating { .. })
+    /// Whether the output only ever grows (no row is retracted), given the
+    /// view's allowed lateness: true for stateless dataflows and for windows
+    /// that are emitted once, final.
+    pub fn is_append_only(&self, allowed_lateness_ms: i64) -> bool {
+        match self.stage {
+            Stage::None => true,
+            Stage::Window { .. } => allowed_lateness_ms == 0,
+            Stage::Updating { .. } => false,
+        }
     }
 
     /// One line per operator, from the source to the view.
@@ -79,36 +85,12 @@ impl Dataflow {
                     lines.push(format!("AssignWindow: {spec}"));
                 }
             }
-            Stage::Window { spec, exprs } => lines.push(format!(
-                "WindowAggregate: {spec}, keys [{}], aggregates [{}]",
-                exprs
-                    .key_exprs
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                exprs
-                    .aggs
-                    .iter()
-                    .map(|a| a.name().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Stage::Updating { exprs } => lines.push(format!(
-                "UpdatingAggregate: keys [{}], aggregates [{}]",
-                exprs
-                    .key_exprs
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                exprs
-                    .aggs
-                    .iter()
-                    .map(|a| a.name().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            Stage::Window { spec, exprs } => {
+                lines.push(format!("WindowAggregate: {spec}, {}", exprs.describe()))
+            }
+            Stage::Updating { exprs } => {
+                lines.push(format!("UpdatingAggregate: {}", exprs.describe()))
+            }
         }
         lines.extend(self.post.iter().map(|op| op.describe()));
         lines
@@ -120,9 +102,19 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
     let config = SessionConfig::new()
         .with_target_partitions(1)
         .with_information_schema(false);
+    // `count(DISTINCT x)` next to other aggregates would otherwise be
+    // rewritten into two stacked aggregations, which a continuous dataflow
+    // cannot run as one stateful step; DataFusion's distinct accumulators
+    // compute it directly.
+    let rules: Vec<_> = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
+        .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
     let shared = Arc::new(sources.clone());

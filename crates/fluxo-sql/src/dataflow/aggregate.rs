@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -130,6 +131,28 @@ impl AggregateExprs {
         })
     }
 
+    /// `keys [..], aggregates [..]`, for EXPLAIN and the pipeline status.
+    pub fn describe(&self) -> String {
+        let keys: Vec<String> = self.key_exprs.iter().map(|e| e.to_string()).collect();
+        let aggs: Vec<&str> = self.aggs.iter().map(|a| a.name()).collect();
+        format!(
+            "keys [{}], aggregates [{}]",
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
+
+    /// Converts key columns to Arrow's row format, for hashing groups.
+    pub fn key_converter(&self) -> Result<arrow::row::RowConverter> {
+        Ok(arrow::row::RowConverter::new(
+            self.key_schema
+                .fields()
+                .iter()
+                .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+                .collect(),
+        )?)
+    }
+
     pub fn has_keys(&self) -> bool {
         !self.key_exprs.is_empty()
     }
@@ -196,6 +219,74 @@ impl AggregateExprs {
             .iter()
             .map(|agg| agg.create_accumulator())
             .collect::<datafusion::error::Result<_>>()?)
+    }
+
+    /// Each accumulator's intermediate state as columns (state fields of
+    /// the first aggregate, then of the second, ...), one row per set of
+    /// row accumulators, and how many columns each aggregate has. The sets
+    /// stay usable: each accumulator is rebuilt from its state, because
+    /// handing out state may drain it.
+    pub fn row_states<'a>(
+        &self,
+        sets: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
+    ) -> Result<(Vec<ArrayRef>, Vec<usize>)> {
+        let fields = self
+            .aggs
+            .iter()
+            .map(|a| a.state_fields())
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let widths: Vec<usize> = fields.iter().map(|f| f.len()).collect();
+        let mut columns: Vec<Vec<Vec<ScalarValue>>> =
+            widths.iter().map(|w| vec![Vec::new(); *w]).collect();
+        for set in sets {
+            for (j, acc) in set.iter_mut().enumerate() {
+                let state = acc.state()?;
+                if state.len() != widths[j] {
+                    return Err(SqlError::Internal(format!(
+                        "aggregate {} has {} state values, its schema says {}",
+                        self.aggs[j].name(),
+                        state.len(),
+                        widths[j]
+                    )));
+                }
+                let arrays = state
+                    .iter()
+                    .map(|v| v.to_array())
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let mut rebuilt = self.aggs[j].create_accumulator()?;
+                rebuilt.merge_batch(&arrays)?;
+                *acc = rebuilt;
+                for (k, v) in state.into_iter().enumerate() {
+                    columns[j][k].push(v);
+                }
+            }
+        }
+        let mut arrays = Vec::new();
+        for (per_agg, agg_fields) in columns.into_iter().zip(&fields) {
+            for (values, field) in per_agg.into_iter().zip(agg_fields) {
+                arrays.push(if values.is_empty() {
+                    arrow::array::new_empty_array(field.data_type())
+                } else {
+                    ScalarValue::iter_to_array(values)?
+                });
+            }
+        }
+        Ok((arrays, widths))
+    }
+
+    /// A fresh set of row accumulators holding row `row` of `states` (per
+    /// aggregate, its state columns, as [`AggregateExprs::row_states`] made).
+    pub fn restore_row_accumulators(
+        &self,
+        states: &[Vec<ArrayRef>],
+        row: usize,
+    ) -> Result<Vec<Box<dyn Accumulator>>> {
+        let mut accumulators = self.new_accumulators()?;
+        for (acc, columns) in accumulators.iter_mut().zip(states) {
+            let slices: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
+            acc.merge_batch(&slices)?;
+        }
+        Ok(accumulators)
     }
 
     /// Builds output rows from key columns, one window and aggregate values.

@@ -6,14 +6,16 @@
 //! or extend a session already past that point is late.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow::row::{RowConverter, SortField};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::aggregate::{AggregateExprs, EvaluatedBatch};
 use super::Changes;
+use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::{Result, SqlError};
 
 struct Session {
@@ -38,14 +40,7 @@ pub struct SessionWindow {
 
 impl SessionWindow {
     pub fn new(exprs: AggregateExprs, gap: i64, lateness: i64) -> Result<SessionWindow> {
-        let converter = RowConverter::new(
-            exprs
-                .key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let converter = exprs.key_converter()?;
         Ok(SessionWindow {
             exprs,
             gap,
@@ -215,6 +210,81 @@ impl SessionWindow {
 
     pub fn open_windows(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Every open session as one row: its key columns, start, end and each
+    /// accumulator's state.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(ids.iter().map(|id| parser.parse(&self.sessions[id].key)))?;
+        let starts = Int64Array::from_iter_values(ids.iter().map(|id| self.sessions[id].start));
+        let ends = Int64Array::from_iter_values(ids.iter().map(|id| self.sessions[id].end));
+        // States in the same order as `ids`.
+        let mut by_id: Vec<(u64, &mut Session)> =
+            self.sessions.iter_mut().map(|(id, s)| (*id, s)).collect();
+        by_id.sort_unstable_by_key(|(id, _)| *id);
+        let (states, widths) = self
+            .exprs
+            .row_states(by_id.into_iter().map(|(_, s)| &mut s.accumulators))?;
+        let mut all_widths = vec![keys.len(), 1, 1];
+        all_widths.extend(widths);
+        let mut arrays = keys;
+        arrays.push(Arc::new(starts));
+        arrays.push(Arc::new(ends));
+        arrays.extend(states);
+        Ok(OperatorState {
+            meta: serde_json::json!({ "widths": all_widths }),
+            batches: vec![("sessions".to_string(), pack(arrays, ids.len())?)],
+        })
+    }
+
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        self.sessions.clear();
+        self.by_key.clear();
+        self.by_end.clear();
+        let widths: Vec<usize> = state
+            .meta_list("widths")?
+            .into_iter()
+            .map(|w| w as usize)
+            .collect();
+        let Some(batch) = state.batches_named("sessions").next() else {
+            return Ok(());
+        };
+        let mut parts = unpack(batch, &widths)?.into_iter();
+        let keys = parts.next().unwrap_or_default();
+        let starts = parts.next().unwrap_or_default();
+        let ends = parts.next().unwrap_or_default();
+        let states: Vec<Vec<ArrayRef>> = parts.collect();
+        let as_i64 = |a: &[ArrayRef]| -> Result<Int64Array> {
+            a.first()
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .cloned()
+                .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))
+        };
+        let (starts, ends) = (as_i64(&starts)?, as_i64(&ends)?);
+        let rows = self.converter.convert_columns(&keys)?;
+        for i in 0..batch.num_rows() {
+            let key: Box<[u8]> = rows.row(i).as_ref().into();
+            let id = self.next_id;
+            self.next_id += 1;
+            let (start, end) = (starts.value(i), ends.value(i));
+            self.sessions.insert(
+                id,
+                Session {
+                    key: key.clone(),
+                    start,
+                    end,
+                    accumulators: self.exprs.restore_row_accumulators(&states, i)?,
+                },
+            );
+            self.by_key.entry(key).or_default().push(id);
+            self.by_end.insert((end, id));
+        }
+        Ok(())
     }
 }
 

@@ -4,16 +4,18 @@
 //! a `HAVING` filter, a sink) sees a correct changelog.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
-use arrow::row::{RowConverter, SortField};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::aggregate::AggregateExprs;
 use super::session_window::{scalars_to_arrays, update_row_accumulators};
 use super::Changes;
-use crate::error::Result;
+use crate::checkpoint::{pack, unpack, OperatorState};
+use crate::error::{Result, SqlError};
 
 struct Group {
     key: Box<[u8]>,
@@ -32,14 +34,7 @@ pub struct UpdatingAggregate {
 
 impl UpdatingAggregate {
     pub fn new(exprs: AggregateExprs) -> Result<UpdatingAggregate> {
-        let converter = RowConverter::new(
-            exprs
-                .key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let converter = exprs.key_converter()?;
         Ok(UpdatingAggregate {
             exprs,
             converter,
@@ -158,5 +153,77 @@ impl UpdatingAggregate {
 
     pub fn groups(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Every group as one row: its key columns, whether its row is in the
+    /// output, and each accumulator's state. What was emitted is not
+    /// stored: it is what the accumulators evaluate to.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(self.groups.iter().map(|g| parser.parse(&g.key)))?;
+        let emitted = BooleanArray::from_iter(self.groups.iter().map(|g| Some(g.last.is_some())));
+        let rows = self.groups.len();
+        let (states, widths) = self
+            .exprs
+            .row_states(self.groups.iter_mut().map(|g| &mut g.accumulators))?;
+        let mut all_widths = vec![keys.len(), 1];
+        all_widths.extend(widths);
+        let mut arrays = keys;
+        arrays.push(Arc::new(emitted));
+        arrays.extend(states);
+        Ok(OperatorState {
+            meta: serde_json::json!({ "widths": all_widths, "started": self.started }),
+            batches: vec![("groups".to_string(), pack(arrays, rows)?)],
+        })
+    }
+
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        self.index.clear();
+        self.groups.clear();
+        self.started = state
+            .meta
+            .get("started")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let widths: Vec<usize> = state
+            .meta_list("widths")?
+            .into_iter()
+            .map(|w| w as usize)
+            .collect();
+        let Some(batch) = state.batches_named("groups").next() else {
+            return Ok(());
+        };
+        let mut parts = unpack(batch, &widths)?.into_iter();
+        let keys = parts.next().unwrap_or_default();
+        let emitted = parts
+            .next()
+            .and_then(|c| c.first().cloned())
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
+            .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?;
+        let states: Vec<Vec<ArrayRef>> = parts.collect();
+        let rows = self.converter.convert_columns(&keys)?;
+        for i in 0..batch.num_rows() {
+            let key: Box<[u8]> = rows.row(i).as_ref().into();
+            let mut accumulators = self.exprs.restore_row_accumulators(&states, i)?;
+            let last = if emitted.value(i) {
+                Some(
+                    accumulators
+                        .iter_mut()
+                        .map(|a| a.evaluate())
+                        .collect::<datafusion::error::Result<Vec<_>>>()?,
+                )
+            } else {
+                None
+            };
+            self.index.insert(key.clone(), self.groups.len());
+            self.groups.push(Group {
+                key,
+                accumulators,
+                last,
+            });
+        }
+        Ok(())
     }
 }

@@ -24,6 +24,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::aggregate::{constant_time, AggregateExprs, EvaluatedBatch};
 use super::Changes;
+use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::Result;
 use crate::source::align;
 
@@ -105,14 +106,6 @@ impl Pane {
     fn size(&self) -> usize {
         self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
     }
-}
-
-/// The checkpointed state of a [`WindowAggregate`].
-#[derive(Debug, Clone)]
-pub struct WindowAggregateState {
-    pub panes: Vec<(i64, PaneSnapshot)>,
-    pub emitted_through: Option<i64>,
-    pub emitted: Vec<(i64, RecordBatch)>,
 }
 
 pub struct WindowAggregate {
@@ -254,27 +247,21 @@ impl WindowAggregate {
         let horizon = self.size + self.lateness;
         // A pane is still needed if a later window contains it or late
         // events may still change it.
-        let needed_later = |p: i64| p + self.size > end || p.saturating_add(horizon) > watermark;
+        let size = self.size;
+        let needed_later = move |p: i64| p + size > end || p.saturating_add(horizon) > watermark;
         let (keys, values) = if pane_starts.len() == 1 && !needed_later(pane_starts[0]) {
-            let pane = self
-                .panes
-                .remove(&pane_starts[0])
-                .expect("pane listed above");
-            pane.evaluate()?
+            self.take_pane(pane_starts[0])?.evaluate()?
         } else {
             let mut merged = Pane::new(&self.exprs)?;
             for p in pane_starts {
                 let keep = needed_later(p);
                 let snapshot = if keep {
-                    self.panes
-                        .get_mut(&p)
-                        .expect("pane listed above")
-                        .snapshot(&self.exprs, true)?
+                    match self.panes.get_mut(&p) {
+                        Some(pane) => pane.snapshot(&self.exprs, true)?,
+                        None => return Err(missing_pane(p)),
+                    }
                 } else {
-                    self.panes
-                        .remove(&p)
-                        .expect("pane listed above")
-                        .snapshot(&self.exprs, false)?
+                    self.take_pane(p)?.snapshot(&self.exprs, false)?
                 };
                 merged.merge(&snapshot)?;
             }
@@ -283,6 +270,10 @@ impl WindowAggregate {
         let n = keys.first().map_or(0, |k| k.len());
         let (ws, we) = (constant_time(start, n), constant_time(end, n));
         self.exprs.assemble(&keys, Some((&ws, &we)), values)
+    }
+
+    fn take_pane(&mut self, start: i64) -> Result<Pane> {
+        self.panes.remove(&start).ok_or_else(|| missing_pane(start))
     }
 
     pub fn state_size(&self) -> usize {
@@ -298,30 +289,74 @@ impl WindowAggregate {
         self.panes.len()
     }
 
-    pub fn checkpoint(&mut self) -> Result<WindowAggregateState> {
-        let mut panes = Vec::with_capacity(self.panes.len());
-        for (p, pane) in self.panes.iter_mut() {
-            panes.push((*p, pane.snapshot(&self.exprs, true)?));
+    /// The state as Arrow batches: one per pane (keys, then each
+    /// accumulator's intermediate state) and, with allowed lateness, the
+    /// rows last emitted for each window still open to late events.
+    /// Taken right after [`WindowAggregate::advance`], so nothing is dirty.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let mut batches = Vec::with_capacity(self.panes.len() + self.emitted.len());
+        let mut widths: Option<Vec<usize>> = None;
+        for pane in self.panes.values_mut() {
+            let snapshot = pane.snapshot(&self.exprs, true)?;
+            let rows = snapshot.keys.first().map_or(0, |k| k.len());
+            let mut w = vec![snapshot.keys.len()];
+            w.extend(snapshot.states.iter().map(|s| s.len()));
+            widths.get_or_insert(w);
+            let mut arrays = snapshot.keys;
+            arrays.extend(snapshot.states.into_iter().flatten());
+            batches.push(("pane".to_string(), pack(arrays, rows)?));
         }
-        Ok(WindowAggregateState {
-            panes,
-            emitted_through: self.emitted_through,
-            emitted: self.emitted.iter().map(|(e, b)| (*e, b.clone())).collect(),
+        for rows in self.emitted.values() {
+            batches.push(("emitted".to_string(), rows.clone()));
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({
+                "panes": self.panes.keys().collect::<Vec<_>>(),
+                "emitted": self.emitted.keys().collect::<Vec<_>>(),
+                "emitted_through": self.emitted_through,
+                "widths": widths,
+            }),
+            batches,
         })
     }
 
-    pub fn restore(&mut self, state: WindowAggregateState) -> Result<()> {
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
         self.panes.clear();
-        for (p, snapshot) in state.panes {
+        self.emitted.clear();
+        self.dirty.clear();
+        let starts = state.meta_list("panes")?;
+        let widths: Vec<usize> = state
+            .meta_list("widths")?
+            .into_iter()
+            .map(|w| w as usize)
+            .collect();
+        for (p, batch) in starts.iter().zip(state.batches_named("pane")) {
+            let mut parts = unpack(batch, &widths)?.into_iter();
+            let keys = parts.next().unwrap_or_default();
+            let snapshot = PaneSnapshot {
+                keys,
+                states: parts.collect(),
+            };
             let mut pane = Pane::new(&self.exprs)?;
             pane.merge(&snapshot)?;
-            self.panes.insert(p, pane);
+            self.panes.insert(*p, pane);
         }
-        self.emitted_through = state.emitted_through;
-        self.emitted = state.emitted.into_iter().collect();
-        self.dirty.clear();
+        for (end, rows) in state
+            .meta_list("emitted")?
+            .into_iter()
+            .zip(state.batches_named("emitted"))
+        {
+            self.emitted.insert(end, rows.clone());
+        }
+        self.emitted_through = state.meta_i64("emitted_through");
         Ok(())
     }
+}
+
+fn missing_pane(start: i64) -> crate::SqlError {
+    crate::SqlError::Internal(format!(
+        "pane at {start} vanished while its window was emitted"
+    ))
 }
 
 fn distinct_is_whole(panes: &[i64], p: i64) -> bool {

@@ -1,0 +1,384 @@
+//! Sinks: where a pipeline's results go besides its view.
+//!
+//! A sink is driven by its pipeline's thread and follows the pipeline's
+//! checkpoints in two phases, the shape transactional outputs need:
+//! [`Sink::prepare`] at a checkpoint makes everything written so far durable
+//! (or staged) and returns what is needed to finish it after a crash, which
+//! goes into the checkpoint; [`Sink::commit`] runs once the checkpoint is on
+//! disk and makes the epoch visible; [`Sink::recover`] on a restart gets the
+//! prepared state of the checkpoint the pipeline resumes from. A topic sink
+//! writes records as they come and `prepare` fsyncs them: at-least-once
+//! (after a crash, results since the last checkpoint are written again). A
+//! transactional topic sink or a Delta sink fits the same calls: write into
+//! an open transaction, pre-commit in `prepare`, commit in `commit`, and in
+//! `recover` commit a prepared transaction the crash interrupted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use fluxo_client::{encode_batch, partitioner::partition_for_key, OutRecord};
+use fluxo_log::{LogStore, PartitionLog, TopicConfig};
+use kafka_protocol::records::Compression;
+
+use crate::dataflow::Changes;
+use crate::error::{Result, SqlError};
+use crate::json::objects_json;
+use crate::parser::{Options, SinkDef};
+
+pub trait Sink: Send {
+    fn name(&self) -> &str;
+    /// Writes one set of changes, in order.
+    fn write(&mut self, changes: &Changes) -> Result<()>;
+    /// Phase one of checkpoint `epoch`: what was written is durable or
+    /// staged. The returned value is stored in the checkpoint.
+    fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value>;
+    /// Phase two: the checkpoint of `epoch` is durable.
+    fn commit(&mut self, epoch: u64) -> Result<()>;
+    /// Before any write after a (re)start: what `prepare` returned for the
+    /// checkpoint the pipeline resumes from, or `None` for a new sink.
+    fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()>;
+    /// Whether a new sink first gets the rows its view already holds.
+    fn wants_snapshot(&self) -> bool;
+}
+
+/// How the options of `CREATE SINK ... WITH (connector = 'topic', ...)` read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSinkConfig {
+    pub topic: String,
+    /// Columns whose values form the record key (a JSON object). With a
+    /// key the topic is an upsert stream: a retracted row whose key gets no
+    /// new row becomes a tombstone (a record with no value).
+    pub key: Vec<String>,
+    /// Whether a new sink first writes the view's current rows.
+    pub snapshot: bool,
+    pub partitions: i32,
+}
+
+impl TopicSinkConfig {
+    pub const OPTIONS: &'static [&'static str] = &[
+        "connector",
+        "topic",
+        "format",
+        "key",
+        "snapshot",
+        "partitions",
+    ];
+
+    /// Checks a sink definition against the schema of what it reads.
+    pub fn from_def(def: &SinkDef, schema: &arrow::datatypes::Schema) -> Result<TopicSinkConfig> {
+        let options: &Options = &def.options;
+        options.check_known("a topic sink", Self::OPTIONS)?;
+        let topic = options.required("a topic sink", "topic")?.to_string();
+        LogStore::validate_topic_name(&topic)
+            .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+        match options.get("format").unwrap_or("json") {
+            "json" => {}
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "format '{other}' is not supported by topic sinks; use format = 'json'"
+                )))
+            }
+        }
+        let key: Vec<String> = options
+            .get("key")
+            .map(|k| {
+                k.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for column in &key {
+            if schema.field_with_name(column).is_err() {
+                let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+                return Err(SqlError::Plan(format!(
+                    "key column {column} is not a column of {}; its columns are {}",
+                    def.from,
+                    names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let snapshot = match options.get("snapshot").unwrap_or("true") {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "snapshot must be 'true' or 'false', got '{other}'"
+                )))
+            }
+        };
+        let partitions = match options.get("partitions") {
+            None => 1,
+            Some(p) => p.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                SqlError::Plan(format!("partitions must be a positive integer, got '{p}'"))
+            })?,
+        };
+        Ok(TopicSinkConfig {
+            topic,
+            key,
+            snapshot,
+            partitions,
+        })
+    }
+}
+
+/// Writes a view's changes as JSON records into a topic of the local log.
+pub struct TopicSink {
+    name: String,
+    config: TopicSinkConfig,
+    store: Arc<LogStore>,
+    /// Partitions written since the last `prepare`, to fsync there.
+    dirty: BTreeMap<i32, Arc<PartitionLog>>,
+    /// Spreads unkeyed records over partitions, one batch at a time.
+    next_partition: i32,
+}
+
+impl TopicSink {
+    pub fn new(name: String, config: TopicSinkConfig, store: Arc<LogStore>) -> TopicSink {
+        TopicSink {
+            name,
+            config,
+            store,
+            dirty: BTreeMap::new(),
+            next_partition: 0,
+        }
+    }
+
+    /// The sink's topic, created with the sink's partition count when missing.
+    fn partitions(&self) -> Result<Vec<Arc<PartitionLog>>> {
+        let topic = match self.store.topic(&self.config.topic) {
+            Some(t) => t,
+            None => self
+                .store
+                .create_topic(
+                    &self.config.topic,
+                    self.config.partitions,
+                    TopicConfig::default(),
+                )
+                .or_else(|e| {
+                    // Someone else may have created it meanwhile.
+                    self.store.topic(&self.config.topic).ok_or_else(|| {
+                        SqlError::Execution(format!(
+                            "sink {} cannot create topic {}: {e}",
+                            self.name, self.config.topic
+                        ))
+                    })
+                })?,
+        };
+        let partitions = topic.partitions();
+        if partitions.is_empty() {
+            return Err(SqlError::Execution(format!(
+                "topic {} has no partitions",
+                self.config.topic
+            )));
+        }
+        Ok(partitions)
+    }
+
+    /// The records for `changes`: inserts as rows, and with a key, deletes
+    /// whose key gets no new row in the same changes as tombstones.
+    fn records(&self, changes: &Changes) -> Result<Vec<OutRecord>> {
+        let now = crate::pipeline::now_ms();
+        let values = objects_json(&changes.batch);
+        let keys: Option<Vec<Bytes>> = if self.config.key.is_empty() {
+            None
+        } else {
+            let projected = project(&changes.batch, &self.config.key)?;
+            Some(
+                objects_json(&projected)
+                    .iter()
+                    .map(|k| Bytes::from(k.to_string()))
+                    .collect(),
+            )
+        };
+        let mut out = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let key = keys.as_ref().map(|k| k[i].clone());
+            if changes.is_insert(i) {
+                out.push(OutRecord {
+                    key,
+                    value: Some(Bytes::from(value.to_string())),
+                    headers: Vec::new(),
+                    timestamp: now,
+                });
+                continue;
+            }
+            let Some(key) = key else {
+                return Err(SqlError::Execution(format!(
+                    "sink {} received a retraction but has no key to write it as a tombstone; \
+                     recreate it with key = '<columns>'",
+                    self.name
+                )));
+            };
+            let replaced = (i + 1..values.len())
+                .any(|j| changes.is_insert(j) && keys.as_ref().is_some_and(|k| k[j] == key));
+            if !replaced {
+                out.push(OutRecord {
+                    key: Some(key),
+                    value: None,
+                    headers: Vec::new(),
+                    timestamp: now,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let indices = columns
+        .iter()
+        .map(|c| {
+            schema
+                .index_of(c)
+                .map_err(|_| SqlError::Internal(format!("sink key column {c} vanished")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(batch.project(&indices)?)
+}
+
+impl Sink for TopicSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn write(&mut self, changes: &Changes) -> Result<()> {
+        if changes.num_rows() == 0 {
+            return Ok(());
+        }
+        let records = self.records(changes)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let partitions = self.partitions()?;
+        let n = partitions.len() as i32;
+        let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+        let unkeyed = self.next_partition % n;
+        self.next_partition = (self.next_partition + 1) % n;
+        for r in records {
+            let p = match &r.key {
+                Some(k) => partition_for_key(k, n),
+                None => unkeyed,
+            };
+            by_partition.entry(p).or_default().push(r);
+        }
+        for (p, records) in by_partition {
+            let log = &partitions[p as usize];
+            let batch = encode_batch(&records, Compression::None)
+                .map_err(|e| SqlError::Internal(format!("cannot encode sink records: {e}")))?;
+            let mut bytes = batch.to_vec();
+            log.append(&mut bytes).map_err(|e| {
+                SqlError::Execution(format!(
+                    "sink {} cannot write to {}/{p}: {e}",
+                    self.name, self.config.topic
+                ))
+            })?;
+            self.dirty.insert(p, log.clone());
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
+        for (p, log) in std::mem::take(&mut self.dirty) {
+            log.sync_now().map_err(|e| {
+                SqlError::Execution(format!(
+                    "sink {} cannot sync {}/{p}: {e}",
+                    self.name, self.config.topic
+                ))
+            })?;
+        }
+        Ok(serde_json::Value::Null)
+    }
+
+    fn commit(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn recover(&mut self, _prepared: Option<&serde_json::Value>) -> Result<()> {
+        Ok(())
+    }
+
+    fn wants_snapshot(&self) -> bool {
+        self.config.snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn changes(keys: &[&str], counts: &[i64], signs: Option<Vec<bool>>) -> Changes {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(counts.to_vec())),
+            ],
+        )
+        .unwrap();
+        Changes {
+            batch,
+            signs: signs.map(BooleanArray::from),
+        }
+    }
+
+    fn sink(key: &[&str]) -> (TopicSink, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let config = TopicSinkConfig {
+            topic: "out".into(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            snapshot: true,
+            partitions: 1,
+        };
+        (TopicSink::new("s".into(), config, store), dir)
+    }
+
+    #[test]
+    fn an_update_becomes_one_record_and_a_delete_a_tombstone() {
+        let (sink, _dir) = sink(&["k"]);
+        let c = changes(&["a", "a", "b"], &[1, 2, 5], Some(vec![false, true, false]));
+        let records = sink.records(&c).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].key.as_deref(), Some(&br#"{"k":"a"}"#[..]));
+        assert_eq!(
+            records[0].value.as_deref(),
+            Some(&br#"{"k":"a","n":2}"#[..])
+        );
+        assert_eq!(records[1].key.as_deref(), Some(&br#"{"k":"b"}"#[..]));
+        assert!(records[1].value.is_none());
+    }
+
+    #[test]
+    fn a_retraction_without_a_key_is_an_error_not_a_silent_drop() {
+        let (sink, _dir) = sink(&[]);
+        let c = changes(&["a"], &[1], Some(vec![false]));
+        let err = sink.records(&c).unwrap_err().to_string();
+        assert!(err.contains("key = "), "{err}");
+    }
+
+    #[test]
+    fn written_records_land_in_the_topic_and_survive_prepare() {
+        let (mut sink, _dir) = sink(&[]);
+        sink.recover(None).unwrap();
+        sink.write(&changes(&["a", "b"], &[1, 2], None)).unwrap();
+        sink.prepare(1).unwrap();
+        sink.commit(1).unwrap();
+        let log = sink.store.partition("out", 0).unwrap();
+        assert_eq!(log.end_offset(), 2);
+        assert!(log.flushed_offset() >= 2);
+    }
+}
