@@ -249,6 +249,20 @@ impl Generator {
         self.bid_at(n)
     }
 
+    /// The event number of the `k`-th event (from 0) of one kind, so that a
+    /// stream of only bids (say) can resume at its `k`-th bid.
+    pub fn event_number_of(kind: EventKind, k: u64) -> u64 {
+        let (first, per_block) = match kind {
+            EventKind::Person => (0, PERSON_PROPORTION),
+            EventKind::Auction => (PERSON_PROPORTION, AUCTION_PROPORTION),
+            EventKind::Bid => (
+                PERSON_PROPORTION + AUCTION_PROPORTION,
+                TOTAL_PROPORTION - PERSON_PROPORTION - AUCTION_PROPORTION,
+            ),
+        };
+        (k / per_block) * TOTAL_PROPORTION + first + k % per_block
+    }
+
     /// Kind of event number `n`: each block of 50 is 1 person, 3 auctions, 46 bids.
     pub fn kind_of(n: u64) -> EventKind {
         let offset = n % TOTAL_PROPORTION;
@@ -936,6 +950,22 @@ mod tests {
         match generator.next_event() {
             Event::Person(person) => assert_eq!(person.id, FIRST_PERSON_ID + (far / 50) as i64),
             other => panic!("expected a person, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_kth_event_of_a_kind_is_found_by_number() {
+        for kind in [EventKind::Person, EventKind::Auction, EventKind::Bid] {
+            let numbers: Vec<u64> = (0..500u64)
+                .filter(|n| Generator::kind_of(*n) == kind)
+                .collect();
+            for (k, n) in numbers.iter().enumerate() {
+                assert_eq!(
+                    Generator::event_number_of(kind, k as u64),
+                    *n,
+                    "{kind:?} {k}"
+                );
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use crate::catalog::{Catalog, CatalogEntry};
 use crate::checkpoint::{checkpoint_dir, CheckpointStore};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
+use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
 use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{plan_dataflow, planning_context, Dataflow};
@@ -91,6 +92,8 @@ struct Objects {
     sources: HashMap<String, Arc<SourceDef>>,
     views: HashMap<String, Arc<ViewEntry>>,
     sinks: HashMap<String, SinkDef>,
+    /// The generators of `connector = 'nexmark'` sources, by source name.
+    generators: HashMap<String, GeneratorHandle>,
 }
 
 pub struct Engine {
@@ -229,28 +232,31 @@ impl Engine {
         })
     }
 
-    fn create_source(&self, def: SourceDef, persist: bool) -> Result<QueryResult> {
+    fn create_source(&self, mut def: SourceDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
             return Ok(QueryResult::message(format!(
                 "source {} already exists, skipped",
                 def.name
             )));
         }
-        def.options.check_known(
-            "a source",
-            &["connector", "topic", "format", "idle_timeout"],
-        )?;
-        match def.options.get("connector").unwrap_or("topic") {
-            "topic" => {}
+        let generator = match def.options.get("connector").unwrap_or("topic") {
+            "topic" => {
+                def.options.check_known(
+                    "a source",
+                    &["connector", "topic", "format", "idle_timeout"],
+                )?;
+                let topic = def.options.required("a source", "topic")?;
+                LogStore::validate_topic_name(topic)
+                    .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+                None
+            }
+            "nexmark" => Some(NexmarkOptions::from_options(&def.name, &mut def.options)?),
             other => {
                 return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sources; use connector = 'topic'"
+                    "connector '{other}' is not supported for sources; use connector = 'topic' or 'nexmark'"
                 )))
             }
-        }
-        let topic = def.options.required("a source", "topic")?;
-        LogStore::validate_topic_name(topic)
-            .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+        };
         crate::format::Format::parse(def.options.get("format").unwrap_or("json"))?;
         def.options.duration_ms("idle_timeout")?;
         if persist {
@@ -261,10 +267,14 @@ impl Engine {
             })?;
         }
         let name = def.name.clone();
-        self.objects
-            .write()
-            .sources
-            .insert(name.clone(), Arc::new(def));
+        let generator = generator
+            .map(|options| nexmark_source::start(options, self.store.clone()))
+            .transpose()?;
+        let mut objects = self.objects.write();
+        objects.sources.insert(name.clone(), Arc::new(def));
+        if let Some(g) = generator {
+            objects.generators.insert(name.clone(), g);
+        }
         Ok(QueryResult::message(format!("CREATE SOURCE {name}")))
     }
 
@@ -429,6 +439,9 @@ impl Engine {
                 }
                 self.catalog.lock().remove(name)?;
                 objects.sources.remove(name);
+                if let Some(g) = objects.generators.remove(name) {
+                    g.stop();
+                }
             }
             ObjectKind::View => {
                 let users: Vec<String> = objects
@@ -706,6 +719,9 @@ impl Engine {
         let views: Vec<Arc<ViewEntry>> = self.objects.read().views.values().cloned().collect();
         for v in views {
             v.pipeline.stop();
+        }
+        for g in self.objects.read().generators.values() {
+            g.stop();
         }
     }
 }

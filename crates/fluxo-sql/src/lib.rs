@@ -31,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod json;
+pub mod nexmark_source;
 pub mod parser;
 pub mod pipeline;
 pub mod planner;

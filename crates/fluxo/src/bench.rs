@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// Many groups committing offsets at once (run it next to `produce`
     /// to see whether commits slow producers down).
     Commits(CommitsBench),
+    /// Continuous SQL: Nexmark queries catching up a topic of bids, with
+    /// DuckDB's batch over the same bids as the baseline (no server needed).
+    Nexmark(crate::bench_nexmark::NexmarkBench),
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +131,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FirstRoundTrip(b) => bench_first_round_trip(b).await,
         BenchCommand::Baseline(b) => bench_baseline(b).await,
         BenchCommand::Commits(b) => bench_commits(b).await,
+        BenchCommand::Nexmark(b) => crate::bench_nexmark::run(b).await,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod alloc;
 mod bench;
+mod bench_nexmark;
 mod cli;
 mod config;
 mod serve;

@@ -1,0 +1,362 @@
+//! `fluxo bench nexmark`: the continuous SQL engine catching up a backlog of
+//! Nexmark bids in a topic (as Nexmark is run against Kafka), with DuckDB
+//! running the same aggregation as a batch over the same bids as JSON in the
+//! same run, as the baseline.
+//!
+//! The bids are generated once into a topic of a private log (appended
+//! directly, not timed) and into a JSON-lines file for DuckDB. Each query
+//! then runs as a fresh materialized view over the whole topic; its time is
+//! from `CREATE MATERIALIZED VIEW` until the pipeline has taken in every
+//! bid.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use fluxo_client::{encode_batch, OutRecord};
+use fluxo_log::{LogStore, TopicConfig};
+use fluxo_nexmark::{Generator, GeneratorConfig};
+use fluxo_sql::Engine;
+use kafka_protocol::records::Compression;
+
+#[derive(Args, Debug)]
+pub struct NexmarkBench {
+    /// Bids in the topic (the benchmark's input).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Partitions of the bids topic.
+    #[arg(long, default_value_t = 2)]
+    pub partitions: i32,
+    /// Queries to run, by name (see `--list`).
+    #[arg(long, value_delimiter = ',', default_value = "q2,q14,tumble,hop,q11")]
+    pub queries: Vec<String>,
+    /// Runs per query; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where the log and the JSON copy go (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// A Python interpreter with the `duckdb` package, for the baseline
+    /// (scripts/setup-tests.sh installs one in .venv); "none" skips it.
+    #[arg(long, env = "FLUXO_DUCKDB_PYTHON", default_value = ".venv/bin/python")]
+    pub duckdb_python: String,
+    /// Lists the queries and exits.
+    #[arg(long)]
+    pub list: bool,
+}
+
+const SOURCE: &str =
+    "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+      date_time TIMESTAMP, extra TEXT,
+      WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+    WITH (connector = 'topic', topic = 'bids', format = 'json')";
+
+struct Query {
+    name: &'static str,
+    what: &'static str,
+    sql: &'static str,
+    /// The same computation for DuckDB over `read_json(...)` as `bids`.
+    duckdb: Option<&'static str>,
+}
+
+const QUERIES: &[Query] = &[
+    Query {
+        name: "q0",
+        what: "pass-through (the view keeps every bid)",
+        sql: "SELECT auction, bidder, price, date_time, extra FROM bids",
+        duckdb: None,
+    },
+    Query {
+        name: "q1",
+        what: "currency conversion (the view keeps every bid)",
+        sql: "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bids",
+        duckdb: None,
+    },
+    Query {
+        name: "q2",
+        what: "stateless filter and projection",
+        sql: "SELECT auction, price FROM bids WHERE auction % 123 = 0",
+        duckdb: Some("SELECT auction, price FROM bids WHERE auction % 123 = 0"),
+    },
+    Query {
+        name: "q14",
+        what: "stateless filter, CASE and string functions",
+        sql: "SELECT auction, bidder, 0.908 * price AS price,
+                CASE WHEN extract(hour FROM date_time) BETWEEN 8 AND 18 THEN 'dayTime'
+                     WHEN extract(hour FROM date_time) <= 6 OR extract(hour FROM date_time) >= 20 THEN 'nightTime'
+                     ELSE 'otherTime' END AS bid_time_type,
+                date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts
+              FROM bids WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000",
+        duckdb: None,
+    },
+    Query {
+        name: "q22",
+        what: "string splitting (the view keeps every bid)",
+        sql: "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1,
+                split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bids",
+        duckdb: None,
+    },
+    Query {
+        name: "tumble",
+        what: "bids and top price per auction per 10 s tumbling window",
+        sql: "SELECT auction, window_start, window_end, count(*) AS bids, max(price) AS top
+              FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)
+              GROUP BY auction, window_start, window_end",
+        duckdb: Some(
+            "SELECT auction, time_bucket(INTERVAL '10 seconds', date_time) AS window_start,
+                    count(*) AS bids, max(price) AS top
+             FROM bids GROUP BY ALL",
+        ),
+    },
+    Query {
+        name: "hop",
+        what: "the same per 60 s window every 10 s (hopping)",
+        sql: "SELECT auction, window_start, window_end, count(*) AS bids, max(price) AS top
+              FROM HOP(bids, date_time, INTERVAL '10' SECOND, INTERVAL '60' SECOND)
+              GROUP BY auction, window_start, window_end",
+        duckdb: None,
+    },
+    Query {
+        name: "q11",
+        what: "bids per bidder per session (10 s gap)",
+        sql: "SELECT bidder, count(*) AS bid_count, window_start, window_end
+              FROM SESSION(bids, date_time, INTERVAL '10' SECOND)
+              GROUP BY bidder, window_start, window_end",
+        duckdb: None,
+    },
+];
+
+pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
+    if b.list {
+        for q in QUERIES {
+            println!("{:<7} {}", q.name, q.what);
+        }
+        return Ok(());
+    }
+    let queries: Vec<&Query> = b
+        .queries
+        .iter()
+        .map(|name| {
+            QUERIES
+                .iter()
+                .find(|q| q.name == name.as_str())
+                .with_context(|| format!("no query named {name}; see --list"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if b.events == 0 || b.partitions < 1 || b.runs == 0 {
+        bail!("--events, --partitions and --runs must be positive");
+    }
+    let temp;
+    let dir = match &b.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = TempDir::new()?;
+            temp.0.clone()
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "nexmark: {} bids in {} partitions, {} core(s), data in {}",
+        b.events,
+        b.partitions,
+        cores,
+        dir.display()
+    );
+    let json_path = dir.join("bids.json");
+    let store = Arc::new(LogStore::open(&dir.join("log"))?);
+    let loaded = Instant::now();
+    let bytes = load(&store, &json_path, b.events, b.partitions)?;
+    println!(
+        "loaded {} bids ({:.0} MB of JSON, {:.0} bytes per bid) in {:.1} s",
+        b.events,
+        bytes as f64 / 1e6,
+        bytes as f64 / b.events as f64,
+        loaded.elapsed().as_secs_f64()
+    );
+
+    let engine = Engine::open(store.clone(), &dir.join("log")).await?;
+    engine.execute(SOURCE).await?;
+    println!(
+        "\n{:<7} {:>14} {:>14} {:>12} {:>14} {:>10}",
+        "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio"
+    );
+    for q in queries {
+        let mut rates = Vec::with_capacity(b.runs);
+        for run in 0..b.runs {
+            let view = format!("bench_{}_{run}", q.name);
+            let started = Instant::now();
+            engine
+                .execute(&format!("CREATE MATERIALIZED VIEW {view} AS {}", q.sql))
+                .await
+                .with_context(|| format!("query {}", q.name))?;
+            wait_for(&engine, &view, b.events).await?;
+            let secs = started.elapsed().as_secs_f64();
+            rates.push(b.events as f64 / secs);
+            engine
+                .execute(&format!("DROP MATERIALIZED VIEW {view}"))
+                .await?;
+        }
+        let rate = median(&mut rates);
+        let baseline = match (q.duckdb, b.duckdb_python.as_str()) {
+            (Some(sql), python) if python != "none" => {
+                Some(duckdb_rate(python, &json_path, sql, b.events, b.runs)?)
+            }
+            _ => None,
+        };
+        println!(
+            "{:<7} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10}",
+            q.name,
+            rate,
+            rate / cores as f64,
+            rate * (bytes as f64 / b.events as f64) / 1e6,
+            baseline.map_or("-".into(), |d| format!("{d:.0}")),
+            baseline.map_or("-".into(), |d| format!("{:.2}x", rate / d)),
+        );
+    }
+    engine.shutdown();
+    println!(
+        "\n(median of {} run(s) per query; ratio = fluxo / DuckDB)",
+        b.runs
+    );
+    Ok(())
+}
+
+/// Appends `events` bids round-robin to the partitions of a new `bids`
+/// topic and writes the same JSON lines to `json_path`. Returns the JSON size.
+fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> anyhow::Result<u64> {
+    if store.topic("bids").is_some() {
+        store.delete_topic("bids")?;
+    }
+    store.create_topic("bids", partitions, TopicConfig::default())?;
+    let logs = store
+        .topic("bids")
+        .context("the bids topic vanished")?
+        .partitions();
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(json_path)
+            .with_context(|| format!("cannot create {}", json_path.display()))?,
+    );
+    let mut generator = Generator::new(GeneratorConfig::default());
+    let mut total = 0u64;
+    let mut line = Vec::with_capacity(512);
+    const BATCH: u64 = 1000;
+    let mut done = 0u64;
+    let mut partition = 0usize;
+    while done < events {
+        let n = BATCH.min(events - done);
+        let mut records = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let bid = generator.next_bid();
+            line.clear();
+            bid.write_json(&mut line);
+            total += line.len() as u64;
+            file.write_all(&line)?;
+            file.write_all(b"\n")?;
+            records.push(OutRecord {
+                value: Some(Bytes::copy_from_slice(&line)),
+                timestamp: bid.date_time,
+                ..Default::default()
+            });
+        }
+        let batch = encode_batch(&records, Compression::None)?;
+        let mut bytes = batch.to_vec();
+        logs[partition].append(&mut bytes)?;
+        partition = (partition + 1) % logs.len();
+        done += n;
+    }
+    file.flush()?;
+    Ok(total)
+}
+
+async fn wait_for(engine: &Engine, view: &str, events: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let status = engine.pipelines().into_iter().find(|p| p.name == view);
+        match status {
+            Some(p) if p.status == "failed" => {
+                bail!("{view} failed: {}", p.last_error.unwrap_or_default())
+            }
+            Some(p) if p.events_in >= events => return Ok(()),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("{view} did not finish within an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// DuckDB's rate over the JSON file: events / median wall time of `runs`
+/// runs of `sql` with `bids` standing for the file, on all cores.
+fn duckdb_rate(
+    python: &str,
+    json_path: &Path,
+    sql: &str,
+    events: u64,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    const SCRIPT: &str = r#"
+import json, sys, time
+import duckdb
+path, sql, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+con = duckdb.connect()
+source = ("read_json('%s', format = 'newline_delimited', columns = {auction: 'BIGINT', "
+          "bidder: 'BIGINT', price: 'BIGINT', channel: 'VARCHAR', url: 'VARCHAR', "
+          "date_time: 'TIMESTAMP', extra: 'VARCHAR'})" % path.replace("'", "''"))
+query = "WITH bids AS (SELECT * FROM %s) %s" % (source, sql)
+times = []
+for _ in range(runs):
+    t = time.perf_counter()
+    con.execute(query).fetchall()
+    times.append(time.perf_counter() - t)
+print(json.dumps(times))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", SCRIPT])
+        .arg(json_path)
+        .arg(sql)
+        .arg(runs.to_string())
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {python} for the DuckDB baseline (pass --duckdb-python none to skip)"
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "the DuckDB baseline failed (is the duckdb package installed for {python}?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut times: Vec<f64> = serde_json::from_slice(&out.stdout)
+        .context("the DuckDB baseline printed something unexpected")?;
+    Ok(events as f64 / median(&mut times))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("fluxo-bench-nexmark-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
