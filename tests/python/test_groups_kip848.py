@@ -524,10 +524,12 @@ def test_a_static_member_that_restarts_gets_its_partitions_back_without_moving_t
 
 # -- a live member and a broker restart ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
+RESTART_DUPLICATES = (
     "known limitation: group membership is kept in memory, so after a broker restart a "
-    "member is UNKNOWN_MEMBER_ID and rejoins; its in-flight commit fails and that record "
-    "is read again (at-least-once). Kafka persists group state; fluxo does not yet."))
+    "member is UNKNOWN_MEMBER_ID and rejoins; a commit in flight at the restart fails and "
+    "that record is read again (at-least-once). Kafka persists group state; fluxo does not yet.")
+
+
 @pytest.mark.timeout(60)
 def test_a_member_keeps_reading_across_a_broker_restart_without_loss_or_duplicates(kbroker, members, new_topic):
     boot = kbroker.bootstrap
@@ -543,8 +545,12 @@ def test_a_member_keeps_reading_across_a_broker_restart_without_loss_or_duplicat
     kbroker.restart()
 
     produced |= set(produce_values(boot, topic, 2, [f"v{i}" for i in range(200, 300)]))
+    # Nothing is lost, ever.
     pump([m], lambda: values_read([m]) >= produced, timeout=40, desc="every record read")
-    assert not read_twice([m]), f"records read twice: {sorted(read_twice([m]))[:10]}"
+    # Whether a record is read twice depends on whether a commit was in
+    # flight at the restart: the known limitation, reported when it shows.
+    if read_twice([m]):
+        pytest.xfail(f"{RESTART_DUPLICATES} Read twice: {sorted(read_twice([m]))[:10]}")
 
 
 # -- switching a group between the classic and the consumer protocol ------------
