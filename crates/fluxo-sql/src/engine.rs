@@ -510,7 +510,7 @@ impl Engine {
                     (
                         s.name.clone(),
                         s.from.clone(),
-                        s.options.get("connector").unwrap_or("").to_string(),
+                        s.options.get("connector").unwrap_or("topic").to_string(),
                     )
                 })
                 .collect(),

@@ -36,6 +36,7 @@ pub struct Decoded {
     pub first_error: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct RecordDecoder {
     schema: SchemaRef,
     format: Format,

@@ -35,6 +35,7 @@ pub mod nexmark_source;
 pub mod parser;
 pub mod pipeline;
 pub mod planner;
+pub mod reader;
 pub mod sink;
 pub mod source;
 pub mod view;

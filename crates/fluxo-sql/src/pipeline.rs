@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
-use bytes::Bytes;
 use fluxo_log::{LogStore, PartitionLog};
-use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -30,12 +28,14 @@ use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::planner::{Dataflow, Stage};
+use crate::reader::{Chunk, Readers};
 use crate::sink::Sink;
 use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
 
-/// How much of a partition one read takes.
-const READ_BYTES: usize = 1 << 20;
+/// How many reader chunks one round takes before it looks at the
+/// watermark, checkpoints and commands again.
+const MAX_CHUNKS_PER_ROUND: usize = 16;
 const DEFAULT_IDLE_TIMEOUT_MS: i64 = 2_000;
 
 /// Live counters of a pipeline, read by the status API.
@@ -303,6 +303,14 @@ impl Runner {
                 self.emit(initial)?;
             }
         }
+        let readers = Readers::start(
+            self.store.clone(),
+            self.topic.clone(),
+            self.decoder.clone(),
+            self.partitions.iter().map(|c| c.offset).collect(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            &self.name,
+        )?;
         let mut rate_at = Instant::now();
         let (mut last_in, mut last_out) = (
             self.stats.events_in.load(Ordering::Relaxed),
@@ -326,46 +334,21 @@ impl Runner {
                     caught_up: false,
                 });
             }
-            let mut progressed = false;
-            for (i, log) in logs.iter().enumerate() {
-                let cursor = &mut self.partitions[i];
-                let start = log.log_start_offset();
-                if cursor.offset < start {
-                    cursor.offset = start;
-                }
-                let end = log.end_offset();
-                if cursor.offset >= end {
-                    cursor.caught_up = true;
-                    continue;
-                }
-                let bytes = log
-                    .read(cursor.offset, READ_BYTES)
-                    .map_err(|e| SqlError::Execution(format!("reading {}/{i}: {e}", self.topic)))?;
-                let (values, next) = decode_records(bytes, cursor.offset)?;
-                cursor.offset = next.max(cursor.offset);
-                cursor.caught_up = cursor.offset >= end;
-                if values.is_empty() {
-                    continue;
-                }
-                cursor.last_data = Instant::now();
-                progressed = true;
-                let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-                let decoded = self.decoder.decode(&slices)?;
-                if decoded.bad > 0 {
-                    self.stats
-                        .bad_records
-                        .fetch_add(decoded.bad as u64, Ordering::Relaxed);
-                    if let Some(e) = decoded.first_error {
-                        *self.stats.last_error.lock() = Some(format!(
-                            "skipped {} record(s) of {}/{i} that do not match source {}: {e}",
-                            decoded.bad, self.topic, self.dataflow.scan.source.name
-                        ));
-                    }
-                }
-                self.stats
-                    .events_in
-                    .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
-                self.process(decoded.batch, i)?;
+            // Take what the readers decoded: wait a little when there is
+            // nothing, then drain without waiting, then move the watermark.
+            let mut wait = Duration::from_millis(5);
+            for _ in 0..MAX_CHUNKS_PER_ROUND {
+                let Some(chunk) = readers.next(wait)? else {
+                    break;
+                };
+                wait = Duration::ZERO;
+                self.take_chunk(chunk)?;
+            }
+            for (cursor, log) in self.partitions.iter_mut().zip(&logs) {
+                // Retention may have removed records nobody read (the
+                // readers skip them too).
+                cursor.offset = cursor.offset.max(log.log_start_offset());
+                cursor.caught_up = cursor.offset >= log.end_offset();
             }
             let watermark = self.combined_watermark();
             if watermark > self.watermark {
@@ -394,9 +377,6 @@ impl Runner {
             }
             if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
                 self.checkpoint_logged();
-            }
-            if !progressed {
-                std::thread::sleep(Duration::from_millis(5));
             }
         }
         // A clean stop resumes exactly where it left off.
@@ -432,6 +412,41 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Runs a chunk from the readers through the dataflow and moves the
+    /// partition's cursor past it.
+    fn take_chunk(&mut self, chunk: Chunk) -> Result<()> {
+        let p = chunk.partition;
+        while self.partitions.len() <= p {
+            self.partitions.push(PartitionCursor {
+                offset: 0,
+                max_event_time: None,
+                last_data: Instant::now(),
+                caught_up: false,
+            });
+        }
+        let cursor = &mut self.partitions[p];
+        cursor.offset = cursor.offset.max(chunk.next_offset);
+        let decoded = chunk.decoded;
+        if decoded.batch.num_rows() + decoded.bad > 0 {
+            cursor.last_data = Instant::now();
+        }
+        if decoded.bad > 0 {
+            self.stats
+                .bad_records
+                .fetch_add(decoded.bad as u64, Ordering::Relaxed);
+            if let Some(e) = decoded.first_error {
+                *self.stats.last_error.lock() = Some(format!(
+                    "skipped {} record(s) of {}/{p} that do not match source {}: {e}",
+                    decoded.bad, self.topic, self.dataflow.scan.source.name
+                ));
+            }
+        }
+        self.stats
+            .events_in
+            .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
+        self.process(decoded.batch, p)
     }
 
     /// Takes a checkpoint; a failure (a full disk, say) is reported in the
@@ -775,31 +790,6 @@ impl Runner {
         }
         Ok(())
     }
-}
-
-/// The values of the records at or after `from` in `bytes` (whole batches
-/// from the log), and the offset after the last record.
-fn decode_records(mut bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
-    let mut values = Vec::new();
-    let mut next = from;
-    while bytes.len() >= 61 {
-        let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
-        let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
-        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
-            SqlError::Execution(format!("corrupt record batch at offset {base}: {e}"))
-        })?;
-        for r in set.records {
-            if r.offset < from || r.control {
-                continue;
-            }
-            if let Some(v) = r.value {
-                values.push(v);
-            }
-        }
-        // A batch may hold only control records or compacted-away offsets.
-        next = next.max(base + last_delta + 1);
-    }
-    Ok((values, next))
 }
 
 pub fn now_ms() -> i64 {

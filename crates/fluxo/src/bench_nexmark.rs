@@ -168,7 +168,13 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
         dir.display()
     );
     let json_path = dir.join("bids.json");
-    let store = Arc::new(LogStore::open(&dir.join("log"))?);
+    // Every run starts from an empty log and catalog.
+    let log_dir = dir.join("log");
+    if log_dir.exists() {
+        std::fs::remove_dir_all(&log_dir)
+            .with_context(|| format!("cannot clear {}", log_dir.display()))?;
+    }
+    let store = Arc::new(LogStore::open(&log_dir)?);
     let loaded = Instant::now();
     let bytes = load(&store, &json_path, b.events, b.partitions)?;
     println!(
@@ -179,7 +185,7 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
         loaded.elapsed().as_secs_f64()
     );
 
-    let engine = Engine::open(store.clone(), &dir.join("log")).await?;
+    let engine = Engine::open(store.clone(), &log_dir).await?;
     engine.execute(SOURCE).await?;
     println!(
         "\n{:<7} {:>14} {:>14} {:>12} {:>14} {:>10}",
@@ -306,6 +312,7 @@ import json, sys, time
 import duckdb
 path, sql, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 source = ("read_json('%s', format = 'newline_delimited', columns = {auction: 'BIGINT', "
           "bidder: 'BIGINT', price: 'BIGINT', channel: 'VARCHAR', url: 'VARCHAR', "
           "date_time: 'TIMESTAMP', extra: 'VARCHAR'})" % path.replace("'", "''"))
@@ -315,7 +322,7 @@ for _ in range(runs):
     t = time.perf_counter()
     con.execute(query).fetchall()
     times.append(time.perf_counter() - t)
-print(json.dumps(times))
+print("times " + json.dumps(times))
 "#;
     let out = std::process::Command::new(python)
         .args(["-c", SCRIPT])
@@ -334,8 +341,13 @@ print(json.dumps(times))
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut times: Vec<f64> = serde_json::from_slice(&out.stdout)
-        .context("the DuckDB baseline printed something unexpected")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("times "))
+        .with_context(|| format!("the DuckDB baseline printed no timings: {stdout}"))?;
+    let mut times: Vec<f64> = serde_json::from_str(line)
+        .with_context(|| format!("the DuckDB baseline printed {line:?}"))?;
     Ok(events as f64 / median(&mut times))
 }
 

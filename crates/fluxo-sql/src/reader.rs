@@ -1,0 +1,216 @@
+//! Reading a source topic in parallel. Each partition belongs to one reader
+//! thread (partition `p` to reader `p % readers`), which reads whole record
+//! batches from the log, decodes the values against the source's schema (the
+//! costly part: JSON parsing) and hands Arrow batches to the pipeline, in
+//! offset order per partition, over a bounded channel.
+//!
+//! Readers run ahead of the pipeline by at most the channel's capacity. What
+//! counts as consumed is decided by the pipeline alone: its cursor of a
+//! partition moves when it takes a chunk, so a checkpoint records exactly
+//! what went into the state, whatever the readers have read beyond it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fluxo_log::LogStore;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::error::{Result, SqlError};
+use crate::format::{Decoded, RecordDecoder};
+
+/// How much of a partition one read takes.
+const READ_BYTES: usize = 1 << 20;
+
+/// Decoded records of one partition.
+pub struct Chunk {
+    pub partition: usize,
+    pub decoded: Decoded,
+    /// The offset after the last record of the chunk.
+    pub next_offset: i64,
+}
+
+pub struct Readers {
+    chunks: Receiver<Result<Chunk>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Readers {
+    /// Starts `readers` threads reading `topic` from `start_offsets` (per
+    /// partition; partitions beyond it start at their log start).
+    pub fn start(
+        store: Arc<LogStore>,
+        topic: String,
+        decoder: RecordDecoder,
+        start_offsets: Vec<i64>,
+        readers: usize,
+        name: &str,
+    ) -> Result<Readers> {
+        let readers = readers.max(1);
+        let (tx, rx) = sync_channel(2 * readers);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(readers);
+        for index in 0..readers {
+            let reader = Reader {
+                store: store.clone(),
+                topic: topic.clone(),
+                decoder: decoder.clone(),
+                start_offsets: start_offsets.clone(),
+                index,
+                readers,
+                stop: stop.clone(),
+                chunks: tx.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("read-{name}-{index}"))
+                    .spawn(move || reader.run())
+                    .map_err(|e| {
+                        SqlError::Internal(format!("cannot start a reader thread: {e}"))
+                    })?,
+            );
+        }
+        Ok(Readers {
+            chunks: rx,
+            stop,
+            threads,
+        })
+    }
+
+    /// The next chunk, waiting up to `wait` for one.
+    pub fn next(&self, wait: Duration) -> Result<Option<Chunk>> {
+        let received = if wait.is_zero() {
+            self.chunks.try_recv().map_err(|e| match e {
+                std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            self.chunks.recv_timeout(wait)
+        };
+        match received {
+            Ok(chunk) => chunk.map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(SqlError::Internal(
+                "every reader of the source stopped".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Unblock readers waiting on a full channel.
+        while self.chunks.try_recv().is_ok() {}
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Reader {
+    store: Arc<LogStore>,
+    topic: String,
+    decoder: RecordDecoder,
+    start_offsets: Vec<i64>,
+    index: usize,
+    readers: usize,
+    stop: Arc<AtomicBool>,
+    chunks: SyncSender<Result<Chunk>>,
+}
+
+impl Reader {
+    fn run(self) {
+        let mut cursors: Vec<Option<i64>> = Vec::new();
+        while !self.stop.load(Ordering::Acquire) {
+            let Some(topic) = self.store.topic(&self.topic) else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            let logs = topic.partitions();
+            cursors.resize(logs.len(), None);
+            let mut progressed = false;
+            for (p, log) in logs.iter().enumerate() {
+                if p % self.readers != self.index {
+                    continue;
+                }
+                let log_start = log.log_start_offset();
+                let cursor = cursors[p]
+                    .get_or_insert_with(|| self.start_offsets.get(p).copied().unwrap_or(log_start));
+                // Retention may have removed what a checkpoint pointed at.
+                *cursor = (*cursor).max(log_start);
+                if *cursor >= log.end_offset() {
+                    continue;
+                }
+                let chunk = log
+                    .read(*cursor, READ_BYTES)
+                    .map_err(|e| SqlError::Execution(format!("reading {}/{p}: {e}", self.topic)))
+                    .and_then(|bytes| decode_records(bytes, *cursor))
+                    .and_then(|(values, next)| {
+                        let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+                        Ok(Chunk {
+                            partition: p,
+                            decoded: self.decoder.decode(&slices)?,
+                            next_offset: next.max(*cursor),
+                        })
+                    });
+                let failed = chunk.is_err();
+                if let Ok(c) = &chunk {
+                    *cursor = c.next_offset;
+                }
+                if !self.send(chunk) || failed {
+                    return;
+                }
+                progressed = true;
+            }
+            if !progressed {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Waits for room in the channel; false once the pipeline is gone.
+    fn send(&self, mut chunk: Result<Chunk>) -> bool {
+        loop {
+            match self.chunks.try_send(chunk) {
+                Ok(()) => return true,
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    if self.stop.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    chunk = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+/// The values of the records at or after `from` in `bytes` (whole batches
+/// from the log), and the offset after the last record.
+pub fn decode_records(mut bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
+    let mut values = Vec::new();
+    let mut next = from;
+    while bytes.len() >= 61 {
+        let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
+        let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
+        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+            SqlError::Execution(format!("corrupt record batch at offset {base}: {e}"))
+        })?;
+        for r in set.records {
+            if r.offset < from || r.control {
+                continue;
+            }
+            if let Some(v) = r.value {
+                values.push(v);
+            }
+        }
+        // A batch may hold only control records or compacted-away offsets.
+        next = next.max(base + last_delta + 1);
+    }
+    Ok((values, next))
+}
