@@ -20,6 +20,9 @@ struct Contents {
     converter: RowConverter,
     /// Row bytes and how many times the row is present, in arrival order.
     rows: indexmap::IndexMap<Box<[u8]>, u64>,
+    /// The sum of the counts in `rows`, kept so the status API never walks
+    /// the view (under the lock the pipeline needs).
+    total: u64,
     /// Retractions of rows the view did not hold: a bug upstream if ever
     /// non-zero; kept visible in the pipeline status rather than panicking.
     unmatched_retractions: u64,
@@ -52,6 +55,7 @@ impl ViewStore {
             contents: Mutex::new(Contents {
                 converter,
                 rows: indexmap::IndexMap::new(),
+                total: 0,
                 unmatched_retractions: 0,
             }),
             changes,
@@ -72,6 +76,7 @@ impl ViewStore {
             let row = rows.row(i);
             let key = row.as_ref();
             if changes.is_insert(i) {
+                c.total += 1;
                 match c.rows.get_mut(key) {
                     Some(n) => *n += 1,
                     None => {
@@ -80,9 +85,13 @@ impl ViewStore {
                 }
             } else {
                 match c.rows.get_mut(key) {
-                    Some(n) if *n > 1 => *n -= 1,
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        c.total -= 1;
+                    }
                     Some(_) => {
                         c.rows.shift_remove(key);
+                        c.total -= 1;
                     }
                     None => c.unmatched_retractions += 1,
                 }
@@ -107,7 +116,7 @@ impl ViewStore {
     }
 
     pub fn row_count(&self) -> u64 {
-        self.contents.lock().rows.values().sum()
+        self.contents.lock().total
     }
 
     pub fn unmatched_retractions(&self) -> u64 {
@@ -118,6 +127,7 @@ impl ViewStore {
     pub fn clear(&self) {
         let mut c = self.contents.lock();
         c.rows.clear();
+        c.total = 0;
         c.unmatched_retractions = 0;
     }
 }
