@@ -66,6 +66,15 @@ impl OperatorState {
         self.meta.get(key).and_then(|v| v.as_i64())
     }
 
+    /// How many state columns each part of a packed batch has (see [`pack`]).
+    pub fn widths(&self) -> Result<Vec<usize>> {
+        Ok(self
+            .meta_list("widths")?
+            .into_iter()
+            .map(|w| w.max(0) as usize)
+            .collect())
+    }
+
     pub fn meta_list(&self, key: &str) -> Result<Vec<i64>> {
         match self.meta.get(key) {
             None | Some(serde_json::Value::Null) => Ok(Vec::new()),

@@ -246,11 +246,7 @@ impl SessionWindow {
         self.sessions.clear();
         self.by_key.clear();
         self.by_end.clear();
-        let widths: Vec<usize> = state
-            .meta_list("widths")?
-            .into_iter()
-            .map(|w| w as usize)
-            .collect();
+        let widths = state.widths()?;
         let Some(batch) = state.batches_named("sessions").next() else {
             return Ok(());
         };

@@ -187,11 +187,7 @@ impl UpdatingAggregate {
             .get("started")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        let widths: Vec<usize> = state
-            .meta_list("widths")?
-            .into_iter()
-            .map(|w| w as usize)
-            .collect();
+        let widths = state.widths()?;
         let Some(batch) = state.batches_named("groups").next() else {
             return Ok(());
         };

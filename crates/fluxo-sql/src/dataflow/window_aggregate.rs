@@ -325,11 +325,7 @@ impl WindowAggregate {
         self.emitted.clear();
         self.dirty.clear();
         let starts = state.meta_list("panes")?;
-        let widths: Vec<usize> = state
-            .meta_list("widths")?
-            .into_iter()
-            .map(|w| w as usize)
-            .collect();
+        let widths = state.widths()?;
         for (p, batch) in starts.iter().zip(state.batches_named("pane")) {
             let mut parts = unpack(batch, &widths)?.into_iter();
             let keys = parts.next().unwrap_or_default();
