@@ -25,7 +25,7 @@ use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
 use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
-use crate::planner::{plan_dataflow, planning_context, Dataflow};
+use crate::planner::{plan_dataflow, planning_context, Dataflow, Stage};
 use crate::sink::{TopicSink, TopicSinkConfig};
 use crate::view::{Subscription, ViewStore};
 
@@ -287,7 +287,7 @@ impl Engine {
         }
         def.options.check_known(
             "a materialized view",
-            &["allowed_lateness", "checkpoint_interval"],
+            &["allowed_lateness", "checkpoint_interval", "late_topic"],
         )?;
         let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
         let checkpoint_interval_ms = def
@@ -301,6 +301,10 @@ impl Engine {
         }
         let sources = self.objects.read().sources.clone();
         let dataflow = plan_dataflow(&sources, &def.query).await?;
+        let late_topic = def.options.get("late_topic").map(str::to_string);
+        if let Some(topic) = &late_topic {
+            check_late_topic(topic, &dataflow)?;
+        }
         let store = Arc::new(ViewStore::new(dataflow.output_schema.clone())?);
         let definition = Statement::CreateView(def.clone()).to_string();
         let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
@@ -323,6 +327,7 @@ impl Engine {
                 allowed_lateness_ms: lateness_ms,
                 checkpoints,
                 checkpoint_interval_ms,
+                late_topic,
             },
             self.store.clone(),
             !persist,
@@ -762,4 +767,24 @@ impl TableProvider for ViewTable {
         let table = MemTable::try_new(self.store.schema().clone(), vec![vec![snapshot]])?;
         table.scan(state, projection, filters, limit).await
     }
+}
+
+/// `late_topic` needs events that can be late (a windowed aggregation) and
+/// must not feed the view its own late events.
+fn check_late_topic(topic: &str, dataflow: &Dataflow) -> Result<()> {
+    LogStore::validate_topic_name(topic)
+        .map_err(|e| SqlError::Plan(format!("late_topic = '{topic}': {e}")))?;
+    if !matches!(dataflow.stage, Stage::Window { .. }) {
+        return Err(SqlError::Plan(
+            "late_topic needs a view that aggregates over TUMBLE, HOP or SESSION windows: \
+             only their events can be late"
+                .into(),
+        ));
+    }
+    if dataflow.scan.source.options.get("topic") == Some(topic) {
+        return Err(SqlError::Plan(format!(
+            "late_topic = '{topic}' is the view's source topic; late events would come back as input"
+        )));
+    }
+    Ok(())
 }

@@ -29,7 +29,7 @@ use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::planner::{Dataflow, Stage};
 use crate::reader::{Chunk, Readers};
-use crate::sink::Sink;
+use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
 
@@ -156,7 +156,14 @@ pub struct PipelineSpec {
     pub allowed_lateness_ms: i64,
     pub checkpoints: CheckpointStore,
     pub checkpoint_interval_ms: i64,
+    /// Where events too late for any window go (as JSON rows of the
+    /// source), besides being counted.
+    pub late_topic: Option<String>,
 }
+
+/// The name the late-event output's state has in checkpoints; not a valid
+/// SQL identifier, so no sink can take it.
+const LATE_OUTPUT: &str = "(late events)";
 
 /// Starts a pipeline's thread; with `paused` it waits for
 /// [`PipelineHandle::resume`] before reading anything.
@@ -205,6 +212,13 @@ struct Runner {
     epoch: u64,
     control: Arc<Control>,
     sinks: Vec<Box<dyn Sink>>,
+    /// Whether events within the allowed lateness may have changed windows
+    /// the watermark already passed, which are then emitted again without
+    /// waiting for the watermark to move.
+    updated_closed_windows: bool,
+    lateness_ms: i64,
+    /// The side output for late events, when the view has `late_topic`.
+    late_output: Option<TopicSink>,
     /// Sink states of the checkpoint the pipeline resumed from.
     restored_sinks: serde_json::Map<String, serde_json::Value>,
 }
@@ -247,7 +261,7 @@ impl Runner {
             decoder: RecordDecoder::new(std::sync::Arc::new(source.schema()), format),
             dataflow: spec.dataflow,
             view: spec.view,
-            store,
+            store: store.clone(),
             stats,
             stop,
             topic,
@@ -262,6 +276,20 @@ impl Runner {
             epoch: 0,
             control,
             sinks: Vec::new(),
+            updated_closed_windows: false,
+            lateness_ms: lateness,
+            late_output: spec.late_topic.map(|topic| {
+                TopicSink::new(
+                    LATE_OUTPUT.to_string(),
+                    TopicSinkConfig {
+                        topic,
+                        key: Vec::new(),
+                        snapshot: false,
+                        partitions: 1,
+                    },
+                    store,
+                )
+            }),
             restored_sinks: serde_json::Map::new(),
         })
     }
@@ -296,6 +324,9 @@ impl Runner {
             std::thread::sleep(Duration::from_millis(5));
         }
         let restored = self.restore()?;
+        if let Some(late) = &mut self.late_output {
+            late.recover(self.restored_sinks.get(LATE_OUTPUT))?;
+        }
         self.apply_commands()?;
         if !restored {
             if let StageRuntime::Updating(u) = &mut self.stage {
@@ -351,7 +382,9 @@ impl Runner {
                 cursor.caught_up = cursor.offset >= log.end_offset();
             }
             let watermark = self.combined_watermark();
-            if watermark > self.watermark {
+            if watermark > self.watermark || self.updated_closed_windows {
+                self.updated_closed_windows = false;
+                let watermark = watermark.max(self.watermark);
                 self.watermark = watermark;
                 self.stats.watermark.store(watermark, Ordering::Relaxed);
                 let out = match &mut self.stage {
@@ -472,6 +505,9 @@ impl Runner {
         for sink in &mut self.sinks {
             sinks.insert(sink.name().to_string(), sink.prepare(epoch)?);
         }
+        if let Some(late) = &mut self.late_output {
+            sinks.insert(LATE_OUTPUT.to_string(), late.prepare(epoch)?);
+        }
         let checkpoint = Checkpoint {
             epoch,
             definition: self.definition.clone(),
@@ -499,6 +535,9 @@ impl Runner {
         self.epoch = epoch;
         for sink in &mut self.sinks {
             sink.commit(epoch)?;
+        }
+        if let Some(late) = &mut self.late_output {
+            late.commit(epoch)?;
         }
         *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
             epoch,
@@ -677,11 +716,19 @@ impl Runner {
         if let Some(t) = expanded_times {
             times = t;
         }
+        // Row numbers in `batch`, to send late events out as the source's rows.
+        let mut source_rows: Vec<i64> = match self.late_output {
+            Some(_) => (0..batch.num_rows() as i64).collect(),
+            None => Vec::new(),
+        };
         let mut changes = Changes::inserts(scanned);
         for op in &self.dataflow.pre {
-            changes = op.apply_tracking(changes, Some(&mut times))?;
+            changes = op.apply_tracking(changes, &mut [&mut times, &mut source_rows])?;
         }
         let watermark = self.watermark;
+        if self.lateness_ms > 0 {
+            self.updated_closed_windows = true;
+        }
         let late = match &mut self.stage {
             StageRuntime::None => {
                 return self.emit(vec![changes]);
@@ -697,6 +744,16 @@ impl Runner {
             self.stats
                 .late_events
                 .fetch_add(late.true_count() as u64, Ordering::Relaxed);
+            if let Some(output) = &mut self.late_output {
+                let rows: UInt32Array = source_rows
+                    .iter()
+                    .zip(late.values().iter())
+                    .filter(|(_, is_late)| *is_late)
+                    .map(|(row, _)| *row as u32)
+                    .collect();
+                let events = arrow::compute::take_record_batch(&batch, &rows)?;
+                output.write(&Changes::inserts(events))?;
+            }
         }
         Ok(())
     }

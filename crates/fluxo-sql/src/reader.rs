@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fluxo_log::LogStore;
 use kafka_protocol::records::RecordBatchDecoder;
+use tokio::sync::watch;
 
 use crate::error::{Result, SqlError};
 use crate::format::{Decoded, RecordDecoder};
@@ -122,9 +123,27 @@ struct Reader {
     chunks: SyncSender<Result<Chunk>>,
 }
 
+/// The longest a reader sleeps without looking at its stop flag and at new
+/// partitions of the topic.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
 impl Reader {
     fn run(self) {
+        // Only to wait on the partitions' end-offset watches.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.chunks.send(Err(SqlError::Internal(format!(
+                    "cannot start a reader's timer: {e}"
+                ))));
+                return;
+            }
+        };
         let mut cursors: Vec<Option<i64>> = Vec::new();
+        let mut watches: Vec<Option<watch::Receiver<i64>>> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             let Some(topic) = self.store.topic(&self.topic) else {
                 std::thread::sleep(Duration::from_millis(200));
@@ -132,10 +151,20 @@ impl Reader {
             };
             let logs = topic.partitions();
             cursors.resize(logs.len(), None);
+            watches.resize_with(logs.len(), || None);
             let mut progressed = false;
             for (p, log) in logs.iter().enumerate() {
                 if p % self.readers != self.index {
                     continue;
+                }
+                // A watch of a deleted partition would wake the wait at once.
+                if watches[p].as_ref().is_none_or(|w| w.has_changed().is_err()) {
+                    watches[p] = Some(log.subscribe());
+                }
+                // Marked as seen before the end offset is read, so that an
+                // append after this point wakes the wait below.
+                if let Some(w) = &mut watches[p] {
+                    w.borrow_and_update();
                 }
                 let log_start = log.log_start_offset();
                 let cursor = cursors[p]
@@ -167,7 +196,20 @@ impl Reader {
                 progressed = true;
             }
             if !progressed {
-                std::thread::sleep(Duration::from_millis(5));
+                // Sleep until one of this reader's partitions grows.
+                let changes: Vec<_> = watches
+                    .iter_mut()
+                    .flatten()
+                    .map(|w| Box::pin(w.changed()))
+                    .collect();
+                if changes.is_empty() {
+                    std::thread::sleep(MAX_WAIT);
+                } else {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(MAX_WAIT, futures::future::select_all(changes))
+                            .await;
+                    });
+                }
             }
         }
     }

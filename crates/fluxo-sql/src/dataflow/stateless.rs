@@ -23,11 +23,12 @@ pub enum StatelessOp {
 
 impl StatelessOp {
     pub fn apply(&self, input: Changes) -> Result<Changes> {
-        self.apply_tracking(input, None)
+        self.apply_tracking(input, &mut [])
     }
 
-    /// Like `apply`, and keeps `times` (one per row) in step with the rows.
-    pub fn apply_tracking(&self, input: Changes, times: Option<&mut Vec<i64>>) -> Result<Changes> {
+    /// Like `apply`, and keeps each of `tracked` (one value per row: event
+    /// times, source row numbers) in step with the rows.
+    pub fn apply_tracking(&self, input: Changes, tracked: &mut [&mut Vec<i64>]) -> Result<Changes> {
         if input.num_rows() == 0 {
             return Ok(match self {
                 StatelessOp::Filter { .. } => input,
@@ -52,9 +53,9 @@ impl StatelessOp {
                 if mask.true_count() == mask.len() {
                     return Ok(input);
                 }
-                if let Some(times) = times {
+                for values in tracked.iter_mut() {
                     let mut i = 0;
-                    times.retain(|_| {
+                    values.retain(|_| {
                         i += 1;
                         mask.value(i - 1)
                     });

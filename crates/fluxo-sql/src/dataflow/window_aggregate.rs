@@ -7,6 +7,12 @@
 //! a [`GroupValues`] table interning the group keys and one
 //! [`GroupsAccumulator`] per aggregate.
 //!
+//! Once the watermark passes a pane's end no on-time event can change it, so
+//! a pane that later windows still need is *sealed*: its state is taken out
+//! once as Arrow arrays (accumulators hand out state only by draining it),
+//! and every window containing it merges those arrays. A late event that
+//! falls into a sealed pane unseals it.
+//!
 //! A window is emitted once, when the watermark reaches its end; its row is
 //! then final. With an allowed lateness `L`, panes live on until the
 //! watermark passes `end + L`; an event arriving in that time updates the
@@ -114,6 +120,9 @@ pub struct WindowAggregate {
     size: i64,
     lateness: i64,
     panes: BTreeMap<i64, Pane>,
+    /// Complete panes that windows not yet emitted (or still open to late
+    /// events) need, by start.
+    sealed: BTreeMap<i64, PaneSnapshot>,
     /// The end of the last window emitted.
     emitted_through: Option<i64>,
     /// With allowed lateness: what each window still open to late events
@@ -132,6 +141,7 @@ impl WindowAggregate {
             size,
             lateness,
             panes: BTreeMap::new(),
+            sealed: BTreeMap::new(),
             emitted_through: None,
             emitted: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -177,7 +187,13 @@ impl WindowAggregate {
             };
             let pane = match self.panes.entry(p) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(Pane::new(&self.exprs)?),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let mut pane = Pane::new(&self.exprs)?;
+                    if let Some(snapshot) = self.sealed.remove(&p) {
+                        pane.merge(&snapshot)?;
+                    }
+                    e.insert(pane)
+                }
             };
             match rows {
                 None => pane.update(&input)?,
@@ -211,8 +227,21 @@ impl WindowAggregate {
                 out.push(Changes::inserts(new));
             }
         }
+        // Seal complete panes that more than one window will read.
+        if self.size > self.slide {
+            let complete: Vec<i64> = self
+                .panes
+                .keys()
+                .copied()
+                .take_while(|p| p.saturating_add(self.slide) <= watermark)
+                .collect();
+            for p in complete {
+                let snapshot = self.take_pane(p)?.snapshot(&self.exprs, false)?;
+                self.sealed.insert(p, snapshot);
+            }
+        }
         let mut ends = BTreeSet::new();
-        for p in self.panes.keys() {
+        for p in self.panes.keys().chain(self.sealed.keys()) {
             let mut end = p + self.slide;
             while end <= p + self.size && end <= watermark {
                 if self.emitted_through.is_none_or(|t| end > t) {
@@ -234,6 +263,8 @@ impl WindowAggregate {
         let horizon = self.size + self.lateness;
         self.panes
             .retain(|p, _| p.saturating_add(horizon) > watermark);
+        self.sealed
+            .retain(|p, _| p.saturating_add(horizon) > watermark);
         let lateness = self.lateness;
         self.emitted
             .retain(|end, _| end.saturating_add(lateness) > watermark);
@@ -243,18 +274,29 @@ impl WindowAggregate {
     /// The rows of the window ending at `end`, from its panes.
     fn window_rows(&mut self, end: i64, watermark: i64) -> Result<RecordBatch> {
         let start = end - self.size;
-        let pane_starts: Vec<i64> = self.panes.range(start..end).map(|(p, _)| *p).collect();
+        let mut pane_starts: Vec<i64> = self.panes.range(start..end).map(|(p, _)| *p).collect();
+        pane_starts.extend(self.sealed.range(start..end).map(|(p, _)| *p));
         let horizon = self.size + self.lateness;
         // A pane is still needed if a later window contains it or late
         // events may still change it.
         let size = self.size;
         let needed_later = move |p: i64| p + size > end || p.saturating_add(horizon) > watermark;
-        let (keys, values) = if pane_starts.len() == 1 && !needed_later(pane_starts[0]) {
+        let (keys, values) = if pane_starts.len() == 1
+            && !needed_later(pane_starts[0])
+            && self.panes.contains_key(&pane_starts[0])
+        {
             self.take_pane(pane_starts[0])?.evaluate()?
         } else {
             let mut merged = Pane::new(&self.exprs)?;
             for p in pane_starts {
                 let keep = needed_later(p);
+                if let Some(sealed) = self.sealed.get(&p) {
+                    merged.merge(sealed)?;
+                    if !keep {
+                        self.sealed.remove(&p);
+                    }
+                    continue;
+                }
                 let snapshot = if keep {
                     match self.panes.get_mut(&p) {
                         Some(pane) => pane.snapshot(&self.exprs, true)?,
@@ -279,6 +321,12 @@ impl WindowAggregate {
     pub fn state_size(&self) -> usize {
         self.panes.values().map(|p| p.size()).sum::<usize>()
             + self
+                .sealed
+                .values()
+                .flat_map(|s| s.keys.iter().chain(s.states.iter().flatten()))
+                .map(|a| a.get_array_memory_size())
+                .sum::<usize>()
+            + self
                 .emitted
                 .values()
                 .map(|b| b.get_array_memory_size())
@@ -286,7 +334,7 @@ impl WindowAggregate {
     }
 
     pub fn open_windows(&self) -> usize {
-        self.panes.len()
+        self.panes.len() + self.sealed.len()
     }
 
     /// The state as Arrow batches: one per pane (keys, then each
@@ -296,8 +344,17 @@ impl WindowAggregate {
     pub fn checkpoint(&mut self) -> Result<OperatorState> {
         let mut batches = Vec::with_capacity(self.panes.len() + self.emitted.len());
         let mut widths: Option<Vec<usize>> = None;
-        for pane in self.panes.values_mut() {
-            let snapshot = pane.snapshot(&self.exprs, true)?;
+        let mut starts = Vec::with_capacity(self.panes.len() + self.sealed.len());
+        let mut snapshots = Vec::with_capacity(starts.capacity());
+        for (p, pane) in self.panes.iter_mut() {
+            starts.push(*p);
+            snapshots.push(pane.snapshot(&self.exprs, true)?);
+        }
+        for (p, snapshot) in &self.sealed {
+            starts.push(*p);
+            snapshots.push(snapshot.clone());
+        }
+        for snapshot in snapshots {
             let rows = snapshot.keys.first().map_or(0, |k| k.len());
             let mut w = vec![snapshot.keys.len()];
             w.extend(snapshot.states.iter().map(|s| s.len()));
@@ -311,7 +368,7 @@ impl WindowAggregate {
         }
         Ok(OperatorState {
             meta: serde_json::json!({
-                "panes": self.panes.keys().collect::<Vec<_>>(),
+                "panes": starts,
                 "emitted": self.emitted.keys().collect::<Vec<_>>(),
                 "emitted_through": self.emitted_through,
                 "widths": widths,
@@ -322,6 +379,7 @@ impl WindowAggregate {
 
     pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
         self.panes.clear();
+        self.sealed.clear();
         self.emitted.clear();
         self.dirty.clear();
         let starts = state.meta_list("panes")?;
