@@ -31,6 +31,7 @@ use crate::view::{Subscription, ViewStore};
 
 /// How often a pipeline checkpoints unless its view says otherwise.
 const DEFAULT_CHECKPOINT_INTERVAL_MS: i64 = 10_000;
+const MAX_PARALLELISM: usize = 256;
 
 /// What a statement returned.
 #[derive(Debug, Clone)]
@@ -122,6 +123,8 @@ pub struct PipelineStatus {
     pub bad_records: u64,
     pub allowed_lateness_ms: i64,
     pub open_windows: u64,
+    /// How many threads the aggregation is shuffled over.
+    pub parallelism: u64,
     pub state_bytes: u64,
     pub view_rows: u64,
     pub last_error: Option<String>,
@@ -287,8 +290,20 @@ impl Engine {
         }
         def.options.check_known(
             "a materialized view",
-            &["allowed_lateness", "checkpoint_interval", "late_topic"],
+            &["allowed_lateness", "checkpoint_interval", "late_topic", "parallelism"],
         )?;
+        let parallelism = match def.options.get("parallelism") {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(p) => p
+                .parse::<usize>()
+                .ok()
+                .filter(|p| (1..=MAX_PARALLELISM).contains(p))
+                .ok_or_else(|| {
+                    SqlError::Plan(format!(
+                        "parallelism must be a whole number from 1 to {MAX_PARALLELISM}, got '{p}'"
+                    ))
+                })?,
+        };
         let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
         let checkpoint_interval_ms = def
             .options
@@ -328,6 +343,7 @@ impl Engine {
                 checkpoints,
                 checkpoint_interval_ms,
                 late_topic,
+                parallelism,
             },
             self.store.clone(),
             !persist,
@@ -707,6 +723,7 @@ impl Engine {
                     bad_records: s.bad_records.load(Ordering::Relaxed),
                     allowed_lateness_ms: v.lateness_ms,
                     open_windows: s.open_windows.load(Ordering::Relaxed),
+                    parallelism: s.parallelism.load(Ordering::Relaxed),
                     state_bytes: s.state_bytes.load(Ordering::Relaxed),
                     view_rows: v.store.row_count(),
                     last_error: s.last_error.lock().clone(),

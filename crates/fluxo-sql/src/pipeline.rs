@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition};
 use crate::dataflow::session_window::SessionWindow;
+use crate::dataflow::sharded::{Aggregation, ShardedAggregation};
 use crate::dataflow::updating_aggregate::UpdatingAggregate;
 use crate::dataflow::window_aggregate::WindowAggregate;
 use crate::dataflow::Changes;
@@ -48,6 +49,8 @@ pub struct PipelineStats {
     /// i64::MIN until the first watermark.
     pub watermark: AtomicI64,
     pub open_windows: AtomicU64,
+    /// How many shards the aggregation runs as.
+    pub parallelism: AtomicU64,
     pub state_bytes: AtomicU64,
     pub rate_in: AtomicU64,
     pub rate_out: AtomicU64,
@@ -79,13 +82,6 @@ struct PartitionCursor {
     max_event_time: Option<i64>,
     last_data: Instant,
     caught_up: bool,
-}
-
-enum StageRuntime {
-    None,
-    Window(WindowAggregate),
-    Session(SessionWindow),
-    Updating(UpdatingAggregate),
 }
 
 pub struct PipelineHandle {
@@ -156,6 +152,9 @@ pub struct PipelineSpec {
     pub allowed_lateness_ms: i64,
     pub checkpoints: CheckpointStore,
     pub checkpoint_interval_ms: i64,
+    /// How many threads a keyed aggregation is shuffled over (a checkpoint
+    /// with another count keeps its own).
+    pub parallelism: usize,
     /// Where events too late for any window go (as JSON rows of the
     /// source), besides being counted.
     pub late_topic: Option<String>,
@@ -202,7 +201,8 @@ struct Runner {
     decoder: RecordDecoder,
     topic: String,
     idle_timeout_ms: i64,
-    stage: StageRuntime,
+    /// The aggregation, if the query has one.
+    stage: Option<ShardedAggregation>,
     partitions: Vec<PartitionCursor>,
     watermark: i64,
     definition: String,
@@ -240,20 +240,28 @@ impl Runner {
             .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
         let lateness = spec.allowed_lateness_ms;
         let stage = match &spec.dataflow.stage {
-            Stage::None => StageRuntime::None,
-            Stage::Window { spec: w, exprs } => match *w {
-                WindowSpec::Tumble { size } => {
-                    StageRuntime::Window(WindowAggregate::new(exprs.clone(), size, size, lateness))
-                }
-                WindowSpec::Hop { slide, size } => {
-                    StageRuntime::Window(WindowAggregate::new(exprs.clone(), slide, size, lateness))
-                }
-                WindowSpec::Session { gap } => {
-                    StageRuntime::Session(SessionWindow::new(exprs.clone(), gap, lateness)?)
-                }
-            },
+            Stage::None => None,
+            Stage::Window { spec: w, exprs } => {
+                let (w, e) = (*w, exprs.clone());
+                Some(ShardedAggregation::new(exprs, spec.parallelism, move || {
+                    Ok(match w {
+                        WindowSpec::Tumble { size } => {
+                            Aggregation::Window(WindowAggregate::new(e.clone(), size, size, lateness))
+                        }
+                        WindowSpec::Hop { slide, size } => Aggregation::Window(
+                            WindowAggregate::new(e.clone(), slide, size, lateness),
+                        ),
+                        WindowSpec::Session { gap } => {
+                            Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
+                        }
+                    })
+                })?)
+            }
             Stage::Updating { exprs } => {
-                StageRuntime::Updating(UpdatingAggregate::new(exprs.clone())?)
+                let e = exprs.clone();
+                Some(ShardedAggregation::new(exprs, spec.parallelism, move || {
+                    Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
+                })?)
             }
         };
         Ok(Runner {
@@ -329,11 +337,15 @@ impl Runner {
         }
         self.apply_commands()?;
         if !restored {
-            if let StageRuntime::Updating(u) = &mut self.stage {
-                let initial = u.start()?;
+            if let Some(stage) = &mut self.stage {
+                let initial = stage.start()?;
                 self.emit(initial)?;
             }
         }
+        self.stats.parallelism.store(
+            self.stage.as_ref().map_or(1, |s| s.shards()) as u64,
+            Ordering::Relaxed,
+        );
         let readers = Readers::start(
             self.store.clone(),
             self.topic.clone(),
@@ -388,9 +400,8 @@ impl Runner {
                 self.watermark = watermark;
                 self.stats.watermark.store(watermark, Ordering::Relaxed);
                 let out = match &mut self.stage {
-                    StageRuntime::Window(w) => w.advance(watermark)?,
-                    StageRuntime::Session(s) => s.advance(watermark)?,
-                    _ => Vec::new(),
+                    Some(stage) => stage.advance(watermark)?,
+                    None => Vec::new(),
                 };
                 self.emit(out)?;
             }
@@ -495,10 +506,8 @@ impl Runner {
     fn checkpoint(&mut self) -> Result<()> {
         let started = Instant::now();
         let operator = match &mut self.stage {
-            StageRuntime::None => OperatorState::default(),
-            StageRuntime::Window(w) => w.checkpoint()?,
-            StageRuntime::Session(s) => s.checkpoint()?,
-            StageRuntime::Updating(u) => u.checkpoint()?,
+            None => OperatorState::default(),
+            Some(stage) => stage.checkpoint()?,
         };
         let epoch = self.epoch + 1;
         let mut sinks = serde_json::Map::new();
@@ -558,11 +567,8 @@ impl Runner {
             tracing::info!(pipeline = %self.name, "ignoring a checkpoint of an earlier definition");
             return Ok(false);
         }
-        match &mut self.stage {
-            StageRuntime::None => {}
-            StageRuntime::Window(w) => w.restore(&checkpoint.operator)?,
-            StageRuntime::Session(s) => s.restore(&checkpoint.operator)?,
-            StageRuntime::Updating(u) => u.restore(&checkpoint.operator)?,
+        if let Some(stage) = &mut self.stage {
+            stage.restore(&checkpoint.operator)?;
         }
         self.view.clear();
         if let Some(rows) = checkpoint.view {
@@ -618,10 +624,8 @@ impl Runner {
             .collect();
         *self.stats.partitions.lock() = progress;
         let (open, bytes) = match &self.stage {
-            StageRuntime::Window(w) => (w.open_windows(), w.state_size()),
-            StageRuntime::Session(s) => (s.open_windows(), 0),
-            StageRuntime::Updating(u) => (u.groups(), 0),
-            StageRuntime::None => (0, 0),
+            Some(stage) => (stage.open_windows(), stage.state_size()),
+            None => (0, 0),
         };
         self.stats
             .open_windows
@@ -725,21 +729,15 @@ impl Runner {
         for op in &self.dataflow.pre {
             changes = op.apply_tracking(changes, &mut [&mut times, &mut source_rows])?;
         }
-        let watermark = self.watermark;
+        let Some(stage) = &mut self.stage else {
+            return self.emit(vec![changes]);
+        };
         if self.lateness_ms > 0 {
             self.updated_closed_windows = true;
         }
-        let late = match &mut self.stage {
-            StageRuntime::None => {
-                return self.emit(vec![changes]);
-            }
-            StageRuntime::Updating(u) => {
-                let out = u.process(&changes.batch)?;
-                return self.emit(out);
-            }
-            StageRuntime::Window(w) => w.process(&changes.batch, &times, watermark)?,
-            StageRuntime::Session(s) => s.process(&changes.batch, &times, watermark)?,
-        };
+        let processed = stage.process(&changes.batch, &times, self.watermark)?;
+        let late = processed.late;
+        self.emit(processed.changes)?;
         if let Some(late) = late {
             self.stats
                 .late_events
@@ -770,7 +768,7 @@ impl Runner {
         let Some((spec, _)) = scan.window else {
             return Ok((batch.project(&scan.projection)?, None));
         };
-        let aggregated = !matches!(self.dataflow.stage, Stage::None);
+        let aggregated = self.stage.is_some();
         let (base, times_out, starts, len): (RecordBatch, Option<Vec<i64>>, Vec<i64>, i64) =
             match spec {
                 WindowSpec::Hop { slide, size } if !aggregated => {

@@ -152,16 +152,16 @@ async fn windowed_and_updating_views_match_an_independent_computation() {
             "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, date_time TIMESTAMP,
                WATERMARK FOR date_time AS date_time - INTERVAL '{}' SECOND)
              WITH (connector = 'topic', topic = 'bids', format = 'json', idle_timeout = '300ms');
-             CREATE MATERIALIZED VIEW tumble AS
+             CREATE MATERIALIZED VIEW tumble WITH (parallelism = '3') AS
                SELECT auction, window_start, window_end, count(*) AS n, sum(price) AS total, min(price) AS lo, max(price) AS hi
                FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;
              CREATE MATERIALIZED VIEW hop AS
                SELECT auction, window_start, window_end, count(*) AS n, count(DISTINCT bidder) AS bidders
                FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;
-             CREATE MATERIALIZED VIEW sessions AS
+             CREATE MATERIALIZED VIEW sessions WITH (parallelism = '3') AS
                SELECT bidder, window_start, window_end, count(*) AS n
                FROM SESSION(bids, date_time, INTERVAL '1500' MILLISECOND) GROUP BY bidder, window_start, window_end;
-             CREATE MATERIALIZED VIEW per_channel AS
+             CREATE MATERIALIZED VIEW per_channel WITH (parallelism = '3') AS
                SELECT channel, count(*) AS n, max(price) AS hi FROM bids WHERE price > 100 GROUP BY channel HAVING count(*) > 10;
              CREATE MATERIALIZED VIEW web AS SELECT auction, price * 2 AS doubled FROM bids WHERE channel = 'web';",
             DELAY_MS / 1000
@@ -482,16 +482,16 @@ async fn bad_statements_get_precise_errors() {
 }
 
 const RESTART_VIEWS: &str = "
-    CREATE MATERIALIZED VIEW {p}tumble WITH (checkpoint_interval = '200ms') AS
+    CREATE MATERIALIZED VIEW {p}tumble WITH (checkpoint_interval = '200ms', parallelism = '3') AS
       SELECT auction, window_start, window_end, count(*) AS n, sum(price) AS total, avg(price) AS mean
       FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;
     CREATE MATERIALIZED VIEW {p}hop WITH (checkpoint_interval = '200ms', allowed_lateness = '5s') AS
       SELECT auction, window_start, window_end, count(DISTINCT bidder) AS bidders, max(price) AS hi
       FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;
-    CREATE MATERIALIZED VIEW {p}sessions WITH (checkpoint_interval = '200ms') AS
+    CREATE MATERIALIZED VIEW {p}sessions WITH (checkpoint_interval = '200ms', parallelism = '3') AS
       SELECT bidder, window_start, window_end, count(*) AS n, min(price) AS lo
       FROM SESSION(bids, date_time, INTERVAL '1500' MILLISECOND) GROUP BY bidder, window_start, window_end;
-    CREATE MATERIALIZED VIEW {p}per_channel WITH (checkpoint_interval = '200ms') AS
+    CREATE MATERIALIZED VIEW {p}per_channel WITH (checkpoint_interval = '200ms', parallelism = '4') AS
       SELECT channel, count(*) AS n, count(DISTINCT auction) AS auctions FROM bids GROUP BY channel;";
 
 const RESTART_NAMES: [&str; 4] = ["tumble", "hop", "sessions", "per_channel"];

@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod session_window;
+pub mod sharded;
 pub mod stateless;
 pub mod updating_aggregate;
 pub mod window_aggregate;

@@ -1,0 +1,396 @@
+//! A keyed aggregation shuffled over threads: the aggregation runs as `n`
+//! independent shards, each owning the groups whose key hashes to it. A batch
+//! is split by key hash and the shards take their parts in parallel (on
+//! rayon's pool); the watermark reaches every shard at once. Shards never
+//! share a group, so their outputs are simply put together.
+//!
+//! The split is decided by a CRC-32C of each key in Arrow's row format,
+//! which stays the same across restarts and builds: a restored shard keeps
+//! receiving the keys it holds state for. A checkpoint holds each shard's
+//! state, and a pipeline restores with the checkpoint's shard count, whatever
+//! the configured one, so that state and keys always meet.
+//!
+//! An aggregation without GROUP BY keys (one group per window) runs as one
+//! shard: there is nothing to split.
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
+use arrow::row::RowConverter;
+use datafusion::physical_expr::PhysicalExpr;
+use rayon::prelude::*;
+
+use super::aggregate::AggregateExprs;
+use super::session_window::SessionWindow;
+use super::updating_aggregate::UpdatingAggregate;
+use super::window_aggregate::WindowAggregate;
+use super::Changes;
+use crate::checkpoint::OperatorState;
+use crate::error::{Result, SqlError};
+
+/// One stateful aggregation operator.
+pub enum Aggregation {
+    Window(WindowAggregate),
+    Session(SessionWindow),
+    Updating(UpdatingAggregate),
+}
+
+/// What one batch did: changes to emit now (updating aggregations emit as
+/// they go, windows when the watermark passes them) and which rows were too
+/// late to count.
+#[derive(Default)]
+pub struct Processed {
+    pub changes: Vec<Changes>,
+    pub late: Option<BooleanArray>,
+}
+
+impl Aggregation {
+    fn process(&mut self, batch: &RecordBatch, times: &[i64], watermark: i64) -> Result<Processed> {
+        Ok(match self {
+            Aggregation::Window(w) => Processed {
+                changes: Vec::new(),
+                late: w.process(batch, times, watermark)?,
+            },
+            Aggregation::Session(s) => Processed {
+                changes: Vec::new(),
+                late: s.process(batch, times, watermark)?,
+            },
+            Aggregation::Updating(u) => Processed {
+                changes: u.process(batch)?,
+                late: None,
+            },
+        })
+    }
+
+    fn advance(&mut self, watermark: i64) -> Result<Vec<Changes>> {
+        match self {
+            Aggregation::Window(w) => w.advance(watermark),
+            Aggregation::Session(s) => s.advance(watermark),
+            Aggregation::Updating(_) => Ok(Vec::new()),
+        }
+    }
+
+    fn start(&mut self) -> Result<Vec<Changes>> {
+        match self {
+            Aggregation::Updating(u) => u.start(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<OperatorState> {
+        match self {
+            Aggregation::Window(w) => w.checkpoint(),
+            Aggregation::Session(s) => s.checkpoint(),
+            Aggregation::Updating(u) => u.checkpoint(),
+        }
+    }
+
+    fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        match self {
+            Aggregation::Window(w) => w.restore(state),
+            Aggregation::Session(s) => s.restore(state),
+            Aggregation::Updating(u) => u.restore(state),
+        }
+    }
+
+    fn open_windows(&self) -> usize {
+        match self {
+            Aggregation::Window(w) => w.open_windows(),
+            Aggregation::Session(s) => s.open_windows(),
+            Aggregation::Updating(u) => u.groups(),
+        }
+    }
+
+    fn state_size(&self) -> usize {
+        match self {
+            Aggregation::Window(w) => w.state_size(),
+            _ => 0,
+        }
+    }
+}
+
+type Factory = Box<dyn Fn() -> Result<Aggregation> + Send>;
+
+pub struct ShardedAggregation {
+    shards: Vec<Aggregation>,
+    factory: Factory,
+    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+}
+
+impl ShardedAggregation {
+    /// `shards` instances made by `factory`, or one when the aggregation
+    /// has no keys to split by.
+    pub fn new(
+        exprs: &AggregateExprs,
+        shards: usize,
+        factory: impl Fn() -> Result<Aggregation> + Send + 'static,
+    ) -> Result<ShardedAggregation> {
+        let n = if exprs.has_keys() { shards.max(1) } else { 1 };
+        let shards = (0..n).map(|_| factory()).collect::<Result<Vec<_>>>()?;
+        Ok(ShardedAggregation {
+            shards,
+            factory: Box::new(factory),
+            key_exprs: exprs.key_exprs.clone(),
+            converter: exprs.key_converter()?,
+        })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The rows of `batch` each shard owns, by key hash.
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<UInt32Array>> {
+        let n = batch.num_rows();
+        let keys = self
+            .key_exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&keys)?;
+        let shards = self.shards.len() as u32;
+        let mut parts: Vec<Vec<u32>> = vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
+        for (i, row) in rows.iter().enumerate() {
+            parts[(crc32c::crc32c(row.as_ref()) % shards) as usize].push(i as u32);
+        }
+        Ok(parts.into_iter().map(UInt32Array::from).collect())
+    }
+
+    /// Runs a batch through the shards; `late` is in the batch's row order.
+    pub fn process(&mut self, batch: &RecordBatch, times: &[i64], watermark: i64) -> Result<Processed> {
+        if self.shards.len() == 1 {
+            return self.shards[0].process(batch, times, watermark);
+        }
+        let parts = self.split(batch)?;
+        let inputs = parts
+            .iter()
+            .map(|rows| -> Result<(RecordBatch, Vec<i64>)> {
+                let part = arrow::compute::take_record_batch(batch, rows)?;
+                let part_times = rows.values().iter().map(|&r| times[r as usize]).collect();
+                Ok((part, part_times))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let results: Vec<Result<Processed>> = self
+            .shards
+            .par_iter_mut()
+            .zip(inputs.par_iter())
+            .map(|(shard, (part, part_times))| {
+                if part.num_rows() == 0 {
+                    Ok(Processed::default())
+                } else {
+                    shard.process(part, part_times, watermark)
+                }
+            })
+            .collect();
+        let mut out = Processed::default();
+        let mut late: Option<Vec<bool>> = None;
+        for (result, rows) in results.into_iter().zip(&parts) {
+            let processed = result?;
+            out.changes.extend(processed.changes);
+            if let Some(mask) = processed.late {
+                let all = late.get_or_insert_with(|| vec![false; batch.num_rows()]);
+                for (j, &row) in rows.values().iter().enumerate() {
+                    if mask.value(j) {
+                        all[row as usize] = true;
+                    }
+                }
+            }
+        }
+        out.late = late.map(BooleanArray::from);
+        Ok(out)
+    }
+
+    pub fn advance(&mut self, watermark: i64) -> Result<Vec<Changes>> {
+        self.each(|shard| shard.advance(watermark))
+            .map(|parts| parts.into_iter().flatten().collect())
+    }
+
+    /// What a new aggregation emits before any input.
+    pub fn start(&mut self) -> Result<Vec<Changes>> {
+        self.each(Aggregation::start)
+            .map(|parts| parts.into_iter().flatten().collect())
+    }
+
+    fn each<T: Send>(
+        &mut self,
+        f: impl Fn(&mut Aggregation) -> Result<T> + Send + Sync,
+    ) -> Result<Vec<T>> {
+        if self.shards.len() == 1 {
+            return Ok(vec![f(&mut self.shards[0])?]);
+        }
+        self.shards.par_iter_mut().map(f).collect()
+    }
+
+    /// Every shard's state in one: each shard's metadata under `shards`, and
+    /// its batches named `<shard>/<name>`.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let states = self.each(Aggregation::checkpoint)?;
+        let mut metas = Vec::with_capacity(states.len());
+        let mut batches = Vec::new();
+        for (i, state) in states.into_iter().enumerate() {
+            metas.push(state.meta);
+            batches.extend(
+                state
+                    .batches
+                    .into_iter()
+                    .map(|(name, batch)| (format!("{i}/{name}"), batch)),
+            );
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({ "shards": metas }),
+            batches,
+        })
+    }
+
+    /// Restores the shards of [`ShardedAggregation::checkpoint`], as many as
+    /// it had.
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        let metas = match state.meta.get("shards") {
+            Some(serde_json::Value::Array(metas)) => metas.clone(),
+            _ => {
+                return Err(SqlError::Internal(
+                    "checkpoint of an aggregation without its shards".into(),
+                ))
+            }
+        };
+        let mut shards = Vec::with_capacity(metas.len());
+        for (i, meta) in metas.into_iter().enumerate() {
+            let prefix = format!("{i}/");
+            let shard_state = OperatorState {
+                meta,
+                batches: state
+                    .batches
+                    .iter()
+                    .filter_map(|(name, batch)| {
+                        name.strip_prefix(&prefix)
+                            .map(|n| (n.to_string(), batch.clone()))
+                    })
+                    .collect(),
+            };
+            let mut shard = (self.factory)()?;
+            shard.restore(&shard_state)?;
+            shards.push(shard);
+        }
+        if shards.is_empty() {
+            return Err(SqlError::Internal("checkpoint with no aggregation shards".into()));
+        }
+        self.shards = shards;
+        Ok(())
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.shards.iter().map(Aggregation::open_windows).sum()
+    }
+
+    pub fn state_size(&self) -> usize {
+        self.shards.iter().map(Aggregation::state_size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+
+    use super::*;
+    use crate::parser::{parse_statements, Statement};
+    use crate::planner::{plan_dataflow, Dataflow, Stage};
+
+    async fn updating_dataflow() -> Dataflow {
+        let statements = parse_statements(
+            "CREATE SOURCE s (k BIGINT, v BIGINT, t TIMESTAMP) WITH (topic = 't');
+             CREATE MATERIALIZED VIEW v AS
+               SELECT k % 7 AS g, count(*) AS n, sum(v) AS total, max(v) AS hi FROM s GROUP BY k % 7",
+        )
+        .unwrap();
+        let mut sources = HashMap::new();
+        let mut query = None;
+        for s in statements {
+            match s {
+                Statement::CreateSource(def) => {
+                    sources.insert(def.name.clone(), Arc::new(def));
+                }
+                Statement::CreateView(def) => query = Some(def.query),
+                _ => unreachable!(),
+            }
+        }
+        plan_dataflow(&sources, &query.unwrap()).await.unwrap()
+    }
+
+    fn sharded(dataflow: &Dataflow, shards: usize) -> ShardedAggregation {
+        let Stage::Updating { exprs } = &dataflow.stage else {
+            panic!("expected an updating aggregation");
+        };
+        let e = exprs.clone();
+        ShardedAggregation::new(exprs, shards, move || {
+            Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
+        })
+        .unwrap()
+    }
+
+    /// The stage's input for rows `from..to` of a deterministic stream.
+    fn input(dataflow: &Dataflow, from: i64, to: i64) -> RecordBatch {
+        let k: Int64Array = (from..to).map(|i| (i * 7919) % 1000).collect();
+        let v: Int64Array = (from..to).map(|i| (i * 31) % 97).collect();
+        let t = TimestampMillisecondArray::from((from..to).collect::<Vec<i64>>());
+        let batch = RecordBatch::try_new(
+            Arc::new(dataflow.scan.source.schema()),
+            vec![Arc::new(k), Arc::new(v), Arc::new(t)],
+        )
+        .unwrap();
+        let mut changes = Changes::inserts(batch.project(&dataflow.scan.projection).unwrap());
+        for op in &dataflow.pre {
+            changes = op.apply(changes).unwrap();
+        }
+        changes.batch
+    }
+
+    /// The relation a changelog leaves: each row with its multiplicity.
+    fn apply(table: &mut BTreeMap<String, i64>, changes: Vec<Changes>) {
+        for c in changes {
+            for (i, row) in crate::json::rows_json(&c.batch).into_iter().enumerate() {
+                let n = table.entry(serde_json::to_string(&row).unwrap()).or_default();
+                *n += if c.is_insert(i) { 1 } else { -1 };
+            }
+        }
+        table.retain(|_, n| *n != 0);
+    }
+
+    #[tokio::test]
+    async fn shards_agree_with_one_and_restore_with_their_own_count() {
+        let dataflow = updating_dataflow().await;
+        let mut one = sharded(&dataflow, 1);
+        let mut three = sharded(&dataflow, 3);
+        assert_eq!((one.shards(), three.shards()), (1, 3));
+        let (mut expected, mut got) = (BTreeMap::new(), BTreeMap::new());
+        for chunk in 0..4 {
+            let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
+            let times = vec![0; batch.num_rows()];
+            apply(&mut expected, one.process(&batch, &times, 0).unwrap().changes);
+            apply(&mut got, three.process(&batch, &times, 0).unwrap().changes);
+        }
+        assert_eq!(expected.len(), 7);
+        assert_eq!(got, expected);
+
+        // A pipeline now configured for two threads resumes with the
+        // checkpoint's three, and goes on as if never stopped.
+        let state = three.checkpoint().unwrap();
+        let mut restored = sharded(&dataflow, 2);
+        restored.restore(&state).unwrap();
+        assert_eq!(restored.shards(), 3);
+        for chunk in 4..6 {
+            let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
+            let times = vec![0; batch.num_rows()];
+            apply(&mut expected, one.process(&batch, &times, 0).unwrap().changes);
+            apply(&mut got, restored.process(&batch, &times, 0).unwrap().changes);
+        }
+        assert_eq!(got, expected);
+        let total: i64 = expected
+            .keys()
+            .map(|row| serde_json::from_str::<Vec<serde_json::Value>>(row).unwrap()[1].as_i64().unwrap())
+            .sum();
+        assert_eq!(total, 3000);
+    }
+}
