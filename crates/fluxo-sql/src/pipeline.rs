@@ -643,6 +643,9 @@ impl Runner {
         let Some(w) = &self.dataflow.scan.source.watermark else {
             return now_ms();
         };
+        if self.dataflow.processing_time() {
+            return now_ms();
+        }
         let of = |c: &PartitionCursor| {
             c.max_event_time
                 .map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms))
@@ -666,7 +669,11 @@ impl Runner {
             return Ok(());
         }
         let source = &self.dataflow.scan.source;
-        let (batch, mut times) = match &source.watermark {
+        let event_time = source
+            .watermark
+            .as_ref()
+            .filter(|_| !self.dataflow.processing_time());
+        let (batch, mut times) = match event_time {
             Some(w) => {
                 let idx = source
                     .columns

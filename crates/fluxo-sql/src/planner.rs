@@ -26,7 +26,7 @@ use crate::dataflow::stateless::StatelessOp;
 use crate::error::{Result, SqlError};
 use crate::parser::SourceDef;
 use crate::source::{
-    ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction,
+    ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction, WindowTime,
 };
 
 /// The stateful part of a dataflow, if any.
@@ -66,6 +66,12 @@ impl Dataflow {
         }
     }
 
+    /// Whether the pipeline runs on the clock instead of event time.
+    pub fn processing_time(&self) -> bool {
+        self.scan.source.watermark.is_none()
+            || matches!(self.scan.window, Some((_, WindowTime::Processing)))
+    }
+
     /// One line per operator, from the source to the view.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -73,9 +79,11 @@ impl Dataflow {
         if let Some(topic) = self.scan.source.options.get("topic") {
             source.push_str(&format!(" (topic {topic})"));
         }
-        match &self.scan.source.watermark {
-            Some(w) => source.push_str(&format!(", watermark {} - {} ms", w.column, w.delay_ms)),
-            None => source.push_str(", processing time"),
+        match (&self.scan.source.watermark, self.processing_time()) {
+            (Some(w), false) => {
+                source.push_str(&format!(", watermark {} - {} ms", w.column, w.delay_ms))
+            }
+            _ => source.push_str(", processing time"),
         }
         lines.push(source);
         lines.extend(self.pre.iter().map(|op| op.describe()));
@@ -117,6 +125,7 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
         .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(crate::source::proctime_udf());
     let shared = Arc::new(sources.clone());
     for kind in [WindowKind::Tumble, WindowKind::Hop, WindowKind::Session] {
         // Table function names are matched as written: accept both cases.

@@ -78,12 +78,23 @@ pub fn align(ts: i64, len: i64) -> i64 {
     ts - ts.rem_euclid(len)
 }
 
+/// Which clock a window runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowTime {
+    /// The source's event-time column (the one its WATERMARK is on), by
+    /// index in the source's columns.
+    Event(usize),
+    /// When the pipeline reads an event: `PROCTIME()` as the time column,
+    /// or any window over a source without a WATERMARK.
+    Processing,
+}
+
 /// What a continuous query reads: found at the leaf of its physical plan.
 #[derive(Debug, Clone)]
 pub struct ScanInfo {
     pub source: Arc<SourceDef>,
-    /// The window and the index (in the source's columns) of its time column.
-    pub window: Option<(WindowSpec, usize)>,
+    /// The window and the clock it runs on.
+    pub window: Option<(WindowSpec, WindowTime)>,
     /// Which of the scan's columns (source columns, then window_start and
     /// window_end if windowed) the plan uses, in order.
     pub projection: Vec<usize>,
@@ -114,12 +125,12 @@ fn full_schema(source: &SourceDef, windowed: bool) -> SchemaRef {
 #[derive(Debug)]
 pub struct SourceTable {
     source: Arc<SourceDef>,
-    window: Option<(WindowSpec, usize)>,
+    window: Option<(WindowSpec, WindowTime)>,
     schema: SchemaRef,
 }
 
 impl SourceTable {
-    pub fn new(source: Arc<SourceDef>, window: Option<(WindowSpec, usize)>) -> SourceTable {
+    pub fn new(source: Arc<SourceDef>, window: Option<(WindowSpec, WindowTime)>) -> SourceTable {
         let schema = full_schema(&source, window.is_some());
         SourceTable {
             source,
@@ -277,34 +288,54 @@ impl TableFunctionImpl for WindowTableFunction {
         let source = self.sources.get(&source_col.name).ok_or_else(|| {
             plan_datafusion_err!("{name}: there is no source named {}", source_col.name)
         })?;
-        let Expr::Column(time_col) = &exprs[1] else {
-            return plan_err!(
-                "{name}: the second argument must be a TIMESTAMP column of {}: {usage}",
-                source.name
-            );
-        };
-        let time_index = source
-            .columns
-            .iter()
-            .position(|c| c.name == time_col.name)
-            .ok_or_else(|| {
-                plan_datafusion_err!(
-                    "{name}: source {} has no column {}",
-                    source.name,
-                    time_col.name
+        let time = match &exprs[1] {
+            Expr::ScalarFunction(f) if f.name() == PROCTIME => WindowTime::Processing,
+            Expr::Column(time_col) => {
+                let time_index = source
+                    .columns
+                    .iter()
+                    .position(|c| c.name == time_col.name)
+                    .ok_or_else(|| {
+                        plan_datafusion_err!(
+                            "{name}: source {} has no column {}",
+                            source.name,
+                            time_col.name
+                        )
+                    })?;
+                if !matches!(
+                    source.columns[time_index].data_type,
+                    DataType::Timestamp(_, _)
+                ) {
+                    return plan_err!(
+                        "{name}: column {} of {} is {}, not a TIMESTAMP",
+                        time_col.name,
+                        source.name,
+                        source.columns[time_index].sql_type
+                    );
+                }
+                match &source.watermark {
+                    // Without a watermark there is no event time to follow.
+                    None => WindowTime::Processing,
+                    Some(w) if w.column == time_col.name => WindowTime::Event(time_index),
+                    Some(w) => {
+                        return plan_err!(
+                            "{name}: windows follow the source's watermark, which is on {} of {}, not {}; \
+                             use {}, or PROCTIME() for processing time",
+                            w.column,
+                            source.name,
+                            time_col.name,
+                            w.column
+                        )
+                    }
+                }
+            }
+            _ => {
+                return plan_err!(
+                    "{name}: the second argument must be a TIMESTAMP column of {} or PROCTIME(): {usage}",
+                    source.name
                 )
-            })?;
-        if !matches!(
-            source.columns[time_index].data_type,
-            DataType::Timestamp(_, _)
-        ) {
-            return plan_err!(
-                "{name}: column {} of {} is {}, not a TIMESTAMP",
-                time_col.name,
-                source.name,
-                source.columns[time_index].sql_type
-            );
-        }
+            }
+        };
         let lengths: Vec<i64> = exprs[2..]
             .iter()
             .map(|e| interval_literal_ms(name, e))
@@ -322,11 +353,27 @@ impl TableFunctionImpl for WindowTableFunction {
             }
             WindowKind::Session => WindowSpec::Session { gap: lengths[0] },
         };
-        Ok(Arc::new(SourceTable::new(
-            source.clone(),
-            Some((spec, time_index)),
-        )))
+        Ok(Arc::new(SourceTable::new(source.clone(), Some((spec, time)))))
     }
+}
+
+/// The function that names processing time as a window's time column.
+pub const PROCTIME: &str = "proctime";
+
+/// `PROCTIME()`: the current time, as a TIMESTAMP. As a window's time column
+/// it makes the window run on processing time.
+pub fn proctime_udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::create_udf(
+        PROCTIME,
+        vec![],
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+        datafusion::logical_expr::Volatility::Volatile,
+        Arc::new(|_args| {
+            Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                ScalarValue::TimestampMillisecond(Some(crate::pipeline::now_ms()), None),
+            ))
+        }),
+    )
 }
 
 fn interval_literal_ms(function: &str, e: &Expr) -> DfResult<i64> {

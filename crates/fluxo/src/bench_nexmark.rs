@@ -122,6 +122,14 @@ const QUERIES: &[Query] = &[
         duckdb: None,
     },
     Query {
+        name: "q12",
+        what: "bids per bidder per 10 s processing-time window",
+        sql: "SELECT bidder, count(*) AS bid_count, window_start, window_end
+              FROM TUMBLE(bids, PROCTIME(), INTERVAL '10' SECOND)
+              GROUP BY bidder, window_start, window_end",
+        duckdb: None,
+    },
+    Query {
         name: "q11",
         what: "bids per bidder per session (10 s gap)",
         sql: "SELECT bidder, count(*) AS bid_count, window_start, window_end
