@@ -25,7 +25,7 @@ use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
 use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
-use crate::planner::{plan_dataflow, planning_context, Dataflow, Stage};
+use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
 use crate::sink::{TopicSink, TopicSinkConfig};
 use crate::view::{Subscription, ViewStore};
 
@@ -661,7 +661,8 @@ impl Engine {
         Ok(QueryResult::rows(schema, vec![batch]))
     }
 
-    /// A query over views (and constants), on their current contents.
+    /// A query over views (their current contents) and sources (their
+    /// topics' history, as a batch).
     async fn pull_query(&self, sql: &str) -> Result<QueryResult> {
         let (sources, views) = {
             let o = self.objects.read();
@@ -673,7 +674,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
             )
         };
-        let ctx = planning_context(&sources)?;
+        let ctx = batch_context(&sources, &self.store)?;
         for (name, store) in views {
             ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
         }

@@ -30,6 +30,7 @@ pub mod dataflow;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod history;
 pub mod json;
 pub mod nexmark_source;
 pub mod parser;

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
+use fluxo_log::LogStore;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -24,6 +26,7 @@ use datafusion::sql::sqlparser::ast::Query;
 use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
 use crate::dataflow::stateless::StatelessOp;
 use crate::error::{Result, SqlError};
+use crate::history::HistoryTable;
 use crate::parser::SourceDef;
 use crate::source::{
     ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction, WindowTime,
@@ -125,6 +128,47 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
         .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
+    register_functions(&ctx, sources);
+    for (name, def) in sources {
+        ctx.register_table(name.as_str(), Arc::new(SourceTable::new(def.clone(), None)))?;
+    }
+    Ok(ctx)
+}
+
+/// How much memory one batch query may hold before its sorts, joins and
+/// aggregations spill to disk.
+const BATCH_MEMORY_BYTES: usize = 1 << 30;
+
+/// A DataFusion context for a batch query: each source is its topic's
+/// history ([`HistoryTable`]), on every core, within a memory budget.
+pub fn batch_context(
+    sources: &HashMap<String, Arc<SourceDef>>,
+    store: &Arc<LogStore>,
+) -> Result<SessionContext> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = SessionConfig::new()
+        .with_target_partitions(cores)
+        .with_information_schema(false);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(BATCH_MEMORY_BYTES, 1.0)
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_functions(&ctx, sources);
+    for (name, def) in sources {
+        ctx.register_table(
+            name.as_str(),
+            Arc::new(HistoryTable::new(def.clone(), store.clone())?),
+        )?;
+    }
+    Ok(ctx)
+}
+
+fn register_functions(ctx: &SessionContext, sources: &HashMap<String, Arc<SourceDef>>) {
     ctx.register_udf(crate::source::proctime_udf());
     let shared = Arc::new(sources.clone());
     for kind in [WindowKind::Tumble, WindowKind::Hop, WindowKind::Session] {
@@ -139,10 +183,6 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
             );
         }
     }
-    for (name, def) in sources {
-        ctx.register_table(name.as_str(), Arc::new(SourceTable::new(def.clone(), None)))?;
-    }
-    Ok(ctx)
 }
 
 /// Plans a view's query into a dataflow.

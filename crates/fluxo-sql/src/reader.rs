@@ -234,25 +234,34 @@ impl Reader {
 
 /// The values of the records at or after `from` in `bytes` (whole batches
 /// from the log), and the offset after the last record.
-pub fn decode_records(mut bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
+pub fn decode_records(bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
+    decode_record_range(bytes, from, i64::MAX)
+}
+
+/// The values of the records with offsets in `from..until` in `bytes`, and
+/// the offset after the last record taken (or after the last batch, when
+/// batches hold only control records or compacted-away offsets).
+pub fn decode_record_range(mut bytes: Bytes, from: i64, until: i64) -> Result<(Vec<Bytes>, i64)> {
     let mut values = Vec::new();
     let mut next = from;
     while bytes.len() >= 61 {
         let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
         let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
+        if base >= until {
+            break;
+        }
         let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
             SqlError::Execution(format!("corrupt record batch at offset {base}: {e}"))
         })?;
         for r in set.records {
-            if r.offset < from || r.control {
+            if r.offset < from || r.offset >= until || r.control {
                 continue;
             }
             if let Some(v) = r.value {
                 values.push(v);
             }
         }
-        // A batch may hold only control records or compacted-away offsets.
-        next = next.max(base + last_delta + 1);
+        next = next.max((base + last_delta + 1).min(until));
     }
     Ok((values, next))
 }

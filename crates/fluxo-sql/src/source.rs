@@ -5,7 +5,8 @@
 //! placeholder tables; the leaf of the physical plan is a [`SourceScanExec`]
 //! that records which source, which columns and which window the query
 //! reads. The planner turns the rest of the plan into a dataflow. The
-//! placeholder cannot run as a batch: executing it is an error.
+//! placeholder cannot run as a batch: executing it is an error (batch
+//! queries read sources through [`crate::history::HistoryTable`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -237,8 +238,11 @@ impl ExecutionPlan for SourceScanExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        // Batch queries read sources as their history; only a window over
+        // a source lands here.
         plan_err!(
-            "source {} is a stream: query it through a materialized view, or SUBSCRIBE to one",
+            "windows over source {} run continuously: CREATE MATERIALIZED VIEW with this query; \
+             a batch query over the topic's history can GROUP BY date_bin(INTERVAL '10 seconds', column)",
             self.info.source.name
         )
     }

@@ -32,7 +32,7 @@ pub struct NexmarkBench {
     #[arg(long, default_value_t = 2)]
     pub partitions: i32,
     /// Queries to run, by name (see `--list`).
-    #[arg(long, value_delimiter = ',', default_value = "q2,q14,tumble,hop,q11")]
+    #[arg(long, value_delimiter = ',', default_value = "q2,q14,tumble,hop,q11,q12")]
     pub queries: Vec<String>,
     /// Runs per query; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -48,6 +48,10 @@ pub struct NexmarkBench {
     /// Lists the queries and exits.
     #[arg(long)]
     pub list: bool,
+    /// Threads a keyed aggregation is shuffled over (the view's
+    /// `parallelism`); by default one per core.
+    #[arg(long)]
+    pub parallelism: Option<usize>,
 }
 
 const SOURCE: &str =
@@ -199,13 +203,17 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
         "\n{:<7} {:>14} {:>14} {:>12} {:>14} {:>10}",
         "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio"
     );
+    let with = match b.parallelism {
+        Some(p) => format!(" WITH (parallelism = '{p}')"),
+        None => String::new(),
+    };
     for q in queries {
         let mut rates = Vec::with_capacity(b.runs);
         for run in 0..b.runs {
             let view = format!("bench_{}_{run}", q.name);
             let started = Instant::now();
             engine
-                .execute(&format!("CREATE MATERIALIZED VIEW {view} AS {}", q.sql))
+                .execute(&format!("CREATE MATERIALIZED VIEW {view}{with} AS {}", q.sql))
                 .await
                 .with_context(|| format!("query {}", q.name))?;
             wait_for(&engine, &view, b.events).await?;
