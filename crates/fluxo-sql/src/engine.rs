@@ -26,7 +26,8 @@ use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
 use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
-use crate::sink::{TopicSink, TopicSinkConfig};
+use crate::parquet_sink::{ParquetSink, ParquetSinkConfig};
+use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::view::{Subscription, ViewStore};
 
 /// How often a pipeline checkpoints unless its view says otherwise.
@@ -390,22 +391,42 @@ impl Engine {
                 }
             }
         };
-        match def.options.get("connector").unwrap_or("topic") {
-            "topic" => {}
+        let append_only = view.dataflow.is_append_only(view.lateness_ms);
+        let sink: Box<dyn Sink> = match def.options.get("connector").unwrap_or("topic") {
+            "topic" => {
+                let config = TopicSinkConfig::from_def(&def, view.store.schema())?;
+                if config.key.is_empty() && !append_only {
+                    return Err(SqlError::Plan(format!(
+                        "view {} is updating (its rows change as events arrive), so a sink needs a key to \
+                         write updates as upserts and deletes as tombstones: add key = '<columns>' to WITH",
+                        def.from
+                    )));
+                }
+                Box::new(TopicSink::new(def.name.clone(), config, self.store.clone()))
+            }
+            "parquet" => {
+                let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);
+                let config = ParquetSinkConfig::from_def(&def, data_dir)?;
+                if !append_only {
+                    return Err(SqlError::Plan(format!(
+                        "view {} is updating (its rows change as events arrive), and Parquet files \
+                         cannot take rows back; a parquet sink needs an append-only view: windows \
+                         without allowed_lateness, or no aggregation",
+                        def.from
+                    )));
+                }
+                Box::new(ParquetSink::new(
+                    def.name.clone(),
+                    config,
+                    view.store.schema().clone(),
+                ))
+            }
             other => {
                 return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sinks yet; use connector = 'topic'"
+                    "connector '{other}' is not supported for sinks; use connector = 'topic' or 'parquet'"
                 )))
             }
-        }
-        let config = TopicSinkConfig::from_def(&def, view.store.schema())?;
-        if config.key.is_empty() && !view.dataflow.is_append_only(view.lateness_ms) {
-            return Err(SqlError::Plan(format!(
-                "view {} is updating (its rows change as events arrive), so a sink needs a key to \
-                 write updates as upserts and deletes as tombstones: add key = '<columns>' to WITH",
-                def.from
-            )));
-        }
+        };
         if persist {
             self.catalog.lock().add(CatalogEntry {
                 kind: "sink".into(),
@@ -413,11 +434,7 @@ impl Engine {
                 sql: Statement::CreateSink(def.clone()).to_string(),
             })?;
         }
-        view.pipeline.add_sink(Box::new(TopicSink::new(
-            def.name.clone(),
-            config,
-            self.store.clone(),
-        )));
+        view.pipeline.add_sink(sink);
         let name = def.name.clone();
         self.objects.write().sinks.insert(name.clone(), def);
         Ok(QueryResult::message(format!("CREATE SINK {name}")))

@@ -33,6 +33,7 @@ pub mod format;
 pub mod history;
 pub mod json;
 pub mod nexmark_source;
+pub mod parquet_sink;
 pub mod parser;
 pub mod pipeline;
 pub mod planner;
