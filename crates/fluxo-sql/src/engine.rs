@@ -23,7 +23,10 @@ use crate::checkpoint::{checkpoint_dir, CheckpointStore};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
-use crate::parser::{parse_statements, ObjectKind, SinkDef, SourceDef, Statement, ViewDef};
+use crate::parser::{
+    parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
+};
+use crate::table;
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
 use crate::parquet_sink::{ParquetSink, ParquetSinkConfig};
@@ -89,9 +92,18 @@ struct ViewEntry {
     lateness_ms: i64,
 }
 
+/// A table and where its files are.
+struct TableEntry {
+    def: TableDef,
+    path: PathBuf,
+    /// As read at creation, for DESCRIBE; queries read it afresh.
+    schema: SchemaRef,
+}
+
 #[derive(Default)]
 struct Objects {
     sources: HashMap<String, Arc<SourceDef>>,
+    tables: HashMap<String, Arc<TableEntry>>,
     views: HashMap<String, Arc<ViewEntry>>,
     sinks: HashMap<String, SinkDef>,
     /// The generators of `connector = 'nexmark'` sources, by source name.
@@ -187,6 +199,10 @@ impl Engine {
                 let _ddl = self.ddl.lock().await;
                 self.create_source(def, persist)
             }
+            Statement::CreateTable(def) => {
+                let _ddl = self.ddl.lock().await;
+                self.create_table(def, persist).await
+            }
             Statement::CreateView(def) => {
                 let _ddl = self.ddl.lock().await;
                 self.create_view(def, persist).await
@@ -220,6 +236,8 @@ impl Engine {
         let objects = self.objects.read();
         let kind = if objects.sources.contains_key(name) {
             "source"
+        } else if objects.tables.contains_key(name) {
+            "table"
         } else if objects.views.contains_key(name) {
             "view"
         } else if objects.sinks.contains_key(name) {
@@ -365,6 +383,60 @@ impl Engine {
         )))
     }
 
+    /// A path as users give it: relative paths are under the data dir.
+    fn resolve_path(&self, path: &str) -> PathBuf {
+        let path = PathBuf::from(path);
+        if path.is_absolute() {
+            path
+        } else {
+            self.sql_dir.parent().unwrap_or(&self.sql_dir).join(path)
+        }
+    }
+
+    async fn create_table(&self, def: TableDef, persist: bool) -> Result<QueryResult> {
+        if !self.check_name_free(&def.name, def.if_not_exists)? {
+            return Ok(QueryResult::message(format!(
+                "table {} already exists, skipped",
+                def.name
+            )));
+        }
+        def.options.check_known("a table", table::OPTIONS)?;
+        match def.options.get("connector") {
+            Some("parquet") => {}
+            Some("delta") => {
+                return Err(SqlError::Plan(
+                    "Delta tables are not supported yet; use connector = 'parquet'".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(SqlError::Plan(format!(
+                    "connector '{other}' is not supported for tables; use connector = 'parquet'"
+                )))
+            }
+            None => {
+                return Err(SqlError::Plan(
+                    "a table needs connector = 'parquet' and path = '<directory>'".into(),
+                ))
+            }
+        }
+        let path = self.resolve_path(def.options.required("a table", "path")?);
+        let state = batch_context(&HashMap::new(), &self.store)?.state();
+        let (_, schema) = table::parquet_table(&path, &state).await?;
+        if persist {
+            self.catalog.lock().add(CatalogEntry {
+                kind: "table".into(),
+                name: def.name.clone(),
+                sql: Statement::CreateTable(def.clone()).to_string(),
+            })?;
+        }
+        let name = def.name.clone();
+        self.objects
+            .write()
+            .tables
+            .insert(name.clone(), Arc::new(TableEntry { def, path, schema }));
+        Ok(QueryResult::message(format!("CREATE TABLE {name}")))
+    }
+
     fn create_sink(&self, def: SinkDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
             return Ok(QueryResult::message(format!(
@@ -423,7 +495,7 @@ impl Engine {
             }
             other => {
                 return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sinks; use connector = 'topic' or 'parquet'"
+                    "connector '{other}' is not supported for sinks yet; use connector = 'topic' or 'parquet'"
                 )))
             }
         };
@@ -444,6 +516,7 @@ impl Engine {
         let mut objects = self.objects.write();
         let exists = match kind {
             ObjectKind::Source => objects.sources.contains_key(name),
+            ObjectKind::Table => objects.tables.contains_key(name),
             ObjectKind::View => objects.views.contains_key(name),
             ObjectKind::Sink => objects.sinks.contains_key(name),
         };
@@ -480,6 +553,10 @@ impl Engine {
                 if let Some(g) = objects.generators.remove(name) {
                     g.stop();
                 }
+            }
+            ObjectKind::Table => {
+                self.catalog.lock().remove(name)?;
+                objects.tables.remove(name);
             }
             ObjectKind::View => {
                 let users: Vec<String> = objects
@@ -530,6 +607,17 @@ impl Engine {
                     )
                 })
                 .collect(),
+            ObjectKind::Table => objects
+                .tables
+                .values()
+                .map(|t| {
+                    (
+                        t.def.name.clone(),
+                        t.def.options.get("connector").unwrap_or("").to_string(),
+                        t.path.display().to_string(),
+                    )
+                })
+                .collect(),
             ObjectKind::View => objects
                 .views
                 .values()
@@ -556,6 +644,7 @@ impl Engine {
         rows.sort();
         let names = match kind {
             ObjectKind::Source => ["name", "topic", "format"],
+            ObjectKind::Table => ["name", "connector", "path"],
             ObjectKind::View => ["name", "source", "status"],
             ObjectKind::Sink => ["name", "from", "connector"],
         };
@@ -589,9 +678,11 @@ impl Engine {
                 (s.schema(), s.watermark.as_ref().map(|w| w.column.clone()))
             } else if let Some(v) = objects.views.get(name) {
                 (v.store.schema().as_ref().clone(), None)
+            } else if let Some(t) = objects.tables.get(name) {
+                (t.schema.as_ref().clone(), None)
             } else {
                 return Err(SqlError::NotFound {
-                    kind: "source or view",
+                    kind: "source, table or view",
                     name: name.to_string(),
                 });
             };
@@ -681,7 +772,7 @@ impl Engine {
     /// A query over views (their current contents) and sources (their
     /// topics' history, as a batch).
     async fn pull_query(&self, sql: &str) -> Result<QueryResult> {
-        let (sources, views) = {
+        let (sources, views, tables) = {
             let o = self.objects.read();
             (
                 o.sources.clone(),
@@ -689,11 +780,22 @@ impl Engine {
                     .iter()
                     .map(|(n, v)| (n.clone(), v.store.clone()))
                     .collect::<Vec<_>>(),
+                o.tables
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.path.clone()))
+                    .collect::<Vec<_>>(),
             )
         };
         let ctx = batch_context(&sources, &self.store)?;
         for (name, store) in views {
             ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
+        }
+        for (name, path) in tables {
+            // Only the tables the query names: each is listed and read afresh.
+            if sql.contains(name.as_str()) {
+                let (provider, _) = table::parquet_table(&path, &ctx.state()).await?;
+                ctx.register_table(name.as_str(), provider)?;
+            }
         }
         let df = ctx.sql(sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

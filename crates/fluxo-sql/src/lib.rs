@@ -40,6 +40,7 @@ pub mod planner;
 pub mod reader;
 pub mod sink;
 pub mod source;
+pub mod table;
 pub mod view;
 
 pub use engine::{Engine, PipelineStatus, QueryResult};

@@ -25,6 +25,7 @@ use crate::error::{Result, SqlError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     CreateSource(SourceDef),
+    CreateTable(TableDef),
     CreateView(ViewDef),
     CreateSink(SinkDef),
     Show(ObjectKind),
@@ -44,6 +45,7 @@ pub enum Statement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
     Source,
+    Table,
     View,
     Sink,
 }
@@ -52,6 +54,7 @@ impl ObjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Source => "source",
+            ObjectKind::Table => "table",
             ObjectKind::View => "view",
             ObjectKind::Sink => "sink",
         }
@@ -92,6 +95,15 @@ impl SourceDef {
                 .collect::<Vec<_>>(),
         )
     }
+}
+
+/// `CREATE TABLE name WITH (connector = 'parquet', path = '...')`: files
+/// written elsewhere, for batch queries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDef {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub options: Options,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +214,21 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         if p.parse_keyword(Keyword::SOURCE) {
             return parse_create_source(p);
         }
+        if p.parse_keyword(Keyword::TABLE) {
+            let if_not_exists = parse_if_not_exists(p);
+            let name = parse_name(p)?;
+            if p.peek_token().token == Token::LParen {
+                return Err(SqlError::Plan(format!(
+                    "a table's columns come from its files: CREATE TABLE {name} WITH (connector = 'parquet', path = '...')"
+                )));
+            }
+            let options = parse_with_options(p)?;
+            return Ok(Statement::CreateTable(TableDef {
+                name,
+                if_not_exists,
+                options,
+            }));
+        }
         if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
             return parse_create_view(p);
         }
@@ -215,13 +242,15 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         }
         let found = p.peek_token();
         return Err(SqlError::Syntax(format!(
-            "expected SOURCE, MATERIALIZED VIEW or SINK after CREATE, found {} at {}",
+            "expected SOURCE, TABLE, MATERIALIZED VIEW or SINK after CREATE, found {} at {}",
             found.token, found.span.start
         )));
     }
     if p.parse_keyword(Keyword::SHOW) {
         let kind = if parse_word(p, "SOURCES") {
             ObjectKind::Source
+        } else if p.parse_keyword(Keyword::TABLES) {
+            ObjectKind::Table
         } else if p.parse_keyword(Keyword::VIEWS)
             || p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS])
         {
@@ -231,7 +260,7 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         } else {
             let found = p.peek_token();
             return Err(SqlError::Syntax(format!(
-                "expected SOURCES, VIEWS or SINKS after SHOW, found {} at {}",
+                "expected SOURCES, TABLES, VIEWS or SINKS after SHOW, found {} at {}",
                 found.token, found.span.start
             )));
         };
@@ -243,6 +272,8 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
     if p.parse_keyword(Keyword::DROP) {
         let kind = if p.parse_keyword(Keyword::SOURCE) {
             ObjectKind::Source
+        } else if p.parse_keyword(Keyword::TABLE) {
+            ObjectKind::Table
         } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW])
             || p.parse_keyword(Keyword::VIEW)
         {
@@ -252,7 +283,7 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         } else {
             let found = p.peek_token();
             return Err(SqlError::Syntax(format!(
-                "expected SOURCE, MATERIALIZED VIEW or SINK after DROP, found {} at {}",
+                "expected SOURCE, TABLE, MATERIALIZED VIEW or SINK after DROP, found {} at {}",
                 found.token, found.span.start
             )));
         };
@@ -627,6 +658,9 @@ impl fmt::Display for Statement {
                     ));
                 }
                 write!(f, "{}) {}", parts.join(", "), s.options)
+            }
+            Statement::CreateTable(t) => {
+                write!(f, "CREATE TABLE {} {}", quote_ident(&t.name), t.options)
             }
             Statement::CreateView(v) => {
                 write!(f, "CREATE MATERIALIZED VIEW {} ", quote_ident(&v.name))?;
