@@ -224,7 +224,7 @@ impl Engine {
             Statement::Subscribe(name) => {
                 self.view_store(&name)?;
                 Err(SqlError::Plan(format!(
-                    "SUBSCRIBE streams without end: use GET /api/v1/views/{name}/changes, `fluxo sql -e 'SUBSCRIBE {name}'` or psql"
+                    "SUBSCRIBE streams without end: use GET /api/v1/views/{name}/changes or `fluxo sql -e 'SUBSCRIBE {name}'`"
                 )))
             }
             Statement::Explain(inner) => self.explain(*inner).await,
@@ -769,9 +769,44 @@ impl Engine {
         Ok(QueryResult::rows(schema, vec![batch]))
     }
 
+    /// The columns `sql` (one statement) answers with, without running it
+    /// when running it would change anything: `None` for statements that
+    /// answer with a message (CREATE, DROP). For Postgres clients, which ask
+    /// before they execute.
+    pub async fn describe_statement(&self, sql: &str) -> Result<Option<SchemaRef>> {
+        let mut statements = parse_statements(sql)?;
+        if statements.len() != 1 {
+            return Err(SqlError::Plan(format!(
+                "expected one statement, found {}",
+                statements.len()
+            )));
+        }
+        match statements.remove(0) {
+            Statement::Query(q) => {
+                let ctx = self.query_context(&q.to_string()).await?;
+                let df = ctx.sql(&q.to_string()).await?;
+                Ok(Some(Arc::new(df.schema().as_arrow().clone())))
+            }
+            stmt @ (Statement::Show(_) | Statement::Describe(_) | Statement::Explain(_)) => {
+                Ok(Some(self.execute_statement(stmt, false).await?.schema))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// A query over views (their current contents) and sources (their
     /// topics' history, as a batch).
     async fn pull_query(&self, sql: &str) -> Result<QueryResult> {
+        let ctx = self.query_context(sql).await?;
+        let df = ctx.sql(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(QueryResult::rows(schema, batches))
+    }
+
+    /// A DataFusion context that knows every source (as its history), view
+    /// and table that `sql` may read.
+    async fn query_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
         let (sources, views, tables) = {
             let o = self.objects.read();
             (
@@ -797,10 +832,7 @@ impl Engine {
                 ctx.register_table(name.as_str(), provider)?;
             }
         }
-        let df = ctx.sql(sql).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok(QueryResult::rows(schema, batches))
+        Ok(ctx)
     }
 
     /// A snapshot of a view and a stream of its changes after it.
