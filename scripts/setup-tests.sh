@@ -45,6 +45,13 @@ if ! command -v kcat >/dev/null 2>&1; then
     apt_install kcat
 fi
 
+# --- psql --------------------------------------------------------------------
+if ! command -v psql >/dev/null 2>&1; then
+    echo "setup-tests: installing psql"
+    apt_update
+    apt_install postgresql-client
+fi
+
 # --- python venv ------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
     echo "setup-tests: creating .venv"

@@ -30,6 +30,7 @@ from fluxo_helpers import fluxo_bin
 
 LISTEN_RE = re.compile(r"^fluxo: kafka listening on (\S+):(\d+)\s*$")
 HTTP_RE = re.compile(r"^fluxo: http listening on (\S+:\d+)\s*$")
+PG_RE = re.compile(r"^fluxo: postgres listening on (\S+):(\d+)\s*$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -70,6 +71,8 @@ class Broker:
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.http_addr: str | None = None
+        self.pg_host: str | None = None
+        self.pg_port: int | None = None
         self.host: str | None = None
         self.port: int | None = None
         self.starts = 0
@@ -200,6 +203,10 @@ class Broker:
             m = HTTP_RE.match(line)
             if m and self.port is not None:
                 self.http_addr = m.group(1)
+                continue
+            m = PG_RE.match(line)
+            if m and self.http_addr is not None:
+                self.pg_host, self.pg_port = m.group(1), int(m.group(2))
                 break
         # Keep draining stdout in the background (the pump thread owns it; the
         # queue just fills up harmlessly).

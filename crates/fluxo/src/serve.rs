@@ -169,11 +169,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = http_stopped.await;
     })?;
     println!("fluxo: http listening on {}", http.local_addr);
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        pg_addr = %args.pg_addr,
-        "fluxo is serving (the postgres listener is not part of this release yet)"
-    );
+    let pg_listener = tokio::net::TcpListener::bind(args.pg_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --pg-addr)",
+                args.pg_addr
+            )
+        })?;
+    let pg = fluxo_pg::serve(pg_listener, engine.clone())?;
+    println!("fluxo: postgres listening on {}", pg.local_addr);
+    tracing::info!(data_dir = %args.data_dir.display(), "fluxo is serving");
 
     let offsets_loaded = async {
         match offsets_loaded.await {
@@ -198,6 +204,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let _ = http_stop.send(());
     http.abort();
+    pg.abort();
     // Pipelines read the store: stop them before closing it.
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     maintenance.abort();
