@@ -100,12 +100,21 @@ struct TableEntry {
     schema: SchemaRef,
 }
 
+/// A sink that reads a source: its own pipeline, with no view.
+struct SourceSinkEntry {
+    def: SinkDef,
+    dataflow: Dataflow,
+    pipeline: PipelineHandle,
+}
+
 #[derive(Default)]
 struct Objects {
     sources: HashMap<String, Arc<SourceDef>>,
     tables: HashMap<String, Arc<TableEntry>>,
     views: HashMap<String, Arc<ViewEntry>>,
     sinks: HashMap<String, SinkDef>,
+    /// The pipelines of sinks that read a source, by sink name.
+    source_sinks: HashMap<String, Arc<SourceSinkEntry>>,
     /// The generators of `connector = 'nexmark'` sources, by source name.
     generators: HashMap<String, GeneratorHandle>,
 }
@@ -172,6 +181,9 @@ impl Engine {
         for view in engine.objects.read().views.values() {
             view.pipeline.resume();
         }
+        for sink in engine.objects.read().source_sinks.values() {
+            sink.pipeline.resume();
+        }
         Ok(engine)
     }
 
@@ -209,7 +221,7 @@ impl Engine {
             }
             Statement::CreateSink(def) => {
                 let _ddl = self.ddl.lock().await;
-                self.create_sink(def, persist)
+                self.create_sink(def, persist).await
             }
             Statement::Drop {
                 kind,
@@ -357,7 +369,7 @@ impl Engine {
                 name: def.name.clone(),
                 definition,
                 dataflow: dataflow.clone(),
-                view: store.clone(),
+                view: Some(store.clone()),
                 allowed_lateness_ms: lateness_ms,
                 checkpoints,
                 checkpoint_interval_ms,
@@ -437,36 +449,136 @@ impl Engine {
         Ok(QueryResult::message(format!("CREATE TABLE {name}")))
     }
 
-    fn create_sink(&self, def: SinkDef, persist: bool) -> Result<QueryResult> {
+    async fn create_sink(&self, mut def: SinkDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
             return Ok(QueryResult::message(format!(
                 "sink {} already exists, skipped",
                 def.name
             )));
         }
-        let view = {
+        let (view, source) = {
             let objects = self.objects.read();
-            match objects.views.get(&def.from) {
-                Some(v) => v.clone(),
-                None if objects.sources.contains_key(&def.from) => {
-                    return Err(SqlError::Plan(format!(
-                        "sinks read from a materialized view, and {0} is a source; \
-                         create one first: CREATE MATERIALIZED VIEW {0}_out AS SELECT * FROM {0}",
-                        def.from
-                    )))
-                }
-                None => {
-                    return Err(SqlError::NotFound {
-                        kind: "view",
-                        name: def.from.clone(),
-                    })
-                }
+            (
+                objects.views.get(&def.from).cloned(),
+                objects.sources.get(&def.from).cloned(),
+            )
+        };
+        // A view's sink follows the view's checkpoints; a source's sink has
+        // its own pipeline, whose interval the sink chooses.
+        let checkpoint_interval_ms = def
+            .options
+            .duration_ms("checkpoint_interval")?
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+        if def.options.get("checkpoint_interval").is_some() {
+            if view.is_some() {
+                return Err(SqlError::Plan(format!(
+                    "a sink of a view commits at the view's checkpoints: set checkpoint_interval on \
+                     view {} instead",
+                    def.from
+                )));
+            }
+            if checkpoint_interval_ms < 100 {
+                return Err(SqlError::Plan(format!(
+                    "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
+                )));
+            }
+        }
+        let (schema, append_only) = match (&view, &source) {
+            (Some(v), _) => (
+                v.store.schema().clone(),
+                v.dataflow.is_append_only(v.lateness_ms),
+            ),
+            (None, Some(s)) => (Arc::new(s.schema()), true),
+            (None, None) => {
+                return Err(SqlError::NotFound {
+                    kind: "view or source",
+                    name: def.from.clone(),
+                })
             }
         };
-        let append_only = view.dataflow.is_append_only(view.lateness_ms);
-        let sink: Box<dyn Sink> = match def.options.get("connector").unwrap_or("topic") {
+        let sink_options = def.options.without("checkpoint_interval");
+        let sink = self.new_sink(
+            &SinkDef {
+                options: sink_options,
+                ..def.clone()
+            },
+            &schema,
+            append_only,
+        )?;
+        def.from = view
+            .as_ref()
+            .map(|v| v.def.name.clone())
+            .or_else(|| source.as_ref().map(|s| s.name.clone()))
+            .unwrap_or(def.from);
+        if let Some(view) = view {
+            if persist {
+                self.catalog.lock().add(CatalogEntry {
+                    kind: "sink".into(),
+                    name: def.name.clone(),
+                    sql: Statement::CreateSink(def.clone()).to_string(),
+                })?;
+            }
+            view.pipeline.add_sink(sink);
+        } else {
+            let sources = self.objects.read().sources.clone();
+            let query = match crate::parser::parse_statement_str(&format!(
+                "SELECT * FROM {}",
+                crate::parser::quote_ident(&def.from)
+            ))? {
+                Statement::Query(q) => q,
+                _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
+            };
+            let dataflow = plan_dataflow(&sources, &query).await?;
+            let definition = Statement::CreateSink(def.clone()).to_string();
+            let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
+            if persist {
+                checkpoints.remove()?;
+                self.catalog.lock().add(CatalogEntry {
+                    kind: "sink".into(),
+                    name: def.name.clone(),
+                    sql: definition.clone(),
+                })?;
+            }
+            let pipeline = pipeline::start(
+                PipelineSpec {
+                    name: def.name.clone(),
+                    definition,
+                    dataflow: dataflow.clone(),
+                    view: None,
+                    allowed_lateness_ms: 0,
+                    checkpoints,
+                    checkpoint_interval_ms,
+                    parallelism: 1,
+                    late_topic: None,
+                },
+                self.store.clone(),
+                !persist,
+            )?;
+            pipeline.add_sink(sink);
+            self.objects.write().source_sinks.insert(
+                def.name.clone(),
+                Arc::new(SourceSinkEntry {
+                    def: def.clone(),
+                    dataflow,
+                    pipeline,
+                }),
+            );
+        }
+        let name = def.name.clone();
+        self.objects.write().sinks.insert(name.clone(), def);
+        Ok(QueryResult::message(format!("CREATE SINK {name}")))
+    }
+
+    /// The sink `def` describes, for rows of `schema`.
+    fn new_sink(
+        &self,
+        def: &SinkDef,
+        schema: &SchemaRef,
+        append_only: bool,
+    ) -> Result<Box<dyn Sink>> {
+        Ok(match def.options.get("connector").unwrap_or("topic") {
             "topic" => {
-                let config = TopicSinkConfig::from_def(&def, view.store.schema())?;
+                let config = TopicSinkConfig::from_def(def, schema)?;
                 if config.key.is_empty() && !append_only {
                     return Err(SqlError::Plan(format!(
                         "view {} is updating (its rows change as events arrive), so a sink needs a key to \
@@ -478,7 +590,7 @@ impl Engine {
             }
             "parquet" => {
                 let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);
-                let config = ParquetSinkConfig::from_def(&def, data_dir)?;
+                let config = ParquetSinkConfig::from_def(def, data_dir)?;
                 if !append_only {
                     return Err(SqlError::Plan(format!(
                         "view {} is updating (its rows change as events arrive), and Parquet files \
@@ -487,29 +599,14 @@ impl Engine {
                         def.from
                     )));
                 }
-                Box::new(ParquetSink::new(
-                    def.name.clone(),
-                    config,
-                    view.store.schema().clone(),
-                ))
+                Box::new(ParquetSink::new(def.name.clone(), config, schema.clone()))
             }
             other => {
                 return Err(SqlError::Plan(format!(
                     "connector '{other}' is not supported for sinks yet; use connector = 'topic' or 'parquet'"
                 )))
             }
-        };
-        if persist {
-            self.catalog.lock().add(CatalogEntry {
-                kind: "sink".into(),
-                name: def.name.clone(),
-                sql: Statement::CreateSink(def.clone()).to_string(),
-            })?;
-        }
-        view.pipeline.add_sink(sink);
-        let name = def.name.clone();
-        self.objects.write().sinks.insert(name.clone(), def);
-        Ok(QueryResult::message(format!("CREATE SINK {name}")))
+        })
     }
 
     fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
@@ -548,6 +645,19 @@ impl Engine {
                         users.join(", ")
                     )));
                 }
+                let mut sinks: Vec<String> = objects
+                    .source_sinks
+                    .values()
+                    .filter(|s| s.def.from == name)
+                    .map(|s| s.def.name.clone())
+                    .collect();
+                if !sinks.is_empty() {
+                    sinks.sort();
+                    return Err(SqlError::InUse(format!(
+                        "cannot drop source {name}: sinks {} read from it; drop them first",
+                        sinks.join(", ")
+                    )));
+                }
                 self.catalog.lock().remove(name)?;
                 objects.sources.remove(name);
                 if let Some(g) = objects.generators.remove(name) {
@@ -583,6 +693,10 @@ impl Engine {
                     if let Some(view) = objects.views.get(&sink.from) {
                         view.pipeline.remove_sink(name);
                     }
+                }
+                if let Some(own) = objects.source_sinks.remove(name) {
+                    own.pipeline.stop();
+                    CheckpointStore::new(checkpoint_dir(&self.sql_dir, name)).remove()?;
                 }
             }
         }
@@ -854,36 +968,27 @@ impl Engine {
 
     pub fn pipelines(&self) -> Vec<PipelineStatus> {
         let objects = self.objects.read();
-        let mut out: Vec<PipelineStatus> = objects
-            .views
-            .values()
-            .map(|v| {
-                let s = &v.pipeline.stats;
-                let wm = s.watermark.load(Ordering::Relaxed);
-                PipelineStatus {
-                    name: v.def.name.clone(),
-                    sql: Statement::CreateView(v.def.clone()).to_string(),
-                    status: s.status.lock().clone(),
-                    source: v.dataflow.scan.source.name.clone(),
-                    operators: v.dataflow.describe(),
-                    events_in: s.events_in.load(Ordering::Relaxed),
-                    rows_out: s.rows_out.load(Ordering::Relaxed),
-                    events_in_per_sec: s.rate_in.load(Ordering::Relaxed),
-                    rows_out_per_sec: s.rate_out.load(Ordering::Relaxed),
-                    watermark: (wm != i64::MIN).then(|| iso_utc(wm.saturating_mul(1000))),
-                    late_events: s.late_events.load(Ordering::Relaxed),
-                    bad_records: s.bad_records.load(Ordering::Relaxed),
-                    allowed_lateness_ms: v.lateness_ms,
-                    open_windows: s.open_windows.load(Ordering::Relaxed),
-                    parallelism: s.parallelism.load(Ordering::Relaxed),
-                    state_bytes: s.state_bytes.load(Ordering::Relaxed),
-                    view_rows: v.store.row_count(),
-                    last_error: s.last_error.lock().clone(),
-                    last_checkpoint: s.last_checkpoint.lock().clone(),
-                    partitions: s.partitions.lock().clone(),
-                }
-            })
-            .collect();
+        let views = objects.views.values().map(|v| {
+            status(
+                Statement::CreateView(v.def.clone()).to_string(),
+                &v.def.name,
+                &v.dataflow,
+                &v.pipeline,
+                v.lateness_ms,
+                v.store.row_count(),
+            )
+        });
+        let sinks = objects.source_sinks.values().map(|s| {
+            status(
+                Statement::CreateSink(s.def.clone()).to_string(),
+                &s.def.name,
+                &s.dataflow,
+                &s.pipeline,
+                0,
+                0,
+            )
+        });
+        let mut out: Vec<PipelineStatus> = views.chain(sinks).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -894,9 +999,49 @@ impl Engine {
         for v in views {
             v.pipeline.stop();
         }
+        let sinks: Vec<Arc<SourceSinkEntry>> =
+            self.objects.read().source_sinks.values().cloned().collect();
+        for s in sinks {
+            s.pipeline.stop();
+        }
         for g in self.objects.read().generators.values() {
             g.stop();
         }
+    }
+}
+
+/// What the status API shows of a pipeline.
+fn status(
+    sql: String,
+    name: &str,
+    dataflow: &Dataflow,
+    pipeline: &PipelineHandle,
+    lateness_ms: i64,
+    view_rows: u64,
+) -> PipelineStatus {
+    let s = &pipeline.stats;
+    let wm = s.watermark.load(Ordering::Relaxed);
+    PipelineStatus {
+        name: name.to_string(),
+        sql,
+        status: s.status.lock().clone(),
+        source: dataflow.scan.source.name.clone(),
+        operators: dataflow.describe(),
+        events_in: s.events_in.load(Ordering::Relaxed),
+        rows_out: s.rows_out.load(Ordering::Relaxed),
+        events_in_per_sec: s.rate_in.load(Ordering::Relaxed),
+        rows_out_per_sec: s.rate_out.load(Ordering::Relaxed),
+        watermark: (wm != i64::MIN).then(|| iso_utc(wm.saturating_mul(1000))),
+        late_events: s.late_events.load(Ordering::Relaxed),
+        bad_records: s.bad_records.load(Ordering::Relaxed),
+        allowed_lateness_ms: lateness_ms,
+        open_windows: s.open_windows.load(Ordering::Relaxed),
+        parallelism: s.parallelism.load(Ordering::Relaxed),
+        state_bytes: s.state_bytes.load(Ordering::Relaxed),
+        view_rows,
+        last_error: s.last_error.lock().clone(),
+        last_checkpoint: s.last_checkpoint.lock().clone(),
+        partitions: s.partitions.lock().clone(),
     }
 }
 

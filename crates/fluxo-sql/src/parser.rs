@@ -145,6 +145,13 @@ impl Options {
         Ok(())
     }
 
+    /// These options without `key`.
+    pub fn without(&self, key: &str) -> Options {
+        let mut rest = self.0.clone();
+        rest.remove(key);
+        Options(rest)
+    }
+
     pub fn required(&self, what: &str, key: &str) -> Result<&str> {
         self.get(key)
             .ok_or_else(|| SqlError::Plan(format!("{what} needs the option {key} = '...'")))

@@ -148,7 +148,9 @@ pub struct PipelineSpec {
     /// another definition is not restored.
     pub definition: String,
     pub dataflow: Dataflow,
-    pub view: Arc<ViewStore>,
+    /// Where the results are kept; `None` for a sink that reads a source,
+    /// whose rows go only to the sink.
+    pub view: Option<Arc<ViewStore>>,
     pub allowed_lateness_ms: i64,
     pub checkpoints: CheckpointStore,
     pub checkpoint_interval_ms: i64,
@@ -194,7 +196,7 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
 struct Runner {
     name: String,
     dataflow: Dataflow,
-    view: Arc<ViewStore>,
+    view: Option<Arc<ViewStore>>,
     store: Arc<LogStore>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
@@ -442,7 +444,9 @@ impl Runner {
                         None => {
                             sink.recover(None)?;
                             if sink.wants_snapshot() {
-                                sink.write(&Changes::inserts(self.view.snapshot()?))?;
+                                if let Some(view) = &self.view {
+                                    sink.write(&Changes::inserts(view.snapshot()?))?;
+                                }
                             }
                         }
                     }
@@ -537,7 +541,7 @@ impl Runner {
                 bad_records: self.stats.bad_records.load(Ordering::Relaxed),
             },
             operator,
-            view: Some(self.view.snapshot()?),
+            view: self.view.as_ref().map(|v| v.snapshot()).transpose()?,
             sinks,
         };
         let bytes = self.checkpoints.save(&checkpoint)?;
@@ -570,9 +574,11 @@ impl Runner {
         if let Some(stage) = &mut self.stage {
             stage.restore(&checkpoint.operator)?;
         }
-        self.view.clear();
-        if let Some(rows) = checkpoint.view {
-            self.view.apply(Changes::inserts(rows))?;
+        if let Some(view) = &self.view {
+            view.clear();
+            if let Some(rows) = checkpoint.view {
+                view.apply(Changes::inserts(rows))?;
+            }
         }
         self.partitions = checkpoint
             .partitions
@@ -848,7 +854,9 @@ impl Runner {
             for sink in &mut self.sinks {
                 sink.write(&changes)?;
             }
-            self.view.apply(changes)?;
+            if let Some(view) = &self.view {
+                view.apply(changes)?;
+            }
         }
         Ok(())
     }

@@ -63,7 +63,9 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
                  CREATE MATERIALIZED VIEW per_page WITH (checkpoint_interval = '200ms') AS
                    SELECT page, window_start, count(*) AS n, sum(ms) AS total
                    FROM TUMBLE(clicks, at, INTERVAL '10' SECOND) GROUP BY page, window_start;
-                 CREATE SINK lake FROM per_page WITH (connector = 'parquet', path = 'lake');",
+                 CREATE SINK lake FROM per_page WITH (connector = 'parquet', path = 'lake');
+                 CREATE SINK raw FROM clicks WITH (connector = 'parquet', path = 'raw',
+                   checkpoint_interval = '200ms');",
             )
             .await
             .unwrap();
@@ -95,9 +97,33 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
         .await;
         assert_eq!(joined.len(), 7);
         assert_eq!(joined.iter().map(|r| r[1].as_i64().unwrap()).sum::<i64>(), 600);
+        // The source's own sink: every click, as the source reads it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while engine
+            .execute_one("CREATE TABLE raw_clicks WITH (connector = 'parquet', path = 'raw')")
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "no committed files from sink raw");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let raw = loop_until(
+            &engine,
+            "SELECT count(*), sum(ms), count(DISTINCT page) FROM raw_clicks",
+            |r| r[0][0] == 601,
+        )
+        .await;
+        assert_eq!(raw, vec![vec![Value::from(601), Value::from(539_101), Value::from(8)]]);
+        let history = rows(&engine, "SELECT count(*), sum(ms), count(DISTINCT page) FROM clicks").await;
+        assert_eq!(raw, history);
+        assert!(
+            engine.pipelines().iter().any(|p| p.name == "raw" && p.events_in == 601),
+            "the sink's pipeline is listed with what it read"
+        );
         let shown = rows(&engine, "SHOW TABLES").await;
         assert_eq!(shown[0][0], "lake_table");
         assert_eq!(shown[0][1], "parquet");
+        assert_eq!(shown[1][0], "raw_clicks");
         let described = rows(&engine, "DESCRIBE lake_table").await;
         let columns: Vec<&str> = described.iter().map(|r| r[0].as_str().unwrap()).collect();
         assert_eq!(columns.len(), 4, "{described:?}");
