@@ -10,11 +10,19 @@
 //! stays bounded however long the topic is. Records that do not fit the
 //! schema are skipped, as in pipelines, and counted in a warning in the
 //! server's log.
+//!
+//! `TUMBLE` and `HOP` over a source in a batch query read the same history
+//! with each record's window bounds added from its time column, so the
+//! query that defines a windowed view also runs over everything the topic
+//! holds (with every window, closed or not).
 
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -34,6 +42,7 @@ use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::parser::SourceDef;
 use crate::reader::decode_record_range;
+use crate::source::{align, full_schema, WindowSpec};
 
 /// How much of a partition one read takes.
 const READ_BYTES: usize = 1 << 20;
@@ -44,7 +53,18 @@ pub struct HistoryTable {
     store: Arc<LogStore>,
     topic: String,
     format: Format,
+    /// The source's columns, then `window_start` and `window_end` if windowed.
     schema: SchemaRef,
+    window: Option<Windowing>,
+}
+
+/// `TUMBLE` or `HOP` over history: each record gets the bounds of its
+/// windows from the time column (a hopping window repeats the record once
+/// per window that contains it).
+#[derive(Debug, Clone, Copy)]
+struct Windowing {
+    spec: WindowSpec,
+    time_index: usize,
 }
 
 impl HistoryTable {
@@ -57,7 +77,27 @@ impl HistoryTable {
             store,
             topic,
             format,
+            window: None,
         })
+    }
+
+    /// The source's history in `spec`'s windows over column `time_index`
+    /// (TUMBLE or HOP).
+    pub fn windowed(
+        source: Arc<SourceDef>,
+        store: Arc<LogStore>,
+        spec: WindowSpec,
+        time_index: usize,
+    ) -> Result<HistoryTable> {
+        if let WindowSpec::Session { .. } = spec {
+            return Err(SqlError::Plan(
+                "SESSION windows run only in materialized views".into(),
+            ));
+        }
+        let mut table = HistoryTable::new(source, store)?;
+        table.schema = full_schema(&table.source, true);
+        table.window = Some(Windowing { spec, time_index });
+        Ok(table)
     }
 }
 
@@ -104,7 +144,9 @@ impl TableProvider for HistoryTable {
         let pieces = split_ranges(ranges, state.config().target_partitions());
         Ok(Arc::new(HistoryExec::new(
             self.source.name.clone(),
+            Arc::new(self.source.schema()),
             self.schema.clone(),
+            self.window,
             self.format,
             projection,
             pieces,
@@ -140,6 +182,9 @@ pub struct HistoryExec {
     source: String,
     /// Decodes every column of the source.
     decoder: RecordDecoder,
+    window: Option<Windowing>,
+    /// The source's columns and, if windowed, the window bounds.
+    full: SchemaRef,
     /// The columns the query uses.
     projection: Vec<usize>,
     schema: SchemaRef,
@@ -149,9 +194,12 @@ pub struct HistoryExec {
 }
 
 impl HistoryExec {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         source: String,
+        source_schema: SchemaRef,
         full: SchemaRef,
+        window: Option<Windowing>,
         format: Format,
         projection: Vec<usize>,
         pieces: Vec<Piece>,
@@ -161,7 +209,7 @@ impl HistoryExec {
         // Every column is decoded, even those the query does not use, so
         // that the same records are skipped as bad whatever the query reads
         // (and as in the source's views).
-        let decoder = RecordDecoder::new(full, format);
+        let decoder = RecordDecoder::new(source_schema, format);
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(pieces.len().max(1)),
@@ -171,6 +219,8 @@ impl HistoryExec {
         Ok(HistoryExec {
             source,
             decoder,
+            window,
+            full,
             projection,
             schema,
             pieces,
@@ -247,12 +297,16 @@ impl ExecutionPlan for HistoryExec {
             end: *to,
             remaining: self.limit,
         });
-        let decoder = self.decoder.clone();
-        let projection = self.projection.clone();
-        let source = self.source.clone();
+        let read = Read {
+            decoder: self.decoder.clone(),
+            window: self.window,
+            full: self.full.clone(),
+            projection: self.projection.clone(),
+            source: self.source.clone(),
+        };
         let stream = futures::stream::unfold(cursor, move |cursor| {
             let next = cursor.and_then(|mut c| {
-                match next_batch(&mut c, &decoder, &projection, &source) {
+                match read.next_batch(&mut c) {
                     Ok(Some(batch)) => Some((Ok(batch), Some(c))),
                     Ok(None) => None,
                     // The stream ends after an error.
@@ -268,50 +322,103 @@ impl ExecutionPlan for HistoryExec {
     }
 }
 
-/// The next non-empty batch of a stream, or `None` at its end.
-fn next_batch(
-    c: &mut Cursor,
-    decoder: &RecordDecoder,
-    projection: &[usize],
-    source: &str,
-) -> Result<Option<arrow::array::RecordBatch>> {
-    loop {
-        if c.offset >= c.end || c.remaining == Some(0) {
-            return Ok(None);
-        }
-        let bytes = c.log.read(c.offset, READ_BYTES).map_err(|e| {
-            SqlError::Execution(format!(
-                "reading {}/{} at offset {}: {e}",
-                c.log.topic, c.log.partition, c.offset
-            ))
-        })?;
-        let (values, next) = decode_record_range(bytes, c.offset, c.end)?;
-        if next <= c.offset {
-            // Nothing readable before the end (the log moved under us).
-            return Ok(None);
-        }
-        c.offset = next;
-        let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-        let decoded = decoder.decode(&slices)?;
-        if decoded.bad > 0 {
-            tracing::warn!(
-                source,
-                skipped = decoded.bad,
-                error = decoded.first_error.as_deref().unwrap_or(""),
-                "a batch query skipped records that do not match the source's schema"
-            );
-        }
-        let mut batch = decoded.batch.project(projection)?;
-        if let Some(remaining) = &mut c.remaining {
-            if batch.num_rows() > *remaining {
-                batch = batch.slice(0, *remaining);
+/// How a stream turns log bytes into the scan's rows.
+struct Read {
+    decoder: RecordDecoder,
+    window: Option<Windowing>,
+    full: SchemaRef,
+    projection: Vec<usize>,
+    source: String,
+}
+
+impl Read {
+    /// The next non-empty batch of a stream, or `None` at its end.
+    fn next_batch(&self, c: &mut Cursor) -> Result<Option<arrow::array::RecordBatch>> {
+        loop {
+            if c.offset >= c.end || c.remaining == Some(0) {
+                return Ok(None);
             }
-            *remaining -= batch.num_rows();
-        }
-        if batch.num_rows() > 0 {
-            return Ok(Some(batch));
+            let bytes = c.log.read(c.offset, READ_BYTES).map_err(|e| {
+                SqlError::Execution(format!(
+                    "reading {}/{} at offset {}: {e}",
+                    c.log.topic, c.log.partition, c.offset
+                ))
+            })?;
+            let (values, next) = decode_record_range(bytes, c.offset, c.end)?;
+            if next <= c.offset {
+                // Nothing readable before the end (the log moved under us).
+                return Ok(None);
+            }
+            c.offset = next;
+            let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+            let decoded = self.decoder.decode(&slices)?;
+            if decoded.bad > 0 {
+                tracing::warn!(
+                    source = %self.source,
+                    skipped = decoded.bad,
+                    error = decoded.first_error.as_deref().unwrap_or(""),
+                    "a batch query skipped records that do not match the source's schema"
+                );
+            }
+            let rows = match self.window {
+                Some(w) => assign_windows(&decoded.batch, w, &self.full)?,
+                None => decoded.batch,
+            };
+            let mut batch = rows.project(&self.projection)?;
+            if let Some(remaining) = &mut c.remaining {
+                if batch.num_rows() > *remaining {
+                    batch = batch.slice(0, *remaining);
+                }
+                *remaining -= batch.num_rows();
+            }
+            if batch.num_rows() > 0 {
+                return Ok(Some(batch));
+            }
         }
     }
+}
+
+/// `batch` with its window bounds appended: one row per record and window
+/// (records without a time belong to no window and are left out, as
+/// pipelines skip them).
+fn assign_windows(
+    batch: &RecordBatch,
+    window: Windowing,
+    full: &SchemaRef,
+) -> Result<RecordBatch> {
+    let times = arrow::compute::cast(
+        batch.column(window.time_index),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    let times = times.as_primitive::<TimestampMillisecondType>();
+    let (slide, size) = match window.spec {
+        WindowSpec::Tumble { size } => (size, size),
+        WindowSpec::Hop { slide, size } => (slide, size),
+        WindowSpec::Session { .. } => {
+            return Err(SqlError::Internal("SESSION over history".into()))
+        }
+    };
+    let per_record = (size / slide).max(1) as usize;
+    let mut rows = Vec::with_capacity(batch.num_rows() * per_record);
+    let mut starts = Vec::with_capacity(rows.capacity());
+    for (i, t) in times.iter().enumerate() {
+        let Some(t) = t else { continue };
+        let last = align(t, slide);
+        for j in 0..per_record as i64 {
+            rows.push(i as u32);
+            starts.push(last - j * slide);
+        }
+    }
+    let rows = UInt32Array::from(rows);
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &rows, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+    columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
+    columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
+    Ok(RecordBatch::try_new(full.clone(), columns)?)
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
         .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    register_functions(&ctx, sources);
+    register_functions(&ctx, sources, None);
     for (name, def) in sources {
         ctx.register_table(name.as_str(), Arc::new(SourceTable::new(def.clone(), None)))?;
     }
@@ -158,7 +158,7 @@ pub fn batch_context(
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    register_functions(&ctx, sources);
+    register_functions(&ctx, sources, Some(store));
     for (name, def) in sources {
         ctx.register_table(
             name.as_str(),
@@ -168,7 +168,13 @@ pub fn batch_context(
     Ok(ctx)
 }
 
-fn register_functions(ctx: &SessionContext, sources: &HashMap<String, Arc<SourceDef>>) {
+/// PROCTIME() and the window table functions; with `history`, windows read
+/// a topic's history (batch) instead of planning a continuous scan.
+fn register_functions(
+    ctx: &SessionContext,
+    sources: &HashMap<String, Arc<SourceDef>>,
+    history: Option<&Arc<LogStore>>,
+) {
     ctx.register_udf(crate::source::proctime_udf());
     let shared = Arc::new(sources.clone());
     for kind in [WindowKind::Tumble, WindowKind::Hop, WindowKind::Session] {
@@ -179,6 +185,7 @@ fn register_functions(ctx: &SessionContext, sources: &HashMap<String, Arc<Source
                 Arc::new(WindowTableFunction {
                     kind,
                     sources: shared.clone(),
+                    history: history.cloned(),
                 }),
             );
         }

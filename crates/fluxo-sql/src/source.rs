@@ -108,7 +108,7 @@ impl ScanInfo {
     }
 }
 
-fn full_schema(source: &SourceDef, windowed: bool) -> SchemaRef {
+pub fn full_schema(source: &SourceDef, windowed: bool) -> SchemaRef {
     let mut fields: Vec<Field> = source
         .schema()
         .fields()
@@ -238,11 +238,10 @@ impl ExecutionPlan for SourceScanExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        // Batch queries read sources as their history; only a window over
-        // a source lands here.
+        // Batch queries read sources (and windows over them) through
+        // `HistoryTable`; a continuous scan reaching execution is a bug.
         plan_err!(
-            "windows over source {} run continuously: CREATE MATERIALIZED VIEW with this query; \
-             a batch query over the topic's history can GROUP BY date_bin(INTERVAL '10 seconds', column)",
+            "the continuous scan of source {} cannot run as a batch query",
             self.info.source.name
         )
     }
@@ -267,10 +266,17 @@ impl WindowKind {
 
 /// `TUMBLE(source, time_col, size)`, `HOP(source, time_col, slide, size)`,
 /// `SESSION(source, time_col, gap)`.
-#[derive(Debug)]
 pub struct WindowTableFunction {
     pub kind: WindowKind,
     pub sources: Arc<HashMap<String, Arc<SourceDef>>>,
+    /// In a batch query: the log, whose history the window reads.
+    pub history: Option<Arc<fluxo_log::LogStore>>,
+}
+
+impl fmt::Debug for WindowTableFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WindowTableFunction({})", self.kind.sql_name())
+    }
 }
 
 impl TableFunctionImpl for WindowTableFunction {
@@ -292,6 +298,7 @@ impl TableFunctionImpl for WindowTableFunction {
         let source = self.sources.get(&source_col.name).ok_or_else(|| {
             plan_datafusion_err!("{name}: there is no source named {}", source_col.name)
         })?;
+        let mut column_index = None;
         let time = match &exprs[1] {
             Expr::ScalarFunction(f) if f.name() == PROCTIME => WindowTime::Processing,
             Expr::Column(time_col) => {
@@ -317,6 +324,7 @@ impl TableFunctionImpl for WindowTableFunction {
                         source.columns[time_index].sql_type
                     );
                 }
+                column_index = Some(time_index);
                 match &source.watermark {
                     // Without a watermark there is no event time to follow.
                     None => WindowTime::Processing,
@@ -357,6 +365,29 @@ impl TableFunctionImpl for WindowTableFunction {
             }
             WindowKind::Session => WindowSpec::Session { gap: lengths[0] },
         };
+        if let Some(store) = &self.history {
+            // Over history, a window groups by the time column itself.
+            let Some(index) = column_index else {
+                return plan_err!(
+                    "{name}: PROCTIME() windows run only in materialized views; \
+                     a batch query over the topic's history has no processing time"
+                );
+            };
+            if let WindowSpec::Session { .. } = spec {
+                return plan_err!(
+                    "SESSION windows run only in materialized views: \
+                     CREATE MATERIALIZED VIEW with this query"
+                );
+            }
+            let table = crate::history::HistoryTable::windowed(
+                source.clone(),
+                store.clone(),
+                spec,
+                index,
+            )
+            .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
+            return Ok(Arc::new(table));
+        }
         Ok(Arc::new(SourceTable::new(source.clone(), Some((spec, time)))))
     }
 }

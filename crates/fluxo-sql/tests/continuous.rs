@@ -468,7 +468,7 @@ async fn bad_statements_get_precise_errors() {
         ("CREATE SOURCE s (a INT) WITH (topic = 'x')", "already exists"),
         ("CREATE SOURCE s2 (a INT) WITH (topic = 'x', colour = 'red')", "unknown option 'colour'"),
         ("CREATE SOURCE s3 (a INT) WITH (format = 'json')", "needs the option topic"),
-        ("SELECT * FROM TUMBLE(s, t, INTERVAL '1' SECOND)", "run continuously"),
+        ("SELECT * FROM SESSION(s, t, INTERVAL '1' SECOND)", "SESSION windows run only in materialized views"),
         ("DROP SINK nope", "sink nope does not exist"),
     ];
     for (sql, want) in cases {
