@@ -7,7 +7,9 @@
 //! directly, not timed) and into a JSON-lines file for DuckDB. Each query
 //! then runs as a fresh materialized view over the whole topic; its time is
 //! from `CREATE MATERIALIZED VIEW` until the pipeline has taken in every
-//! bid.
+//! bid. With `--batch` each query runs instead as a batch over the topic's
+//! history (the same SQL as a SELECT over the source), timed until its last
+//! row, and DuckDB runs it over the JSON and over a Parquet copy.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,11 @@ pub struct NexmarkBench {
     /// `parallelism`); by default one per core.
     #[arg(long)]
     pub parallelism: Option<usize>,
+    /// Run each query as a batch over the topic's history (a SELECT over
+    /// the source) instead of as a continuous view; DuckDB runs it over the
+    /// JSON and over the same bids as Parquet.
+    #[arg(long)]
+    pub batch: bool,
 }
 
 const SOURCE: &str =
@@ -104,6 +111,16 @@ const QUERIES: &[Query] = &[
         sql: "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1,
                 split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bids",
         duckdb: None,
+    },
+    Query {
+        name: "channels",
+        what: "bids, revenue and top price per channel (GROUP BY without a window)",
+        sql: "SELECT channel, count(*) AS bids, sum(price) AS revenue, max(price) AS top
+              FROM bids GROUP BY channel",
+        duckdb: Some(
+            "SELECT channel, count(*) AS bids, sum(price) AS revenue, max(price) AS top
+             FROM bids GROUP BY channel",
+        ),
     },
     Query {
         name: "tumble",
@@ -180,7 +197,9 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
         dir.display()
     );
     let json_path = dir.join("bids.json");
-    // Every run starts from an empty log and catalog.
+    // Every run starts from an empty log and catalog (and, for DuckDB, a
+    // Parquet copy of this run's bids).
+    let _ = std::fs::remove_file(json_path.with_extension("json.parquet"));
     let log_dir = dir.join("log");
     if log_dir.exists() {
         std::fs::remove_dir_all(&log_dir)
@@ -199,8 +218,30 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
 
     let engine = Engine::open(store.clone(), &log_dir).await?;
     engine.execute(SOURCE).await?;
+    if b.batch {
+        run_batch(&b, &engine, &queries, &json_path, bytes, cores).await?;
+    } else {
+        run_continuous(&b, &engine, &queries, &json_path, bytes, cores).await?;
+    }
+    engine.shutdown();
     println!(
-        "\n{:<7} {:>14} {:>14} {:>12} {:>14} {:>10}",
+        "\n(median of {} run(s) per query; ratio = fluxo / DuckDB)",
+        b.runs
+    );
+    Ok(())
+}
+
+/// Each query as a fresh materialized view catching up the whole topic.
+async fn run_continuous(
+    b: &NexmarkBench,
+    engine: &Engine,
+    queries: &[&Query],
+    json_path: &Path,
+    bytes: u64,
+    cores: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10}",
         "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio"
     );
     let with = match b.parallelism {
@@ -216,7 +257,7 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
                 .execute(&format!("CREATE MATERIALIZED VIEW {view}{with} AS {}", q.sql))
                 .await
                 .with_context(|| format!("query {}", q.name))?;
-            wait_for(&engine, &view, b.events).await?;
+            wait_for(engine, &view, b.events).await?;
             let secs = started.elapsed().as_secs_f64();
             rates.push(b.events as f64 / secs);
             engine
@@ -226,12 +267,12 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
         let rate = median(&mut rates);
         let baseline = match (q.duckdb, b.duckdb_python.as_str()) {
             (Some(sql), python) if python != "none" => {
-                Some(duckdb_rate(python, &json_path, sql, b.events, b.runs)?)
+                Some(duckdb_rate(python, json_path, sql, b.events, b.runs, false)?)
             }
             _ => None,
         };
         println!(
-            "{:<7} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10}",
+            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10}",
             q.name,
             rate,
             rate / cores as f64,
@@ -240,11 +281,57 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
             baseline.map_or("-".into(), |d| format!("{:.2}x", rate / d)),
         );
     }
-    engine.shutdown();
+    Ok(())
+}
+
+/// Each query as a batch over the topic's history: the same SQL, over the
+/// source instead of in a view, timed until its last row.
+async fn run_batch(
+    b: &NexmarkBench,
+    engine: &Engine,
+    queries: &[&Query],
+    json_path: &Path,
+    bytes: u64,
+    cores: usize,
+) -> anyhow::Result<()> {
     println!(
-        "\n(median of {} run(s) per query; ratio = fluxo / DuckDB)",
-        b.runs
+        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>8} {:>14} {:>8}",
+        "query", "events/s", "per core", "MB/s", "duckdb json", "ratio", "duckdb parquet", "ratio"
     );
+    for q in queries {
+        let mut rates = Vec::with_capacity(b.runs);
+        let mut rows = 0;
+        for _ in 0..b.runs {
+            let started = Instant::now();
+            let result = engine
+                .execute_one(q.sql)
+                .await
+                .with_context(|| format!("query {}", q.name))?;
+            rates.push(b.events as f64 / started.elapsed().as_secs_f64());
+            rows = result.row_count();
+        }
+        let rate = median(&mut rates);
+        let (json, parquet) = match (q.duckdb, b.duckdb_python.as_str()) {
+            (Some(sql), python) if python != "none" => (
+                Some(duckdb_rate(python, json_path, sql, b.events, b.runs, false)?),
+                Some(duckdb_rate(python, json_path, sql, b.events, b.runs, true)?),
+            ),
+            _ => (None, None),
+        };
+        let show = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.0}"));
+        let ratio = |d: Option<f64>| d.map_or("-".into(), |d| format!("{:.2}x", rate / d));
+        println!(
+            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>8} {:>14} {:>8}   ({rows} rows)",
+            q.name,
+            rate,
+            rate / cores as f64,
+            rate * (bytes as f64 / b.events as f64) / 1e6,
+            show(json),
+            ratio(json),
+            show(parquet),
+            ratio(parquet),
+        );
+    }
     Ok(())
 }
 
@@ -314,24 +401,31 @@ async fn wait_for(engine: &Engine, view: &str, events: u64) -> anyhow::Result<()
     }
 }
 
-/// DuckDB's rate over the JSON file: events / median wall time of `runs`
-/// runs of `sql` with `bids` standing for the file, on all cores.
+/// DuckDB's rate over the JSON file (or, with `parquet`, over the same bids
+/// converted to a Parquet file first, untimed): events / median wall time of
+/// `runs` runs of `sql` with `bids` standing for the file, on all cores.
 fn duckdb_rate(
     python: &str,
     json_path: &Path,
     sql: &str,
     events: u64,
     runs: usize,
+    parquet: bool,
 ) -> anyhow::Result<f64> {
     const SCRIPT: &str = r#"
-import json, sys, time
+import json, os, sys, time
 import duckdb
-path, sql, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, sql, runs, parquet = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "parquet"
 con = duckdb.connect()
 con.execute("SET enable_progress_bar = false")
 source = ("read_json('%s', format = 'newline_delimited', columns = {auction: 'BIGINT', "
           "bidder: 'BIGINT', price: 'BIGINT', channel: 'VARCHAR', url: 'VARCHAR', "
           "date_time: 'TIMESTAMP', extra: 'VARCHAR'})" % path.replace("'", "''"))
+if parquet:
+    pq = path + ".parquet"
+    if not os.path.exists(pq):
+        con.execute("COPY (SELECT * FROM %s) TO '%s' (FORMAT parquet)" % (source, pq.replace("'", "''")))
+    source = "read_parquet('%s')" % pq.replace("'", "''")
 query = "WITH bids AS (SELECT * FROM %s) %s" % (source, sql)
 times = []
 for _ in range(runs):
@@ -345,6 +439,7 @@ print("times " + json.dumps(times))
         .arg(json_path)
         .arg(sql)
         .arg(runs.to_string())
+        .arg(if parquet { "parquet" } else { "json" })
         .output()
         .with_context(|| {
             format!(
