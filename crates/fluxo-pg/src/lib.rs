@@ -291,7 +291,12 @@ impl ExtendedQueryHandler for PgFront {
             return Ok(DescribeStatementResponse::new(parameter_types, Vec::new()));
         }
         let sql = bind(&stmt.statement, &vec!["NULL".to_string(); n])?;
-        let fields = match self.engine.describe_statement(&sql).await.map_err(pg_error)? {
+        let fields = match self
+            .engine
+            .describe_statement(&sql)
+            .await
+            .map_err(pg_error)?
+        {
             Some(schema) => values::fields(&schema, &Format::UnifiedText),
             None => Vec::new(),
         };
@@ -310,7 +315,12 @@ impl ExtendedQueryHandler for PgFront {
         if session_statement(&sql).is_some() {
             return Ok(DescribePortalResponse::new(Vec::new()));
         }
-        let fields = match self.engine.describe_statement(&sql).await.map_err(pg_error)? {
+        let fields = match self
+            .engine
+            .describe_statement(&sql)
+            .await
+            .map_err(pg_error)?
+        {
             Some(schema) => values::fields(&schema, &portal.result_column_format),
             None => Vec::new(),
         };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
     DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    Schema, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    Schema, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
@@ -26,9 +26,7 @@ pub fn pg_type(t: &DataType) -> Type {
         DataType::Int32 | DataType::UInt16 => Type::INT4,
         DataType::Int64 | DataType::UInt32 => Type::INT8,
         // Wider than BIGINT: sent as an exact decimal.
-        DataType::UInt64 | DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => {
-            Type::NUMERIC
-        }
+        DataType::UInt64 | DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Date32 | DataType::Date64 => Type::DATE,
@@ -63,7 +61,10 @@ fn encode_error(e: impl std::fmt::Display) -> PgWireError {
 }
 
 /// Every row of `batches`, encoded for `fields`.
-pub fn encode_rows(batches: &[RecordBatch], fields: Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+pub fn encode_rows(
+    batches: &[RecordBatch],
+    fields: Arc<Vec<FieldInfo>>,
+) -> PgWireResult<Vec<DataRow>> {
     let mut rows = Vec::new();
     let mut encoder = DataRowEncoder::new(fields.clone());
     let options = FormatOptions::default();
@@ -95,13 +96,21 @@ fn encode_value(
     }
     match column.data_type() {
         DataType::Boolean => encoder.encode_field(&column.as_boolean().value(row)),
-        DataType::Int8 => encoder.encode_field(&(column.as_primitive::<Int8Type>().value(row) as i16)),
+        DataType::Int8 => {
+            encoder.encode_field(&(column.as_primitive::<Int8Type>().value(row) as i16))
+        }
         DataType::Int16 => encoder.encode_field(&column.as_primitive::<Int16Type>().value(row)),
-        DataType::UInt8 => encoder.encode_field(&(column.as_primitive::<UInt8Type>().value(row) as i16)),
+        DataType::UInt8 => {
+            encoder.encode_field(&(column.as_primitive::<UInt8Type>().value(row) as i16))
+        }
         DataType::Int32 => encoder.encode_field(&column.as_primitive::<Int32Type>().value(row)),
-        DataType::UInt16 => encoder.encode_field(&(column.as_primitive::<UInt16Type>().value(row) as i32)),
+        DataType::UInt16 => {
+            encoder.encode_field(&(column.as_primitive::<UInt16Type>().value(row) as i32))
+        }
         DataType::Int64 => encoder.encode_field(&column.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt32 => encoder.encode_field(&(column.as_primitive::<UInt32Type>().value(row) as i64)),
+        DataType::UInt32 => {
+            encoder.encode_field(&(column.as_primitive::<UInt32Type>().value(row) as i64))
+        }
         DataType::UInt64 => {
             encoder.encode_field(&column.as_primitive::<UInt64Type>().value(row).to_string())
         }
@@ -172,12 +181,11 @@ pub fn parameter_literal(portal: &Portal<String>, i: usize) -> PgWireResult<Stri
     if !portal.parameter_format.is_binary(i) {
         let text = std::str::from_utf8(raw).map_err(|e| bad_parameter(i, e))?;
         return Ok(match declared {
-            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
-                text.trim()
-                    .parse::<i64>()
-                    .map_err(|e| bad_parameter(i, format!("{text:?} is not an integer: {e}")))?
-                    .to_string()
-            }
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| bad_parameter(i, format!("{text:?} is not an integer: {e}")))?
+                .to_string(),
             Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
                 let v: f64 = text
                     .trim()
@@ -199,9 +207,18 @@ pub fn parameter_literal(portal: &Portal<String>, i: usize) -> PgWireResult<Stri
     }
     let value = |e: PgWireError| bad_parameter(i, e);
     Ok(match declared {
-        Type::INT2 => portal.parameter::<i16>(i, &declared).map_err(value)?.map(|v| v.to_string()),
-        Type::INT4 => portal.parameter::<i32>(i, &declared).map_err(value)?.map(|v| v.to_string()),
-        Type::INT8 => portal.parameter::<i64>(i, &declared).map_err(value)?.map(|v| v.to_string()),
+        Type::INT2 => portal
+            .parameter::<i16>(i, &declared)
+            .map_err(value)?
+            .map(|v| v.to_string()),
+        Type::INT4 => portal
+            .parameter::<i32>(i, &declared)
+            .map_err(value)?
+            .map(|v| v.to_string()),
+        Type::INT8 => portal
+            .parameter::<i64>(i, &declared)
+            .map_err(value)?
+            .map(|v| v.to_string()),
         Type::FLOAT4 => portal
             .parameter::<f32>(i, &declared)
             .map_err(value)?
@@ -231,7 +248,10 @@ pub fn parameter_literal(portal: &Portal<String>, i: usize) -> PgWireResult<Stri
         other => {
             return Err(bad_parameter(
                 i,
-                format!("binary values of type {} are not supported; send it as text", other.name()),
+                format!(
+                    "binary values of type {} are not supported; send it as text",
+                    other.name()
+                ),
             ))
         }
     }

@@ -23,14 +23,14 @@ use crate::checkpoint::{checkpoint_dir, CheckpointStore};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
+use crate::parquet_sink::{ParquetSink, ParquetSinkConfig};
 use crate::parser::{
     parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
-use crate::table;
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
-use crate::parquet_sink::{ParquetSink, ParquetSinkConfig};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
+use crate::table;
 use crate::view::{Subscription, ViewStore};
 
 /// How often a pipeline checkpoints unless its view says otherwise.
@@ -321,7 +321,12 @@ impl Engine {
         }
         def.options.check_known(
             "a materialized view",
-            &["allowed_lateness", "checkpoint_interval", "late_topic", "parallelism"],
+            &[
+                "allowed_lateness",
+                "checkpoint_interval",
+                "late_topic",
+                "parallelism",
+            ],
         )?;
         let parallelism = match def.options.get("parallelism") {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -19,9 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
-};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -103,7 +101,11 @@ impl HistoryTable {
 
 impl fmt::Debug for HistoryTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HistoryTable({} over topic {})", self.source.name, self.topic)
+        write!(
+            f,
+            "HistoryTable({} over topic {})",
+            self.source.name, self.topic
+        )
     }
 }
 
@@ -169,7 +171,11 @@ fn split_ranges(ranges: Vec<Piece>, streams: usize) -> Vec<Piece> {
         let step = ((end - start) / per_range).max(1);
         let mut from = start;
         while from < end {
-            let to = if end - from < 2 * step { end } else { from + step };
+            let to = if end - from < 2 * step {
+                end
+            } else {
+                from + step
+            };
             pieces.push((log.clone(), from, to));
             from = to;
         }
@@ -381,11 +387,7 @@ impl Read {
 /// `batch` with its window bounds appended: one row per record and window
 /// (records without a time belong to no window and are left out, as
 /// pipelines skip them).
-fn assign_windows(
-    batch: &RecordBatch,
-    window: Windowing,
-    full: &SchemaRef,
-) -> Result<RecordBatch> {
+fn assign_windows(batch: &RecordBatch, window: Windowing, full: &SchemaRef) -> Result<RecordBatch> {
     let times = arrow::compute::cast(
         batch.column(window.time_index),
         &DataType::Timestamp(TimeUnit::Millisecond, None),

@@ -317,8 +317,11 @@ mod tests {
 
     fn rows(values: std::ops::Range<i64>) -> Changes {
         Changes::inserts(
-            RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(values))])
-                .unwrap(),
+            RecordBatch::try_new(
+                schema(),
+                vec![Arc::new(Int64Array::from_iter_values(values))],
+            )
+            .unwrap(),
         )
     }
 
@@ -345,7 +348,11 @@ mod tests {
                 .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
-                let col = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let col = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
                 out.extend(col.values().iter().copied());
             }
         }
@@ -360,10 +367,16 @@ mod tests {
         s.recover(None).unwrap();
         s.write(&rows(0..10)).unwrap();
         s.write(&rows(10..20)).unwrap();
-        assert!(committed(dir.path()).is_empty(), "nothing before the checkpoint");
+        assert!(
+            committed(dir.path()).is_empty(),
+            "nothing before the checkpoint"
+        );
         let prepared = s.prepare(1).unwrap();
         assert_eq!(prepared["files"].as_array().unwrap().len(), 2, "{prepared}");
-        assert!(committed(dir.path()).is_empty(), "nothing before the commit");
+        assert!(
+            committed(dir.path()).is_empty(),
+            "nothing before the commit"
+        );
         s.commit(1).unwrap();
         assert_eq!(committed(dir.path()), (0..20).collect::<Vec<_>>());
     }
@@ -383,7 +396,10 @@ mod tests {
         let mut restarted = sink(dir.path(), 1 << 30);
         restarted.recover(Some(&prepared)).unwrap();
         assert_eq!(committed(dir.path()), (0..5).collect::<Vec<_>>());
-        assert_eq!(std::fs::read_dir(dir.path().join(STAGING)).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(STAGING)).unwrap().count(),
+            0
+        );
         // The pipeline writes 5..9 again; recovering twice changes nothing.
         restarted.write(&rows(5..9)).unwrap();
         restarted.prepare(8).unwrap();

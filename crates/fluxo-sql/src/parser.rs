@@ -800,7 +800,10 @@ mod tests {
         let err = parse_statements("CREATE SOURCE s (a BIGINT,, b INT)").unwrap_err();
         assert!(err.to_string().contains("Line: 1"), "{err}");
         let err = parse_statements("CREATE TABLE t (a INT)").unwrap_err();
-        assert!(err.to_string().contains("columns come from its files"), "{err}");
+        assert!(
+            err.to_string().contains("columns come from its files"),
+            "{err}"
+        );
         let err = parse_statements("CREATE INDEX i ON t (a)").unwrap_err();
         assert!(err.to_string().contains("expected SOURCE, TABLE"), "{err}");
         let err = parse_statements("CREATE SOURCE s (a GEOMETRY)").unwrap_err();

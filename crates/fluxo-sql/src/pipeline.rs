@@ -245,25 +245,31 @@ impl Runner {
             Stage::None => None,
             Stage::Window { spec: w, exprs } => {
                 let (w, e) = (*w, exprs.clone());
-                Some(ShardedAggregation::new(exprs, spec.parallelism, move || {
-                    Ok(match w {
-                        WindowSpec::Tumble { size } => {
-                            Aggregation::Window(WindowAggregate::new(e.clone(), size, size, lateness))
-                        }
-                        WindowSpec::Hop { slide, size } => Aggregation::Window(
-                            WindowAggregate::new(e.clone(), slide, size, lateness),
-                        ),
-                        WindowSpec::Session { gap } => {
-                            Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
-                        }
-                    })
-                })?)
+                Some(ShardedAggregation::new(
+                    exprs,
+                    spec.parallelism,
+                    move || {
+                        Ok(match w {
+                            WindowSpec::Tumble { size } => Aggregation::Window(
+                                WindowAggregate::new(e.clone(), size, size, lateness),
+                            ),
+                            WindowSpec::Hop { slide, size } => Aggregation::Window(
+                                WindowAggregate::new(e.clone(), slide, size, lateness),
+                            ),
+                            WindowSpec::Session { gap } => {
+                                Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
+                            }
+                        })
+                    },
+                )?)
             }
             Stage::Updating { exprs } => {
                 let e = exprs.clone();
-                Some(ShardedAggregation::new(exprs, spec.parallelism, move || {
-                    Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
-                })?)
+                Some(ShardedAggregation::new(
+                    exprs,
+                    spec.parallelism,
+                    move || Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?)),
+                )?)
             }
         };
         Ok(Runner {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
-use fluxo_log::LogStore;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -22,6 +21,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
+use fluxo_log::LogStore;
 
 use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
 use crate::dataflow::stateless::StatelessOp;

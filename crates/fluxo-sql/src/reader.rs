@@ -206,8 +206,9 @@ impl Reader {
                     std::thread::sleep(MAX_WAIT);
                 } else {
                     runtime.block_on(async {
-                        let _ = tokio::time::timeout(MAX_WAIT, futures::future::select_all(changes))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(MAX_WAIT, futures::future::select_all(changes))
+                                .await;
                     });
                 }
             }

@@ -379,16 +379,15 @@ impl TableFunctionImpl for WindowTableFunction {
                      CREATE MATERIALIZED VIEW with this query"
                 );
             }
-            let table = crate::history::HistoryTable::windowed(
-                source.clone(),
-                store.clone(),
-                spec,
-                index,
-            )
-            .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
+            let table =
+                crate::history::HistoryTable::windowed(source.clone(), store.clone(), spec, index)
+                    .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
             return Ok(Arc::new(table));
         }
-        Ok(Arc::new(SourceTable::new(source.clone(), Some((spec, time)))))
+        Ok(Arc::new(SourceTable::new(
+            source.clone(),
+            Some((spec, time)),
+        )))
     }
 }
 

@@ -47,7 +47,10 @@ pub async fn parquet_table(
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let schema = options.infer_schema(state, &url).await.map_err(|e| {
-        SqlError::Plan(format!("cannot read the Parquet files in {}: {e}", dir.display()))
+        SqlError::Plan(format!(
+            "cannot read the Parquet files in {}: {e}",
+            dir.display()
+        ))
     })?;
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)

@@ -22,7 +22,11 @@ fn append(store: &LogStore, topic: &str, values: &[String]) {
         })
         .collect();
     let mut bytes = encode_batch(&records, Compression::None).unwrap().to_vec();
-    store.partition(topic, 0).unwrap().append(&mut bytes).unwrap();
+    store
+        .partition(topic, 0)
+        .unwrap()
+        .append(&mut bytes)
+        .unwrap();
 }
 
 async fn rows(engine: &Engine, sql: &str) -> Vec<Vec<Value>> {
@@ -49,7 +53,14 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
         .unwrap();
     // 600 clicks over 60 s, then one at 100 s to close every window before it.
     let mut values: Vec<String> = (0..600)
-        .map(|i| format!(r#"{{"page": "/p{}", "ms": {}, "at": {}}}"#, i % 7, i * 3, i * 100))
+        .map(|i| {
+            format!(
+                r#"{{"page": "/p{}", "ms": {}, "at": {}}}"#,
+                i % 7,
+                i * 3,
+                i * 100
+            )
+        })
         .collect();
     values.push(r#"{"page": "/end", "ms": 1, "at": 100000}"#.to_string());
     append(&store, "clicks", &values);
@@ -85,7 +96,10 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
                 Err(e) => panic!("no committed Parquet files after 20 s: {e}"),
             }
         }
-        let table = loop_until(&engine, "SELECT * FROM lake_table", |r| r.len() == view.len()).await;
+        let table = loop_until(&engine, "SELECT * FROM lake_table", |r| {
+            r.len() == view.len()
+        })
+        .await;
         assert_eq!(table, view, "the Parquet table differs from its view");
         // Batch SQL over the table, joined with the view.
         let joined = rows(
@@ -96,7 +110,10 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
         )
         .await;
         assert_eq!(joined.len(), 7);
-        assert_eq!(joined.iter().map(|r| r[1].as_i64().unwrap()).sum::<i64>(), 600);
+        assert_eq!(
+            joined.iter().map(|r| r[1].as_i64().unwrap()).sum::<i64>(),
+            600
+        );
         // The source's own sink: every click, as the source reads it.
         let deadline = Instant::now() + Duration::from_secs(20);
         while engine
@@ -104,7 +121,10 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "no committed files from sink raw");
+            assert!(
+                Instant::now() < deadline,
+                "no committed files from sink raw"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let raw = loop_until(
@@ -113,11 +133,21 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
             |r| r[0][0] == 601,
         )
         .await;
-        assert_eq!(raw, vec![vec![Value::from(601), Value::from(539_101), Value::from(8)]]);
-        let history = rows(&engine, "SELECT count(*), sum(ms), count(DISTINCT page) FROM clicks").await;
+        assert_eq!(
+            raw,
+            vec![vec![Value::from(601), Value::from(539_101), Value::from(8)]]
+        );
+        let history = rows(
+            &engine,
+            "SELECT count(*), sum(ms), count(DISTINCT page) FROM clicks",
+        )
+        .await;
         assert_eq!(raw, history);
         assert!(
-            engine.pipelines().iter().any(|p| p.name == "raw" && p.events_in == 601),
+            engine
+                .pipelines()
+                .iter()
+                .any(|p| p.name == "raw" && p.events_in == 601),
             "the sink's pipeline is listed with what it read"
         );
         let shown = rows(&engine, "SHOW TABLES").await;
@@ -138,7 +168,10 @@ async fn a_parquet_sinks_directory_reads_back_as_a_table_equal_to_its_view() {
     let table = rows(&engine, "SELECT * FROM lake_table").await;
     assert_eq!(table, again);
     engine.execute_one("DROP TABLE lake_table").await.unwrap();
-    let err = engine.execute_one("SELECT * FROM lake_table").await.unwrap_err();
+    let err = engine
+        .execute_one("SELECT * FROM lake_table")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("lake_table"), "{err}");
 }
 
@@ -150,19 +183,40 @@ async fn bad_tables_get_precise_errors() {
     std::fs::create_dir(&empty).unwrap();
     let engine = Engine::open(store, dir.path()).await.unwrap();
     let cases = [
-        ("CREATE TABLE t WITH (connector = 'parquet', path = 'nowhere')", "is not a directory"),
-        ("CREATE TABLE t WITH (connector = 'parquet', path = 'empty')", "no Parquet files"),
+        (
+            "CREATE TABLE t WITH (connector = 'parquet', path = 'nowhere')",
+            "is not a directory",
+        ),
+        (
+            "CREATE TABLE t WITH (connector = 'parquet', path = 'empty')",
+            "no Parquet files",
+        ),
         ("CREATE TABLE t WITH (connector = 'parquet')", "path"),
-        ("CREATE TABLE t WITH (connector = 'csv', path = 'empty')", "connector 'csv' is not supported"),
-        ("CREATE TABLE t WITH (path = 'empty')", "needs connector = 'parquet'"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'parquet', path = 'empty')", "columns come from its files"),
-        ("CREATE TABLE t WITH (connector = 'parquet', path = 'empty', colour = 'red')", "unknown option 'colour'"),
+        (
+            "CREATE TABLE t WITH (connector = 'csv', path = 'empty')",
+            "connector 'csv' is not supported",
+        ),
+        (
+            "CREATE TABLE t WITH (path = 'empty')",
+            "needs connector = 'parquet'",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'parquet', path = 'empty')",
+            "columns come from its files",
+        ),
+        (
+            "CREATE TABLE t WITH (connector = 'parquet', path = 'empty', colour = 'red')",
+            "unknown option 'colour'",
+        ),
         ("DROP TABLE nope", "table nope does not exist"),
     ];
     for (sql, want) in cases {
         let err = engine.execute_one(sql).await.unwrap_err();
         assert!(err.is_user_error(), "{sql}: {err}");
-        assert!(err.to_string().contains(want), "{sql}: got {err}, want {want}");
+        assert!(
+            err.to_string().contains(want),
+            "{sql}: got {err}, want {want}"
+        );
     }
 }
 

@@ -34,7 +34,11 @@ pub struct NexmarkBench {
     #[arg(long, default_value_t = 2)]
     pub partitions: i32,
     /// Queries to run, by name (see `--list`).
-    #[arg(long, value_delimiter = ',', default_value = "q2,q14,tumble,hop,q11,q12")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q2,q14,tumble,hop,q11,q12"
+    )]
     pub queries: Vec<String>,
     /// Runs per query; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -254,7 +258,10 @@ async fn run_continuous(
             let view = format!("bench_{}_{run}", q.name);
             let started = Instant::now();
             engine
-                .execute(&format!("CREATE MATERIALIZED VIEW {view}{with} AS {}", q.sql))
+                .execute(&format!(
+                    "CREATE MATERIALIZED VIEW {view}{with} AS {}",
+                    q.sql
+                ))
                 .await
                 .with_context(|| format!("query {}", q.name))?;
             wait_for(engine, &view, b.events).await?;
@@ -266,9 +273,9 @@ async fn run_continuous(
         }
         let rate = median(&mut rates);
         let baseline = match (q.duckdb, b.duckdb_python.as_str()) {
-            (Some(sql), python) if python != "none" => {
-                Some(duckdb_rate(python, json_path, sql, b.events, b.runs, false)?)
-            }
+            (Some(sql), python) if python != "none" => Some(duckdb_rate(
+                python, json_path, sql, b.events, b.runs, false,
+            )?),
             _ => None,
         };
         println!(
@@ -313,7 +320,9 @@ async fn run_batch(
         let rate = median(&mut rates);
         let (json, parquet) = match (q.duckdb, b.duckdb_python.as_str()) {
             (Some(sql), python) if python != "none" => (
-                Some(duckdb_rate(python, json_path, sql, b.events, b.runs, false)?),
+                Some(duckdb_rate(
+                    python, json_path, sql, b.events, b.runs, false,
+                )?),
                 Some(duckdb_rate(python, json_path, sql, b.events, b.runs, true)?),
             ),
             _ => (None, None),

@@ -150,7 +150,8 @@ impl ShardedAggregation {
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let rows = self.converter.convert_columns(&keys)?;
         let shards = self.shards.len() as u32;
-        let mut parts: Vec<Vec<u32>> = vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
+        let mut parts: Vec<Vec<u32>> =
+            vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
         for (i, row) in rows.iter().enumerate() {
             parts[(crc32c::crc32c(row.as_ref()) % shards) as usize].push(i as u32);
         }
@@ -158,7 +159,12 @@ impl ShardedAggregation {
     }
 
     /// Runs a batch through the shards; `late` is in the batch's row order.
-    pub fn process(&mut self, batch: &RecordBatch, times: &[i64], watermark: i64) -> Result<Processed> {
+    pub fn process(
+        &mut self,
+        batch: &RecordBatch,
+        times: &[i64],
+        watermark: i64,
+    ) -> Result<Processed> {
         if self.shards.len() == 1 {
             return self.shards[0].process(batch, times, watermark);
         }
@@ -273,7 +279,9 @@ impl ShardedAggregation {
             shards.push(shard);
         }
         if shards.is_empty() {
-            return Err(SqlError::Internal("checkpoint with no aggregation shards".into()));
+            return Err(SqlError::Internal(
+                "checkpoint with no aggregation shards".into(),
+            ));
         }
         self.shards = shards;
         Ok(())
@@ -351,7 +359,9 @@ mod tests {
     fn apply(table: &mut BTreeMap<String, i64>, changes: Vec<Changes>) {
         for c in changes {
             for (i, row) in crate::json::rows_json(&c.batch).into_iter().enumerate() {
-                let n = table.entry(serde_json::to_string(&row).unwrap()).or_default();
+                let n = table
+                    .entry(serde_json::to_string(&row).unwrap())
+                    .or_default();
                 *n += if c.is_insert(i) { 1 } else { -1 };
             }
         }
@@ -368,7 +378,10 @@ mod tests {
         for chunk in 0..4 {
             let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
             let times = vec![0; batch.num_rows()];
-            apply(&mut expected, one.process(&batch, &times, 0).unwrap().changes);
+            apply(
+                &mut expected,
+                one.process(&batch, &times, 0).unwrap().changes,
+            );
             apply(&mut got, three.process(&batch, &times, 0).unwrap().changes);
         }
         assert_eq!(expected.len(), 7);
@@ -383,13 +396,23 @@ mod tests {
         for chunk in 4..6 {
             let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
             let times = vec![0; batch.num_rows()];
-            apply(&mut expected, one.process(&batch, &times, 0).unwrap().changes);
-            apply(&mut got, restored.process(&batch, &times, 0).unwrap().changes);
+            apply(
+                &mut expected,
+                one.process(&batch, &times, 0).unwrap().changes,
+            );
+            apply(
+                &mut got,
+                restored.process(&batch, &times, 0).unwrap().changes,
+            );
         }
         assert_eq!(got, expected);
         let total: i64 = expected
             .keys()
-            .map(|row| serde_json::from_str::<Vec<serde_json::Value>>(row).unwrap()[1].as_i64().unwrap())
+            .map(|row| {
+                serde_json::from_str::<Vec<serde_json::Value>>(row).unwrap()[1]
+                    .as_i64()
+                    .unwrap()
+            })
             .sum();
         assert_eq!(total, 3000);
     }
