@@ -67,15 +67,7 @@ impl ParquetSinkConfig {
                 ))
             })?,
         };
-        let snapshot = match options.get("snapshot").unwrap_or("true") {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(SqlError::Plan(format!(
-                    "snapshot must be 'true' or 'false', got '{other}'"
-                )))
-            }
-        };
+        let snapshot = options.flag("snapshot", true)?;
         Ok(ParquetSinkConfig {
             path,
             target_file_size,

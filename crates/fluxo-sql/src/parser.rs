@@ -145,6 +145,18 @@ impl Options {
         Ok(())
     }
 
+    /// A `'true'`/`'false'` option, `default` when absent.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(SqlError::Plan(format!(
+                "{key} must be 'true' or 'false', got '{other}'"
+            ))),
+        }
+    }
+
     /// These options without `key`.
     pub fn without(&self, key: &str) -> Options {
         let mut rest = self.0.clone();

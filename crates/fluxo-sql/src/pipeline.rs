@@ -578,7 +578,12 @@ impl Runner {
             return Ok(false);
         }
         if let Some(stage) = &mut self.stage {
-            stage.restore(&checkpoint.operator)?;
+            // State this build cannot read is rebuilt from the topic, as a
+            // damaged checkpoint is.
+            if let Err(e) = stage.restore(&checkpoint.operator) {
+                tracing::warn!(pipeline = %self.name, error = %e, "ignoring a checkpoint whose state cannot be restored");
+                return Ok(false);
+            }
         }
         if let Some(view) = &self.view {
             view.clear();

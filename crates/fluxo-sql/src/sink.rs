@@ -104,15 +104,7 @@ impl TopicSinkConfig {
                 )));
             }
         }
-        let snapshot = match options.get("snapshot").unwrap_or("true") {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(SqlError::Plan(format!(
-                    "snapshot must be 'true' or 'false', got '{other}'"
-                )))
-            }
-        };
+        let snapshot = options.flag("snapshot", true)?;
         let partitions = match options.get("partitions") {
             None => 1,
             Some(p) => p.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {

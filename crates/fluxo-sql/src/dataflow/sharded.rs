@@ -250,14 +250,16 @@ impl ShardedAggregation {
     }
 
     /// Restores the shards of [`ShardedAggregation::checkpoint`], as many as
-    /// it had.
+    /// it had. Nothing changes if it fails.
     pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
         let metas = match state.meta.get("shards") {
             Some(serde_json::Value::Array(metas)) => metas.clone(),
+            // Written before aggregations were sharded: one shard's state.
             _ => {
-                return Err(SqlError::Internal(
-                    "checkpoint of an aggregation without its shards".into(),
-                ))
+                let mut shard = (self.factory)()?;
+                shard.restore(state)?;
+                self.shards = vec![shard];
+                return Ok(());
             }
         };
         let mut shards = Vec::with_capacity(metas.len());
@@ -415,5 +417,19 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 3000);
+
+        // A checkpoint from before aggregations were sharded holds one
+        // operator's state: it restores as one shard and goes on the same.
+        let old_format = one.shards[0].checkpoint().unwrap();
+        let mut from_old = sharded(&dataflow, 3);
+        from_old.restore(&old_format).unwrap();
+        assert_eq!(from_old.shards(), 1);
+        let batch = input(&dataflow, 3000, 3500);
+        let times = vec![0; batch.num_rows()];
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        apply(&mut a, one.process(&batch, &times, 0).unwrap().changes);
+        apply(&mut b, from_old.process(&batch, &times, 0).unwrap().changes);
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
     }
 }
