@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::checkpoint::{checkpoint_dir, CheckpointStore};
+use crate::delta_sink::{self, DeltaSink, DeltaSinkConfig};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
@@ -30,7 +31,7 @@ use crate::parser::{
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
-use crate::table;
+use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
 
 /// How often a pipeline checkpoints unless its view says otherwise.
@@ -95,6 +96,7 @@ struct ViewEntry {
 /// A table and where its files are.
 struct TableEntry {
     def: TableDef,
+    format: TableFormat,
     path: PathBuf,
     /// As read at creation, for DESCRIBE; queries read it afresh.
     schema: SchemaRef,
@@ -240,6 +242,7 @@ impl Engine {
                 )))
             }
             Statement::Explain(inner) => self.explain(*inner).await,
+            Statement::ExplainAnalyze(q) => self.pull_query(&format!("EXPLAIN ANALYZE {q}")).await,
             Statement::Query(q) => self.pull_query(&q.to_string()).await,
         }
     }
@@ -418,27 +421,10 @@ impl Engine {
             )));
         }
         def.options.check_known("a table", table::OPTIONS)?;
-        match def.options.get("connector") {
-            Some("parquet") => {}
-            Some("delta") => {
-                return Err(SqlError::Plan(
-                    "Delta tables are not supported yet; use connector = 'parquet'".into(),
-                ))
-            }
-            Some(other) => {
-                return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for tables; use connector = 'parquet'"
-                )))
-            }
-            None => {
-                return Err(SqlError::Plan(
-                    "a table needs connector = 'parquet' and path = '<directory>'".into(),
-                ))
-            }
-        }
+        let format = TableFormat::from_connector(def.options.get("connector"))?;
         let path = self.resolve_path(def.options.required("a table", "path")?);
         let state = batch_context(&HashMap::new(), &self.store)?.state();
-        let (_, schema) = table::parquet_table(&path, &state).await?;
+        let (_, schema) = table::open(format, &path, &state).await?;
         if persist {
             self.catalog.lock().add(CatalogEntry {
                 kind: "table".into(),
@@ -447,10 +433,15 @@ impl Engine {
             })?;
         }
         let name = def.name.clone();
-        self.objects
-            .write()
-            .tables
-            .insert(name.clone(), Arc::new(TableEntry { def, path, schema }));
+        self.objects.write().tables.insert(
+            name.clone(),
+            Arc::new(TableEntry {
+                def,
+                format,
+                path,
+                schema,
+            }),
+        );
         Ok(QueryResult::message(format!("CREATE TABLE {name}")))
     }
 
@@ -502,14 +493,16 @@ impl Engine {
             }
         };
         let sink_options = def.options.without("checkpoint_interval");
-        let sink = self.new_sink(
-            &SinkDef {
-                options: sink_options,
-                ..def.clone()
-            },
-            &schema,
-            append_only,
-        )?;
+        let sink = self
+            .new_sink(
+                &SinkDef {
+                    options: sink_options,
+                    ..def.clone()
+                },
+                &schema,
+                append_only,
+            )
+            .await?;
         def.from = view
             .as_ref()
             .map(|v| v.def.name.clone())
@@ -575,7 +568,7 @@ impl Engine {
     }
 
     /// The sink `def` describes, for rows of `schema`.
-    fn new_sink(
+    async fn new_sink(
         &self,
         def: &SinkDef,
         schema: &SchemaRef,
@@ -606,9 +599,25 @@ impl Engine {
                 }
                 Box::new(ParquetSink::new(def.name.clone(), config, schema.clone()))
             }
+            "delta" => {
+                let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);
+                let config = DeltaSinkConfig::from_def(def, data_dir, schema)?;
+                if !append_only {
+                    return Err(SqlError::Plan(format!(
+                        "view {} is updating (its rows change as events arrive), and the delta sink \
+                         writes appends only; it needs an append-only view: windows without \
+                         allowed_lateness, or no aggregation",
+                        def.from
+                    )));
+                }
+                // Made (or checked against the view) now, so that a wrong
+                // path or schema fails the statement, not the pipeline.
+                delta_sink::open_or_create(&config, schema, &def.name).await?;
+                Box::new(DeltaSink::new(def.name.clone(), config, schema.clone()))
+            }
             other => {
                 return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sinks yet; use connector = 'topic' or 'parquet'"
+                    "connector '{other}' is not supported for sinks yet; use connector = 'topic', 'parquet' or 'delta'"
                 )))
             }
         })
@@ -906,6 +915,17 @@ impl Engine {
                 let df = ctx.sql(&q.to_string()).await?;
                 Ok(Some(Arc::new(df.schema().as_arrow().clone())))
             }
+            // Its columns are known; describing must not run the query.
+            Statement::ExplainAnalyze(_) => {
+                Ok(Some(Arc::new(arrow::datatypes::Schema::new(vec![
+                    arrow::datatypes::Field::new(
+                        "plan_type",
+                        arrow::datatypes::DataType::Utf8,
+                        false,
+                    ),
+                    arrow::datatypes::Field::new("plan", arrow::datatypes::DataType::Utf8, false),
+                ]))))
+            }
             stmt @ (Statement::Show(_) | Statement::Describe(_) | Statement::Explain(_)) => {
                 Ok(Some(self.execute_statement(stmt, false).await?.schema))
             }
@@ -936,7 +956,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
                 o.tables
                     .iter()
-                    .map(|(n, t)| (n.clone(), t.path.clone()))
+                    .map(|(n, t)| (n.clone(), t.format, t.path.clone()))
                     .collect::<Vec<_>>(),
             )
         };
@@ -944,10 +964,10 @@ impl Engine {
         for (name, store) in views {
             ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
         }
-        for (name, path) in tables {
+        for (name, format, path) in tables {
             // Only the tables the query names: each is listed and read afresh.
             if sql.contains(name.as_str()) {
-                let (provider, _) = table::parquet_table(&path, &ctx.state()).await?;
+                let (provider, _) = table::open(format, &path, &ctx.state()).await?;
                 ctx.register_table(name.as_str(), provider)?;
             }
         }

@@ -11,13 +11,31 @@
 //! schema are skipped, as in pipelines, and counted in a warning in the
 //! server's log.
 //!
+//! A filter on the source's event-time column (its `WATERMARK FOR` column)
+//! skips stretches of the log that cannot hold a matching row. Event times
+//! are in the records' values, so no index can be built without decoding
+//! them: instead every read of a stretch (1 MiB of records) notes the least
+//! and greatest event time it decoded, and a later query with a time filter
+//! skips any stretch whose range the filter rules out. Records never change
+//! at an offset (retention and compaction only remove them), so a range
+//! stays a superset of what the stretch holds; it is kept per partition log
+//! and dropped with it, so a topic deleted and made again starts afresh.
+//! The filter is still applied to every row read: skipping is an
+//! optimization, never a change of the answer.
+//!
 //! `TUMBLE` and `HOP` over a source in a batch query read the same history
 //! with each record's window bounds added from its time column, so the
 //! query that defines a windowed view also runs over everything the topic
 //! holds (with every window, closed or not).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+
+use datafusion::logical_expr::{Between, BinaryExpr, Operator, TableProviderFilterPushDown};
+use datafusion::scalar::ScalarValue;
+use parking_lot::Mutex;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
@@ -119,13 +137,45 @@ impl TableProvider for HistoryTable {
         TableType::Base
     }
 
+    /// Filters on the event-time column are taken to skip stretches of the
+    /// log (inexactly: DataFusion still applies them to the rows read).
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let column = self.source.watermark.as_ref().map(|w| w.column.as_str());
+        Ok(filters
+            .iter()
+            .map(|f| match column.and_then(|c| filter_range(f, c)) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let time = self.source.watermark.as_ref().and_then(|w| {
+            let index = self
+                .source
+                .columns
+                .iter()
+                .position(|c| c.name == w.column)?;
+            let range = filters
+                .iter()
+                .filter_map(|f| filter_range(f, &w.column))
+                .fold(TimeRange::ALL, TimeRange::intersect);
+            Some(TimeColumn {
+                index,
+                id: format!("{:?}/{}/{index}", self.format, w.column),
+                range,
+            })
+        });
         let projection = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
@@ -153,8 +203,187 @@ impl TableProvider for HistoryTable {
             projection,
             pieces,
             limit,
+            time,
         )?))
     }
+}
+
+/// Event times in milliseconds, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TimeRange {
+    lo: i64,
+    hi: i64,
+}
+
+impl TimeRange {
+    const ALL: TimeRange = TimeRange {
+        lo: i64::MIN,
+        hi: i64::MAX,
+    };
+
+    /// Whether a stretch whose times span `times` (`None`: no row had a
+    /// time, and a comparison with NULL matches nothing) may hold a match.
+    fn admits(&self, times: Option<(i64, i64)>) -> bool {
+        times.is_some_and(|(min, max)| max >= self.lo && min <= self.hi)
+    }
+
+    fn intersect(self, other: TimeRange) -> TimeRange {
+        TimeRange {
+            lo: self.lo.max(other.lo),
+            hi: self.hi.min(other.hi),
+        }
+    }
+}
+
+/// A timestamp literal in milliseconds (truncated: the bounds it gives are
+/// then never narrower than the filter's).
+fn literal_ms(expr: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    if !matches!(
+        value.data_type(),
+        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64
+    ) {
+        return None;
+    }
+    match value
+        .cast_to(&DataType::Timestamp(TimeUnit::Millisecond, None))
+        .ok()?
+    {
+        ScalarValue::TimestampMillisecond(Some(ms), _) => Some(ms),
+        _ => None,
+    }
+}
+
+/// Whether `expr` is the column, or a cast of it to another timestamp unit
+/// (which keeps order, so bounds on it bound the column).
+fn is_column(expr: &Expr, name: &str) -> bool {
+    match expr {
+        Expr::Column(c) => c.name == name,
+        Expr::Cast(cast) if matches!(cast.field.data_type(), DataType::Timestamp(_, None)) => {
+            is_column(&cast.expr, name)
+        }
+        _ => false,
+    }
+}
+
+/// The event times one pushed-down filter allows, if it bounds `column`.
+fn filter_range(filter: &Expr, column: &str) -> Option<TimeRange> {
+    match filter {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (op, ms) = if is_column(left, column) {
+                (*op, literal_ms(right)?)
+            } else if is_column(right, column) {
+                (op.swap()?, literal_ms(left)?)
+            } else {
+                return None;
+            };
+            match op {
+                Operator::Eq => Some(TimeRange { lo: ms, hi: ms }),
+                Operator::Lt | Operator::LtEq => Some(TimeRange {
+                    lo: i64::MIN,
+                    hi: ms,
+                }),
+                Operator::Gt | Operator::GtEq => Some(TimeRange {
+                    lo: ms,
+                    hi: i64::MAX,
+                }),
+                _ => None,
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_column(expr, column) => Some(TimeRange {
+            lo: literal_ms(low)?,
+            hi: literal_ms(high)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The least and greatest event time each stretch of a partition held, by
+/// the stretch's first offset: `(end offset, times)`.
+struct PartitionZones {
+    log: Weak<PartitionLog>,
+    zones: BTreeMap<i64, (i64, Option<(i64, i64)>)>,
+}
+
+/// Topic, partition, and which column of which format the times are of
+/// (two sources over one topic may read different times from it).
+type ZoneKey = (String, i32, String);
+
+static TIME_ZONES: LazyLock<Mutex<HashMap<ZoneKey, PartitionZones>>> =
+    LazyLock::new(Default::default);
+
+/// What a stream knows of the event-time column.
+#[derive(Debug, Clone)]
+struct TimeColumn {
+    /// Index in the source's columns.
+    index: usize,
+    /// Identifies the column's values in the zone cache.
+    id: String,
+    /// What the query's filters allow.
+    range: TimeRange,
+}
+
+fn zone_key(log: &PartitionLog, column: &TimeColumn) -> ZoneKey {
+    (log.topic.clone(), log.partition, column.id.clone())
+}
+
+/// Where a stream at `offset` can go on reading if the stretch there
+/// cannot hold a row in `range`.
+fn skip_to(log: &Arc<PartitionLog>, column: &TimeColumn, offset: i64) -> Option<i64> {
+    if column.range == TimeRange::ALL {
+        return None;
+    }
+    let key = zone_key(log, column);
+    let mut all = TIME_ZONES.lock();
+    let zones = all.get(&key)?;
+    if !zones.log.upgrade().is_some_and(|l| Arc::ptr_eq(&l, log)) {
+        // The topic was deleted (and perhaps made again) since.
+        all.remove(&key);
+        return None;
+    }
+    let (_, (end, times)) = zones.zones.range(..=offset).next_back()?;
+    (*end > offset && !column.range.admits(*times)).then_some(*end)
+}
+
+fn note_zone(
+    log: &Arc<PartitionLog>,
+    column: &TimeColumn,
+    start: i64,
+    end: i64,
+    times: Option<(i64, i64)>,
+) {
+    let mut all = TIME_ZONES.lock();
+    let entry = all
+        .entry(zone_key(log, column))
+        .or_insert_with(|| PartitionZones {
+            log: Arc::downgrade(log),
+            zones: BTreeMap::new(),
+        });
+    if !entry.log.upgrade().is_some_and(|l| Arc::ptr_eq(&l, log)) {
+        entry.log = Arc::downgrade(log);
+        entry.zones.clear();
+    }
+    let known = entry.zones.entry(start).or_insert((end, times));
+    if known.0 < end {
+        *known = (end, times);
+    }
+}
+
+/// The least and greatest time in column `index` of `batch`.
+fn time_span(batch: &RecordBatch, index: usize) -> Result<Option<(i64, i64)>> {
+    let times = arrow::compute::cast(
+        batch.column(index),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    let times = times.as_primitive::<TimestampMillisecondType>();
+    Ok(arrow::compute::min(times).zip(arrow::compute::max(times)))
 }
 
 type Piece = (Arc<PartitionLog>, i64, i64);
@@ -196,6 +425,9 @@ pub struct HistoryExec {
     schema: SchemaRef,
     pieces: Vec<Piece>,
     limit: Option<usize>,
+    time: Option<TimeColumn>,
+    /// Offsets a time filter let the streams skip, for EXPLAIN ANALYZE.
+    skipped: Arc<AtomicU64>,
     properties: Arc<PlanProperties>,
 }
 
@@ -210,6 +442,7 @@ impl HistoryExec {
         projection: Vec<usize>,
         pieces: Vec<Piece>,
         limit: Option<usize>,
+        time: Option<TimeColumn>,
     ) -> DfResult<HistoryExec> {
         let schema = Arc::new(full.project(&projection)?);
         // Every column is decoded, even those the query does not use, so
@@ -231,6 +464,8 @@ impl HistoryExec {
             schema,
             pieces,
             limit,
+            time,
+            skipped: Arc::new(AtomicU64::new(0)),
             properties: Arc::new(properties),
         })
     }
@@ -252,6 +487,15 @@ impl DisplayAs for HistoryExec {
         )?;
         if let Some(limit) = self.limit {
             write!(f, ", limit {limit}")?;
+        }
+        if let Some(time) = self.time.as_ref().filter(|t| t.range != TimeRange::ALL) {
+            write!(
+                f,
+                ", event time in [{}, {}] ms, {} record(s) skipped",
+                time.range.lo,
+                time.range.hi,
+                self.skipped.load(Ordering::Relaxed)
+            )?;
         }
         write!(f, ")")
     }
@@ -309,6 +553,8 @@ impl ExecutionPlan for HistoryExec {
             full: self.full.clone(),
             projection: self.projection.clone(),
             source: self.source.clone(),
+            time: self.time.clone(),
+            skipped: self.skipped.clone(),
         };
         let stream = futures::stream::unfold(cursor, move |cursor| {
             let next = cursor.and_then(|mut c| {
@@ -335,6 +581,8 @@ struct Read {
     full: SchemaRef,
     projection: Vec<usize>,
     source: String,
+    time: Option<TimeColumn>,
+    skipped: Arc<AtomicU64>,
 }
 
 impl Read {
@@ -343,6 +591,17 @@ impl Read {
         loop {
             if c.offset >= c.end || c.remaining == Some(0) {
                 return Ok(None);
+            }
+            if let Some(to) = self
+                .time
+                .as_ref()
+                .and_then(|t| skip_to(&c.log, t, c.offset))
+            {
+                let to = to.min(c.end);
+                self.skipped
+                    .fetch_add((to - c.offset) as u64, Ordering::Relaxed);
+                c.offset = to;
+                continue;
             }
             let bytes = c.log.read(c.offset, READ_BYTES).map_err(|e| {
                 SqlError::Execution(format!(
@@ -355,7 +614,7 @@ impl Read {
                 // Nothing readable before the end (the log moved under us).
                 return Ok(None);
             }
-            c.offset = next;
+            let start = std::mem::replace(&mut c.offset, next);
             let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
             let decoded = self.decoder.decode(&slices)?;
             if decoded.bad > 0 {
@@ -365,6 +624,10 @@ impl Read {
                     error = decoded.first_error.as_deref().unwrap_or(""),
                     "a batch query skipped records that do not match the source's schema"
                 );
+            }
+            if let Some(time) = &self.time {
+                let span = time_span(&decoded.batch, time.index)?;
+                note_zone(&c.log, time, start, next, span);
             }
             let rows = match self.window {
                 Some(w) => assign_windows(&decoded.batch, w, &self.full)?,

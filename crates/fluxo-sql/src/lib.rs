@@ -27,6 +27,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod dataflow;
+pub mod delta_sink;
 pub mod engine;
 pub mod error;
 pub mod format;

@@ -77,7 +77,7 @@ impl ParquetSinkConfig {
 }
 
 /// `1048576`, `512KB`, `64MB`, `1GB` (powers of 1024).
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let upper = s.to_ascii_uppercase();
     let (digits, unit) = match upper.find(|c: char| !c.is_ascii_digit()) {

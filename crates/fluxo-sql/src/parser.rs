@@ -38,6 +38,9 @@ pub enum Statement {
     Subscribe(String),
     /// `EXPLAIN` of a view definition or a query.
     Explain(Box<Statement>),
+    /// `EXPLAIN ANALYZE` of a query: runs it and shows the plan with what
+    /// each operator did (rows, time; a batch scan's skipped records).
+    ExplainAnalyze(Box<Query>),
     /// Anything else sqlparser understands (a `SELECT`), run by DataFusion.
     Query(Box<Query>),
 }
@@ -319,6 +322,14 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
         return Ok(Statement::Subscribe(parse_name(p)?));
     }
     if p.parse_keyword(Keyword::EXPLAIN) {
+        if p.parse_keyword(Keyword::ANALYZE) {
+            return match parse_statement(p)? {
+                Statement::Query(q) => Ok(Statement::ExplainAnalyze(q)),
+                _ => Err(SqlError::Plan(
+                    "EXPLAIN ANALYZE takes a query (it runs it)".into(),
+                )),
+            };
+        }
         let inner = parse_statement(p)?;
         return match inner {
             Statement::CreateView(_) | Statement::Query(_) => {
@@ -711,6 +722,7 @@ impl fmt::Display for Statement {
             }
             Statement::Subscribe(name) => write!(f, "SUBSCRIBE {}", quote_ident(name)),
             Statement::Explain(inner) => write!(f, "EXPLAIN {inner}"),
+            Statement::ExplainAnalyze(q) => write!(f, "EXPLAIN ANALYZE {q}"),
             Statement::Query(q) => write!(f, "{q}"),
         }
     }

@@ -63,6 +63,12 @@ pub struct NexmarkBench {
     /// JSON and over the same bids as Parquet.
     #[arg(long)]
     pub batch: bool,
+    /// Instead of queries, write the whole topic into a Delta table and into
+    /// Parquet files (`CREATE SINK ... FROM bids`), timed until the last
+    /// row is committed; DuckDB copying the JSON into a Parquet file is the
+    /// baseline.
+    #[arg(long, conflicts_with = "batch")]
+    pub sinks: bool,
 }
 
 const SOURCE: &str =
@@ -222,7 +228,9 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
 
     let engine = Engine::open(store.clone(), &log_dir).await?;
     engine.execute(SOURCE).await?;
-    if b.batch {
+    if b.sinks {
+        run_sinks(&b, &engine, &dir, &json_path, bytes).await?;
+    } else if b.batch {
         run_batch(&b, &engine, &queries, &json_path, bytes, cores).await?;
     } else {
         run_continuous(&b, &engine, &queries, &json_path, bytes, cores).await?;
@@ -344,6 +352,97 @@ async fn run_batch(
     Ok(())
 }
 
+/// The whole topic written by each file sink, from `CREATE SINK` until the
+/// sink's pipeline has taken in every bid and `DROP SINK` has returned (a
+/// stopping pipeline checkpoints, so its last rows are committed). Each
+/// table is then read back to check it holds every bid.
+async fn run_sinks(
+    b: &NexmarkBench,
+    engine: &Engine,
+    dir: &Path,
+    json_path: &Path,
+    bytes: u64,
+) -> anyhow::Result<()> {
+    println!(
+        "\n{:<8} {:>14} {:>12} {:>14} {:>10} {:>12}",
+        "sink", "events/s", "MB/s in", "duckdb ev/s", "ratio", "table MB"
+    );
+    let baseline = match b.duckdb_python.as_str() {
+        "none" => None,
+        python => Some(duckdb_rate(
+            python,
+            json_path,
+            "COPY (SELECT * FROM bids) TO '__OUT__' (FORMAT parquet)",
+            b.events,
+            b.runs,
+            false,
+        )?),
+    };
+    for connector in ["delta", "parquet"] {
+        let mut rates = Vec::with_capacity(b.runs);
+        let mut size = 0;
+        for run in 0..b.runs {
+            let name = format!("bench_{connector}_{run}");
+            let path = dir.join(&name);
+            let _ = std::fs::remove_dir_all(&path);
+            let started = Instant::now();
+            engine
+                .execute(&format!(
+                    "CREATE SINK {name} FROM bids WITH (connector = '{connector}', path = '{}', \
+                     checkpoint_interval = '1s')",
+                    path.display()
+                ))
+                .await
+                .with_context(|| format!("the {connector} sink"))?;
+            wait_for(engine, &name, b.events).await?;
+            engine.execute(&format!("DROP SINK {name}")).await?;
+            rates.push(b.events as f64 / started.elapsed().as_secs_f64());
+            let table = format!("{name}_table");
+            engine
+                .execute(&format!(
+                    "CREATE TABLE {table} WITH (connector = '{connector}', path = '{}')",
+                    path.display()
+                ))
+                .await?;
+            let counted = engine
+                .execute_one(&format!("SELECT count(*) AS n FROM {table}"))
+                .await?
+                .to_json();
+            let n = counted["rows"][0][0].as_u64().unwrap_or(0);
+            if n != b.events {
+                bail!("the {connector} table holds {n} rows, not {}", b.events);
+            }
+            engine.execute(&format!("DROP TABLE {table}")).await?;
+            size = dir_size(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        let rate = median(&mut rates);
+        println!(
+            "{:<8} {:>14.0} {:>12.1} {:>14} {:>10} {:>12.1}",
+            connector,
+            rate,
+            rate * (bytes as f64 / b.events as f64) / 1e6,
+            baseline.map_or("-".into(), |d| format!("{d:.0}")),
+            baseline.map_or("-".into(), |d| format!("{:.2}x", rate / d)),
+            size as f64 / 1e6,
+        );
+    }
+    Ok(())
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 /// Appends `events` bids round-robin to the partitions of a new `bids`
 /// topic and writes the same JSON lines to `json_path`. Returns the JSON size.
 fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> anyhow::Result<u64> {
@@ -436,11 +535,16 @@ if parquet:
         con.execute("COPY (SELECT * FROM %s) TO '%s' (FORMAT parquet)" % (source, pq.replace("'", "''")))
     source = "read_parquet('%s')" % pq.replace("'", "''")
 query = "WITH bids AS (SELECT * FROM %s) %s" % (source, sql)
+out = path + ".copy.parquet"
+if "__OUT__" in sql:  # a COPY: the CTE goes inside its query
+    query = sql.replace("SELECT * FROM bids", "SELECT * FROM %s" % source).replace("__OUT__", out.replace("'", "''"))
 times = []
 for _ in range(runs):
     t = time.perf_counter()
     con.execute(query).fetchall()
     times.append(time.perf_counter() - t)
+if os.path.exists(out):
+    os.remove(out)
 print("times " + json.dumps(times))
 "#;
     let out = std::process::Command::new(python)

@@ -21,7 +21,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub http: ListenerSection,
     #[serde(default)]
-    pub postgres: ListenerSection,
+    pub postgres: PostgresSection,
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
@@ -42,6 +42,26 @@ pub struct KafkaSection {
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub addr: Option<SocketAddr>,
+}
+
+#[derive(Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    pub addr: Option<SocketAddr>,
+    /// The user a password logs in.
+    pub user: Option<String>,
+    /// Unset: trust.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSection")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -127,6 +147,8 @@ mod tests {
             addr = "127.0.0.1:0"
             [postgres]
             addr = "127.0.0.1:0"
+            user = "app"
+            password = "s3cret"
             [log]
             retention_check_secs = 5
             [groups]
@@ -142,6 +164,9 @@ mod tests {
         assert_eq!(config.kafka.auto_create_topics, Some(false));
         assert_eq!(config.kafka.num_partitions, Some(6));
         assert_eq!(config.log.retention_check_secs, Some(5));
+        assert_eq!(config.postgres.user.as_deref(), Some("app"));
+        assert_eq!(config.postgres.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
         let groups = config.group_config();
         assert_eq!(groups.min_session_timeout, Duration::from_millis(500));
         assert_eq!(groups.offsets_retention, Duration::from_secs(3600));

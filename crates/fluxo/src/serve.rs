@@ -26,9 +26,15 @@ pub struct ServeArgs {
     /// HTTP listener (API, console, metrics); reserved, served by a later release [default: 127.0.0.1:8080]
     #[arg(long, env = "FLUXO_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Postgres wire listener; reserved, served by a later release [default: 127.0.0.1:5433]
+    /// Postgres wire listener (psql, psycopg, JDBC) [default: 127.0.0.1:5433]
     #[arg(long, env = "FLUXO_PG_ADDR")]
     pub pg_addr: Option<SocketAddr>,
+    /// The user Postgres clients log in as when --pg-password is set [default: fluxo]
+    #[arg(long, env = "FLUXO_PG_USER")]
+    pub pg_user: Option<String>,
+    /// Require this password (sent in cleartext) from Postgres clients; unset: trust, anyone connects
+    #[arg(long, env = "FLUXO_PG_PASSWORD", hide_env_values = true)]
+    pub pg_password: Option<String>,
     /// Address given to clients in Metadata [default: the address they connected to]
     #[arg(long, env = "FLUXO_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<SocketAddr>,
@@ -53,6 +59,8 @@ pub struct ServeSettings {
     pub kafka_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub pg_addr: SocketAddr,
+    /// Who may connect to the Postgres listener.
+    pub pg: fluxo_pg::PgConfig,
     pub advertised_kafka_addr: Option<SocketAddr>,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
@@ -84,6 +92,13 @@ impl ServeSettings {
                 .pg_addr
                 .or(file.postgres.addr)
                 .unwrap_or(([127, 0, 0, 1], 5433).into()),
+            pg: fluxo_pg::PgConfig {
+                user: args
+                    .pg_user
+                    .or(file.postgres.user.clone())
+                    .unwrap_or_else(|| "fluxo".to_string()),
+                password: args.pg_password.or(file.postgres.password.clone()),
+            },
             advertised_kafka_addr: args.advertised_kafka_addr.or(file.kafka.advertised_addr),
             auto_create_topics: args
                 .auto_create_topics
@@ -103,6 +118,17 @@ impl ServeSettings {
                 .unwrap_or(30),
             groups: file.group_config(),
         };
+        if settings.pg.user.is_empty() {
+            anyhow::bail!("the Postgres user (--pg-user) is empty");
+        }
+        if settings.pg.password.as_deref() == Some("") {
+            // An empty password is more likely a variable that did not
+            // expand than a wish for a login anyone can guess.
+            anyhow::bail!(
+                "the Postgres password (--pg-password, FLUXO_PG_PASSWORD) is empty; \
+                 leave it unset to let anyone connect (trust)"
+            );
+        }
         if settings.num_partitions < 1 {
             anyhow::bail!("num_partitions must be at least 1");
         }
@@ -177,8 +203,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 args.pg_addr
             )
         })?;
-    let pg = fluxo_pg::serve(pg_listener, engine.clone())?;
+    let pg = fluxo_pg::serve(pg_listener, engine.clone(), args.pg.clone())?;
     println!("fluxo: postgres listening on {}", pg.local_addr);
+    match &args.pg.password {
+        Some(_) => tracing::info!(user = %args.pg.user, "postgres: password authentication"),
+        None if !pg.local_addr.ip().is_loopback() => tracing::warn!(
+            addr = %pg.local_addr,
+            "postgres: no --pg-password, so anyone who reaches this address can run SQL"
+        ),
+        None => {}
+    }
     tracing::info!(data_dir = %args.data_dir.display(), "fluxo is serving");
 
     let offsets_loaded = async {
@@ -252,6 +286,36 @@ mod tests {
         assert_eq!(settings.retention_check_secs, 7);
         assert!(settings.auto_create_topics, "unset everywhere: the default");
         assert_eq!(settings.http_addr, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn postgres_credentials_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fluxo.toml");
+        std::fs::write(
+            &path,
+            "[postgres]\nuser = \"app\"\npassword = \"from-file\"\n",
+        )
+        .unwrap();
+        let settings = ServeSettings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            pg_password: Some("from-flag".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.pg.user, "app");
+        assert_eq!(settings.pg.password.as_deref(), Some("from-flag"));
+        assert!(!format!("{settings:?}").contains("from-flag"));
+
+        let defaults = ServeSettings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.pg.user, "fluxo");
+        assert_eq!(defaults.pg.password, None, "no password: trust");
+
+        let empty = ServeArgs {
+            pg_password: Some(String::new()),
+            ..ServeArgs::default()
+        };
+        assert!(ServeSettings::resolve(empty).is_err());
     }
 
     #[test]
