@@ -163,7 +163,7 @@ def test_delta_rows_land_exactly_once_across_kill_9(broker, new_topic, tmp_path)
 
 @pytest.mark.timeout(120)
 def test_a_table_written_by_delta_rs_joins_a_topic_history(broker, new_topic, tmp_path):
-    topic = topic_with(broker, new_topic, 1)
+    topic = topic_with(broker, new_topic, 2)
     bids = make_bids(2_000, seed=41)
     clean = [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
     produce_bids(broker, topic, clean)

@@ -45,18 +45,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import fluxo_helpers as H
-from test_sql import SOURCE as FAST_IDLE_SOURCE, get, make_bids, produce_bids, sql, topic_with, \
-    wait_watermark
-
-# The bids are produced in parts with pauses between them. A partition that
-# stays silent for the source's idle_timeout stops holding the watermark
-# back, and its next events can then be late (as in any engine with
-# idleness): with test_sql's 300 ms, a loaded machine that delivers one
-# partition's part before the other's makes the other's first events late.
-# So these tests keep both partitions active (a minute of idleness) and wait
-# for the watermark the two partitions together allow.
-SOURCE = FAST_IDLE_SOURCE.replace("idle_timeout = '300ms'", "idle_timeout = '1 minute'")
-assert SOURCE != FAST_IDLE_SOURCE
+from test_sql import SOURCE, get, make_bids, produce_bids, source_watermark, sql, topic_with, wait_watermark
 
 VIEW_NAME = "lake_windows"
 VIEW = f"""CREATE MATERIALIZED VIEW {VIEW_NAME} WITH (checkpoint_interval = '200ms') AS
@@ -120,13 +109,6 @@ def expected_windows(bids: list[dict], watermark: int) -> Counter:
             a[0] += 1
             a[1] += b["price"]
     return Counter((k[0], k[1], k[2], n, s) for k, (n, s) in acc.items())
-
-
-def source_watermark(bids: list[dict]) -> int:
-    """The watermark once both partitions have delivered `bids`
-    (produce_bids puts bid i in partition i % 2): the smaller of the two
-    partitions' largest event times, minus the source's 2 s delay."""
-    return min(max(b["_ts"] for b in bids[p::2]) for p in (0, 1)) - 2000
 
 
 def pipeline(broker) -> dict:

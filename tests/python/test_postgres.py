@@ -33,7 +33,7 @@ import psycopg
 import pytest
 
 import fluxo_helpers as H
-from test_sql import SOURCE, VIEW, T0, expected_windows, iso, make_bids, produce_bids, sql, \
+from test_sql import SOURCE, VIEW, T0, expected_windows, iso, make_bids, produce_bids, source_watermark, sql, \
     topic_with, wait_watermark
 
 
@@ -67,7 +67,7 @@ def load_bids(broker, new_topic, n: int) -> tuple[list[dict], int]:
     produce_bids(broker, topic, bids)
     sql(broker, SOURCE.format(topic=topic))
     sql(broker, VIEW)
-    watermark = max(b["_ts"] for b in bids) - 2000
+    watermark = source_watermark(bids)
     wait_watermark(broker, "per_auction", watermark)
     return bids, watermark
 
