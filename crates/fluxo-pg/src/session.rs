@@ -273,12 +273,14 @@ async fn value_of(call: &Call, engine: &Engine, session: &Session) -> PgWireResu
                 .map_or(Value::Null, Value::Text),
             None => Value::Null,
         },
-        other => return Err(crate::user_error(
-            "XX000",
-            format!(
+        other => {
+            return Err(crate::user_error(
+                "XX000",
+                format!(
                 "internal error: no value for {other}(). This is a bug in fluxo; please report it"
             ),
-        )),
+            ))
+        }
     })
 }
 

@@ -100,25 +100,7 @@ impl DeltaSinkConfig {
             path: path.display().to_string(),
             source: e,
         })?;
-        let partition_by: Vec<String> = options
-            .get("partition_by")
-            .map(|p| {
-                p.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for column in &partition_by {
-            if schema.field_with_name(column).is_err() {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                return Err(SqlError::Plan(format!(
-                    "partition_by column {column} is not a column of {}; its columns are {}",
-                    def.from,
-                    names.join(", ")
-                )));
-            }
-        }
+        let partition_by = options.columns("partition_by", schema, &def.from)?;
         if !partition_by.is_empty() && partition_by.len() == schema.fields().len() {
             return Err(SqlError::Plan(
                 "partition_by names every column; a Delta table needs at least one column that is not a partition column".into(),

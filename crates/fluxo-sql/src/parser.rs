@@ -160,6 +160,30 @@ impl Options {
         }
     }
 
+    /// A comma-separated list of columns (`key = 'a, b'`), each checked to
+    /// be a column of `schema` (the columns of `from`); empty when absent.
+    pub fn columns(&self, key: &str, schema: &Schema, from: &str) -> Result<Vec<String>> {
+        let columns: Vec<String> = self
+            .get(key)
+            .map(|k| {
+                k.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for column in &columns {
+            if schema.field_with_name(column).is_err() {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(SqlError::Plan(format!(
+                    "{key} column {column} is not a column of {from}; its columns are {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        Ok(columns)
+    }
+
     /// These options without `key`.
     pub fn without(&self, key: &str) -> Options {
         let mut rest = self.0.clone();

@@ -81,29 +81,7 @@ impl TopicSinkConfig {
                 )))
             }
         }
-        let key: Vec<String> = options
-            .get("key")
-            .map(|k| {
-                k.split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for column in &key {
-            if schema.field_with_name(column).is_err() {
-                let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-                return Err(SqlError::Plan(format!(
-                    "key column {column} is not a column of {}; its columns are {}",
-                    def.from,
-                    names
-                        .iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
+        let key = options.columns("key", schema, &def.from)?;
         let snapshot = options.flag("snapshot", true)?;
         let partitions = match options.get("partitions") {
             None => 1,
