@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the client-compatibility tests need: Debian's kcat and a
-# Python virtualenv (.venv at the repo root) with the packages from
+# Installs what the build and the tests need: Debian's kcat, psql and
+# Chromium, Node.js and npm (which build the web console), and a Python
+# virtualenv (.venv at the repo root) with the packages from
 # tests/python/requirements.txt. Idempotent; quiet when nothing changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,22 @@ if ! command -v psql >/dev/null 2>&1; then
     apt_install postgresql-client
 fi
 
+# --- Chromium, for the console's browser tests ----------------------------------
+# Debian's build, driven by Playwright; a test tool's own browser download is
+# neither needed nor reachable.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup-tests: installing chromium"
+    apt_update
+    apt_install chromium
+fi
+
+# --- Node.js and npm, which build the console (crates/fluxo-console/web) -----
+if ! command -v npm >/dev/null 2>&1; then
+    echo "setup-tests: installing nodejs and npm"
+    apt_update
+    apt_install nodejs npm
+fi
+
 # --- python venv ------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
     echo "setup-tests: creating .venv"
@@ -68,7 +85,7 @@ req=tests/python/requirements.txt
 stamp=.venv/.requirements.sha256
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
-    ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, snappy, zstandard, pytest, pytest_timeout" 2>/dev/null; then
+    ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, snappy, zstandard, pytest, pytest_timeout, playwright, prometheus_client" 2>/dev/null; then
     echo "setup-tests: installing python packages"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
     quiet .venv/bin/python -m pip install --upgrade pip

@@ -1,47 +1,70 @@
-//! fluxo's HTTP front: the REST API over the SQL engine and server-sent
-//! events for live view changes.
+//! fluxo's HTTP front: the REST API, server-sent events, Prometheus
+//! metrics and the embedded web console, all on one listener.
 //!
-//! - `POST /api/v1/sql` with `{"sql": "..."}`: the last statement's result
-//!   as `{"columns": [...], "rows": [[...]]}`; a statement the user got
-//!   wrong answers 400 with `{"error": "..."}`, an engine fault 500.
-//! - `GET /api/v1/pipelines`: every pipeline with its operators, rates,
-//!   watermark, late events and progress.
-//! - `GET /api/v1/views/{name}/changes`: an SSE stream; the first event
-//!   (`snapshot`) holds the view's rows, each later event (`changes`) the
-//!   rows deleted and inserted, to be applied deletes first.
+//! - `/api/v1/sql`, `/api/v1/pipelines`, `/api/v1/views/{name}/changes`
+//!   (`sql.rs`): statements, pipeline status and control, live view changes.
+//! - `/api/v1/topics` (`topics.rs`): topics with offsets, sizes and rates,
+//!   the record browser, and JSON ingest.
+//! - `/api/v1/groups` (`groups.rs`): consumer groups, members, lag.
+//! - `/api/v1/overview` (`stats.rs`): totals and throughput history, and
+//!   `/api/v1/overview/live`, a sample per second as SSE.
+//! - `/api/v1/dashboards` (`dashboards.rs`): saved dashboards.
+//! - `/metrics` (`metrics.rs`): Prometheus' text format.
+//! - `/` (`console.rs`): the single-page console, embedded at build time.
 //!
 //! Errors are always JSON with an `error` field, including for unknown
-//! routes and malformed bodies.
+//! routes and malformed bodies; a request the user got wrong is a 4xx.
 
-use std::convert::Infallible;
+mod console;
+pub mod dashboards;
+mod groups;
+mod metrics;
+mod sql;
+mod stats;
+mod topics;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fluxo_sql::dataflow::Changes;
-use fluxo_sql::json::{columns_json, rows_json};
+use fluxo_groups::GroupCoordinator;
+use fluxo_kafka::metrics::BrokerMetrics;
+use fluxo_log::LogStore;
 use fluxo_sql::{Engine, SqlError};
-use futures::Stream;
-use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+
+pub use dashboards::DashboardStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("cannot serve http: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot read or write dashboards in {path}: {message}")]
+    Dashboards { path: String, message: String },
 }
 
 /// An error answer: a status and `{"error": message}`.
-pub struct ApiError(StatusCode, String);
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, message.into())
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -49,6 +72,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A statement's error: 400 for what the user got wrong (whatever it was:
+/// the SQL endpoint answers one way), 500 for engine faults.
 impl From<SqlError> for ApiError {
     fn from(e: SqlError) -> ApiError {
         let status = if e.is_user_error() {
@@ -60,39 +85,118 @@ impl From<SqlError> for ApiError {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    engine: Arc<Engine>,
+impl ApiError {
+    /// An engine error on a REST resource (`/pipelines/{name}`,
+    /// `/views/{name}/...`): an unknown name is a 404 there.
+    fn from_resource(e: SqlError) -> ApiError {
+        match e {
+            SqlError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            other => other.into(),
+        }
+    }
 }
 
-pub fn router(engine: Arc<Engine>) -> Router {
+impl From<HttpError> for ApiError {
+    fn from(e: HttpError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// What the HTTP front serves: the parts of the running server.
+#[derive(Clone)]
+pub struct Services {
+    pub engine: Arc<Engine>,
+    pub store: Arc<LogStore>,
+    pub groups: Arc<GroupCoordinator>,
+    pub broker_metrics: Arc<BrokerMetrics>,
+    pub dashboards: Arc<DashboardStore>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    services: Services,
+    stats: Arc<stats::Stats>,
+    ingest: Arc<topics::IngestState>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+/// The largest body `POST /api/v1/topics/{topic}/records` takes.
+const MAX_INGEST_BODY: usize = 64 * 1024 * 1024;
+
+fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/sql", post(sql))
-        .route("/api/v1/pipelines", get(pipelines))
-        .route("/api/v1/views/{name}/changes", get(view_changes))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
-        .with_state(AppState { engine })
+        .route("/api/v1/sql", post(sql::sql))
+        .route("/api/v1/pipelines", get(sql::pipelines))
+        .route("/api/v1/pipelines/{name}", get(sql::pipeline))
+        .route("/api/v1/pipelines/{name}/stop", post(sql::stop_pipeline))
+        .route("/api/v1/pipelines/{name}/start", post(sql::start_pipeline))
+        .route("/api/v1/views/{name}/changes", get(sql::view_changes))
+        .route("/api/v1/topics", get(topics::list).post(topics::create))
+        .route(
+            "/api/v1/topics/{topic}",
+            get(topics::describe).delete(topics::delete),
+        )
+        .route(
+            "/api/v1/topics/{topic}/records",
+            get(topics::browse)
+                .post(topics::ingest)
+                .layer(DefaultBodyLimit::max(MAX_INGEST_BODY)),
+        )
+        .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/groups/{group}", get(groups::describe))
+        .route("/api/v1/overview", get(stats::overview))
+        .route("/api/v1/overview/live", get(stats::live))
+        .route(
+            "/api/v1/dashboards",
+            get(dashboards::list).post(dashboards::create),
+        )
+        .route(
+            "/api/v1/dashboards/{id}",
+            get(dashboards::get)
+                .put(dashboards::replace)
+                .delete(dashboards::delete),
+        )
+        .route("/metrics", get(metrics::render))
+        .route("/", get(console::index))
+        .route("/{file}", get(console::asset))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
 }
 
 /// A running HTTP server.
 pub struct HttpServer {
     pub local_addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl HttpServer {
     pub fn abort(&self) {
         self.task.abort();
+        self.sampler.abort();
     }
 }
 
 pub fn serve(
     listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<HttpServer, HttpError> {
     let local_addr = listener.local_addr()?;
-    let app = router(engine);
+    let stats = Arc::new(stats::Stats::new());
+    let sampler = stats.clone().spawn_sampler(services.clone());
+    let app = router(AppState {
+        services,
+        stats,
+        ingest: Arc::new(topics::IngestState::default()),
+    });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -101,105 +205,21 @@ pub fn serve(
             tracing::error!(error = %e, "http server failed");
         }
     });
-    Ok(HttpServer { local_addr, task })
+    Ok(HttpServer {
+        local_addr,
+        task,
+        sampler,
+    })
 }
 
-#[derive(Deserialize)]
-struct SqlRequest {
-    sql: String,
-}
-
-async fn sql(
-    State(state): State<AppState>,
-    body: Result<Json<SqlRequest>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected a JSON body {{\"sql\": \"...\"}}: {}",
-                e.body_text()
-            ),
-        )
-    })?;
-    let result = state.engine.execute_one(&req.sql).await?;
-    Ok(Json(result.to_json()))
-}
-
-async fn pipelines(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "pipelines": state.engine.pipelines() }))
-}
-
-async fn view_changes(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let subscription = state.engine.subscribe(&name).map_err(|e| match e {
-        SqlError::NotFound { .. } => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-        other => other.into(),
-    })?;
-    let engine = state.engine.clone();
-    let stream = async_stream(engine, name, subscription);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-fn snapshot_event(batch: &arrow_batch::RecordBatch) -> Event {
-    let data = json!({"columns": columns_json(&batch.schema()), "rows": rows_json(batch)});
-    Event::default().event("snapshot").data(data.to_string())
-}
-
-fn changes_event(changes: &Changes) -> Event {
-    let rows = rows_json(&changes.batch);
-    let mut inserted = Vec::new();
-    let mut deleted = Vec::new();
-    for (i, row) in rows.into_iter().enumerate() {
-        if changes.is_insert(i) {
-            inserted.push(row);
-        } else {
-            deleted.push(row);
-        }
-    }
-    let data = json!({"deleted": deleted, "inserted": inserted});
-    Event::default().event("changes").data(data.to_string())
-}
-
-mod arrow_batch {
-    pub use arrow::array::RecordBatch;
-}
-
-fn async_stream(
-    engine: Arc<Engine>,
-    name: String,
-    subscription: fluxo_sql::view::Subscription,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(
-        (
-            Some(snapshot_event(&subscription.snapshot)),
-            subscription.changes,
-            engine,
-            name,
-        ),
-        |(first, mut rx, engine, name)| async move {
-            if let Some(ev) = first {
-                return Some((Ok(ev), (None, rx, engine, name)));
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(changes) => {
-                        return Some((Ok(changes_event(&changes)), (None, rx, engine, name)))
-                    }
-                    // Fell behind: start over from a fresh snapshot, so the
-                    // client's copy is right again.
-                    Err(RecvError::Lagged(_)) => match engine.subscribe(&name) {
-                        Ok(s) => {
-                            let ev = snapshot_event(&s.snapshot);
-                            return Some((Ok(ev), (None, s.changes, engine, name)));
-                        }
-                        Err(_) => return None,
-                    },
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        },
-    )
+/// Parses a JSON body whatever its content type (`curl -d` sends
+/// form-encoded), answering a malformed one with a 400 that says what was
+/// expected and where the text went wrong.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("expected a JSON body {expected}: {e}")))
 }

@@ -18,6 +18,7 @@
 
 pub mod errors;
 pub mod handlers;
+pub mod metrics;
 mod server;
 
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ pub struct Broker {
     pub groups: Arc<fluxo_groups::GroupCoordinator>,
     pub config: BrokerConfig,
     pub cluster_id: String,
+    pub metrics: Arc<metrics::BrokerMetrics>,
     next_producer_id: std::sync::atomic::AtomicI64,
 }
 
@@ -78,6 +80,7 @@ impl Broker {
             groups,
             config,
             cluster_id,
+            metrics: Arc::new(metrics::BrokerMetrics::new()),
             next_producer_id: std::sync::atomic::AtomicI64::new(seed),
         })
     }

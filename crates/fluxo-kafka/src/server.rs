@@ -69,6 +69,8 @@ pub fn serve(listener: TcpListener, broker: Arc<Broker>) -> std::io::Result<Serv
 
 /// One request on its way to the writer.
 struct Pending {
+    /// When the request was decoded, for the per-API latency histogram.
+    started: std::time::Instant,
     correlation_id: i32,
     api_key: ApiKey,
     version: i16,
@@ -85,6 +87,8 @@ async fn handle_connection(
     let local = stream.local_addr()?;
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    let _open = broker.metrics.connection_opened();
+    let metrics = broker.metrics.clone();
 
     let writer = tokio::spawn(async move {
         let mut in_progress = FuturesOrdered::new();
@@ -93,10 +97,14 @@ async fn handle_connection(
         loop {
             tokio::select! {
                 next = rx.recv(), if !reader_done => match next {
-                    Some(p) => in_progress.push_back(async move {
-                        let response = p.response.await;
-                        (p.correlation_id, p.api_key, p.version, response)
-                    }),
+                    Some(p) => {
+                        let metrics = metrics.clone();
+                        in_progress.push_back(async move {
+                            let response = p.response.await;
+                            metrics.observe_request(p.api_key, p.started.elapsed());
+                            (p.correlation_id, p.api_key, p.version, response)
+                        })
+                    }
                     None => reader_done = true,
                 },
                 Some((correlation_id, api_key, version, response)) = in_progress.next() => {
@@ -183,6 +191,7 @@ fn decode_and_dispatch(
             frame.len()
         ));
     }
+    let started = std::time::Instant::now();
     let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -197,6 +206,7 @@ fn decode_and_dispatch(
             // UNSUPPORTED_VERSION, so the client retries with a version we know.
             let response = handlers::api_versions::unsupported_version_response();
             return Ok(Pending {
+                started,
                 correlation_id,
                 api_key,
                 version: 0,
@@ -217,6 +227,7 @@ fn decode_and_dispatch(
     }
     let response = handlers::dispatch(broker, ctx, &header, request);
     Ok(Pending {
+        started,
         correlation_id,
         api_key,
         version,

@@ -111,6 +111,23 @@ impl BatchHeader {
     }
 }
 
+/// How many records the whole batches at the start of `buf` hold, read
+/// from their headers alone (a fetch's answer, for throughput counters).
+/// A partial batch at the end, as a size-limited read may return, is not
+/// counted.
+pub fn count_records(buf: &[u8]) -> u64 {
+    let mut total = 0u64;
+    let mut rest = buf;
+    while let Ok(h) = BatchHeader::parse(rest) {
+        if h.size > rest.len() {
+            break;
+        }
+        total += h.record_count.max(0) as u64;
+        rest = &rest[h.size..];
+    }
+    total
+}
+
 /// Checks one complete batch (exactly `buf`): header sanity and CRC-32C.
 pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader> {
     let header = BatchHeader::parse(buf)?;
@@ -274,6 +291,17 @@ pub(crate) mod tests {
             out.push((z as u8 & 0x7f) | 0x80);
             z >>= 7;
         }
+    }
+
+    #[test]
+    fn count_records_reads_whole_batches_and_ignores_a_partial_tail() {
+        let mut buf = make_batch(3, 10, 1);
+        buf.extend(make_batch(5, 10, 2));
+        assert_eq!(count_records(&buf), 8);
+        let partial = make_batch(7, 10, 3);
+        buf.extend_from_slice(&partial[..partial.len() - 1]);
+        assert_eq!(count_records(&buf), 8, "a cut-off batch is not counted");
+        assert_eq!(count_records(&[]), 0);
     }
 
     #[test]

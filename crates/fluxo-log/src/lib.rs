@@ -25,7 +25,7 @@ pub mod segment;
 mod store;
 
 pub use config::{TimestampType, TopicConfig, CONFIG_DEFS};
-pub use partition::{AppendInfo, PartitionLog, PartitionOffsets};
+pub use partition::{AppendInfo, AppendTotals, PartitionLog, PartitionOffsets};
 pub use store::{LogStore, Topic};
 
 /// Errors of the log store; the Kafka front maps each to an error code.

@@ -10,7 +10,7 @@
 //! - `flushed_offset` never passes data that has not been fsynced.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,6 +60,18 @@ pub struct PartitionLog {
     offline: AtomicBool,
     /// Publishes the end offset, so long-polling fetches wake on appends.
     end_offset_tx: watch::Sender<i64>,
+    /// Records and bytes appended since the partition was opened, whoever
+    /// wrote them (producers, HTTP ingest, sinks, generators): the base of
+    /// throughput rates and `/metrics`.
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
+}
+
+/// What a partition took in since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendTotals {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 /// A snapshot of a partition's offsets.
@@ -130,6 +142,8 @@ impl PartitionLog {
             flush_lock: tokio::sync::Mutex::new(()),
             offline: AtomicBool::new(false),
             end_offset_tx,
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
         })
     }
 
@@ -159,6 +173,14 @@ impl PartitionLog {
             log_start_offset: self.log_start_offset(),
             end_offset: self.end_offset(),
             size_bytes: segs.iter().map(|s| s.size()).sum(),
+        }
+    }
+
+    /// Records and bytes appended since the partition was opened.
+    pub fn append_totals(&self) -> AppendTotals {
+        AppendTotals {
+            records: self.appended_records.load(Ordering::Relaxed),
+            bytes: self.appended_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -228,6 +250,10 @@ impl PartitionLog {
             state.producers.record(h);
         }
         state.messages_since_flush += count;
+        self.appended_records
+            .fetch_add(count as u64, Ordering::Relaxed);
+        self.appended_bytes
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         let flush_due = state.messages_since_flush >= config.flush_messages();
         drop(state);
         self.end_offset_tx.send_replace(next);

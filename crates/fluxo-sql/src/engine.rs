@@ -143,6 +143,8 @@ pub struct PipelineStatus {
     pub events_in_per_sec: u64,
     pub rows_out_per_sec: u64,
     pub watermark: Option<String>,
+    /// The same, in milliseconds since the epoch (for metrics and charts).
+    pub watermark_ms: Option<i64>,
     pub late_events: u64,
     pub bad_records: u64,
     pub allowed_lateness_ms: i64,
@@ -991,6 +993,13 @@ impl Engine {
             })
     }
 
+    /// The names of every materialized view, sorted.
+    pub fn view_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.objects.read().views.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub fn pipelines(&self) -> Vec<PipelineStatus> {
         let objects = self.objects.read();
         let views = objects.views.values().map(|v| {
@@ -1016,6 +1025,36 @@ impl Engine {
         let mut out: Vec<PipelineStatus> = views.chain(sinks).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Stops (`running = false`) or restarts a view's or source sink's
+    /// pipeline by name; its state and checkpoint stay.
+    pub fn set_pipeline_running(&self, name: &str, running: bool) -> Result<PipelineStatus> {
+        {
+            let objects = self.objects.read();
+            let pipeline = match (objects.views.get(name), objects.source_sinks.get(name)) {
+                (Some(v), _) => &v.pipeline,
+                (None, Some(s)) => &s.pipeline,
+                (None, None) => {
+                    return Err(SqlError::NotFound {
+                        kind: "pipeline",
+                        name: name.to_string(),
+                    })
+                }
+            };
+            if running {
+                pipeline.resume();
+            } else {
+                pipeline.pause();
+            }
+        }
+        self.pipelines()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| SqlError::NotFound {
+                kind: "pipeline",
+                name: name.to_string(),
+            })
     }
 
     /// Stops every pipeline.
@@ -1057,6 +1096,7 @@ fn status(
         events_in_per_sec: s.rate_in.load(Ordering::Relaxed),
         rows_out_per_sec: s.rate_out.load(Ordering::Relaxed),
         watermark: (wm != i64::MIN).then(|| iso_utc(wm.saturating_mul(1000))),
+        watermark_ms: (wm != i64::MIN).then_some(wm),
         late_events: s.late_events.load(Ordering::Relaxed),
         bad_records: s.bad_records.load(Ordering::Relaxed),
         allowed_lateness_ms: lateness_ms,

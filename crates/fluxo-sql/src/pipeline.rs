@@ -112,6 +112,13 @@ impl PipelineHandle {
         self.control.paused.store(false, Ordering::Release);
     }
 
+    /// Holds the pipeline still (an operator's stop, from the console or
+    /// the API) after one checkpoint; `resume` goes on from there. Not
+    /// kept across restarts: the catalog lists what runs.
+    pub fn pause(&self) {
+        self.control.paused.store(true, Ordering::Release);
+    }
+
     /// Attaches a sink; it gets every change from the pipeline's next batch
     /// on (and first the view's rows, if new and it asks for them).
     pub fn add_sink(&self, sink: Box<dyn Sink>) {
@@ -367,8 +374,32 @@ impl Runner {
             self.stats.events_in.load(Ordering::Relaxed),
             self.stats.rows_out.load(Ordering::Relaxed),
         );
+        let mut held = false;
         while !self.stop.load(Ordering::Acquire) {
             self.apply_commands()?;
+            if self.control.paused.load(Ordering::Acquire) {
+                if !held {
+                    self.checkpoint_logged();
+                    held = true;
+                    *self.stats.status.lock() = "stopped".into();
+                    self.stats.rate_in.store(0, Ordering::Relaxed);
+                    self.stats.rate_out.store(0, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            if held {
+                held = false;
+                // Silence while held says nothing about the partitions.
+                for cursor in &mut self.partitions {
+                    cursor.last_data = Instant::now();
+                }
+                (last_in, last_out, rate_at) = (
+                    self.stats.events_in.load(Ordering::Relaxed),
+                    self.stats.rows_out.load(Ordering::Relaxed),
+                    Instant::now(),
+                );
+            }
             let Some(topic) = self.store.topic(&self.topic) else {
                 *self.stats.status.lock() = format!("waiting for topic {}", self.topic);
                 std::thread::sleep(Duration::from_millis(200));

@@ -465,6 +465,15 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
     const BATCH: u64 = 1000;
     let mut done = 0u64;
     let mut partition = 0usize;
+    // Loading 10 M events takes a while; show it (stderr, only on a terminal).
+    let progress = indicatif::ProgressBar::new(events);
+    progress.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading bids {bar:30} {human_pos}/{human_len} ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     while done < events {
         let n = BATCH.min(events - done);
         let mut records = Vec::with_capacity(n as usize);
@@ -486,7 +495,9 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
         logs[partition].append(&mut bytes)?;
         partition = (partition + 1) % logs.len();
         done += n;
+        progress.set_position(done);
     }
+    progress.finish_and_clear();
     file.flush()?;
     Ok(total)
 }

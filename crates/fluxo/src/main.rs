@@ -9,6 +9,7 @@ mod bench;
 mod bench_nexmark;
 mod cli;
 mod config;
+mod demo;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -51,15 +52,19 @@ enum Command {
 const GUIDE: &str =
     "fluxo: one binary that takes in, keeps, processes and serves streams of events.
 
-Start a server (Kafka protocol on 127.0.0.1:9092, data in ./fluxo-data):
+See it work (a live shop: orders, SQL views, a dashboard), then open http://127.0.0.1:8080/:
+    fluxo serve --demo
+
+Or start an empty server (Kafka on 127.0.0.1:9092, HTTP on :8080, Postgres wire on :5433):
     fluxo serve
 
 Then, from another terminal:
     fluxo topic create clicks --partitions 3
     echo '{\"user\": 1, \"page\": \"/\"}' | fluxo produce clicks --key-field user
     fluxo consume clicks --from-beginning
+    fluxo sql -e \"SHOW VIEWS\"
 
-Any Kafka client works too, e.g. kcat -b 127.0.0.1:9092 -L
+Any Kafka client works too, e.g. kcat -b 127.0.0.1:9092 -L; so does psql -h 127.0.0.1 -p 5433.
 
 Run `fluxo help` or `fluxo <command> --help` for every option.";
 
@@ -77,7 +82,13 @@ fn main() -> std::process::ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLUXO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // delta-rs' kernel logs every snapshot it builds at info; that is
+        // noise at fluxo's level of detail.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,buoyant_kernel=warn,buoyant_kernel_engine=warn",
+            )
+        });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// Kafka protocol listener; port 0 picks a free port [default: 127.0.0.1:9092]
     #[arg(long, env = "FLUXO_KAFKA_ADDR")]
     pub kafka_addr: Option<SocketAddr>,
-    /// HTTP listener (API, console, metrics); reserved, served by a later release [default: 127.0.0.1:8080]
+    /// HTTP listener: REST API, web console, Prometheus /metrics [default: 127.0.0.1:8080]
     #[arg(long, env = "FLUXO_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// Postgres wire listener (psql, psycopg, JDBC) [default: 127.0.0.1:5433]
@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// How often retention is enforced, in seconds [default: 30]
     #[arg(long, env = "FLUXO_RETENTION_CHECK_SECS")]
     pub retention_check_secs: Option<u64>,
+    /// Also run a live demo: an online shop's orders and clicks, SQL views
+    /// over them, sinks, and a dashboard in the console
+    #[arg(long, env = "FLUXO_DEMO")]
+    pub demo: bool,
 }
 
 /// What `serve` runs with once flags, environment and config file are merged.
@@ -67,6 +71,7 @@ pub struct ServeSettings {
     pub max_request_bytes: usize,
     pub retention_check_secs: u64,
     pub groups: fluxo_groups::GroupConfig,
+    pub demo: bool,
 }
 
 impl ServeSettings {
@@ -117,6 +122,7 @@ impl ServeSettings {
                 .or(file.log.retention_check_secs)
                 .unwrap_or(30),
             groups: file.group_config(),
+            demo: args.demo,
         };
         if settings.pg.user.is_empty() {
             anyhow::bail!("the Postgres user (--pg-user) is empty");
@@ -168,7 +174,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = groups.clone();
     let offsets_loaded = tokio::task::spawn_blocking(move || loader.load());
     let group_timers = groups.spawn_timers();
-    let broker = Arc::new(Broker::new(store.clone(), groups, config)?);
+    let broker = Arc::new(Broker::new(store.clone(), groups.clone(), config)?);
+    let broker_metrics = broker.metrics.clone();
     let listener = tokio::net::TcpListener::bind(args.kafka_addr)
         .await
         .with_context(|| {
@@ -190,8 +197,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 args.http_addr
             )
         })?;
+    let dashboards = Arc::new(
+        fluxo_http::DashboardStore::open(&args.data_dir).context("cannot open the dashboards")?,
+    );
+    let services = fluxo_http::Services {
+        engine: engine.clone(),
+        store: store.clone(),
+        groups,
+        broker_metrics,
+        dashboards: dashboards.clone(),
+    };
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = fluxo_http::serve(http_listener, engine.clone(), async {
+    let http = fluxo_http::serve(http_listener, services, async {
         let _ = http_stopped.await;
     })?;
     println!("fluxo: http listening on {}", http.local_addr);
@@ -213,6 +230,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => {}
     }
+    let demo = if args.demo {
+        let demo = crate::demo::start(store.clone(), engine.clone(), dashboards)
+            .await
+            .context("cannot start the demo")?;
+        println!(
+            "fluxo: demo running: open http://{}/ for the console and its \"Shop live\" dashboard",
+            http.local_addr
+        );
+        Some(demo)
+    } else {
+        None
+    };
     tracing::info!(data_dir = %args.data_dir.display(), "fluxo is serving");
 
     let offsets_loaded = async {
@@ -239,6 +268,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = http_stop.send(());
     http.abort();
     pg.abort();
+    if let Some(demo) = demo {
+        tokio::task::spawn_blocking(move || demo.stop()).await?;
+    }
     // Pipelines read the store: stop them before closing it.
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     maintenance.abort();

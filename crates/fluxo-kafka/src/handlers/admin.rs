@@ -168,11 +168,14 @@ pub fn delete_topics(
             Some(topic) => {
                 r.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
                 r.topic_id = topic.id;
-                if let Err(e) = broker.store.delete_topic(&topic.name) {
-                    let (code, message) = err(&e);
-                    r.error_code = code;
-                    if version >= 5 {
-                        r.error_message = message;
+                match broker.store.delete_topic(&topic.name) {
+                    Ok(()) => broker.metrics.forget_topic(&topic.name),
+                    Err(e) => {
+                        let (code, message) = err(&e);
+                        r.error_code = code;
+                        if version >= 5 {
+                            r.error_message = message;
+                        }
                     }
                 }
             }

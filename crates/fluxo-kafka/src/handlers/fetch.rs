@@ -106,6 +106,12 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
             || receivers.is_empty();
         if done || min_bytes == 0 {
             for (w, pd) in wanted.iter().zip(partitions) {
+                if let (Some(log), Some(records)) = (&w.log, &pd.records) {
+                    let count = fluxo_log::batch::count_records(records);
+                    broker
+                        .metrics
+                        .fetched(&log.topic, records.len() as u64, count);
+                }
                 response.responses[w.topic_index].partitions.push(pd);
             }
             return response;

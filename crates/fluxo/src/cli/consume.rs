@@ -82,10 +82,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         };
         positions.push(start);
     }
+    let progress = export_progress(&args, &client, &partitions, &positions).await?;
+    let starts = positions.clone();
     let mut printed = 0usize;
     let mut at_end = vec![false; partitions.len()];
     let wait = if partitions.len() > 1 { 100 } else { 500 };
-    loop {
+    let result = loop {
         for (i, &p) in partitions.iter().enumerate() {
             let f = fetch(&client, &args.topic, p, positions[i], wait, 1 << 20).await?;
             for r in &f.records {
@@ -101,10 +103,48 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             positions[i] = f.next_offset.max(positions[i]);
             at_end[i] = positions[i] >= f.high_watermark;
         }
-        if args.exit_at_end && at_end.iter().all(|e| *e) {
-            return Ok(());
+        if let Some(bar) = &progress {
+            let done: i64 = positions.iter().zip(&starts).map(|(p, s)| p - s).sum();
+            bar.set_position(done.max(0) as u64);
         }
+        if args.exit_at_end && at_end.iter().all(|e| *e) {
+            break Ok(());
+        }
+    };
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
     }
+    result
+}
+
+/// A progress bar on stderr for `--exit-at-end` into a file or pipe: how
+/// much of what the partitions held when it started has been written.
+/// Not drawn when stdout is the terminal (it would tangle with the records)
+/// or when stderr is not one.
+async fn export_progress(
+    args: &ConsumeArgs,
+    client: &fluxo_client::Client,
+    partitions: &[i32],
+    starts: &[i64],
+) -> anyhow::Result<Option<indicatif::ProgressBar>> {
+    use std::io::IsTerminal;
+    if !args.exit_at_end || std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(None);
+    }
+    let mut total = 0i64;
+    for (&p, &start) in partitions.iter().zip(starts) {
+        let end = list_offset(client, &args.topic, p, -1).await?;
+        total += (end - start).max(0);
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {human_pos}/{human_len} records ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Ok(Some(bar))
 }
 
 /// Consumes as a group member until --max records, the end of every owned

@@ -1,0 +1,248 @@
+//! `GET /metrics` in Prometheus' text format.
+//!
+//! The broker's request histograms and connection counts live in its own
+//! registry; everything that is state rather than an event (log sizes,
+//! offsets, group lag, pipeline progress) is read at scrape time into a
+//! registry made for that scrape, so a deleted topic or dropped view simply
+//! stops appearing.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{ApiError, AppState, Services};
+
+pub(crate) async fn render(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let services = state.services.clone();
+    let text = tokio::task::spawn_blocking(move || scrape(&services))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot render metrics: {e}")))?;
+    Ok((
+        [(CONTENT_TYPE, TextEncoder::new().format_type().to_string())],
+        text,
+    ))
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn float_gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<GaugeVec> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn scrape(services: &Services) -> prometheus::Result<String> {
+    let r = Registry::new();
+    let records_in = counter(
+        &r,
+        "fluxo_topic_records_in_total",
+        "Records appended to the topic since start (producers, HTTP ingest, sinks, generators)",
+        &["topic"],
+    )?;
+    let bytes_in = counter(
+        &r,
+        "fluxo_topic_bytes_in_total",
+        "Record-batch bytes appended to the topic since start",
+        &["topic"],
+    )?;
+    let records_out = counter(
+        &r,
+        "fluxo_topic_records_out_total",
+        "Records sent to Kafka consumers since start",
+        &["topic"],
+    )?;
+    let bytes_out = counter(
+        &r,
+        "fluxo_topic_bytes_out_total",
+        "Record-batch bytes sent to Kafka consumers since start",
+        &["topic"],
+    )?;
+    let log_size = gauge(
+        &r,
+        "fluxo_log_size_bytes",
+        "Bytes of the partition's segments on disk",
+        &["topic", "partition"],
+    )?;
+    let log_start = gauge(
+        &r,
+        "fluxo_log_start_offset",
+        "The partition's first offset",
+        &["topic", "partition"],
+    )?;
+    let log_end = gauge(
+        &r,
+        "fluxo_log_end_offset",
+        "The partition's next offset",
+        &["topic", "partition"],
+    )?;
+    for topic in services.store.topics() {
+        let (mut recs, mut bytes) = (0, 0);
+        for p in topic.partitions() {
+            let o = p.offsets();
+            let part = p.partition.to_string();
+            let labels = [topic.name.as_str(), part.as_str()];
+            log_size.with_label_values(&labels).set(o.size_bytes as i64);
+            log_start.with_label_values(&labels).set(o.log_start_offset);
+            log_end.with_label_values(&labels).set(o.end_offset);
+            let a = p.append_totals();
+            recs += a.records;
+            bytes += a.bytes;
+        }
+        records_in.with_label_values(&[&topic.name]).inc_by(recs);
+        bytes_in.with_label_values(&[&topic.name]).inc_by(bytes);
+    }
+    for (topic, bytes, records) in services.broker_metrics.fetched_per_topic() {
+        records_out.with_label_values(&[&topic]).inc_by(records);
+        bytes_out.with_label_values(&[&topic]).inc_by(bytes);
+    }
+
+    let group_lag = gauge(
+        &r,
+        "fluxo_group_lag",
+        "Records between the group's committed offset and the partition's end",
+        &["group", "topic", "partition"],
+    )?;
+    let group_members = gauge(
+        &r,
+        "fluxo_group_members",
+        "Members of the consumer group",
+        &["group"],
+    )?;
+    for g in services.groups.list() {
+        let members = services
+            .groups
+            .describe(&g.group_id)
+            .map_or(0, |d| d.members.len());
+        group_members
+            .with_label_values(&[&g.group_id])
+            .set(members as i64);
+        for l in services.groups.lag(&g.group_id) {
+            let part = l.partition.to_string();
+            group_lag
+                .with_label_values(&[g.group_id.as_str(), l.topic.as_str(), part.as_str()])
+                .set(l.lag);
+        }
+    }
+
+    let events_in = counter(
+        &r,
+        "fluxo_pipeline_events_in_total",
+        "Events the pipeline read from its source",
+        &["pipeline"],
+    )?;
+    let rows_out = counter(
+        &r,
+        "fluxo_pipeline_rows_out_total",
+        "Rows the pipeline emitted to its view and sinks",
+        &["pipeline"],
+    )?;
+    let late = counter(
+        &r,
+        "fluxo_pipeline_late_events_total",
+        "Events too late for every window (counted, never silently dropped)",
+        &["pipeline"],
+    )?;
+    let bad = counter(
+        &r,
+        "fluxo_pipeline_bad_records_total",
+        "Records that did not fit the source's schema and were skipped",
+        &["pipeline"],
+    )?;
+    let running = gauge(
+        &r,
+        "fluxo_pipeline_running",
+        "1 while the pipeline runs",
+        &["pipeline"],
+    )?;
+    let watermark_delay = float_gauge(
+        &r,
+        "fluxo_pipeline_watermark_delay_seconds",
+        "How far the pipeline's watermark is behind the wall clock",
+        &["pipeline"],
+    )?;
+    let checkpoint_duration = float_gauge(
+        &r,
+        "fluxo_pipeline_checkpoint_duration_seconds",
+        "How long the last checkpoint took",
+        &["pipeline"],
+    )?;
+    let checkpoint_bytes = gauge(
+        &r,
+        "fluxo_pipeline_checkpoint_bytes",
+        "Size of the last checkpoint",
+        &["pipeline"],
+    )?;
+    let checkpoint_age = float_gauge(
+        &r,
+        "fluxo_pipeline_checkpoint_age_seconds",
+        "Time since the last checkpoint",
+        &["pipeline"],
+    )?;
+    let state_bytes = gauge(
+        &r,
+        "fluxo_pipeline_state_bytes",
+        "Memory held by the pipeline's operator state",
+        &["pipeline"],
+    )?;
+    let view_rows = gauge(
+        &r,
+        "fluxo_pipeline_view_rows",
+        "Rows in the pipeline's view",
+        &["pipeline"],
+    )?;
+    let now = fluxo_log::now_ms();
+    for p in services.engine.pipelines() {
+        let l = [p.name.as_str()];
+        events_in.with_label_values(&l).inc_by(p.events_in);
+        rows_out.with_label_values(&l).inc_by(p.rows_out);
+        late.with_label_values(&l).inc_by(p.late_events);
+        bad.with_label_values(&l).inc_by(p.bad_records);
+        running
+            .with_label_values(&l)
+            .set((p.status == "running") as i64);
+        if let Some(wm) = p.watermark_ms {
+            watermark_delay
+                .with_label_values(&l)
+                .set((now - wm).max(0) as f64 / 1000.0);
+        }
+        if let Some(c) = &p.last_checkpoint {
+            checkpoint_duration
+                .with_label_values(&l)
+                .set(c.duration_ms as f64 / 1000.0);
+            checkpoint_bytes.with_label_values(&l).set(c.bytes as i64);
+            checkpoint_age
+                .with_label_values(&l)
+                .set((now - c.taken_at_ms).max(0) as f64 / 1000.0);
+        }
+        state_bytes.with_label_values(&l).set(p.state_bytes as i64);
+        view_rows.with_label_values(&l).set(p.view_rows as i64);
+    }
+
+    let mut families = services.broker_metrics.registry().gather();
+    families.extend(r.gather());
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families, &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
