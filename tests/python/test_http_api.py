@@ -213,6 +213,14 @@ def test_pipelines_stop_and_start_and_dashboards_are_kept(broker, new_topic):
     assert ok(broker, "GET", "/api/v1/pipelines/per_k")["status"] == "running"
     error(broker, "POST", "/api/v1/pipelines/nope/stop", status=404)
 
+    # Several views on one stream: each event names its view; an unknown
+    # view gets a `missing` event and the others stream on.
+    events = read_sse_events(broker, "/api/v1/changes?views=per_k,nope", 2)
+    by_name = {name: data for name, data in events}
+    assert by_name["snapshot"]["view"] == "per_k" and len(by_name["snapshot"]["rows"]) == 3
+    assert by_name["missing"]["view"] == "nope" and "does not exist" in by_name["missing"]["error"]
+    assert "at least one view" in error(broker, "GET", "/api/v1/changes?views=")
+
     chart = {"title": "Totals", "view": "per_k", "type": "bar", "x": "k", "y": ["total"], "limit": 5}
     d = ok(broker, "POST", "/api/v1/dashboards", {"name": "Mine", "charts": [chart]}, status=201)
     assert d["id"] and d["charts"][0]["id"]
@@ -230,6 +238,24 @@ def test_pipelines_stop_and_start_and_dashboards_are_kept(broker, new_topic):
     ok(broker, "DELETE", f"/api/v1/dashboards/{d['id']}")
     error(broker, "GET", f"/api/v1/dashboards/{d['id']}", status=404)
     error(broker, "PUT", f"/api/v1/dashboards/{d['id']}", d, status=404)
+
+
+def read_sse_events(broker, path: str, count: int, timeout: float = 10.0) -> list[tuple[str, dict]]:
+    """The first `count` (event, data) pairs of an SSE stream."""
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn.request("GET", path, headers={"accept": "text/event-stream"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    out, name = [], None
+    while len(out) < count:
+        line = resp.fp.readline().decode().rstrip("\n")
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            out.append((name, json.loads(line.split(":", 1)[1])))
+    conn.close()
+    return out
 
 
 def read_sse_event(broker, path: str, event: str, timeout: float = 10.0) -> dict:

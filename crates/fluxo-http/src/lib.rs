@@ -1,8 +1,9 @@
 //! fluxo's HTTP front: the REST API, server-sent events, Prometheus
 //! metrics and the embedded web console, all on one listener.
 //!
-//! - `/api/v1/sql`, `/api/v1/pipelines`, `/api/v1/views/{name}/changes`
-//!   (`sql.rs`): statements, pipeline status and control, live view changes.
+//! - `/api/v1/sql`, `/api/v1/pipelines`, `/api/v1/views/{name}/changes`,
+//!   `/api/v1/changes?views=a,b` (`sql.rs`): statements, pipeline status
+//!   and control, live view changes (one view, or several on one stream).
 //! - `/api/v1/topics` (`topics.rs`): topics with offsets, sizes and rates,
 //!   the record browser, and JSON ingest.
 //! - `/api/v1/groups` (`groups.rs`): consumer groups, members, lag.
@@ -138,6 +139,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/pipelines/{name}/stop", post(sql::stop_pipeline))
         .route("/api/v1/pipelines/{name}/start", post(sql::start_pipeline))
         .route("/api/v1/views/{name}/changes", get(sql::view_changes))
+        .route("/api/v1/changes", get(sql::many_view_changes))
         .route("/api/v1/topics", get(topics::list).post(topics::create))
         .route(
             "/api/v1/topics/{topic}",

@@ -126,8 +126,10 @@ pub async fn start(
         ("fraud-alerts", 1),
     ] {
         if store.topic(name).is_none() {
-            // An hour is plenty for a demo and keeps its disk use flat.
-            let config = TopicConfig::from_pairs([("retention.ms", "3600000")])?;
+            // An hour is plenty for a demo and keeps its disk use flat
+            // (retention drops whole segments, so they roll every 10 min).
+            let config =
+                TopicConfig::from_pairs([("retention.ms", "3600000"), ("segment.ms", "600000")])?;
             store
                 .create_topic(name, partitions, config)
                 .with_context(|| format!("cannot create the demo topic {name}"))?;

@@ -289,7 +289,8 @@ export function quoteIdent(name: string): string {
   return /^[a-z_][a-z0-9_]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
 }
 
-export const viewChangesUrl = (view: string): string => `/api/v1/views/${seg(view)}/changes`;
+/** One event stream for several views; each event's data names its `view`. */
+export const manyViewChangesUrl = (views: string[]): string => `/api/v1/changes?views=${seg(views.join(","))}`;
 
 export const listDashboards = async (): Promise<Dashboard[]> =>
   (await request<{ dashboards: Dashboard[] }>("GET", "/api/v1/dashboards")).dashboards;

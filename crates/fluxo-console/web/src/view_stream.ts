@@ -1,27 +1,38 @@
-// Keeps a materialized view's rows up to date from its change stream
-// (GET /api/v1/views/{name}/changes): a `snapshot` event replaces all rows,
-// a `changes` event deletes and inserts rows. A view is a multiset, so rows
-// are counted by their JSON text, which is also how a deleted row is matched.
+// Keeps materialized views' rows up to date from their change streams: a
+// `snapshot` event replaces a view's rows, a `changes` event deletes and
+// inserts rows. A view is a multiset, so rows are counted by their JSON
+// text, which is also how a deleted row is matched.
 //
-// Charts of one view share one stream (see `acquireView`): browsers allow
-// only six HTTP/1.1 connections per host, and each open stream holds one.
+// Every view the page follows comes over ONE stream,
+// GET /api/v1/changes?views=a,b (each event names its view): browsers allow
+// only six HTTP/1.1 connections per host and each open stream holds one, so
+// a stream per view would starve a dashboard of more than a few views.
+// When the set of views changes the stream is reopened; the server then
+// sends every view's snapshot again, which replaces what is held.
 
 import type { Column, Row } from "./api";
-import { viewChangesUrl } from "./api";
-import { reportUnexpected } from "./banner";
+import { manyViewChangesUrl } from "./api";
+import { clearError, reportUnexpected, setError } from "./banner";
 import { openEvents } from "./sse";
 
 /** Listeners hear about new data at most this often. */
 const MIN_NOTIFY_MS = 250;
 
 interface Snapshot {
+  view: string;
   columns: Column[];
   rows: Row[];
 }
 
 interface Changes {
+  view: string;
   deleted?: Row[];
   inserted?: Row[];
+}
+
+interface Missing {
+  view: string;
+  error: string;
 }
 
 export class ViewStream {
@@ -32,17 +43,11 @@ export class ViewStream {
 
   private counts = new Map<string, { row: Row; n: number }>();
   private listeners = new Set<() => void>();
-  private close: () => void;
   private refs = 0;
   private timer: number | undefined;
   private lastNotify = 0;
 
-  constructor(readonly view: string) {
-    this.close = openEvents(viewChangesUrl(view), `Live data of view ${view}`, {
-      snapshot: (data) => this.snapshot(data as Snapshot),
-      changes: (data) => this.changes(data as Changes),
-    });
-  }
+  constructor(readonly view: string) {}
 
   /** All rows, a row held n times appearing n times, in no particular order. */
   rows(): Row[] {
@@ -69,10 +74,12 @@ export class ViewStream {
     streams.delete(this.view);
     window.clearTimeout(this.timer);
     this.listeners.clear();
-    this.close();
+    clearError(missingKey(this.view));
+    scheduleReopen();
   }
 
-  private snapshot(s: Snapshot): void {
+  snapshot(s: Snapshot): void {
+    clearError(missingKey(this.view));
     this.columns = s.columns;
     this.counts.clear();
     this.size = 0;
@@ -80,7 +87,7 @@ export class ViewStream {
     this.notify();
   }
 
-  private changes(c: Changes): void {
+  changes(c: Changes): void {
     for (const row of c.deleted ?? []) {
       const key = JSON.stringify(row);
       const entry = this.counts.get(key);
@@ -121,13 +128,43 @@ export class ViewStream {
 }
 
 const streams = new Map<string, ViewStream>();
+let closeEvents: (() => void) | null = null;
+let reopenTimer: number | undefined;
 
-/** The shared stream of `view`; call `release()` on it when done. */
+const missingKey = (view: string): string => `view-missing:${view}`;
+
+/**
+ * Reopens the one event stream for the views followed now, once the
+ * current burst of acquire/release calls (a page building its charts) is
+ * over.
+ */
+function scheduleReopen(): void {
+  window.clearTimeout(reopenTimer);
+  reopenTimer = window.setTimeout(reopen, 20);
+}
+
+function reopen(): void {
+  closeEvents?.();
+  closeEvents = null;
+  const views = [...streams.keys()].sort();
+  if (views.length === 0) return;
+  closeEvents = openEvents(manyViewChangesUrl(views), `Live data of ${views.join(", ")}`, {
+    snapshot: (data) => streams.get((data as Snapshot).view)?.snapshot(data as Snapshot),
+    changes: (data) => streams.get((data as Changes).view)?.changes(data as Changes),
+    missing: (data) => {
+      const m = data as Missing;
+      if (streams.has(m.view)) setError(missingKey(m.view), m.error);
+    },
+  });
+}
+
+/** The shared rows of `view`; call `release()` on it when done. */
 export function acquireView(view: string): ViewStream {
   let s = streams.get(view);
   if (!s) {
     s = new ViewStream(view);
     streams.set(view, s);
+    scheduleReopen();
   }
   return s.retain();
 }
