@@ -28,10 +28,12 @@ pub use records::{encode_batch, fetch, list_offset, produce, Fetched, OutRecord}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {source}. Is `fluxo serve` running there? Use --bootstrap HOST:PORT to point elsewhere")]
+    // `reason`, not `source`: the message already shows it, and a source
+    // would print it a second time in an error chain.
+    #[error("cannot connect to {addr}: {reason}. Is `fluxo serve` running there? Use --bootstrap HOST:PORT to point elsewhere")]
     Connect {
         addr: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
@@ -86,9 +88,9 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|reason| ClientError::Connect {
                 addr: addr.to_string(),
-                source,
+                reason,
             })?;
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
@@ -227,13 +229,13 @@ impl Client {
 pub async fn resolve(addr: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(addr)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|reason| ClientError::Connect {
             addr: addr.to_string(),
-            source,
+            reason,
         })?
         .next()
         .ok_or_else(|| ClientError::Connect {
             addr: addr.to_string(),
-            source: std::io::Error::other("no address"),
+            reason: std::io::Error::other("no address"),
         })
 }

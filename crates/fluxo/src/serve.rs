@@ -212,6 +212,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = http_stopped.await;
     })?;
     println!("fluxo: http listening on {}", http.local_addr);
+    if !http.local_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %http.local_addr,
+            "http: the API has no authentication, so anyone who reaches this address can run SQL, ingest records and delete topics"
+        );
+    }
     let pg_listener = tokio::net::TcpListener::bind(args.pg_addr)
         .await
         .with_context(|| {

@@ -10,6 +10,19 @@ import type { Scope } from "../scope";
 import { acquireView } from "../view_stream";
 
 const dashboardHref = (id: string): string => `#/dashboards/${encodeURIComponent(id)}`;
+
+/** The `<li>`s of a list of dashboards: a link and the chart count each. */
+export function dashboardItems(ds: api.Dashboard[]): HTMLElement | HTMLElement[] {
+  if (ds.length === 0) return el("li", { class: "muted" }, "No dashboards yet");
+  return ds.map((d) =>
+    el(
+      "li",
+      null,
+      el("a", { href: dashboardHref(d.id), "data-dashboard": d.id }, d.name),
+      el("span", { class: "muted" }, `${d.charts.length} chart${d.charts.length === 1 ? "" : "s"}`),
+    ),
+  );
+}
 const DEFAULT_LIMIT = 10;
 
 export function list(root: HTMLElement, scope: Scope): void {
@@ -46,19 +59,7 @@ export function list(root: HTMLElement, scope: Scope): void {
   scope.poll(async () => {
     const ds = await attempt("dashboards", "Loading dashboards", api.listDashboards());
     if (!ds || !scope.alive) return;
-    fill(
-      items,
-      ds.length === 0
-        ? el("li", { class: "muted" }, "No dashboards yet")
-        : ds.map((d) =>
-            el(
-              "li",
-              null,
-              el("a", { href: dashboardHref(d.id), "data-dashboard": d.id }, d.name),
-              el("span", { class: "muted" }, `${d.charts.length} chart${d.charts.length === 1 ? "" : "s"}`),
-            ),
-          ),
-    );
+    fill(items, dashboardItems(ds));
   });
 }
 

@@ -7,6 +7,7 @@ import { TimeSeriesChart, type TimePoint } from "../charts";
 import { badge, card, dataTable, el, emptyRow, fill, pageHeader, td } from "../dom";
 import { formatByteRate, formatBytes, formatInt, formatRate } from "../format";
 import type { Scope } from "../scope";
+import { dashboardItems } from "./dashboards";
 import { openEvents } from "../sse";
 
 const WINDOW_MS = 5 * 60 * 1000;
@@ -128,20 +129,6 @@ export function page(root: HTMLElement, scope: Scope): void {
             ),
       );
     }
-    if (ds) {
-      fill(
-        dashboardsList,
-        ds.length === 0
-          ? el("li", { class: "muted" }, "No dashboards yet")
-          : ds.map((d) =>
-              el(
-                "li",
-                null,
-                el("a", { href: `#/dashboards/${encodeURIComponent(d.id)}` }, d.name),
-                el("span", { class: "muted" }, `${d.charts.length} chart${d.charts.length === 1 ? "" : "s"}`),
-              ),
-            ),
-      );
-    }
+    if (ds) fill(dashboardsList, dashboardItems(ds));
   });
 }
