@@ -15,6 +15,8 @@ import pytest
 from playwright.sync_api import sync_playwright, expect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# CI machines are shared and slow at times: give the page room.
+expect.set_options(timeout=15_000)
 # Without the background-networking flags Chromium keeps dialing Google's
 # hosts, which this machine's closed network refuses.
 CHROMIUM_ARGS = [
