@@ -17,7 +17,7 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let manifest = PathBuf::from(cargo_var("CARGO_MANIFEST_DIR"));
     let web = manifest.join("web");
     for watched in [
         "src",
@@ -29,8 +29,11 @@ fn main() {
         println!("cargo:rerun-if-changed=web/{watched}");
     }
     println!("cargo:rerun-if-env-changed=FLUXO_CONSOLE_DIST");
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("console");
-    std::fs::create_dir_all(&out).unwrap();
+    let out_dir = PathBuf::from(cargo_var("OUT_DIR"));
+    let out = out_dir.join("console");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        fail(&format!("cannot create {}: {e}", out.display()));
+    }
 
     let dist = match std::env::var_os("FLUXO_CONSOLE_DIST") {
         Some(dir) => PathBuf::from(dir),
@@ -55,11 +58,16 @@ fn main() {
         ));
     }
     code.push_str("];\n");
-    std::fs::write(
-        PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("files.rs"),
-        code,
-    )
-    .unwrap();
+    let files = out_dir.join("files.rs");
+    if let Err(e) = std::fs::write(&files, code) {
+        fail(&format!("cannot write {}: {e}", files.display()));
+    }
+}
+
+/// A variable cargo sets for every build script.
+fn cargo_var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| fail(&format!("{name} is not set: run this through cargo")))
 }
 
 fn build_with_npm(web: &Path, out: &Path) {

@@ -202,26 +202,10 @@ pub async fn fetch(
             None,
         ));
     }
-    let mut records = Vec::new();
-    let mut next_offset = offset;
-    if let Some(bytes) = &p.records {
-        let mut buf = bytes.clone();
-        while buf.len() >= 61 {
-            let header_ts = fluxo_batch_max_timestamp(&buf);
-            let set = RecordBatchDecoder::decode(&mut buf)
-                .map_err(|e| ClientError::Protocol(format!("bad record batch: {e}")))?;
-            for mut r in set.records {
-                if r.offset < offset || r.control {
-                    continue;
-                }
-                if let (TimestampType::LogAppend, Some(ts)) = (r.timestamp_type, header_ts) {
-                    r.timestamp = ts;
-                }
-                next_offset = r.offset + 1;
-                records.push(r);
-            }
-        }
-    }
+    let (records, next_offset) = match &p.records {
+        Some(bytes) => decode_records(bytes, offset)?,
+        None => (Vec::new(), offset),
+    };
     Ok(Fetched {
         records,
         high_watermark: p.high_watermark,
@@ -229,9 +213,103 @@ pub async fn fetch(
     })
 }
 
-/// The batch's max timestamp (bytes 35..43 of a v2 header), which is the
-/// timestamp of every record in a LogAppendTime batch.
-fn fluxo_batch_max_timestamp(buf: &Bytes) -> Option<i64> {
-    let b = buf.get(35..43)?;
-    Some(i64::from_be_bytes(b.try_into().ok()?))
+/// Decodes the whole v2 batches at the start of `bytes` (what a fetch or a
+/// log read returns) into their records at offset `from` and after,
+/// without control records; a LogAppendTime record gets its batch's time.
+/// Returns them with the offset after the last batch decoded (never
+/// before `from`), so a batch of only control records is still passed. A
+/// partial batch at the end, as a size-limited read may return, is left
+/// for the next read.
+pub fn decode_records(bytes: &Bytes, from: i64) -> Result<(Vec<Record>, i64)> {
+    let mut records = Vec::new();
+    let mut next = from;
+    let mut buf = bytes.clone();
+    while let Some(header) = BatchExtent::parse(&buf) {
+        if header.size > buf.len() {
+            break;
+        }
+        // One whole batch at a time: the decoder would go on into the
+        // next batch, under this batch's header.
+        let mut one = buf.split_to(header.size);
+        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| {
+            ClientError::Protocol(format!(
+                "bad record batch at offset {}: {e}",
+                header.base_offset
+            ))
+        })?;
+        for mut r in set.records {
+            if r.offset < from || r.control {
+                continue;
+            }
+            if matches!(r.timestamp_type, TimestampType::LogAppend) {
+                r.timestamp = header.max_timestamp;
+            }
+            records.push(r);
+        }
+        next = next.max(header.last_offset + 1);
+    }
+    Ok((records, next))
+}
+
+/// Where a v2 batch ends and what its header says of offsets and time.
+struct BatchExtent {
+    base_offset: i64,
+    last_offset: i64,
+    /// The whole batch, with its offset and length fields.
+    size: usize,
+    max_timestamp: i64,
+}
+
+impl BatchExtent {
+    /// Reads the fixed v2 header fields: base offset (0..8), length
+    /// (8..12), last offset delta (23..27), max timestamp (35..43).
+    fn parse(buf: &[u8]) -> Option<BatchExtent> {
+        const HEADER: usize = 61;
+        if buf.len() < HEADER {
+            return None;
+        }
+        let i64_at = |at: usize| i64::from_be_bytes(buf[at..at + 8].try_into().unwrap_or_default());
+        let i32_at = |at: usize| i32::from_be_bytes(buf[at..at + 4].try_into().unwrap_or_default());
+        let base_offset = i64_at(0);
+        let length = i32_at(8);
+        if length < (HEADER - 12) as i32 {
+            return None;
+        }
+        Some(BatchExtent {
+            base_offset,
+            last_offset: base_offset + i32_at(23) as i64,
+            size: length as usize + 12,
+            max_timestamp: i64_at(35),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &str) -> OutRecord {
+        OutRecord {
+            value: Some(Bytes::from(value.to_string())),
+            timestamp: 7,
+            ..OutRecord::default()
+        }
+    }
+
+    #[test]
+    fn decode_skips_records_before_from_and_leaves_a_partial_tail() {
+        let batch =
+            encode_batch(&[record("a"), record("b"), record("c")], Compression::None).unwrap();
+        let mut two = BytesMut::from(&batch[..]);
+        // A batch at offset 3 after them, cut short.
+        let mut next =
+            BytesMut::from(&encode_batch(&[record("d")], Compression::None).unwrap()[..]);
+        next[0..8].copy_from_slice(&3i64.to_be_bytes());
+        two.extend_from_slice(&next[..next.len() - 1]);
+        let (records, after) = decode_records(&two.freeze(), 1).unwrap();
+        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, vec![Bytes::from("b"), Bytes::from("c")]);
+        assert_eq!(after, 3, "the cut-off batch is read again later");
+        assert!(records.iter().all(|r| r.timestamp == 7));
+    }
 }

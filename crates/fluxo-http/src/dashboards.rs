@@ -110,6 +110,7 @@ impl Dashboard {
 
 /// The dashboards and the file that keeps them.
 pub struct DashboardStore {
+    dir: PathBuf,
     path: PathBuf,
     dashboards: Mutex<Vec<Dashboard>>,
 }
@@ -117,7 +118,8 @@ pub struct DashboardStore {
 impl DashboardStore {
     /// Opens `data_dir/console/dashboards.json`, or starts empty.
     pub fn open(data_dir: &FsPath) -> Result<DashboardStore, HttpError> {
-        let path = data_dir.join("console").join("dashboards.json");
+        let dir = data_dir.join("console");
+        let path = dir.join("dashboards.json");
         let err = |message: String| HttpError::Dashboards {
             path: path.display().to_string(),
             message,
@@ -132,6 +134,7 @@ impl DashboardStore {
             Err(e) => return Err(err(e.to_string())),
         };
         Ok(DashboardStore {
+            dir,
             path,
             dashboards: Mutex::new(dashboards),
         })
@@ -200,7 +203,7 @@ impl DashboardStore {
     /// so writes happen in the order of the changes.
     fn save(&self, dashboards: &[Dashboard]) -> Result<(), ApiError> {
         let write = || -> std::io::Result<()> {
-            let dir = self.path.parent().expect("the path has a directory");
+            let dir = &self.dir;
             std::fs::create_dir_all(dir)?;
             let tmp = self.path.with_extension("json.tmp");
             let mut f = std::fs::File::create(&tmp)?;

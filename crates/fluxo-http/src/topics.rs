@@ -17,9 +17,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use fluxo_client::partitioner::partition_for_key;
+use fluxo_client::records::decode_records;
 use fluxo_client::{encode_batch, OutRecord};
 use fluxo_log::{LogError, LogStore, PartitionLog, Topic, TopicConfig};
-use kafka_protocol::records::{Compression, RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::Compression;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -260,45 +261,27 @@ fn newest_records(log: &PartitionLog, limit: usize) -> Result<Vec<BrowsedRecord>
             break;
         }
         let before = offset;
-        let mut buf = bytes;
-        while buf.len() >= fluxo_log::batch::BATCH_HEADER_LEN {
-            let Ok(header) = fluxo_log::batch::BatchHeader::parse(&buf) else {
-                break;
-            };
-            if header.size > buf.len() {
-                break;
+        let (records, next) = decode_records(&bytes, offset).map_err(|e| {
+            ApiError::internal(format!(
+                "cannot decode {}/{} at offset {offset}: {e}",
+                log.topic, log.partition
+            ))
+        })?;
+        out.extend(records.into_iter().map(|r| {
+            BrowsedRecord {
+                partition: log.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             }
-            let next_batch = header.last_offset() + 1;
-            let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-                ApiError::internal(format!(
-                    "cannot decode the batch at {}/{} offset {}: {e}",
-                    log.topic, log.partition, header.base_offset
-                ))
-            })?;
-            for r in set.records {
-                if r.offset < offset || r.control {
-                    continue;
-                }
-                let timestamp = match r.timestamp_type {
-                    // Every record of a LogAppendTime batch has the broker's time.
-                    TimestampType::LogAppend => header.max_timestamp,
-                    TimestampType::Creation => r.timestamp,
-                };
-                out.push(BrowsedRecord {
-                    partition: log.partition,
-                    offset: r.offset,
-                    timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
-                });
-            }
-            offset = offset.max(next_batch);
-        }
+        }));
+        offset = next;
         if offset == before {
             // A read that yields no whole batch would loop forever.
             break;
