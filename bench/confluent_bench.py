@@ -1,6 +1,6 @@
 """Benchmarks fluxo with a real client, confluent-kafka (librdkafka).
 
-Usage: confluent_bench.py BOOTSTRAP {produce,consume,e2e} [options]
+Usage: confluent_bench.py BOOTSTRAP {produce,e2e,txn} [options]
 Prints one human line and one `BENCH {json}` line per measurement.
 """
 import argparse
@@ -60,9 +60,10 @@ def produce(boot, records, size, acks, partitions):
     return topic
 
 
-def consume(boot, topic, partitions, expected):
+def consume(boot, topic, partitions, expected, isolation="read_committed"):
     c = Consumer({"bootstrap.servers": boot, "group.id": "bench", "enable.auto.commit": False,
-                  "fetch.max.bytes": 50_000_000, "max.partition.fetch.bytes": 10_000_000})
+                  "fetch.max.bytes": 50_000_000, "max.partition.fetch.bytes": 10_000_000,
+                  "isolation.level": isolation})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     got = 0
     start = time.perf_counter()
@@ -72,8 +73,68 @@ def consume(boot, topic, partitions, expected):
     secs = time.perf_counter() - start
     c.close()
     rate = got / secs
-    report(f"confluent-kafka consume: {got} records: {rate:,.0f} records/s",
-           {"bench": "confluent_consume", "records": got, "records_per_sec": rate})
+    report(f"confluent-kafka consume ({isolation}): {got} records: {rate:,.0f} records/s",
+           {"bench": "confluent_consume", "isolation": isolation, "records": got, "records_per_sec": rate})
+    return rate
+
+
+def txn_produce(boot, records, size, partitions, per_txn):
+    """Produces `records` with an idempotent producer (per_txn=0) or in
+    transactions of `per_txn` records, acks=all either way."""
+    topic = fresh_topic(boot, partitions)
+    conf = {
+        "bootstrap.servers": boot,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 2_000_000,
+    }
+    if per_txn:
+        conf["transactional.id"] = f"bench-{uuid.uuid4().hex[:8]}"
+    p = Producer(conf)
+    if per_txn:
+        p.init_transactions(30)
+    value = b"x" * size
+    start = time.perf_counter()
+    sent = 0
+    while sent < records:
+        n = min(per_txn or records, records - sent)
+        if per_txn:
+            p.begin_transaction()
+        for i in range(sent, sent + n):
+            while True:
+                try:
+                    p.produce(topic, value, partition=i % partitions)
+                    break
+                except BufferError:
+                    p.poll(0.001)
+        if per_txn:
+            p.commit_transaction(120)
+        sent += n
+    p.flush(120)
+    secs = time.perf_counter() - start
+    rate = records / secs
+    kind = f"transactions of {per_txn}" if per_txn else "idempotent"
+    report(f"confluent-kafka produce {kind}: {records} x {size} B, {partitions} partition(s): {rate:,.0f} records/s",
+           {"bench": "confluent_txn_produce", "per_txn": per_txn, "records": records, "record_size": size,
+            "partitions": partitions, "records_per_sec": rate})
+    return topic, rate
+
+
+def txn(boot, records, size, partitions):
+    """Transactional produce against idempotent produce, and read_committed
+    consume against read_uncommitted, in one run."""
+    topic, base = txn_produce(boot, records, size, partitions, 0)
+    for per_txn in (10_000, 100):
+        n = records if per_txn >= 10_000 else min(records, 200_000)
+        _, rate = txn_produce(boot, n, size, partitions, per_txn)
+        print(f"  ratio to idempotent: {rate / base:.2f}x", flush=True)
+    t2, _ = txn_produce(boot, records, size, partitions, 10_000)
+    unc = consume(boot, t2, partitions, records, "read_uncommitted")
+    com = consume(boot, t2, partitions, records, "read_committed")
+    print(f"  read_committed / read_uncommitted: {com / unc:.2f}x", flush=True)
 
 
 def e2e(boot, rate, seconds):
@@ -107,7 +168,7 @@ def e2e(boot, rate, seconds):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("bootstrap")
-    ap.add_argument("what", choices=["produce", "e2e"])
+    ap.add_argument("what", choices=["produce", "e2e", "txn"])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--acks", default="all")
@@ -120,5 +181,7 @@ if __name__ == "__main__":
         t = produce(a.bootstrap, a.records, a.size, a.acks, a.partitions)
         if a.consume:
             consume(a.bootstrap, t, a.partitions, a.records)
+    elif a.what == "txn":
+        txn(a.bootstrap, a.records, a.size, a.partitions)
     else:
         e2e(a.bootstrap, a.rate, a.seconds)

@@ -188,7 +188,8 @@ def watermarks(bootstrap: str, topic: str, partitions: Iterable[int], timeout: f
 
 def consume_all(bootstrap: str, topic: str, timeout: float = 120.0, **conf) -> dict[int, list[Rec]]:
     """Read every partition of `topic` from offset 0 up to its current high
-    watermark with assign(). Returns partition -> records in offset order."""
+    watermark with assign() (as read_committed, librdkafka's default, unless
+    `conf` says otherwise). Returns partition -> records in offset order."""
     c = consumer(bootstrap, **conf)
     try:
         md = c.list_topics(topic=topic, timeout=10)
@@ -216,6 +217,12 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 120.0, **conf) -> d
                                   tuple(hdrs) if hdrs is not None else None, *m.timestamp()))
                 if m.offset() >= highs[p] - 1:
                     pending.discard(p)
+            # A transactional topic ends with a marker, which is never
+            # delivered: the consumer's position moves past it.
+            if pending:
+                for tp in c.position([TopicPartition(topic, p) for p in sorted(pending)]):
+                    if tp.offset >= highs[tp.partition]:
+                        pending.discard(tp.partition)
         return out
     finally:
         c.close()

@@ -24,7 +24,7 @@ pub mod group;
 pub mod partitioner;
 pub mod records;
 
-pub use records::{encode_batch, fetch, list_offset, produce, Fetched, OutRecord};
+pub use records::{encode_batch, fetch, list_offset, produce, Fetched, Isolation, OutRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -283,7 +283,8 @@ fn encode<'a>(
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                // One batch: the encoder splits where `offset - sequence` changes.
+                sequence: i as i32,
                 timestamp: now,
                 key: Some(Bytes::from(key)),
                 value: value.map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default())),

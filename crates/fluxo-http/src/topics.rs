@@ -18,9 +18,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use fluxo_client::partitioner::partition_for_key;
 use fluxo_client::records::decode_records;
-use fluxo_client::{encode_batch, OutRecord};
+use fluxo_log::OutRecord;
 use fluxo_log::{LogError, LogStore, PartitionLog, Topic, TopicConfig};
-use kafka_protocol::records::Compression;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -244,11 +243,13 @@ impl BrowsedRecord {
 /// The last `limit` records of a partition, read forward from where they
 /// start (the log has no backward reads; batches hold many records).
 fn newest_records(log: &PartitionLog, limit: usize) -> Result<Vec<BrowsedRecord>, ApiError> {
-    let end = log.end_offset();
+    // The browser shows what read_committed consumers see: committed
+    // records only, up to the last stable offset.
+    let end = log.last_stable_offset();
     let mut offset = (end - limit as i64).max(log.log_start_offset());
     let mut out = Vec::new();
     while offset < end {
-        let bytes = match log.read(offset, 1024 * 1024) {
+        let (bytes, aborted) = match log.read_committed(offset, 1024 * 1024) {
             Ok(b) => b,
             // Retention removed the start meanwhile: begin again further on.
             Err(LogError::OffsetOutOfRange { start, .. }) if start > offset => {
@@ -261,7 +262,11 @@ fn newest_records(log: &PartitionLog, limit: usize) -> Result<Vec<BrowsedRecord>
             break;
         }
         let before = offset;
-        let (records, next) = decode_records(&bytes, offset).map_err(|e| {
+        let aborted: Vec<(i64, i64)> = aborted
+            .iter()
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect();
+        let (records, next) = decode_records(&bytes, offset, &aborted).map_err(|e| {
             ApiError::internal(format!(
                 "cannot decode {}/{} at offset {offset}: {e}",
                 log.topic, log.partition
@@ -414,9 +419,9 @@ pub(crate) async fn ingest(
     if let Some(r) = by_partition
         .values()
         .flatten()
-        .find(|r| record_size(r) + BATCH_OVERHEAD > max)
+        .find(|r| r.encoded_size() + BATCH_OVERHEAD > max)
     {
-        return Err(too_large(record_size(r) + BATCH_OVERHEAD, max));
+        return Err(too_large(r.encoded_size() + BATCH_OVERHEAD, max));
     }
     let mut offsets = Vec::new();
     let mut syncs = Vec::new();
@@ -424,7 +429,7 @@ pub(crate) async fn ingest(
         let log = topic
             .partition(p)
             .ok_or_else(|| ApiError::internal(format!("partition {p} of {name} vanished")))?;
-        let (first, last) = append_records(&log, &records, max)?;
+        let (first, last) = append_records(&log, &records)?;
         offsets.push(json!({"partition": p, "base_offset": first, "last_offset": last}));
         syncs.push((log, last + 1));
     }
@@ -441,11 +446,6 @@ pub(crate) async fn ingest(
 /// A v2 batch's header.
 const BATCH_OVERHEAD: usize = fluxo_log::batch::BATCH_HEADER_LEN;
 
-/// A record's share of a batch: its bytes and at most ~24 of framing.
-fn record_size(r: &OutRecord) -> usize {
-    r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + 24
-}
-
 fn too_large(size: usize, max: usize) -> ApiError {
     ApiError(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -453,39 +453,15 @@ fn too_large(size: usize, max: usize) -> ApiError {
     )
 }
 
-/// Appends records as batches that each fit `max.message.bytes`; returns
-/// the first and last offsets written.
-fn append_records(
-    log: &PartitionLog,
-    records: &[OutRecord],
-    max: usize,
-) -> Result<(i64, i64), ApiError> {
-    // Leave a margin rather than encode twice: a record's varint framing
-    // is estimated, not computed.
-    let budget = max.saturating_sub(1024).max(1);
-    let size = record_size;
-    let mut first = None;
-    let mut last = -1;
-    let mut start = 0;
-    while start < records.len() {
-        let mut end = start;
-        let mut bytes = BATCH_OVERHEAD;
-        while end < records.len() && (end == start || bytes + size(&records[end]) <= budget) {
-            bytes += size(&records[end]);
-            end += 1;
-        }
-        let batch = encode_batch(&records[start..end], Compression::None)
-            .map_err(|e| ApiError::internal(format!("cannot encode records: {e}")))?;
-        let mut batch = batch.to_vec();
-        let info = log.append(&mut batch).map_err(|e| match e {
-            LogError::MessageTooLarge { size, max } => too_large(size, max),
-            other => log_error(other),
-        })?;
-        first.get_or_insert(info.base_offset);
-        last = info.last_offset;
-        start = end;
+/// Appends records in batches that each fit `max.message.bytes` (the
+/// log splits them); returns the first and last offsets written.
+fn append_records(log: &PartitionLog, records: &[OutRecord]) -> Result<(i64, i64), ApiError> {
+    match log.append_records(records, None) {
+        Ok(Some(range)) => Ok((range.first_offset, range.last_offset)),
+        Ok(None) => Ok((-1, -1)),
+        Err(LogError::MessageTooLarge { size, max }) => Err(too_large(size, max)),
+        Err(e) => Err(log_error(e)),
     }
-    Ok((first.unwrap_or(-1), last))
 }
 
 #[cfg(test)]
@@ -532,14 +508,14 @@ mod tests {
             })
             .collect();
         // 100 records of ~550 bytes do not fit one 8 KiB batch.
-        let (first, last) = append_records(&log, &records, 8 * 1024).unwrap();
+        let (first, last) = append_records(&log, &records).unwrap();
         assert_eq!((first, last), (0, 99));
         assert_eq!(log.end_offset(), 100);
         let huge = vec![OutRecord {
             value: Some(Bytes::from(vec![b'x'; 20_000])),
             ..OutRecord::default()
         }];
-        let e = append_records(&log, &huge, 8 * 1024).unwrap_err();
+        let e = append_records(&log, &huge).unwrap_err();
         assert_eq!(e.0, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(log.end_offset(), 100, "a refused record writes nothing");
     }

@@ -62,31 +62,24 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub cluster_id: String,
     pub metrics: Arc<metrics::BrokerMetrics>,
-    next_producer_id: std::sync::atomic::AtomicI64,
+    pub transactions: Arc<fluxo_txn::TxnCoordinator>,
 }
 
 impl Broker {
     pub fn new(
         store: Arc<LogStore>,
         groups: Arc<fluxo_groups::GroupCoordinator>,
+        transactions: Arc<fluxo_txn::TxnCoordinator>,
         config: BrokerConfig,
     ) -> Result<Broker, fluxo_log::LogError> {
         let cluster_id = store.cluster_id()?;
-        // Producer ids must not repeat across restarts; time-based seeding
-        // keeps them increasing without another file.
-        let seed = fluxo_log::now_ms() << 8;
         Ok(Broker {
             store,
             groups,
             config,
             cluster_id,
             metrics: Arc::new(metrics::BrokerMetrics::new()),
-            next_producer_id: std::sync::atomic::AtomicI64::new(seed),
+            transactions,
         })
-    }
-
-    pub(crate) fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }

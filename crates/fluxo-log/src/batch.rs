@@ -111,6 +111,170 @@ impl BatchHeader {
     }
 }
 
+/// Makes a freshly encoded batch (exactly one) part of a transaction of
+/// `producer_id`: sets the transactional bit, the producer id and epoch,
+/// and no sequence numbers, and recomputes the CRC.
+pub fn mark_transactional(batch: &mut [u8], producer_id: i64, producer_epoch: i16) {
+    if batch.len() < BATCH_HEADER_LEN {
+        return;
+    }
+    let attributes = be_i16(batch, ATTRIBUTES_OFFSET) | TRANSACTIONAL_BIT;
+    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// What a control batch marks: the end of a transaction on this partition.
+/// The type sits in the key of the batch's single record (a version i16,
+/// then the type i16: 0 abort, 1 commit), as Kafka writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+/// The marker a control batch (exactly one whole batch) carries; None when
+/// the batch is not a control batch or its record is not a transaction
+/// marker this broker knows.
+pub fn control_type(batch: &[u8]) -> Option<ControlType> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() || header.compression() != 0 {
+        return None;
+    }
+    let mut pos = BATCH_HEADER_LEN;
+    let _length = read_varint(batch, &mut pos)?;
+    pos += 1; // record attributes
+    let _timestamp_delta = read_varint(batch, &mut pos)?;
+    let _offset_delta = read_varint(batch, &mut pos)?;
+    let key_len = read_varint(batch, &mut pos)?;
+    if key_len < 4 || batch.len() < pos + 4 {
+        return None;
+    }
+    match be_i16(batch, pos + 2) {
+        0 => Some(ControlType::Abort),
+        1 => Some(ControlType::Commit),
+        _ => None,
+    }
+}
+
+/// A transaction marker as a control batch of one record (offset 0; the
+/// log assigns the real one): key (version 0, type), value (version 0,
+/// coordinator epoch).
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: ControlType,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let kind: i16 = match marker {
+        ControlType::Abort => 0,
+        ControlType::Commit => 1,
+    };
+    let mut record = vec![0u8]; // attributes
+    put_varint(&mut record, 0); // timestamp delta
+    put_varint(&mut record, 0); // offset delta
+    put_varint(&mut record, 4);
+    record.extend(0i16.to_be_bytes());
+    record.extend(kind.to_be_bytes());
+    put_varint(&mut record, 6);
+    record.extend(0i16.to_be_bytes());
+    record.extend(coordinator_epoch.to_be_bytes());
+    put_varint(&mut record, 0); // headers
+    let mut body = Vec::with_capacity(record.len() + 2);
+    put_varint(&mut body, record.len() as i64);
+    body.extend(record);
+
+    let mut b = Vec::with_capacity(BATCH_HEADER_LEN + body.len());
+    b.extend(0i64.to_be_bytes());
+    b.extend(((BATCH_HEADER_LEN - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
+    b.extend((-1i32).to_be_bytes()); // partition leader epoch
+    b.push(2);
+    b.extend(0u32.to_be_bytes()); // crc, below
+    b.extend((TRANSACTIONAL_BIT | CONTROL_BIT).to_be_bytes());
+    b.extend(0i32.to_be_bytes()); // last offset delta
+    b.extend(timestamp.to_be_bytes());
+    b.extend(timestamp.to_be_bytes());
+    b.extend(producer_id.to_be_bytes());
+    b.extend(producer_epoch.to_be_bytes());
+    b.extend((-1i32).to_be_bytes()); // base sequence
+    b.extend(1i32.to_be_bytes());
+    b.extend(body);
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.push(z as u8);
+            return;
+        }
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// One transaction that was aborted on a partition: the producer and the
+/// offsets from its first batch to its ABORT marker. A read_committed
+/// reader drops that producer's batches in the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Whether a batch belongs to one of the `aborted` transactions.
+pub fn is_aborted(h: &BatchHeader, aborted: &[AbortedTxn]) -> bool {
+    h.is_transactional()
+        && !h.is_control()
+        && aborted.iter().any(|a| {
+            a.producer_id == h.producer_id
+                && a.first_offset <= h.base_offset
+                && h.base_offset <= a.last_offset
+        })
+}
+
+/// The byte ranges of the batches in `buf` (whole batches, as a log read
+/// returns them) that a read_committed reader gets as data: neither
+/// control batches nor batches of a transaction in `aborted` (which must
+/// cover the range read). A partial batch at the end is left out.
+pub fn committed_batches(buf: &[u8], aborted: &[AbortedTxn]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Ok(h) = BatchHeader::parse(&buf[pos..]) {
+        if pos + h.size > buf.len() {
+            break;
+        }
+        let dropped = h.is_control() || is_aborted(&h, aborted);
+        if !dropped {
+            out.push(pos..pos + h.size);
+        }
+        pos += h.size;
+    }
+    out
+}
+
 /// How many records the whole batches at the start of `buf` hold, read
 /// from their headers alone (a fetch's answer, for throughput counters).
 /// A partial batch at the end, as a size-limited read may return, is not
@@ -126,6 +290,20 @@ pub fn count_records(buf: &[u8]) -> u64 {
         rest = &rest[h.size..];
     }
     total
+}
+
+/// The last offset of the last whole batch at the start of `buf`.
+pub fn last_offset_of(buf: &[u8]) -> Option<i64> {
+    let mut rest = buf;
+    let mut last = None;
+    while let Ok(h) = BatchHeader::parse(rest) {
+        if h.size > rest.len() {
+            break;
+        }
+        last = Some(h.last_offset());
+        rest = &rest[h.size..];
+    }
+    last
 }
 
 /// Checks one complete batch (exactly `buf`): header sanity and CRC-32C.
@@ -281,16 +459,42 @@ pub(crate) mod tests {
         b
     }
 
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return;
-            }
-            out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
+    #[test]
+    fn control_batches_round_trip_their_marker() {
+        for marker in [ControlType::Abort, ControlType::Commit] {
+            let b = control_batch(77, 3, marker, 0, 1234);
+            let h = validate_batch(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (77, 3, -1)
+            );
+            assert_eq!(control_type(&b), Some(marker));
         }
+        assert_eq!(control_type(&make_batch(1, 4, 0)), None);
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_batches_and_markers_only() {
+        let mut aborted_data = make_idempotent_batch(2, 9, 0);
+        aborted_data[21..23].copy_from_slice(&TRANSACTIONAL_BIT.to_be_bytes());
+        aborted_data[0..8].copy_from_slice(&5i64.to_be_bytes());
+        let plain = make_batch(1, 4, 0);
+        let marker = control_batch(9, 0, ControlType::Abort, 0, 0);
+        let mut buf = plain.clone();
+        buf.extend(&aborted_data);
+        buf.extend(&marker);
+        buf.extend(&plain);
+        let aborted = [AbortedTxn {
+            producer_id: 9,
+            first_offset: 5,
+            last_offset: 7,
+        }];
+        let kept = committed_batches(&buf, &aborted);
+        let second = plain.len() + aborted_data.len() + marker.len();
+        assert_eq!(kept, vec![0..plain.len(), second..second + plain.len()]);
+        // Without the abort, the transaction's data is kept (committed).
+        assert_eq!(committed_batches(&buf, &[]).len(), 3);
     }
 
     #[test]

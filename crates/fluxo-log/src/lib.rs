@@ -21,11 +21,14 @@ pub mod batch;
 pub mod config;
 pub mod partition;
 mod producer_state;
+pub mod records;
 pub mod segment;
 mod store;
+mod txn_index;
 
 pub use config::{TimestampType, TopicConfig, CONFIG_DEFS};
 pub use partition::{AppendInfo, AppendTotals, PartitionLog, PartitionOffsets};
+pub use records::{encode_batch, AppendedRange, OutRecord};
 pub use store::{LogStore, Topic};
 
 /// Errors of the log store; the Kafka front maps each to an error code.

@@ -7,7 +7,12 @@
 //!   one partition are serialised in arrival order;
 //! - a batch is visible to readers (below `end_offset`) only after all its
 //!   bytes are in the file, so a reader never sees a partial batch;
-//! - `flushed_offset` never passes data that has not been fsynced.
+//! - `flushed_offset` never passes data that has not been fsynced;
+//! - the last stable offset (LSO) is the first offset of the oldest open
+//!   transaction, or the end offset when none is open; it only grows, and
+//!   a read_committed reader never reads at or past it;
+//! - control batches (transaction markers) are written only by the broker
+//!   ([`PartitionLog::append_marker`]); a client's produce cannot forge one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -17,10 +22,13 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::batch::{assign_offset, split_batches, BatchHeader};
+use crate::batch::{
+    assign_offset, control_batch, control_type, split_batches, AbortedTxn, BatchHeader, ControlType,
+};
 use crate::config::{TimestampType, TopicConfig};
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::Segment;
+use crate::txn_index::TxnIndex;
 use crate::{now_ms, LogError, Result};
 
 /// What an append did.
@@ -43,6 +51,7 @@ pub struct AppendInfo {
 struct AppendState {
     messages_since_flush: i64,
     producers: ProducerStates,
+    aborted: TxnIndex,
 }
 
 pub struct PartitionLog {
@@ -58,8 +67,11 @@ pub struct PartitionLog {
     flush_lock: tokio::sync::Mutex<()>,
     /// Set when a write failed and could not be undone: no more appends.
     offline: AtomicBool,
-    /// Publishes the end offset, so long-polling fetches wake on appends.
+    /// Publishes the end offset, so long-polling fetches wake on appends
+    /// (a marker is an append too, so read_committed waiters wake when the
+    /// LSO moves).
     end_offset_tx: watch::Sender<i64>,
+    last_stable_offset: AtomicI64,
     /// Records and bytes appended since the partition was opened, whoever
     /// wrote them (producers, HTTP ingest, sinks, generators): the base of
     /// throughput rates and `/metrics`.
@@ -123,7 +135,8 @@ impl PartitionLog {
         // overlaps: the next segment's base wins.
         let end = segments.last().map(|s| s.next_offset()).unwrap_or(0);
         let start = segments.first().map(|s| s.base_offset).unwrap_or(0);
-        let producers = restore_producers(dir, &segments, end)?;
+        let (producers, aborted) = restore_producers(dir, &segments, end)?;
+        let lso = producers.first_unstable_offset().unwrap_or(end);
         let (end_offset_tx, _) = watch::channel(end);
         Ok(PartitionLog {
             topic: topic.to_string(),
@@ -134,7 +147,9 @@ impl PartitionLog {
             append_lock: Mutex::new(AppendState {
                 messages_since_flush: 0,
                 producers,
+                aborted,
             }),
+            last_stable_offset: AtomicI64::new(lso),
             log_start_offset: AtomicI64::new(start),
             // What survived recovery is on disk.
             flushed_offset: AtomicI64::new(end),
@@ -167,6 +182,36 @@ impl PartitionLog {
         self.log_start_offset.load(Ordering::Acquire)
     }
 
+    /// The last stable offset: read_committed readers stop here.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.last_stable_offset.load(Ordering::Acquire)
+    }
+
+    /// The aborted transactions that overlap offsets `[from, to)`, for a
+    /// read_committed fetch of that range.
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.append_lock.lock().aborted.overlapping(from, to)
+    }
+
+    /// The first offset of `producer_id`'s open transaction here, if any.
+    pub fn open_transaction(&self, producer_id: i64) -> Option<i64> {
+        self.append_lock
+            .lock()
+            .producers
+            .open_transaction(producer_id)
+    }
+
+    /// Open transactions, (first offset, producer id), oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.append_lock.lock().producers.open_transactions()
+    }
+
+    /// Producers with state here: (id, epoch, last sequence, first offset
+    /// of their open transaction).
+    pub fn producers(&self) -> Vec<(i64, i16, i32, Option<i64>)> {
+        self.append_lock.lock().producers.producers()
+    }
+
     pub fn offsets(&self) -> PartitionOffsets {
         let segs = self.segments.read();
         PartitionOffsets {
@@ -191,12 +236,43 @@ impl PartitionLog {
 
     /// Validates and appends a produce request's record set. The batches
     /// are rewritten in place with their offsets and then written as is.
+    /// Control batches are refused: only the broker writes markers.
     pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo> {
+        self.append_batches(records, false)
+    }
+
+    /// Writes a transaction marker (COMMIT or ABORT) for `producer_id`,
+    /// closing its open transaction here. A marker for a producer with no
+    /// open transaction is still written (a coordinator completing a
+    /// transaction again after a crash) and changes nothing.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: ControlType,
+        coordinator_epoch: i32,
+    ) -> Result<AppendInfo> {
+        let mut batch = control_batch(
+            producer_id,
+            producer_epoch,
+            marker,
+            coordinator_epoch,
+            now_ms(),
+        );
+        self.append_batches(&mut batch, true)
+    }
+
+    fn append_batches(&self, records: &mut [u8], markers: bool) -> Result<AppendInfo> {
         if self.offline.load(Ordering::Acquire) {
             return Err(LogError::Offline("an earlier write failed".into()));
         }
         let config = self.config();
         let batches = split_batches(records)?;
+        if !markers && batches.iter().any(|(_, h)| h.is_control()) {
+            return Err(LogError::InvalidRecord(
+                "control batches are written by the broker, not by producers".into(),
+            ));
+        }
         let max = config.max_message_bytes();
         if let Some((_, h)) = batches.iter().find(|(_, h)| h.size > max) {
             return Err(LogError::MessageTooLarge { size: h.size, max });
@@ -206,7 +282,7 @@ impl PartitionLog {
         let mut state = self.append_lock.lock();
         let mut segment = self.active_segment();
         if self.should_roll(&segment, records.len() as u64, &config, now) {
-            segment = self.roll(&segment, now, &mut state.producers)?;
+            segment = self.roll(&segment, now, &mut state)?;
         }
         let base = segment.next_offset();
         // Idempotent producers: a retried batch is answered with the offset
@@ -246,15 +322,28 @@ impl PartitionLog {
             }
             return Err(e);
         }
-        for (_, h) in &placed {
-            state.producers.record(h);
+        for (start, h) in &placed {
+            let control = if h.is_control() {
+                control_type(&records[*start..*start + h.size])
+            } else {
+                None
+            };
+            if let Some(aborted) = state.producers.record(h, control) {
+                // The marker is in the log; an index entry lost to a crash
+                // is restored by the replay on open.
+                if let Err(e) = state.aborted.push(aborted) {
+                    tracing::error!(topic = %self.topic, partition = self.partition, "cannot write the aborted-transaction index: {e}");
+                }
+            }
         }
+        let lso = state.producers.first_unstable_offset().unwrap_or(next);
         state.messages_since_flush += count;
         self.appended_records
             .fetch_add(count as u64, Ordering::Relaxed);
         self.appended_bytes
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         let flush_due = state.messages_since_flush >= config.flush_messages();
+        self.last_stable_offset.store(lso, Ordering::Release);
         drop(state);
         self.end_offset_tx.send_replace(next);
         Ok(AppendInfo {
@@ -288,16 +377,14 @@ impl PartitionLog {
     }
 
     /// Seals the active segment (fsync, index files) and starts a new one.
-    fn roll(
-        &self,
-        old: &Arc<Segment>,
-        now: i64,
-        producers: &mut ProducerStates,
-    ) -> Result<Arc<Segment>> {
+    fn roll(&self, old: &Arc<Segment>, now: i64, state: &mut AppendState) -> Result<Arc<Segment>> {
         old.sync()?;
         old.write_indexes()?;
         let base = old.next_offset();
-        producers.write_snapshot(&self.dir, base)?;
+        // The snapshot's replay point must not pass an index entry the
+        // file might still lose.
+        state.aborted.sync()?;
+        state.producers.write_snapshot(&self.dir, base)?;
         let seg = Arc::new(Segment::create(&self.dir, base, now)?);
         std::fs::File::open(&self.dir)?.sync_all()?;
         self.segments.write().push(seg.clone());
@@ -316,9 +403,7 @@ impl PartitionLog {
         if active.is_empty() {
             return Ok(active.base_offset);
         }
-        Ok(self
-            .roll(&active, now_ms(), &mut state.producers)?
-            .base_offset)
+        Ok(self.roll(&active, now_ms(), &mut state)?.base_offset)
     }
 
     /// Deletes the sealed segments that hold only offsets below `offset`
@@ -339,7 +424,15 @@ impl PartitionLog {
         for seg in &removed {
             seg.delete_files();
         }
+        self.trim_aborted_index();
         removed.len()
+    }
+
+    fn trim_aborted_index(&self) {
+        let start = self.log_start_offset();
+        if let Err(e) = self.append_lock.lock().aborted.trim_before(start) {
+            tracing::warn!(topic = %self.topic, partition = self.partition, "cannot trim the aborted-transaction index: {e}");
+        }
     }
 
     pub fn flushed_offset(&self) -> i64 {
@@ -414,6 +507,53 @@ impl PartitionLog {
         Ok(Bytes::new())
     }
 
+    /// Reads whole batches from the one holding `offset`, none at or past
+    /// `upper` (the LSO for read_committed, the end otherwise), within
+    /// `max_bytes`. With `min_one` the first batch comes even when it alone
+    /// is larger (so a consumer always progresses); without it, a read
+    /// whose first batch does not fit returns nothing.
+    pub fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper: i64,
+        min_one: bool,
+    ) -> Result<Bytes> {
+        if offset >= upper && offset >= self.log_start_offset() && offset <= self.end_offset() {
+            return Ok(Bytes::new());
+        }
+        let mut bytes = self.read(offset, max_bytes)?;
+        let mut cut = 0usize;
+        while let Ok(h) = BatchHeader::parse(&bytes[cut..]) {
+            if h.base_offset >= upper || cut + h.size > bytes.len() {
+                break;
+            }
+            if cut + h.size > max_bytes && !(min_one && cut == 0) {
+                break;
+            }
+            cut += h.size;
+        }
+        bytes.truncate(cut);
+        Ok(bytes)
+    }
+
+    /// A read_committed read for in-process readers: whole batches below
+    /// the LSO with the aborted transactions they overlap (filter them
+    /// with [`crate::batch::committed_batches`]).
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(Bytes, Vec<AbortedTxn>)> {
+        let lso = self.last_stable_offset();
+        let bytes = self.read_bounded(offset, max_bytes, lso, true)?;
+        let aborted = match crate::batch::last_offset_of(&bytes) {
+            Some(last) => self.aborted_transactions(offset, last + 1),
+            None => Vec::new(),
+        };
+        Ok((bytes, aborted))
+    }
+
     /// The first batch holding a record with timestamp >= `ts`, with its
     /// base offset; the caller finds the exact record inside it.
     pub fn find_batch_by_timestamp(&self, ts: i64) -> Result<Option<(i64, Bytes)>> {
@@ -484,6 +624,9 @@ impl PartitionLog {
             tracing::info!(topic = %self.topic, partition = self.partition, "retention deletes segment at offset {}", seg.base_offset);
             seg.delete_files();
         }
+        if !removed.is_empty() {
+            self.trim_aborted_index();
+        }
         removed.len()
     }
 
@@ -494,6 +637,7 @@ impl PartitionLog {
             seg.write_indexes()?;
         }
         let mut state = self.append_lock.lock();
+        state.aborted.sync()?;
         state
             .producers
             .write_snapshot(&self.dir, self.end_offset())?;
@@ -501,19 +645,34 @@ impl PartitionLog {
     }
 }
 
-/// Idempotent-producer state after a restart: the newest snapshot, then
-/// every batch header after it. Without a snapshot only the active segment
+/// Producer state after a restart: the newest snapshot, then every batch
+/// header after it, which also re-adds the aborted transactions whose
+/// index entries a crash lost. Without a snapshot only the active segment
 /// is replayed, which bounds the cost of opening a long log.
-fn restore_producers(dir: &Path, segments: &[Arc<Segment>], end: i64) -> Result<ProducerStates> {
+fn restore_producers(
+    dir: &Path,
+    segments: &[Arc<Segment>],
+    end: i64,
+) -> Result<(ProducerStates, TxnIndex)> {
     let active_base = segments.last().map(|s| s.base_offset).unwrap_or(0);
     let (from, mut producers) = match ProducerStates::load_snapshot(dir, end) {
         Some((offset, state)) => (offset, state),
         None => (active_base, ProducerStates::default()),
     };
+    let mut aborted = TxnIndex::open(dir, end)?;
+    let mut replayed = Vec::new();
     for seg in segments.iter().filter(|s| s.next_offset() > from) {
-        seg.for_each_header_from(from.max(seg.base_offset), |h| producers.record(h))?;
+        seg.for_each_header_from(from.max(seg.base_offset), |h, control| {
+            if let Some(txn) = producers.record(h, control) {
+                replayed.push(txn);
+            }
+        })?;
     }
-    Ok(producers)
+    for txn in replayed {
+        aborted.push(txn)?;
+    }
+    aborted.sync()?;
+    Ok((producers, aborted))
 }
 
 #[cfg(test)]
@@ -718,6 +877,104 @@ mod tests {
         assert!(log.flushed_offset() < 3);
         log.sync_to(info.last_offset + 1).await.unwrap();
         assert_eq!(log.flushed_offset(), 3);
+    }
+
+    /// `make_idempotent_batch` as part of a transaction.
+    fn transactional(n: i32, producer_id: i64, base_sequence: i32) -> Vec<u8> {
+        let mut b = crate::batch::tests::make_idempotent_batch(n, producer_id, base_sequence);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn open_transactions_hold_the_lso_and_aborts_are_indexed_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || TopicConfig::from_pairs([("segment.bytes", "300")]).unwrap();
+        {
+            let log = open(dir.path(), config());
+            log.append(&mut make_batch(2, 10, 1)).unwrap(); // 0..1
+            assert_eq!(log.last_stable_offset(), 2);
+            log.append(&mut transactional(3, 7, 0)).unwrap(); // 2..4, txn of 7
+            log.append(&mut transactional(1, 8, 0)).unwrap(); // 5, txn of 8
+            log.append(&mut make_batch(1, 10, 1)).unwrap(); // 6
+            assert_eq!(log.last_stable_offset(), 2, "7's open transaction holds it");
+            assert_eq!(log.open_transaction(7), Some(2));
+            // A read_committed read stops before the open transaction.
+            let bytes = log
+                .read_bounded(0, 1 << 20, log.last_stable_offset(), true)
+                .unwrap();
+            assert_eq!(crate::batch::last_offset_of(&bytes), Some(1));
+            log.append_marker(7, 0, ControlType::Abort, 0).unwrap(); // 7
+            assert_eq!(log.last_stable_offset(), 5, "now 8's transaction holds it");
+            log.append_marker(8, 0, ControlType::Commit, 0).unwrap(); // 8
+            assert_eq!(log.last_stable_offset(), 9);
+            assert_eq!(log.open_transaction(7), None);
+            // 7 reuses its epoch for a second transaction, left open.
+            log.append(&mut transactional(2, 7, 3)).unwrap(); // 9..10
+            assert_eq!(log.last_stable_offset(), 9);
+            // No close: a crash.
+        }
+        let log = open(dir.path(), config());
+        assert_eq!(log.last_stable_offset(), 9, "the open transaction survives");
+        let expected = AbortedTxn {
+            producer_id: 7,
+            first_offset: 2,
+            last_offset: 7,
+        };
+        assert_eq!(log.aborted_transactions(0, 11), vec![expected]);
+        assert_eq!(log.aborted_transactions(8, 11), vec![]);
+        // Read committed across the segments, as a pipeline does.
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        while at < log.last_stable_offset() {
+            let (bytes, aborted) = log.read_committed(at, 1 << 20).unwrap();
+            for r in crate::batch::committed_batches(&bytes, &aborted) {
+                offsets.push(BatchHeader::parse(&bytes[r]).unwrap().base_offset);
+            }
+            at = crate::batch::last_offset_of(&bytes).unwrap() + 1;
+        }
+        assert_eq!(
+            offsets,
+            vec![0, 5, 6],
+            "aborted data and markers are dropped"
+        );
+        // A marker with an older epoch than the producer's is refused.
+        log.append_marker(7, 1, ControlType::Abort, 0).unwrap();
+        assert!(matches!(
+            log.append_marker(7, 0, ControlType::Commit, 0),
+            Err(LogError::InvalidProducerEpoch(_))
+        ));
+        assert_eq!(log.last_stable_offset(), log.end_offset());
+    }
+
+    #[test]
+    fn producers_cannot_write_control_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        let mut marker = control_batch(5, 0, ControlType::Commit, 0, 1);
+        assert!(matches!(
+            log.append(&mut marker),
+            Err(LogError::InvalidRecord(_))
+        ));
+        assert_eq!(log.end_offset(), 0);
+    }
+
+    #[test]
+    fn a_bounded_read_without_min_one_returns_only_batches_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        log.append(&mut make_batch(1, 500, 1)).unwrap();
+        log.append(&mut make_batch(1, 500, 1)).unwrap();
+        let end = log.end_offset();
+        assert!(log.read_bounded(0, 100, end, false).unwrap().is_empty());
+        let one = log.read_bounded(0, 100, end, true).unwrap();
+        assert_eq!(crate::batch::last_offset_of(&one), Some(0));
+        let both = log.read_bounded(0, 1 << 20, end, false).unwrap();
+        assert_eq!(crate::batch::last_offset_of(&both), Some(1));
+        let first_only = log.read_bounded(0, 1 << 20, 1, false).unwrap();
+        assert_eq!(crate::batch::last_offset_of(&first_only), Some(0));
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! after it are replayed. So a producer that retries a batch written just
 //! before a crash gets DUPLICATE handling, not a second copy.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::BatchHeader;
+use crate::batch::{AbortedTxn, BatchHeader, ControlType};
 use crate::{LogError, Result};
 
 const SNAPSHOT_SUFFIX: &str = ".producers";
@@ -36,6 +36,9 @@ struct BatchMetadata {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchMetadata>,
+    /// First offset of the producer's open transaction on this partition.
+    #[serde(default)]
+    txn_first_offset: Option<i64>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +49,10 @@ pub(crate) struct ProducerStates {
     /// partitions writes nothing).
     #[serde(skip)]
     dirty: bool,
+    /// (first offset, producer id) of every open transaction: the LSO is
+    /// the first entry. Derived from `producers`, rebuilt on load.
+    #[serde(skip)]
+    open_txns: BTreeSet<(i64, i64)>,
 }
 
 pub(crate) enum SequenceCheck {
@@ -60,6 +67,19 @@ fn last_seq(h: &BatchHeader) -> i32 {
 
 impl ProducerStates {
     pub(crate) fn check(&self, h: &BatchHeader) -> Result<SequenceCheck> {
+        if h.is_control() {
+            // A marker carries the coordinator's epoch, which may be newer
+            // (a bump fences the old producer) but never older.
+            if let Some(entry) = self.producers.get(&h.producer_id) {
+                if h.producer_epoch < entry.epoch {
+                    return Err(LogError::InvalidProducerEpoch(format!(
+                        "marker of producer {} has epoch {}, older than {}",
+                        h.producer_id, h.producer_epoch, entry.epoch
+                    )));
+                }
+            }
+            return Ok(SequenceCheck::Append);
+        }
         if h.producer_id < 0 || h.base_sequence < 0 {
             return Ok(SequenceCheck::Append);
         }
@@ -110,10 +130,22 @@ impl ProducerStates {
         Ok(SequenceCheck::Append)
     }
 
-    /// Records a batch that was written (with its assigned base offset).
-    pub(crate) fn record(&mut self, h: &BatchHeader) {
-        if h.producer_id < 0 || h.base_sequence < 0 {
-            return;
+    /// Records a batch that was written (with its assigned base offset);
+    /// `control` is the marker of a control batch. Returns the transaction
+    /// an ABORT marker closed.
+    pub(crate) fn record(
+        &mut self,
+        h: &BatchHeader,
+        control: Option<ControlType>,
+    ) -> Option<AbortedTxn> {
+        if h.producer_id < 0 {
+            return None;
+        }
+        if h.is_control() {
+            return self.end_transaction(h, control);
+        }
+        if h.base_sequence < 0 && !h.is_transactional() {
+            return None;
         }
         self.dirty = true;
         let entry = self.producers.entry(h.producer_id).or_default();
@@ -121,14 +153,79 @@ impl ProducerStates {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
-        entry.batches.push_back(BatchMetadata {
-            first_seq: h.base_sequence,
-            last_seq: last_seq(h),
-            base_offset: h.base_offset,
-        });
-        while entry.batches.len() > REMEMBERED_BATCHES {
-            entry.batches.pop_front();
+        if h.is_transactional() && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(h.base_offset);
+            self.open_txns.insert((h.base_offset, h.producer_id));
         }
+        if h.base_sequence >= 0 {
+            entry.batches.push_back(BatchMetadata {
+                first_seq: h.base_sequence,
+                last_seq: last_seq(h),
+                base_offset: h.base_offset,
+            });
+            while entry.batches.len() > REMEMBERED_BATCHES {
+                entry.batches.pop_front();
+            }
+        }
+        None
+    }
+
+    fn end_transaction(
+        &mut self,
+        h: &BatchHeader,
+        control: Option<ControlType>,
+    ) -> Option<AbortedTxn> {
+        self.dirty = true;
+        let entry = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch > entry.epoch {
+            // The coordinator bumped the epoch (a fence or a timeout):
+            // the old epoch's batches are no longer retried.
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        let first = entry.txn_first_offset.take()?;
+        self.open_txns.remove(&(first, h.producer_id));
+        (control == Some(ControlType::Abort)).then_some(AbortedTxn {
+            producer_id: h.producer_id,
+            first_offset: first,
+            last_offset: h.base_offset,
+        })
+    }
+
+    /// First offset of the oldest open transaction, if any.
+    pub(crate) fn first_unstable_offset(&self) -> Option<i64> {
+        self.open_txns.first().map(|(offset, _)| *offset)
+    }
+
+    /// Whether `producer_id` has a transaction open here, with its first
+    /// offset.
+    pub(crate) fn open_transaction(&self, producer_id: i64) -> Option<i64> {
+        self.producers.get(&producer_id)?.txn_first_offset
+    }
+
+    /// The open transactions, (first offset, producer id), oldest first.
+    pub(crate) fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.open_txns.iter().copied().collect()
+    }
+
+    /// Producers known here, with their epoch and last sequence, for
+    /// DescribeProducers: (id, epoch, last sequence, open txn start).
+    pub(crate) fn producers(&self) -> Vec<(i64, i16, i32, Option<i64>)> {
+        self.producers
+            .iter()
+            .map(|(id, e)| {
+                let last = e.batches.back().map(|b| b.last_seq).unwrap_or(-1);
+                (*id, e.epoch, last, e.txn_first_offset)
+            })
+            .collect()
+    }
+
+    fn rebuild_open_transactions(&mut self) {
+        self.open_txns = self
+            .producers
+            .iter()
+            .filter_map(|(id, e)| e.txn_first_offset.map(|first| (first, *id)))
+            .collect();
     }
 }
 
@@ -182,9 +279,12 @@ impl ProducerStates {
             }
             match std::fs::read(snapshot_path(dir, offset))
                 .ok()
-                .and_then(|data| serde_json::from_slice(&data).ok())
+                .and_then(|data| serde_json::from_slice::<ProducerStates>(&data).ok())
             {
-                Some(state) => return Some((offset, state)),
+                Some(mut state) => {
+                    state.rebuild_open_transactions();
+                    return Some((offset, state));
+                }
                 None => {
                     tracing::warn!(dir = %dir.display(), "skipping unreadable producer snapshot at {offset}")
                 }
@@ -220,10 +320,10 @@ mod tests {
     fn snapshots_round_trip_and_skip_those_past_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = ProducerStates::default();
-        state.record(&idempotent(7, 0, 0));
-        state.record(&idempotent(7, 2, 2));
+        state.record(&idempotent(7, 0, 0), None);
+        state.record(&idempotent(7, 2, 2), None);
         state.write_snapshot(dir.path(), 4).unwrap();
-        state.record(&idempotent(7, 4, 4));
+        state.record(&idempotent(7, 4, 4), None);
         state.write_snapshot(dir.path(), 6).unwrap();
         let (at, loaded) = ProducerStates::load_snapshot(dir.path(), 6).unwrap();
         assert_eq!(at, 6);

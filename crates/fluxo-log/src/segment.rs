@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::batch::{validate_batch, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use crate::batch::{validate_batch, BatchHeader, ControlType, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use crate::{LogError, Result};
 
 /// An offset index entry: every `index.interval.bytes` of log, where a batch
@@ -389,18 +389,30 @@ impl Segment {
 
     /// Calls `f` with the header of every batch that holds offsets at or
     /// after `offset`, in order.
+    /// Control batches come with the marker they carry.
     pub(crate) fn for_each_header_from(
         &self,
         offset: i64,
-        mut f: impl FnMut(&BatchHeader),
+        mut f: impl FnMut(&BatchHeader, Option<ControlType>),
     ) -> Result<()> {
-        let Some(start) = self.position_of(offset)? else {
+        let Some(mut pos) = self.position_of(offset)? else {
             return Ok(());
         };
-        self.scan_from(start, |h| {
-            f(h);
-            false
-        })?;
+        let end = self.size();
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while pos + (BATCH_HEADER_LEN as u64) <= end {
+            self.file.read_exact_at(&mut header, pos)?;
+            let h = BatchHeader::parse(&header)?;
+            let control = if h.is_control() {
+                let mut whole = vec![0u8; h.size];
+                self.file.read_exact_at(&mut whole, pos)?;
+                crate::batch::control_type(&whole)
+            } else {
+                None
+            };
+            f(&h, control);
+            pos += h.size as u64;
+        }
         Ok(())
     }
 

@@ -64,9 +64,19 @@ pub struct LogStore {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises metadata changes, so the file always matches memory.
     metadata_lock: Mutex<()>,
+    /// Producer ids for idempotent and transactional producers (the Kafka
+    /// front's InitProducerId, the transaction coordinator, the SQL
+    /// engine's transactional sinks): one source, so they never collide.
+    next_producer_id: std::sync::atomic::AtomicI64,
 }
 
 impl LogStore {
+    /// A producer id no other producer of this store has had.
+    pub fn allocate_producer_id(&self) -> i64 {
+        self.next_producer_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens the data directory, recovering every partition.
     pub fn open(data_dir: &Path) -> Result<LogStore> {
         std::fs::create_dir_all(data_dir.join("log"))?;
@@ -81,6 +91,9 @@ impl LogStore {
             data_dir: data_dir.to_path_buf(),
             topics: RwLock::new(BTreeMap::new()),
             metadata_lock: Mutex::new(()),
+            // Ids must not repeat across restarts; seeding from the clock
+            // keeps them increasing without another file.
+            next_producer_id: std::sync::atomic::AtomicI64::new(crate::now_ms() << 8),
         };
         let started = std::time::Instant::now();
         for record in meta.topics {

@@ -586,7 +586,12 @@ impl Engine {
                         def.from
                     )));
                 }
-                Box::new(TopicSink::new(def.name.clone(), config, self.store.clone()))
+                Box::new(TopicSink::new(
+                    def.name.clone(),
+                    &def.name,
+                    config,
+                    self.store.clone(),
+                ))
             }
             "parquet" => {
                 let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);

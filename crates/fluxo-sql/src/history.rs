@@ -188,7 +188,8 @@ impl TableProvider for HistoryTable {
         let ranges: Vec<(Arc<PartitionLog>, i64, i64)> = logs
             .into_iter()
             .map(|log| {
-                let (start, end) = (log.log_start_offset(), log.end_offset());
+                // A batch query reads what is committed when it starts.
+                let (start, end) = (log.log_start_offset(), log.last_stable_offset());
                 (log, start, end)
             })
             .filter(|(_, start, end)| end > start)
@@ -603,13 +604,13 @@ impl Read {
                 c.offset = to;
                 continue;
             }
-            let bytes = c.log.read(c.offset, READ_BYTES).map_err(|e| {
+            let (bytes, aborted) = c.log.read_committed(c.offset, READ_BYTES).map_err(|e| {
                 SqlError::Execution(format!(
                     "reading {}/{} at offset {}: {e}",
                     c.log.topic, c.log.partition, c.offset
                 ))
             })?;
-            let (values, next) = decode_record_range(bytes, c.offset, c.end)?;
+            let (values, next) = decode_record_range(bytes, c.offset, c.end, &aborted)?;
             if next <= c.offset {
                 // Nothing readable before the end (the log moved under us).
                 return Ok(None);

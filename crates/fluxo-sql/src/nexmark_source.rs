@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fluxo_client::{encode_batch, OutRecord};
+use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 use fluxo_nexmark::{EventKind, Generator, GeneratorConfig};
-use kafka_protocol::records::Compression;
 use parking_lot::Mutex;
 
 use crate::error::{Result, SqlError};
@@ -224,10 +223,7 @@ fn generate(options: &NexmarkOptions, log: &PartitionLog, stop: &AtomicBool) -> 
                 ..Default::default()
             });
         }
-        let batch = encode_batch(&records, Compression::None)
-            .map_err(|e| SqlError::Internal(format!("cannot encode generated events: {e}")))?;
-        let mut bytes = batch.to_vec();
-        log.append(&mut bytes)
+        log.append_records(&records, None)
             .map_err(|e| SqlError::Execution(format!("cannot append to {}: {e}", options.topic)))?;
         k += n;
     }

@@ -279,6 +279,7 @@ impl Runner {
                 )?)
             }
         };
+        let late_identity = format!("{}/late", spec.name);
         Ok(Runner {
             name: spec.name,
             decoder: RecordDecoder::new(std::sync::Arc::new(source.schema()), format),
@@ -304,6 +305,7 @@ impl Runner {
             late_output: spec.late_topic.map(|topic| {
                 TopicSink::new(
                     LATE_OUTPUT.to_string(),
+                    &late_identity,
                     TopicSinkConfig {
                         topic,
                         key: Vec::new(),
@@ -430,7 +432,7 @@ impl Runner {
                 // Retention may have removed records nobody read (the
                 // readers skip them too).
                 cursor.offset = cursor.offset.max(log.log_start_offset());
-                cursor.caught_up = cursor.offset >= log.end_offset();
+                cursor.caught_up = cursor.offset >= log.last_stable_offset();
             }
             let watermark = self.combined_watermark();
             if watermark > self.watermark || self.updated_closed_windows {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fluxo_log::batch::{is_aborted, AbortedTxn, BatchHeader};
 use fluxo_log::LogStore;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
@@ -171,13 +172,17 @@ impl Reader {
                     .get_or_insert_with(|| self.start_offsets.get(p).copied().unwrap_or(log_start));
                 // Retention may have removed what a checkpoint pointed at.
                 *cursor = (*cursor).max(log_start);
-                if *cursor >= log.end_offset() {
+                // Pipelines read committed data only: never past the last
+                // stable offset, and never an aborted transaction's records.
+                if *cursor >= log.last_stable_offset() {
                     continue;
                 }
                 let chunk = log
-                    .read(*cursor, READ_BYTES)
+                    .read_committed(*cursor, READ_BYTES)
                     .map_err(|e| SqlError::Execution(format!("reading {}/{p}: {e}", self.topic)))
-                    .and_then(|bytes| decode_records(bytes, *cursor))
+                    .and_then(|(bytes, aborted)| {
+                        decode_record_range(bytes, *cursor, i64::MAX, &aborted)
+                    })
                     .and_then(|(values, next)| {
                         let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
                         Ok(Chunk {
@@ -233,26 +238,33 @@ impl Reader {
     }
 }
 
-/// The values of the records at or after `from` in `bytes` (whole batches
-/// from the log), and the offset after the last record.
-pub fn decode_records(bytes: Bytes, from: i64) -> Result<(Vec<Bytes>, i64)> {
-    decode_record_range(bytes, from, i64::MAX)
-}
-
-/// The values of the records with offsets in `from..until` in `bytes`, and
-/// the offset after the last record taken (or after the last batch, when
-/// batches hold only control records or compacted-away offsets).
-pub fn decode_record_range(mut bytes: Bytes, from: i64, until: i64) -> Result<(Vec<Bytes>, i64)> {
+/// The values of the records with offsets in `from..until` in `bytes`
+/// (whole batches from a read_committed read), leaving out control records
+/// and the batches of `aborted` transactions, and the offset after the
+/// last record taken (or after the last batch, when batches hold only
+/// control records, aborted data or compacted-away offsets).
+pub fn decode_record_range(
+    mut bytes: Bytes,
+    from: i64,
+    until: i64,
+    aborted: &[AbortedTxn],
+) -> Result<(Vec<Bytes>, i64)> {
     let mut values = Vec::new();
     let mut next = from;
-    while bytes.len() >= 61 {
-        let last_delta = i32::from_be_bytes([bytes[23], bytes[24], bytes[25], bytes[26]]) as i64;
-        let base = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or([0; 8]));
-        if base >= until {
+    while let Ok(header) = BatchHeader::parse(&bytes) {
+        if header.base_offset >= until || header.size > bytes.len() {
             break;
         }
+        if header.is_control() || is_aborted(&header, aborted) {
+            let _ = bytes.split_to(header.size);
+            next = next.max((header.last_offset() + 1).min(until));
+            continue;
+        }
         let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
-            SqlError::Execution(format!("corrupt record batch at offset {base}: {e}"))
+            SqlError::Execution(format!(
+                "corrupt record batch at offset {}: {e}",
+                header.base_offset
+            ))
         })?;
         for r in set.records {
             if r.offset < from || r.offset >= until || r.control {
@@ -262,7 +274,7 @@ pub fn decode_record_range(mut bytes: Bytes, from: i64, until: i64) -> Result<(V
                 values.push(v);
             }
         }
-        next = next.max((base + last_delta + 1).min(until));
+        next = next.max((header.last_offset() + 1).min(until));
     }
     Ok((values, next))
 }

@@ -6,21 +6,31 @@
 //! (or staged) and returns what is needed to finish it after a crash, which
 //! goes into the checkpoint; [`Sink::commit`] runs once the checkpoint is on
 //! disk and makes the epoch visible; [`Sink::recover`] on a restart gets the
-//! prepared state of the checkpoint the pipeline resumes from. A topic sink
-//! writes records as they come and `prepare` fsyncs them: at-least-once
-//! (after a crash, results since the last checkpoint are written again). A
-//! transactional topic sink or a Delta sink fits the same calls: write into
-//! an open transaction, pre-commit in `prepare`, commit in `commit`, and in
-//! `recover` commit a prepared transaction the crash interrupted.
+//! prepared state of the checkpoint the pipeline resumes from.
+//!
+//! The topic sink is exactly once. Each checkpoint epoch is one Kafka
+//! transaction on the sink's topic: records are written as transactional
+//! batches of the sink's own producer id as they come (read_committed
+//! readers, pipelines among them, do not see them yet), `prepare` fsyncs
+//! them and records, per partition, the end offset they reach; `commit`
+//! writes a COMMIT marker to each partition. After a crash, `recover`
+//! looks at the producer's open transaction on each partition: one that
+//! began below the prepared end offset is the checkpointed epoch, whose
+//! commit the crash interrupted, and is committed; one that began after it
+//! is an epoch no checkpoint covers, and is aborted (the pipeline
+//! recomputes those rows from the checkpoint's source offsets). The
+//! producer id is derived from the sink's name, so a restart, and a
+//! rebuild without a checkpoint, find the transactions of earlier runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use fluxo_client::{encode_batch, partitioner::partition_for_key, OutRecord};
+use fluxo_client::partitioner::partition_for_key;
+use fluxo_log::batch::ControlType;
+use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, PartitionLog, TopicConfig};
-use kafka_protocol::records::Compression;
 
 use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
@@ -98,26 +108,76 @@ impl TopicSinkConfig {
     }
 }
 
-/// Writes a view's changes as JSON records into a topic of the local log.
+/// Writes a view's changes as JSON records into a topic of the local log,
+/// one transaction per checkpoint epoch.
 pub struct TopicSink {
     name: String,
     config: TopicSinkConfig,
     store: Arc<LogStore>,
-    /// Partitions written since the last `prepare`, to fsync there.
+    /// The producer id of the sink's transactions.
+    producer_id: i64,
+    /// Partitions written in the open epoch.
     dirty: BTreeMap<i32, Arc<PartitionLog>>,
+    /// Partitions of the prepared epoch, which `commit` marks.
+    prepared: BTreeMap<i32, Arc<PartitionLog>>,
     /// Spreads unkeyed records over partitions, one batch at a time.
     next_partition: i32,
 }
 
+/// The sink's transactions use epoch 0 and no sequence numbers: the sink is
+/// the only writer with its producer id and never retries a batch.
+const SINK_EPOCH: i16 = 0;
+
+/// What `prepare` returns: the producer id and, per partition written in
+/// the epoch, the end offset its records reach.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PreparedEpoch {
+    producer_id: i64,
+    ends: BTreeMap<i32, i64>,
+}
+
+/// A producer id of its own for the sink called `identity`: stable across
+/// restarts and rebuilds, and in a range (2^62 and up) that the log's
+/// allocator, counting up from the clock, never reaches.
+fn sink_producer_id(identity: &str) -> i64 {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in identity.as_bytes() {
+        hash ^= *b as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    (1i64 << 62) | (hash & ((1u64 << 56) - 1)) as i64
+}
+
 impl TopicSink {
-    pub fn new(name: String, config: TopicSinkConfig, store: Arc<LogStore>) -> TopicSink {
+    /// `identity` names the sink uniquely in the catalog (its producer id
+    /// is derived from it).
+    pub fn new(
+        name: String,
+        identity: &str,
+        config: TopicSinkConfig,
+        store: Arc<LogStore>,
+    ) -> TopicSink {
         TopicSink {
             name,
             config,
             store,
+            producer_id: sink_producer_id(identity),
             dirty: BTreeMap::new(),
+            prepared: BTreeMap::new(),
             next_partition: 0,
         }
+    }
+
+    fn write_marker(&self, p: i32, log: &PartitionLog, marker: ControlType) -> Result<()> {
+        log.append_marker(self.producer_id, SINK_EPOCH, marker, 0)
+            .and_then(|_| log.sync_now())
+            .map_err(|e| {
+                SqlError::Execution(format!(
+                    "sink {} cannot end its transaction on {}/{p}: {e}",
+                    self.name, self.config.topic
+                ))
+            })
     }
 
     /// The sink's topic, created with the sink's partition count when missing.
@@ -241,21 +301,22 @@ impl Sink for TopicSink {
         }
         for (p, records) in by_partition {
             let log = &partitions[p as usize];
-            let batch = encode_batch(&records, Compression::None)
-                .map_err(|e| SqlError::Internal(format!("cannot encode sink records: {e}")))?;
-            let mut bytes = batch.to_vec();
-            log.append(&mut bytes).map_err(|e| {
-                SqlError::Execution(format!(
-                    "sink {} cannot write to {}/{p}: {e}",
-                    self.name, self.config.topic
-                ))
-            })?;
+            // Split under the topic's max.message.bytes by the log: a
+            // view's first write (its whole snapshot) may be large.
+            log.append_records(&records, Some((self.producer_id, SINK_EPOCH)))
+                .map_err(|e| {
+                    SqlError::Execution(format!(
+                        "sink {} cannot write to {}/{p}: {e}",
+                        self.name, self.config.topic
+                    ))
+                })?;
             self.dirty.insert(p, log.clone());
         }
         Ok(())
     }
 
     fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
+        let mut ends = BTreeMap::new();
         for (p, log) in std::mem::take(&mut self.dirty) {
             log.sync_now().map_err(|e| {
                 SqlError::Execution(format!(
@@ -263,15 +324,61 @@ impl Sink for TopicSink {
                     self.name, self.config.topic
                 ))
             })?;
+            ends.insert(p, log.end_offset());
+            self.prepared.insert(p, log);
         }
-        Ok(serde_json::Value::Null)
+        serde_json::to_value(PreparedEpoch {
+            producer_id: self.producer_id,
+            ends,
+        })
+        .map_err(|e| SqlError::Internal(format!("cannot record sink {}'s epoch: {e}", self.name)))
     }
 
     fn commit(&mut self, _epoch: u64) -> Result<()> {
+        for (p, log) in std::mem::take(&mut self.prepared) {
+            self.write_marker(p, &log, ControlType::Commit)?;
+        }
         Ok(())
     }
 
-    fn recover(&mut self, _prepared: Option<&serde_json::Value>) -> Result<()> {
+    fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()> {
+        // Checkpoints from before transactional sinks hold null.
+        let prepared: Option<PreparedEpoch> = prepared
+            .filter(|v| !v.is_null())
+            .map(|v| serde_json::from_value(v.clone()))
+            .transpose()
+            .map_err(|e| {
+                SqlError::Execution(format!(
+                    "sink {}: the checkpoint's prepared epoch is unreadable: {e}",
+                    self.name
+                ))
+            })?;
+        let Some(topic) = self.store.topic(&self.config.topic) else {
+            return Ok(());
+        };
+        for log in topic.partitions() {
+            let p = log.partition;
+            let Some(first) = log.open_transaction(self.producer_id) else {
+                continue;
+            };
+            let checkpointed = prepared
+                .as_ref()
+                .filter(|e| e.producer_id == self.producer_id)
+                .and_then(|e| e.ends.get(&p))
+                .is_some_and(|end| first < *end);
+            let marker = if checkpointed {
+                ControlType::Commit
+            } else {
+                ControlType::Abort
+            };
+            tracing::info!(
+                sink = %self.name,
+                "{} the transaction a crash left open on {}/{p}",
+                if checkpointed { "committing" } else { "aborting" },
+                self.config.topic
+            );
+            self.write_marker(p, &log, marker)?;
+        }
         Ok(())
     }
 
@@ -314,7 +421,7 @@ mod tests {
             snapshot: true,
             partitions: 1,
         };
-        (TopicSink::new("s".into(), config, store), dir)
+        (TopicSink::new("s".into(), "s", config, store), dir)
     }
 
     #[test]
@@ -341,14 +448,57 @@ mod tests {
     }
 
     #[test]
-    fn written_records_land_in_the_topic_and_survive_prepare() {
+    fn an_epoch_becomes_visible_to_read_committed_only_at_commit() {
         let (mut sink, _dir) = sink(&[]);
         sink.recover(None).unwrap();
         sink.write(&changes(&["a", "b"], &[1, 2], None)).unwrap();
-        sink.prepare(1).unwrap();
-        sink.commit(1).unwrap();
         let log = sink.store.partition("out", 0).unwrap();
-        assert_eq!(log.end_offset(), 2);
+        assert_eq!(log.last_stable_offset(), 0, "open until the checkpoint");
+        sink.prepare(1).unwrap();
         assert!(log.flushed_offset() >= 2);
+        assert_eq!(log.last_stable_offset(), 0);
+        sink.commit(1).unwrap();
+        assert_eq!(log.end_offset(), 3, "two records and a COMMIT marker");
+        assert_eq!(log.last_stable_offset(), 3);
+        assert!(log.aborted_transactions(0, 3).is_empty());
+    }
+
+    #[test]
+    fn recovery_commits_the_checkpointed_epoch_and_aborts_a_later_one() {
+        let (mut sink, dir) = sink(&[]);
+        sink.recover(None).unwrap();
+        sink.write(&changes(&["a"], &[1], None)).unwrap();
+        let prepared = sink.prepare(1).unwrap();
+        // Crash between the checkpoint and the commit.
+        let store = sink.store.clone();
+        let config = sink.config.clone();
+        drop(sink);
+        let mut again = TopicSink::new("s".into(), "s", config.clone(), store.clone());
+        again.recover(Some(&prepared)).unwrap();
+        let log = store.partition("out", 0).unwrap();
+        assert_eq!(log.last_stable_offset(), log.end_offset(), "committed once");
+        assert!(log.aborted_transactions(0, 10).is_empty());
+        // Epoch 2 is written, then a crash before its checkpoint: the
+        // restart resumes from epoch 1's checkpoint and aborts epoch 2.
+        again.write(&changes(&["b"], &[2], None)).unwrap();
+        drop(again);
+        let mut third = TopicSink::new("s".into(), "s", config.clone(), store.clone());
+        third.recover(Some(&prepared)).unwrap();
+        assert_eq!(log.last_stable_offset(), log.end_offset());
+        let aborted = log.aborted_transactions(0, 10);
+        assert_eq!(aborted.len(), 1);
+        assert_eq!(
+            aborted[0].first_offset, 2,
+            "epoch 2's record, after epoch 1's marker"
+        );
+        // A rebuilt pipeline (no checkpoint) aborts what is left open too.
+        third.write(&changes(&["c"], &[3], None)).unwrap();
+        drop(third);
+        TopicSink::new("s".into(), "s", config, store.clone())
+            .recover(None)
+            .unwrap();
+        assert_eq!(log.aborted_transactions(0, 20).len(), 2);
+        assert_eq!(log.last_stable_offset(), log.end_offset());
+        drop(dir);
     }
 }

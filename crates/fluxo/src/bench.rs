@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use fluxo_client::{encode_batch, fetch, list_offset, produce, Client, OutRecord};
+use fluxo_client::{encode_batch, fetch, list_offset, produce, Client, Isolation, OutRecord};
 use hdrhistogram::Histogram;
 use kafka_protocol::records::Compression;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -287,7 +287,16 @@ async fn bench_consume(b: ConsumeBench) -> anyhow::Result<()> {
             let mut offset = list_offset(&client, &topic, p, -2).await?;
             let (mut n, mut bytes) = (0u64, 0u64);
             while offset < end {
-                let f = fetch(&client, &topic, p, offset, 100, 4 << 20).await?;
+                let f = fetch(
+                    &client,
+                    &topic,
+                    p,
+                    offset,
+                    100,
+                    4 << 20,
+                    Isolation::ReadUncommitted,
+                )
+                .await?;
                 n += f.records.len() as u64;
                 bytes += f
                     .records
@@ -330,7 +339,16 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let mut offset = 0i64;
         while hist.len() < total {
-            let f = fetch(&consumer, &topic, 0, offset, 500, 1 << 20).await?;
+            let f = fetch(
+                &consumer,
+                &topic,
+                0,
+                offset,
+                500,
+                1 << 20,
+                Isolation::ReadUncommitted,
+            )
+            .await?;
             let now = epoch.elapsed().as_micros() as u64;
             for r in &f.records {
                 let sent = r

@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
-use fluxo_client::{encode_batch, OutRecord};
+use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, TopicConfig};
 use fluxo_nexmark::{Generator, GeneratorConfig};
 use fluxo_sql::Engine;
-use kafka_protocol::records::Compression;
 
 #[derive(Args, Debug)]
 pub struct NexmarkBench {
@@ -490,9 +489,7 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
                 ..Default::default()
             });
         }
-        let batch = encode_batch(&records, Compression::None)?;
-        let mut bytes = batch.to_vec();
-        logs[partition].append(&mut bytes)?;
+        logs[partition].append_records(&records, None)?;
         partition = (partition + 1) % logs.len();
         done += n;
         progress.set_position(done);

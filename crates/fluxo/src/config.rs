@@ -26,6 +26,17 @@ pub struct ConfigFile {
     pub log: LogSection,
     #[serde(default)]
     pub groups: GroupsSection,
+    #[serde(default)]
+    pub transactions: TransactionsSection,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsSection {
+    /// `transaction.max.timeout.ms` (default 900000, as Kafka).
+    pub max_timeout_ms: Option<i32>,
+    /// How often timed-out transactions are aborted (default 1000 ms).
+    pub abort_check_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -101,6 +112,17 @@ impl ConfigFile {
     pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
         // toml's message names the line, the column and the offending key.
         Ok(toml::from_str(text)?)
+    }
+
+    pub fn transaction_config(&self) -> fluxo_txn::TxnConfig {
+        let mut config = fluxo_txn::TxnConfig::default();
+        if let Some(ms) = self.transactions.max_timeout_ms {
+            config.max_timeout_ms = ms;
+        }
+        if let Some(ms) = self.transactions.abort_check_interval_ms {
+            config.abort_check_interval = Duration::from_millis(ms.max(10));
+        }
+        config
     }
 
     pub fn group_config(&self) -> fluxo_groups::GroupConfig {

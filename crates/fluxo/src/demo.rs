@@ -14,12 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use fluxo_client::partitioner::partition_for_key;
-use fluxo_client::{encode_batch, OutRecord};
 use fluxo_http::dashboards::{Chart, Dashboard};
 use fluxo_http::DashboardStore;
+use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, TopicConfig};
 use fluxo_sql::Engine;
-use kafka_protocol::records::Compression;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -375,8 +374,7 @@ impl Generator {
             let log = topic
                 .partition(p as i32)
                 .with_context(|| format!("partition {p} of {} vanished", topic.name))?;
-            let mut batch = encode_batch(&records, Compression::None)?.to_vec();
-            log.append(&mut batch)?;
+            log.append_records(&records, None)?;
         }
         Ok(())
     }

@@ -71,6 +71,7 @@ pub struct ServeSettings {
     pub max_request_bytes: usize,
     pub retention_check_secs: u64,
     pub groups: fluxo_groups::GroupConfig,
+    pub transactions: fluxo_txn::TxnConfig,
     pub demo: bool,
 }
 
@@ -122,6 +123,7 @@ impl ServeSettings {
                 .or(file.log.retention_check_secs)
                 .unwrap_or(30),
             groups: file.group_config(),
+            transactions: file.transaction_config(),
             demo: args.demo,
         };
         if settings.pg.user.is_empty() {
@@ -174,7 +176,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = groups.clone();
     let offsets_loaded = tokio::task::spawn_blocking(move || loader.load());
     let group_timers = groups.spawn_timers();
-    let broker = Arc::new(Broker::new(store.clone(), groups.clone(), config)?);
+    // Transactional requests answer COORDINATOR_LOAD_IN_PROGRESS until the
+    // first tick has completed what a crash left prepared.
+    let txn_store = store.clone();
+    let txn_groups = groups.clone();
+    let txn_config = args.transactions.clone();
+    let transactions = tokio::task::spawn_blocking(move || {
+        fluxo_txn::TxnCoordinator::open(txn_store, txn_groups, txn_config)
+    })
+    .await?
+    .context("cannot open the transaction state topic")?;
+    let txn_timers = transactions.spawn_timers();
+    let broker = Arc::new(Broker::new(
+        store.clone(),
+        groups.clone(),
+        transactions,
+        config,
+    )?);
     let broker_metrics = broker.metrics.clone();
     let listener = tokio::net::TcpListener::bind(args.kafka_addr)
         .await
@@ -281,6 +299,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     maintenance.abort();
     group_timers.abort();
+    txn_timers.abort();
     tokio::task::spawn_blocking(move || store.close()).await??;
     if let Some(e) = failure {
         return Err(e);

@@ -411,3 +411,77 @@ async fn a_clean_restart_keeps_topics_configs_and_records() {
         Some("86400000")
     );
 }
+
+/// Values of every record a consumer with `isolation.level` reads from the
+/// start of `topic` (one partition) until it is idle for a second.
+fn read_all_values(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused-assign-only")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("assign");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut idle_since = std::time::Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(2) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("consume error");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+            idle_since = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_and_abort_as_read_committed_consumers_expect() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let server = Server::start();
+    let topic = "txn-rdkafka";
+    create_topic(&server.bootstrap, topic, 1, &[]).await;
+    let bootstrap = server.bootstrap.clone();
+    let (committed, everything) = tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", "rdkafka-txn-test")
+            .create()
+            .expect("producer");
+        let timeout = Duration::from_secs(30);
+        p.init_transactions(timeout).expect("init_transactions");
+        for (round, commit) in [(0, true), (1, false), (2, true)] {
+            p.begin_transaction().expect("begin");
+            for i in 0..5 {
+                let value = format!("{round}-{i}");
+                p.send(BaseRecord::<(), str>::to(topic).payload(&value))
+                    .expect("queue");
+            }
+            p.flush(timeout).expect("flush");
+            if commit {
+                p.commit_transaction(timeout).expect("commit");
+            } else {
+                p.abort_transaction(timeout).expect("abort");
+            }
+        }
+        (
+            read_all_values(&bootstrap, topic, "read_committed"),
+            read_all_values(&bootstrap, topic, "read_uncommitted"),
+        )
+    })
+    .await
+    .unwrap();
+    let want: Vec<String> = [0, 2]
+        .iter()
+        .flat_map(|r| (0..5).map(move |i| format!("{r}-{i}")))
+        .collect();
+    assert_eq!(committed, want, "read_committed: the committed rounds only");
+    assert_eq!(
+        everything.len(),
+        15,
+        "read_uncommitted: the aborted round too"
+    );
+}

@@ -10,13 +10,18 @@ use std::time::Duration;
 
 use fluxo_log::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, ResponseKind};
 use tokio::sync::watch;
 
 use super::ResponseFuture;
 use crate::errors::log_error_code;
 use crate::Broker;
+
+/// `isolation_level` of a read_committed consumer.
+const READ_COMMITTED: i8 = 1;
 
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -88,6 +93,7 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
         request.max_bytes as usize
     };
     let min_bytes = request.min_bytes.max(0) as usize;
+    let read_committed = request.isolation_level == READ_COMMITTED;
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
 
@@ -99,7 +105,7 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
         for r in receivers.iter_mut() {
             r.borrow_and_update();
         }
-        let (partitions, total, has_error) = read_all(&wanted, max_bytes);
+        let (partitions, total, has_error) = read_all(&wanted, max_bytes, read_committed);
         let done = total >= min_bytes.max(1)
             || has_error
             || tokio::time::Instant::now() >= deadline
@@ -125,7 +131,11 @@ async fn fetch(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Fetc
     }
 }
 
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionData>, usize, bool) {
+fn read_all(
+    wanted: &[Wanted],
+    max_bytes: usize,
+    read_committed: bool,
+) -> (Vec<PartitionData>, usize, bool) {
     let mut remaining = max_bytes;
     let mut total = 0usize;
     let mut has_error = false;
@@ -140,19 +150,43 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionData>, usize, 
         pd.error_code = w.error;
         if let Some(log) = &w.log {
             let offsets = log.offsets();
+            let lso = log.last_stable_offset();
             pd.high_watermark = offsets.end_offset;
-            pd.last_stable_offset = offsets.end_offset;
+            pd.last_stable_offset = lso;
             pd.log_start_offset = offsets.log_start_offset;
             pd.aborted_transactions = Some(Vec::new());
-            // Kafka returns the first batch even when it exceeds the
-            // limits, so a consumer can always make progress; after that
-            // the response stops growing at max_bytes.
+            // read_committed consumers read up to the LSO only.
+            let upper = if read_committed {
+                lso
+            } else {
+                offsets.end_offset
+            };
+            // Kafka returns the first batch of the response even when it
+            // exceeds the limits, so a consumer can always make progress;
+            // after that only batches that fit, so the response never
+            // passes max_bytes by more than that first batch.
             let limit = w.partition_max_bytes.min(remaining);
-            if limit > 0 || total == 0 {
-                match log.read(w.offset, limit) {
+            let min_one = total == 0;
+            if limit > 0 || min_one {
+                match log.read_bounded(w.offset, limit, upper, min_one) {
                     Ok(bytes) => {
                         remaining = remaining.saturating_sub(bytes.len());
                         total += bytes.len();
+                        if read_committed {
+                            if let Some(last) = fluxo_log::batch::last_offset_of(&bytes) {
+                                pd.aborted_transactions = Some(
+                                    log.aborted_transactions(w.offset, last + 1)
+                                        .into_iter()
+                                        .map(|a| {
+                                            let mut t = AbortedTransaction::default();
+                                            t.producer_id = ProducerId(a.producer_id);
+                                            t.first_offset = a.first_offset;
+                                            t
+                                        })
+                                        .collect(),
+                                );
+                            }
+                        }
                         pd.records = Some(bytes);
                     }
                     Err(e) => {

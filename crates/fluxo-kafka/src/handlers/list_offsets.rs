@@ -39,7 +39,7 @@ pub fn handle(
             pr.leader_epoch = if version >= 4 { 0 } else { -1 };
             match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                 None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(log) => match lookup(&log, p.timestamp) {
+                Some(log) => match lookup(&log, p.timestamp, request.isolation_level == 1) {
                     Ok(Some((offset, timestamp))) => {
                         pr.offset = offset;
                         pr.timestamp = timestamp;
@@ -56,9 +56,14 @@ pub fn handle(
 }
 
 /// The offset (and timestamp) a ListOffsets query names, None when no
-/// record matches.
-pub fn lookup(log: &PartitionLog, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+/// record matches. For read_committed the latest offset is the LSO.
+pub fn lookup(
+    log: &PartitionLog,
+    timestamp: i64,
+    read_committed: bool,
+) -> Result<Option<(i64, i64)>, LogError> {
     match timestamp {
+        LATEST if read_committed => Ok(Some((log.last_stable_offset(), -1))),
         LATEST | LATEST_TIERED => Ok(Some((log.end_offset(), -1))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
         MAX_TIMESTAMP => {

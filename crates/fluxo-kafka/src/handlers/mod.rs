@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod offsets;
 pub mod produce;
 pub mod producer_id;
+pub mod transactions;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -82,6 +83,15 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::ConsumerGroupHeartbeat => (0, 1),
         ApiKey::ConsumerGroupDescribe => (0, 1),
+        ApiKey::AddPartitionsToTxn => (0, 5),
+        ApiKey::AddOffsetsToTxn => (0, 4),
+        // v5 is transactions V2 (KIP-890 part 2), which fluxo does not
+        // advertise: clients keep adding partitions explicitly.
+        ApiKey::EndTxn => (0, 4),
+        ApiKey::TxnOffsetCommit => (0, 5),
+        ApiKey::DescribeTransactions => (0, 0),
+        ApiKey::ListTransactions => (0, 2),
+        ApiKey::DescribeProducers => (0, 0),
         _ => return None,
     };
     // Never claim more than the codec knows.
@@ -142,9 +152,20 @@ pub fn dispatch(
         RequestKind::IncrementalAlterConfigs(r) => ready(ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter(broker, r),
         )),
-        RequestKind::InitProducerId(r) => {
-            ready(ResponseKind::InitProducerId(producer_id::handle(broker, r)))
-        }
+        RequestKind::InitProducerId(r) => producer_id::handle(broker, r, version),
+        RequestKind::AddPartitionsToTxn(r) => transactions::add_partitions(broker, r, version),
+        RequestKind::AddOffsetsToTxn(r) => transactions::add_offsets(broker, r, version),
+        RequestKind::TxnOffsetCommit(r) => transactions::txn_offset_commit(broker, r, version),
+        RequestKind::EndTxn(r) => transactions::end_txn(broker, r, version),
+        RequestKind::DescribeTransactions(r) => ready(ResponseKind::DescribeTransactions(
+            transactions::describe_transactions(broker, r),
+        )),
+        RequestKind::ListTransactions(r) => ready(ResponseKind::ListTransactions(
+            transactions::list_transactions(broker, r),
+        )),
+        RequestKind::DescribeProducers(r) => ready(ResponseKind::DescribeProducers(
+            transactions::describe_producers(broker, r),
+        )),
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
             groups::find_coordinator(broker, ctx, r, version),
         )),

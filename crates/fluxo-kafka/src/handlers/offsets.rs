@@ -148,22 +148,25 @@ pub fn fetch(
                     .collect()
             });
             let mut rg = OffsetFetchResponseGroup::default();
-            rg.topics = lookup(broker, g.group_id.0.as_str(), topics)
+            let group_id = g.group_id.0.as_str();
+            rg.topics = lookup(broker, group_id, topics)
                 .into_iter()
                 .map(|(t, parts)| {
                     let mut rt = OffsetFetchResponseTopics::default();
-                    rt.name = TopicName(StrBytes::from_string(t));
                     rt.partitions = parts
                         .into_iter()
                         .map(|(p, o, e, m)| {
                             let mut rp = OffsetFetchResponsePartitions::default();
                             rp.partition_index = p;
+                            rp.error_code =
+                                unstable(broker, request.require_stable, group_id, &t, p);
                             rp.committed_offset = o;
                             rp.committed_leader_epoch = e;
                             rp.metadata = m.map(StrBytes::from_string);
                             rp
                         })
                         .collect();
+                    rt.name = TopicName(StrBytes::from_string(t));
                     rt
                 })
                 .collect();
@@ -184,16 +187,17 @@ pub fn fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    response.topics = lookup(broker, request.group_id.0.as_str(), topics)
+    let group_id = request.group_id.0.as_str();
+    response.topics = lookup(broker, group_id, topics)
         .into_iter()
         .map(|(t, parts)| {
             let mut rt = OffsetFetchResponseTopic::default();
-            rt.name = TopicName(StrBytes::from_string(t));
             rt.partitions = parts
                 .into_iter()
                 .map(|(p, o, e, m)| {
                     let mut rp = OffsetFetchResponsePartition::default();
                     rp.partition_index = p;
+                    rp.error_code = unstable(broker, request.require_stable, group_id, &t, p);
                     rp.committed_offset = o;
                     if version >= 5 {
                         rp.committed_leader_epoch = e;
@@ -202,10 +206,32 @@ pub fn fetch(
                     rp
                 })
                 .collect();
+            rt.name = TopicName(StrBytes::from_string(t));
             rt
         })
         .collect();
     response
+}
+
+/// KIP-447: with `require_stable`, an offset an open transaction is about
+/// to commit is UNSTABLE_OFFSET_COMMIT (the consumer retries), so a member
+/// that takes over a partition never starts from the offset before it.
+fn unstable(
+    broker: &Broker,
+    require_stable: bool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> i16 {
+    if require_stable
+        && broker
+            .transactions
+            .has_pending_offset(group, topic, partition)
+    {
+        kafka_protocol::error::ResponseError::UnstableOffsetCommit.code()
+    } else {
+        codes::NONE
+    }
 }
 
 pub fn delete(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> ResponseFuture {

@@ -14,6 +14,7 @@ use crate::Broker;
 
 pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> ResponseFuture {
     let acks = request.acks;
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
     let mut response = ProduceResponse::default();
     // (topic index, partition index) of appends that must be fsynced first.
     let mut to_sync: Vec<(usize, usize, Arc<PartitionLog>, i64)> = Vec::new();
@@ -21,11 +22,6 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
         Some((
             ResponseError::InvalidRequiredAcks.code(),
             format!("acks={acks}; use -1 (all), 0 or 1"),
-        ))
-    } else if request.transactional_id.is_some() {
-        Some((
-            ResponseError::TransactionalIdAuthorizationFailed.code(),
-            "transactions are not supported yet".to_string(),
         ))
     } else {
         None
@@ -80,6 +76,7 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
                         "record set too large".to_string(),
                     ));
                 }
+                check_transactional(broker, transactional_id.as_deref(), &log, records)?;
                 // The batches get their offsets written in place.
                 let mut bytes = records.to_vec();
                 let info = log.append(&mut bytes).map_err(|e| {
@@ -128,4 +125,47 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
             Some(ResponseKind::Produce(response))
         }
     })
+}
+
+/// A transactional batch is written only by the producer that holds the
+/// transactional id now, to a partition it added to its open transaction;
+/// and a request with a transactional id carries only transactional
+/// batches.
+fn check_transactional(
+    broker: &Broker,
+    transactional_id: Option<&str>,
+    log: &PartitionLog,
+    records: &[u8],
+) -> Result<(), (i16, String)> {
+    let Ok(header) = fluxo_log::batch::BatchHeader::parse(records) else {
+        // The log's own validation names what is wrong.
+        return Ok(());
+    };
+    match (transactional_id, header.is_transactional()) {
+        (None, false) => Ok(()),
+        (Some(id), true) => match broker.transactions.check_produce(
+            id,
+            header.producer_id,
+            header.producer_epoch,
+            &log.topic,
+            log.partition,
+        ) {
+            fluxo_txn::ProduceCheck::Ok => Ok(()),
+            fluxo_txn::ProduceCheck::Refused(code) => Err((
+                code,
+                format!(
+                    "transactional id '{id}' (producer {} epoch {}) may not write {}-{} now",
+                    header.producer_id, header.producer_epoch, log.topic, log.partition
+                ),
+            )),
+        },
+        (Some(_), false) => Err((
+            ResponseError::InvalidRecord.code(),
+            "a request with a transactional id must carry transactional batches".to_string(),
+        )),
+        (None, true) => Err((
+            ResponseError::InvalidRecord.code(),
+            "transactional batches need the producer's transactional id".to_string(),
+        )),
+    }
 }

@@ -220,7 +220,79 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
         ApiKey::InitProducerId => {
             let mut r = InitProducerIdRequest::default();
             r.transaction_timeout_ms = 60_000;
+            r.producer_id = ProducerId(-1);
+            r.producer_epoch = -1;
+            // Odd versions register a transactional id, even ones ask for
+            // an idempotent producer id: both paths answer at every version.
+            if v % 2 == 1 {
+                r.transactional_id = Some(TransactionalId(StrBytes::from_static_str("tx")));
+            }
             RequestKind::InitProducerId(r)
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let mut topic = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+            topic.name = name("t");
+            topic.partitions = vec![0];
+            let mut r = AddPartitionsToTxnRequest::default();
+            if v <= 3 {
+                r.v3_and_below_transactional_id = TransactionalId(StrBytes::from_static_str("tx"));
+                r.v3_and_below_producer_id = ProducerId(1);
+                r.v3_and_below_topics = vec![topic];
+            } else {
+                let mut t = add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default();
+                t.transactional_id = TransactionalId(StrBytes::from_static_str("tx"));
+                t.producer_id = ProducerId(1);
+                t.verify_only = true;
+                t.topics = vec![topic];
+                r.transactions = vec![t];
+            }
+            RequestKind::AddPartitionsToTxn(r)
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let mut r = AddOffsetsToTxnRequest::default();
+            r.transactional_id = TransactionalId(StrBytes::from_static_str("tx"));
+            r.group_id = GroupId(StrBytes::from_static_str("g"));
+            RequestKind::AddOffsetsToTxn(r)
+        }
+        ApiKey::EndTxn => {
+            let mut r = EndTxnRequest::default();
+            r.transactional_id = TransactionalId(StrBytes::from_static_str("tx"));
+            r.committed = true;
+            RequestKind::EndTxn(r)
+        }
+        ApiKey::TxnOffsetCommit => {
+            let mut p = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+            p.committed_offset = 3;
+            let mut t = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+            t.name = name("t");
+            t.partitions = vec![p];
+            let mut r = TxnOffsetCommitRequest::default();
+            r.transactional_id = TransactionalId(StrBytes::from_static_str("tx"));
+            r.group_id = GroupId(StrBytes::from_static_str("g"));
+            r.generation_id = -1;
+            r.topics = vec![t];
+            RequestKind::TxnOffsetCommit(r)
+        }
+        ApiKey::DescribeTransactions => {
+            let mut r = DescribeTransactionsRequest::default();
+            r.transactional_ids = vec![
+                TransactionalId(StrBytes::from_static_str("tx")),
+                TransactionalId(StrBytes::from_static_str("unknown")),
+            ];
+            RequestKind::DescribeTransactions(r)
+        }
+        ApiKey::ListTransactions => {
+            let mut r = ListTransactionsRequest::default();
+            r.duration_filter = -1;
+            RequestKind::ListTransactions(r)
+        }
+        ApiKey::DescribeProducers => {
+            let mut t = describe_producers_request::TopicRequest::default();
+            t.name = name("t");
+            t.partition_indexes = vec![0, 7];
+            let mut r = DescribeProducersRequest::default();
+            r.topics = vec![t];
+            RequestKind::DescribeProducers(r)
         }
         ApiKey::FindCoordinator => {
             let mut r = FindCoordinatorRequest::default();
@@ -363,7 +435,10 @@ async fn every_supported_version_round_trips() {
         .unwrap();
     let groups = fluxo_groups::GroupCoordinator::open(store.clone(), Default::default()).unwrap();
     let _timers = groups.spawn_timers();
-    let broker = Arc::new(Broker::new(store, groups, BrokerConfig::default()).unwrap());
+    let txns =
+        fluxo_txn::TxnCoordinator::open(store.clone(), groups.clone(), Default::default()).unwrap();
+    let _txn_timers = txns.spawn_timers();
+    let broker = Arc::new(Broker::new(store, groups, txns, BrokerConfig::default()).unwrap());
     let ctx = RequestContext {
         local_addr: "127.0.0.1:9092".parse().unwrap(),
         peer: "127.0.0.1:50000".parse().unwrap(),

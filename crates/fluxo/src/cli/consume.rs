@@ -6,11 +6,31 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fluxo_client::group::{commit_offsets, committed_offsets, GroupMember};
-use fluxo_client::{fetch, list_offset};
+use fluxo_client::{fetch, list_offset, Isolation};
 use kafka_protocol::records::Record;
 use serde_json::json;
 
 use super::Connection;
+
+/// Kafka's `isolation.level`.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum IsolationArg {
+    /// Only records of committed transactions (and non-transactional ones).
+    #[value(name = "read_committed")]
+    ReadCommitted,
+    /// Every record in the log, including open and aborted transactions'.
+    #[value(name = "read_uncommitted")]
+    ReadUncommitted,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(a: IsolationArg) -> Isolation {
+        match a {
+            IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+            IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+        }
+    }
+}
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum Format {
@@ -40,6 +60,12 @@ pub struct ConsumeArgs {
     pub exit_at_end: bool,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Which records to show: a transaction's records appear once it
+    /// commits (read_committed), or as soon as they are written, aborted
+    /// ones too (read_uncommitted). Exactly-once sinks of fluxo pipelines
+    /// commit at every checkpoint.
+    #[arg(long, value_enum, default_value_t = IsolationArg::ReadCommitted)]
+    pub isolation: IsolationArg,
     /// Consume as a member of this consumer group (KIP-848 protocol): the
     /// group's partitions are shared with its other members, and progress is
     /// committed, so a restart resumes where it stopped. Partitions without
@@ -89,7 +115,16 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let wait = if partitions.len() > 1 { 100 } else { 500 };
     let result = loop {
         for (i, &p) in partitions.iter().enumerate() {
-            let f = fetch(&client, &args.topic, p, positions[i], wait, 1 << 20).await?;
+            let f = fetch(
+                &client,
+                &args.topic,
+                p,
+                positions[i],
+                wait,
+                1 << 20,
+                args.isolation.into(),
+            )
+            .await?;
             for r in &f.records {
                 if !print_record(p, r, args.format) {
                     // The reader went away (e.g. `| head`): that is a normal end.
@@ -101,7 +136,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                 }
             }
             positions[i] = f.next_offset.max(positions[i]);
-            at_end[i] = positions[i] >= f.high_watermark;
+            at_end[i] = positions[i] >= f.end_offset;
         }
         if let Some(bar) = &progress {
             let done: i64 = positions.iter().zip(&starts).map(|(p, s)| p - s).sum();
@@ -212,7 +247,7 @@ async fn run_in_group(args: ConsumeArgs, group: &str) -> anyhow::Result<()> {
             for tp in owned {
                 let pos = positions[&tp];
                 let f = tokio::select! {
-                    f = fetch(&client, &tp.0, tp.1, pos, wait, 1 << 20) => f?,
+                    f = fetch(&client, &tp.0, tp.1, pos, wait, 1 << 20, args.isolation.into()) => f?,
                     _ = &mut interrupted => return Ok(()),
                 };
                 for r in &f.records {
@@ -227,7 +262,7 @@ async fn run_in_group(args: ConsumeArgs, group: &str) -> anyhow::Result<()> {
                 }
                 let next = f.next_offset.max(positions[&tp]);
                 positions.insert(tp.clone(), next);
-                at_end.insert(tp.clone(), next >= f.high_watermark);
+                at_end.insert(tp.clone(), next >= f.end_offset);
             }
             if last_commit.elapsed() > Duration::from_secs(1) {
                 commit_changed(&client, group, &member, &positions, &mut committed).await?;

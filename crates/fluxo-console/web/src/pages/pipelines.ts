@@ -67,8 +67,8 @@ export function list(root: HTMLElement, scope: Scope): void {
 /** What the SQL catalog says about the objects around a pipeline. */
 interface Catalog {
   views: string[];
-  /** Sink name → the view (or source) it reads. */
-  sinks: { name: string; from: string }[];
+  /** Sink name → the view (or source) it reads, and its connector. */
+  sinks: { name: string; from: string; connector: string }[];
   /** Source name → its topic. */
   topics: Map<string, string>;
 }
@@ -82,7 +82,11 @@ async function loadCatalog(): Promise<Catalog> {
   ]);
   return {
     views,
-    sinks: sinks.map((s) => ({ name: String(s.name), from: String(s.from ?? s.view ?? "") })),
+    sinks: sinks.map((s) => ({
+      name: String(s.name),
+      from: String(s.from ?? s.view ?? ""),
+      connector: String(s.connector ?? "topic"),
+    })),
     topics: new Map(sources.filter((s) => s.topic != null).map((s) => [String(s.name), String(s.topic)])),
   };
 }
@@ -226,6 +230,15 @@ export function detail(root: HTMLElement, scope: Scope, name: string): void {
   });
 }
 
+/**
+ * What a sink promises across crashes: topic sinks commit one transaction per
+ * checkpoint, Parquet sinks rename staged files in at a checkpoint, Delta sinks
+ * make one idempotent commit per checkpoint.
+ */
+function sinkGuarantee(connector: string): string {
+  return ["topic", "parquet", "delta"].includes(connector) ? "exactly once" : "at least once";
+}
+
 /** Drops the view or sink behind a pipeline, whichever the name is. */
 async function dropPipeline(name: string): Promise<void> {
   if (!confirm(`Drop ${name}? Its pipeline stops and its state and checkpoints are deleted.`)) return;
@@ -280,7 +293,7 @@ function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
   const sinks: GraphNode[] = isView
     ? catalog.sinks
         .filter((s) => s.from === p.name)
-        .map((s) => ({ kind: "sink", title: s.name, full: `sink ${s.name}` }))
+        .map((s) => ({ kind: "sink", title: s.name, full: `sink ${s.name}: ${s.connector}, ${sinkGuarantee(s.connector)}` }))
     : [];
 
   const rows = Math.max(1, sinks.length);

@@ -1,0 +1,265 @@
+//! The durable side of the coordinator: every change of a transactional
+//! id's metadata is one record in the internal topic `__transaction_state`
+//! (key: the transactional id, value: the metadata as JSON), fsynced
+//! before the client hears of it. On start the topic is replayed and the
+//! last record per id wins. Like `__consumer_offsets` it is compacted by
+//! rewriting the live entries into a fresh segment and deleting the
+//! segments before it; a crash between the two steps leaves old records
+//! followed by the same state, which replays to the same map.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fluxo_log::{LogStore, PartitionLog, TopicConfig};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TxnError};
+
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// Where a transaction stands, with Kafka's names (DescribeTransactions and
+/// ListTransactions report them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnStatus::Empty => "Empty",
+            TxnStatus::Ongoing => "Ongoing",
+            TxnStatus::PrepareCommit => "PrepareCommit",
+            TxnStatus::PrepareAbort => "PrepareAbort",
+            TxnStatus::CompleteCommit => "CompleteCommit",
+            TxnStatus::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TxnStatus> {
+        [
+            TxnStatus::Empty,
+            TxnStatus::Ongoing,
+            TxnStatus::PrepareCommit,
+            TxnStatus::PrepareAbort,
+            TxnStatus::CompleteCommit,
+            TxnStatus::CompleteAbort,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// An offset a transaction commits for a consumer group when it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// Everything the coordinator keeps per transactional id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMetadata {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub timeout_ms: i32,
+    pub status: TxnStatus,
+    /// Partitions the open (or completing) transaction wrote to.
+    pub partitions: BTreeSet<(String, i32)>,
+    /// Groups added with AddOffsetsToTxn, with the offsets TxnOffsetCommit
+    /// gave them; they become the groups' committed offsets at commit.
+    #[serde(with = "pending_offsets")]
+    pub groups: BTreeMap<String, BTreeMap<(String, i32), PendingOffset>>,
+    /// When the open transaction began (its first AddPartitions), for the
+    /// timeout; -1 when none is open.
+    pub start_ms: i64,
+    pub update_ms: i64,
+}
+
+/// JSON objects need string keys: each group's offsets are stored as a
+/// list of (topic, partition, offset).
+mod pending_offsets {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::PendingOffset;
+
+    type Groups = BTreeMap<String, BTreeMap<(String, i32), PendingOffset>>;
+
+    pub fn serialize<S: Serializer>(groups: &Groups, s: S) -> Result<S::Ok, S::Error> {
+        let listed: BTreeMap<&String, Vec<(&String, i32, &PendingOffset)>> = groups
+            .iter()
+            .map(|(g, offsets)| (g, offsets.iter().map(|((t, p), o)| (t, *p, o)).collect()))
+            .collect();
+        listed.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Groups, D::Error> {
+        let listed: BTreeMap<String, Vec<(String, i32, PendingOffset)>> = BTreeMap::deserialize(d)?;
+        Ok(listed
+            .into_iter()
+            .map(|(g, offsets)| {
+                (
+                    g,
+                    offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+                )
+            })
+            .collect())
+    }
+}
+
+pub(crate) struct StateLog {
+    log: Arc<PartitionLog>,
+    appended: AtomicU64,
+}
+
+/// Records per batch when compacting.
+const SNAPSHOT_BATCH: usize = 1000;
+
+impl StateLog {
+    pub(crate) fn open(store: &LogStore) -> Result<StateLog> {
+        let topic = match store.topic(TRANSACTION_STATE_TOPIC) {
+            Some(t) => t,
+            None => store.create_topic(
+                TRANSACTION_STATE_TOPIC,
+                1,
+                TopicConfig::from_pairs([("cleanup.policy", "compact")])?,
+            )?,
+        };
+        let log = topic.partition(0).ok_or_else(|| {
+            TxnError::Internal(format!("{TRANSACTION_STATE_TOPIC} has no partition 0"))
+        })?;
+        Ok(StateLog {
+            log,
+            appended: AtomicU64::new(0),
+        })
+    }
+
+    /// Replays the topic: the last record per transactional id wins; a
+    /// record without a value removes the id.
+    pub(crate) fn load(&self) -> Result<HashMap<String, TxnMetadata>> {
+        let mut out = HashMap::new();
+        let mut position = self.log.log_start_offset();
+        let end = self.log.end_offset();
+        let mut replayed = 0u64;
+        while position < end {
+            let bytes = self.log.read(position, 8 << 20)?;
+            if bytes.is_empty() {
+                break;
+            }
+            let mut buf = bytes.clone();
+            while !buf.is_empty() {
+                let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
+                    TxnError::Internal(format!("unreadable {TRANSACTION_STATE_TOPIC} record: {e}"))
+                })?;
+                for r in set.records {
+                    position = position.max(r.offset + 1);
+                    replayed += 1;
+                    let Some(id) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    match r
+                        .value
+                        .as_ref()
+                        .map(|v| serde_json::from_slice::<TxnMetadata>(v))
+                    {
+                        Some(Ok(meta)) => {
+                            out.insert(id.to_string(), meta);
+                        }
+                        Some(Err(e)) => tracing::warn!(
+                            "skipping an unreadable {TRANSACTION_STATE_TOPIC} record at {}: {e}",
+                            r.offset
+                        ),
+                        None => {
+                            out.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        self.appended.store(replayed, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Writes one id's metadata (None removes it) and waits for the fsync.
+    pub(crate) async fn write(&self, id: &str, meta: Option<&TxnMetadata>) -> Result<()> {
+        let mut buf = encode([(id, meta)].into_iter())?;
+        let info = self.log.append(&mut buf)?;
+        self.appended.fetch_add(1, Ordering::Relaxed);
+        self.log.sync_to(info.last_offset + 1).await?;
+        Ok(())
+    }
+
+    pub(crate) fn needs_compaction(&self, live: usize) -> bool {
+        let appended = self.appended.load(Ordering::Relaxed);
+        appended > 10_000 && appended > 2 * live as u64
+    }
+
+    /// Rewrites `live` into a new segment, then drops the older ones. The
+    /// caller keeps every writer out meanwhile.
+    pub(crate) async fn compact(&self, live: &[(String, TxnMetadata)]) -> Result<usize> {
+        let start = self.log.roll_now()?;
+        let mut last = start;
+        for chunk in live.chunks(SNAPSHOT_BATCH) {
+            let mut buf = encode(chunk.iter().map(|(id, m)| (id.as_str(), Some(m))))?;
+            last = self.log.append(&mut buf)?.last_offset + 1;
+        }
+        self.log.sync_to(last).await?;
+        self.appended.store(live.len() as u64, Ordering::Relaxed);
+        Ok(self.log.delete_segments_before(start))
+    }
+}
+
+fn encode<'a>(
+    entries: impl Iterator<Item = (&'a str, Option<&'a TxnMetadata>)>,
+) -> Result<BytesMut> {
+    let now = fluxo_log::now_ms();
+    let mut records = Vec::new();
+    for (i, (id, meta)) in entries.enumerate() {
+        let value = match meta {
+            Some(m) => Some(Bytes::from(serde_json::to_vec(m).map_err(|e| {
+                TxnError::Internal(format!("cannot encode transaction state: {e}"))
+            })?)),
+            None => None,
+        };
+        records.push(Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // One batch: the encoder splits where `offset - sequence` changes.
+            sequence: i as i32,
+            timestamp: now,
+            key: Some(Bytes::copy_from_slice(id.as_bytes())),
+            value,
+            headers: Default::default(),
+        });
+    }
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| TxnError::Internal(format!("cannot encode transaction state: {e}")))?;
+    Ok(buf)
+}
