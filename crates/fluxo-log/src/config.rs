@@ -1,6 +1,8 @@
-//! Topic configuration: the subset of Kafka's topic configs that fluxo acts
-//! on, with Kafka's names and defaults. Unknown keys are refused, so a typo
-//! never silently does nothing.
+//! Topic configuration: every topic config Kafka knows, with Kafka's names
+//! and defaults. fluxo acts on some; the others are accepted, validated
+//! and described (so tools and clients that set them work) and their docs
+//! say they have no effect here. Unknown keys are refused, so a typo never
+//! silently does nothing.
 
 use std::collections::BTreeMap;
 
@@ -69,6 +71,33 @@ fn cleanup_policy(v: &str) -> std::result::Result<(), String> {
         Err("must be a list of delete and/or compact".into())
     }
 }
+
+fn any_integer(v: &str) -> std::result::Result<(), String> {
+    v.parse::<i64>()
+        .map(|_| ())
+        .map_err(|_| "must be an integer".into())
+}
+
+fn boolean(v: &str) -> std::result::Result<(), String> {
+    match v {
+        "true" | "false" => Ok(()),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+fn ratio(v: &str) -> std::result::Result<(), String> {
+    match v.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+        _ => Err("must be a number between 0 and 1".into()),
+    }
+}
+
+fn any_text(_: &str) -> std::result::Result<(), String> {
+    Ok(())
+}
+
+/// The doc of configs fluxo accepts but does not act on.
+const NO_EFFECT: &str = "accepted for compatibility with Kafka; no effect in fluxo";
 
 fn any_compression(v: &str) -> std::result::Result<(), String> {
     match v {
@@ -150,6 +179,151 @@ pub const CONFIG_DEFS: &[ConfigDef] = &[
         default: "604800000",
         doc: "roll a segment after this age",
         validate: positive_int,
+    },
+    // Kafka's other topic configs: accepted, validated, described.
+    ConfigDef {
+        name: "compression.gzip.level",
+        default: "-1",
+        doc: NO_EFFECT,
+        validate: any_integer,
+    },
+    ConfigDef {
+        name: "compression.lz4.level",
+        default: "9",
+        doc: NO_EFFECT,
+        validate: any_integer,
+    },
+    ConfigDef {
+        name: "compression.zstd.level",
+        default: "3",
+        doc: NO_EFFECT,
+        validate: any_integer,
+    },
+    ConfigDef {
+        name: "delete.retention.ms",
+        default: "86400000",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "file.delete.delay.ms",
+        default: "60000",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "follower.replication.throttled.replicas",
+        default: "",
+        doc: NO_EFFECT,
+        validate: any_text,
+    },
+    ConfigDef {
+        name: "leader.replication.throttled.replicas",
+        default: "",
+        doc: NO_EFFECT,
+        validate: any_text,
+    },
+    ConfigDef {
+        name: "local.retention.bytes",
+        default: "-2",
+        doc: NO_EFFECT,
+        validate: any_integer,
+    },
+    ConfigDef {
+        name: "local.retention.ms",
+        default: "-2",
+        doc: NO_EFFECT,
+        validate: any_integer,
+    },
+    ConfigDef {
+        name: "max.compaction.lag.ms",
+        default: "9223372036854775807",
+        doc: NO_EFFECT,
+        validate: positive_int,
+    },
+    ConfigDef {
+        name: "message.downconversion.enable",
+        default: "true",
+        doc: NO_EFFECT,
+        validate: boolean,
+    },
+    ConfigDef {
+        name: "message.format.version",
+        default: "3.0-IV1",
+        doc: NO_EFFECT,
+        validate: any_text,
+    },
+    ConfigDef {
+        name: "message.timestamp.after.max.ms",
+        default: "9223372036854775807",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "message.timestamp.before.max.ms",
+        default: "9223372036854775807",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "message.timestamp.difference.max.ms",
+        default: "9223372036854775807",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        doc: NO_EFFECT,
+        validate: ratio,
+    },
+    ConfigDef {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "preallocate",
+        default: "false",
+        doc: NO_EFFECT,
+        validate: boolean,
+    },
+    ConfigDef {
+        name: "remote.log.copy.disable",
+        default: "false",
+        doc: NO_EFFECT,
+        validate: boolean,
+    },
+    ConfigDef {
+        name: "remote.log.delete.on.disable",
+        default: "false",
+        doc: NO_EFFECT,
+        validate: boolean,
+    },
+    ConfigDef {
+        name: "remote.storage.enable",
+        default: "false",
+        doc: NO_EFFECT,
+        validate: boolean,
+    },
+    ConfigDef {
+        name: "segment.index.bytes",
+        default: "10485760",
+        doc: NO_EFFECT,
+        validate: positive_int,
+    },
+    ConfigDef {
+        name: "segment.jitter.ms",
+        default: "0",
+        doc: NO_EFFECT,
+        validate: non_negative_int,
+    },
+    ConfigDef {
+        name: "unclean.leader.election.enable",
+        default: "false",
+        doc: NO_EFFECT,
+        validate: boolean,
     },
 ];
 
@@ -255,5 +429,20 @@ mod tests {
         assert!(TopicConfig::from_pairs([("retention.msx", "1")]).is_err());
         assert!(TopicConfig::from_pairs([("segment.bytes", "10")]).is_err());
         assert!(TopicConfig::from_pairs([("message.timestamp.type", "Now")]).is_err());
+    }
+
+    #[test]
+    fn every_kafka_topic_config_is_accepted_and_checked() {
+        let c = TopicConfig::from_pairs([
+            ("delete.retention.ms", "1000"),
+            ("message.format.version", "2.8"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("segment.jitter.ms", "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.get("delete.retention.ms"), Some(("1000".into(), false)));
+        assert_eq!(c.get("min.compaction.lag.ms"), Some(("0".into(), true)));
+        assert!(TopicConfig::from_pairs([("min.cleanable.dirty.ratio", "2")]).is_err());
+        assert!(TopicConfig::from_pairs([("preallocate", "yes")]).is_err());
     }
 }
