@@ -407,6 +407,12 @@ impl TopicConfig {
         self.int("index.interval.bytes").clamp(0, i32::MAX as i64) as usize
     }
 
+    /// Whether `cleanup.policy` includes `compact` (records need keys).
+    pub fn is_compacted(&self) -> bool {
+        self.get("cleanup.policy")
+            .is_some_and(|(v, _)| v.split(',').any(|p| p.trim() == "compact"))
+    }
+
     pub fn timestamp_type(&self) -> TimestampType {
         match self.get("message.timestamp.type") {
             Some((v, _)) if v == "LogAppendTime" => TimestampType::LogAppendTime,

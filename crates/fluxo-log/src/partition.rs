@@ -273,6 +273,11 @@ impl PartitionLog {
                 "control batches are written by the broker, not by producers".into(),
             ));
         }
+        if config.is_compacted() {
+            for (range, _) in &batches {
+                crate::records::check_keyed(&records[range.clone()])?;
+            }
+        }
         let max = config.max_message_bytes();
         if let Some((_, h)) = batches.iter().find(|(_, h)| h.size > max) {
             return Err(LogError::MessageTooLarge { size: h.size, max });
@@ -947,6 +952,32 @@ mod tests {
             Err(LogError::InvalidProducerEpoch(_))
         ));
         assert_eq!(log.last_stable_offset(), log.end_offset());
+    }
+
+    #[test]
+    fn a_compacted_topic_refuses_records_without_a_key() {
+        use crate::records::OutRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(
+            dir.path(),
+            TopicConfig::from_pairs([("cleanup.policy", "compact,delete")]).unwrap(),
+        );
+        let keyed = OutRecord {
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            ..OutRecord::default()
+        };
+        let unkeyed = OutRecord {
+            key: None,
+            ..keyed.clone()
+        };
+        assert!(matches!(
+            log.append_records(&[keyed.clone(), unkeyed], None),
+            Err(LogError::InvalidRecord(_))
+        ));
+        assert_eq!(log.end_offset(), 0, "nothing of the batch is written");
+        log.append_records(&[keyed], None).unwrap();
+        assert_eq!(log.end_offset(), 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType,
 };
 
 use crate::batch::{mark_transactional, BATCH_HEADER_LEN};
@@ -78,6 +79,23 @@ pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<B
     )
     .map_err(|e| LogError::InvalidRecord(format!("cannot encode records: {e}")))?;
     Ok(buf.freeze())
+}
+
+/// A compacted topic keeps the newest record per key, so a record without
+/// a key has no place in it: Kafka refuses it with INVALID_RECORD, and so
+/// does the log, for every writer. `batch` is one whole batch (compressed
+/// ones are decompressed to look).
+pub(crate) fn check_keyed(batch: &[u8]) -> Result<()> {
+    let mut buf = Bytes::copy_from_slice(batch);
+    let set = RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| LogError::CorruptBatch(format!("cannot read the records: {e}")))?;
+    match set.records.iter().find(|r| r.key.is_none() && !r.control) {
+        Some(r) => Err(LogError::InvalidRecord(format!(
+            "a compacted topic needs a key on every record; record {} of the batch has none",
+            r.offset - set.records.first().map_or(0, |f| f.offset)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The first and last offsets an [`PartitionLog::append_records`] wrote.
