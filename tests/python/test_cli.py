@@ -76,6 +76,39 @@ def test_cli_produce_consume(broker, new_topic, compression):
     assert [r["timestamp"] for r in recs] == [r.ts for r in got[:5]]
 
 
+@pytest.mark.timeout(120)
+def test_cli_consume_shows_committed_transactions_unless_asked_for_everything(broker, new_topic):
+    """`fluxo consume` reads as read_committed by default: an aborted
+    transaction's records never show, an open one's only once committed;
+    `--isolation read_uncommitted` shows everything; `--exit-at-end` stops
+    at the last stable offset instead of waiting on an open transaction."""
+    from confluent_kafka import Producer
+    topic = new_topic("clitxn")
+    boot = ["--bootstrap", broker.bootstrap]
+    fluxo("topic", "create", topic, "--partitions", "1", *boot)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": f"cli-{topic}"})
+    p.init_transactions(30)
+    for tag, commit in (("c1", True), ("a1", False), ("c2", True)):
+        p.begin_transaction()
+        for i in range(3):
+            p.produce(topic, f"{tag}-{i}".encode(), partition=0)
+        p.flush(30)
+        p.commit_transaction(30) if commit else p.abort_transaction(30)
+    # One more left open: nothing of it, nor anything after it, is committed yet.
+    p.begin_transaction()
+    p.produce(topic, b"open-0", partition=0)
+    p.flush(30)
+
+    committed_only = fluxo("consume", topic, "--from-beginning", "--exit-at-end", "--format", "raw", *boot)
+    assert committed_only.splitlines() == [f"c{r}-{i}" for r in (1, 2) for i in range(3)]
+    everything = fluxo("consume", topic, "--from-beginning", "--exit-at-end", "--format", "raw",
+                       "--isolation", "read_uncommitted", *boot)
+    assert everything.splitlines() == [f"{t}-{i}" for t in ("c1", "a1", "c2") for i in range(3)] + ["open-0"]
+    p.commit_transaction(30)
+    after = fluxo("consume", topic, "--from-beginning", "--exit-at-end", "--format", "raw", *boot)
+    assert after.splitlines()[-1] == "open-0"
+
+
 def committed(boot: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
