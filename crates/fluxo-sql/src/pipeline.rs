@@ -29,7 +29,7 @@ use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::planner::{Dataflow, Stage};
-use crate::reader::{Chunk, Readers};
+use crate::reader::{Chunk, Frontier, Readers};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
@@ -230,6 +230,22 @@ struct Runner {
     late_output: Option<TopicSink>,
     /// Sink states of the checkpoint the pipeline resumed from.
     restored_sinks: serde_json::Map<String, serde_json::Value>,
+    /// Set while a rebuilt pipeline replays what an earlier run's last
+    /// checkpoint covered: its sinks hold that run's output already.
+    replay: Option<Replay>,
+}
+
+/// A rebuild (a changed definition, or state this build cannot read) of a
+/// pipeline whose earlier run left a checkpoint. The earlier run committed
+/// its sinks' output up to that checkpoint, so the rebuilt pipeline replays
+/// the source exactly up to the checkpoint's source offsets (the readers
+/// hold each partition there until all arrive), advances its watermark to
+/// the checkpoint's, and writes nothing to its sinks until then: from that
+/// cut on, sinks get only what the earlier run never committed. The view
+/// itself is rebuilt whole.
+struct Replay {
+    frontier: Vec<i64>,
+    watermark: i64,
 }
 
 impl Runner {
@@ -316,6 +332,7 @@ impl Runner {
                 )
             }),
             restored_sinks: serde_json::Map::new(),
+            replay: None,
         })
     }
 
@@ -363,11 +380,13 @@ impl Runner {
             self.stage.as_ref().map_or(1, |s| s.shards()) as u64,
             Ordering::Relaxed,
         );
+        let frontier = self.replay_frontier();
         let readers = Readers::start(
             self.store.clone(),
             self.topic.clone(),
             self.decoder.clone(),
             self.partitions.iter().map(|c| c.offset).collect(),
+            frontier.clone(),
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             &self.name,
         )?;
@@ -434,7 +453,13 @@ impl Runner {
                 cursor.offset = cursor.offset.max(log.log_start_offset());
                 cursor.caught_up = cursor.offset >= log.last_stable_offset();
             }
-            let watermark = self.combined_watermark();
+            let replayed = self.replay_reached();
+            let mut watermark = self.combined_watermark();
+            if let (true, Some(replay)) = (replayed, &self.replay) {
+                // At the cut, the earlier run's watermark (it may have
+                // counted partitions idle that the replay does not).
+                watermark = watermark.max(replay.watermark);
+            }
             if watermark > self.watermark || self.updated_closed_windows {
                 self.updated_closed_windows = false;
                 let watermark = watermark.max(self.watermark);
@@ -445,6 +470,11 @@ impl Runner {
                     None => Vec::new(),
                 };
                 self.emit(out)?;
+            }
+            if replayed {
+                frontier.release();
+                self.replay = None;
+                tracing::info!(pipeline = %self.name, "replayed up to the earlier run's last checkpoint; its sinks go on from there");
             }
             self.publish_progress(&logs);
             if rate_at.elapsed() >= Duration::from_secs(1) {
@@ -607,14 +637,16 @@ impl Runner {
             return Ok(false);
         };
         if checkpoint.definition != self.definition {
-            tracing::info!(pipeline = %self.name, "ignoring a checkpoint of an earlier definition");
+            tracing::info!(pipeline = %self.name, "rebuilding: the checkpoint is of an earlier definition");
+            self.continue_output_of(checkpoint);
             return Ok(false);
         }
         if let Some(stage) = &mut self.stage {
             // State this build cannot read is rebuilt from the topic, as a
             // damaged checkpoint is.
             if let Err(e) = stage.restore(&checkpoint.operator) {
-                tracing::warn!(pipeline = %self.name, error = %e, "ignoring a checkpoint whose state cannot be restored");
+                tracing::warn!(pipeline = %self.name, error = %e, "rebuilding: the checkpoint's state cannot be restored");
+                self.continue_output_of(checkpoint);
                 return Ok(false);
             }
         }
@@ -657,6 +689,51 @@ impl Runner {
         });
         tracing::info!(pipeline = %self.name, epoch = checkpoint.epoch, "resumed from checkpoint");
         Ok(true)
+    }
+
+    /// A rebuild over an earlier run's checkpoint: its sinks' prepared
+    /// epoch is finished as on a restart (so what the earlier run decided
+    /// is committed once), epochs go on from its epoch (a sink's epochs
+    /// only grow), and the replay holds sink output back up to its cut.
+    fn continue_output_of(&mut self, checkpoint: crate::checkpoint::Checkpoint) {
+        self.epoch = checkpoint.epoch;
+        self.restored_sinks = checkpoint.sinks;
+        self.replay = Some(Replay {
+            frontier: checkpoint.partitions.iter().map(|p| p.offset).collect(),
+            watermark: checkpoint.watermark,
+        });
+    }
+
+    /// The readers' frontier for a replay (none otherwise), never past
+    /// what each partition holds now (a topic recreated since holds less).
+    fn replay_frontier(&mut self) -> Arc<Frontier> {
+        let Some(replay) = &mut self.replay else {
+            return Frontier::none();
+        };
+        if let Some(topic) = self.store.topic(&self.topic) {
+            for (offset, log) in replay.frontier.iter_mut().zip(topic.partitions()) {
+                *offset = (*offset).min(log.last_stable_offset());
+            }
+        }
+        Frontier::at(replay.frontier.clone())
+    }
+
+    /// While replaying: whether every partition reached the cut. Partitions
+    /// held there count as active, so idleness cannot move the watermark
+    /// past what the earlier run had at the cut.
+    fn replay_reached(&mut self) -> bool {
+        let Some(replay) = &self.replay else {
+            return false;
+        };
+        let mut all = true;
+        for (p, cursor) in self.partitions.iter_mut().enumerate() {
+            match replay.frontier.get(p) {
+                Some(f) if cursor.offset < *f => all = false,
+                Some(_) => cursor.last_data = Instant::now(),
+                None => {}
+            }
+        }
+        all && self.partitions.len() >= replay.frontier.len()
     }
 
     fn publish_progress(&self, logs: &[Arc<PartitionLog>]) {
@@ -799,7 +876,7 @@ impl Runner {
             self.stats
                 .late_events
                 .fetch_add(late.true_count() as u64, Ordering::Relaxed);
-            if let Some(output) = &mut self.late_output {
+            if let (Some(output), None) = (&mut self.late_output, &self.replay) {
                 let rows: UInt32Array = source_rows
                     .iter()
                     .zip(late.values().iter())
@@ -895,8 +972,10 @@ impl Runner {
             self.stats
                 .rows_out
                 .fetch_add(changes.num_rows() as u64, Ordering::Relaxed);
-            for sink in &mut self.sinks {
-                sink.write(&changes)?;
+            if self.replay.is_none() {
+                for sink in &mut self.sinks {
+                    sink.write(&changes)?;
+                }
             }
             if let Some(view) = &self.view {
                 view.apply(changes)?;

@@ -34,6 +34,44 @@ pub struct Chunk {
     pub next_offset: i64,
 }
 
+/// Where readers hold each partition until every partition got there: a
+/// pipeline rebuilt after an earlier run replays up to that run's last
+/// checkpoint exactly (no record past it) before it goes on.
+#[derive(Debug, Default)]
+pub struct Frontier {
+    offsets: Vec<i64>,
+    released: AtomicBool,
+}
+
+impl Frontier {
+    /// No frontier: readers read on.
+    pub fn none() -> Arc<Frontier> {
+        Arc::new(Frontier {
+            offsets: Vec::new(),
+            released: AtomicBool::new(true),
+        })
+    }
+
+    pub fn at(offsets: Vec<i64>) -> Arc<Frontier> {
+        Arc::new(Frontier {
+            offsets,
+            released: AtomicBool::new(false),
+        })
+    }
+
+    /// The offset partition `p` is held at, while the frontier holds.
+    pub fn hold(&self, p: usize) -> Option<i64> {
+        if self.released.load(Ordering::Acquire) {
+            return None;
+        }
+        self.offsets.get(p).copied()
+    }
+
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+}
+
 pub struct Readers {
     chunks: Receiver<Result<Chunk>>,
     stop: Arc<AtomicBool>,
@@ -48,6 +86,7 @@ impl Readers {
         topic: String,
         decoder: RecordDecoder,
         start_offsets: Vec<i64>,
+        frontier: Arc<Frontier>,
         readers: usize,
         name: &str,
     ) -> Result<Readers> {
@@ -61,6 +100,7 @@ impl Readers {
                 topic: topic.clone(),
                 decoder: decoder.clone(),
                 start_offsets: start_offsets.clone(),
+                frontier: frontier.clone(),
                 index,
                 readers,
                 stop: stop.clone(),
@@ -118,6 +158,7 @@ struct Reader {
     topic: String,
     decoder: RecordDecoder,
     start_offsets: Vec<i64>,
+    frontier: Arc<Frontier>,
     index: usize,
     readers: usize,
     stop: Arc<AtomicBool>,
@@ -177,11 +218,15 @@ impl Reader {
                 if *cursor >= log.last_stable_offset() {
                     continue;
                 }
+                let hold = self.frontier.hold(p);
+                if hold.is_some_and(|h| *cursor >= h) {
+                    continue;
+                }
                 let chunk = log
                     .read_committed(*cursor, READ_BYTES)
                     .map_err(|e| SqlError::Execution(format!("reading {}/{p}: {e}", self.topic)))
                     .and_then(|(bytes, aborted)| {
-                        decode_record_range(bytes, *cursor, i64::MAX, &aborted)
+                        decode_record_range(bytes, *cursor, hold.unwrap_or(i64::MAX), &aborted)
                     })
                     .and_then(|(values, next)| {
                         let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();

@@ -118,8 +118,10 @@ pub struct TopicSink {
     producer_id: i64,
     /// Partitions written in the open epoch.
     dirty: BTreeMap<i32, Arc<PartitionLog>>,
-    /// Partitions of the prepared epoch, which `commit` marks.
-    prepared: BTreeMap<i32, Arc<PartitionLog>>,
+    /// Partitions with prepared records not yet committed, with the end
+    /// offset those records reach: normally the last epoch's; after a
+    /// failed checkpoint (whose commit never came) also earlier epochs'.
+    prepared: BTreeMap<i32, (Arc<PartitionLog>, i64)>,
     /// Spreads unkeyed records over partitions, one batch at a time.
     next_partition: i32,
 }
@@ -316,7 +318,6 @@ impl Sink for TopicSink {
     }
 
     fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
-        let mut ends = BTreeMap::new();
         for (p, log) in std::mem::take(&mut self.dirty) {
             log.sync_now().map_err(|e| {
                 SqlError::Execution(format!(
@@ -324,9 +325,16 @@ impl Sink for TopicSink {
                     self.name, self.config.topic
                 ))
             })?;
-            ends.insert(p, log.end_offset());
-            self.prepared.insert(p, log);
+            let end = log.end_offset();
+            self.prepared.insert(p, (log, end));
         }
+        // Every uncommitted partition: a checkpoint covers the rows of the
+        // epochs before it whose own checkpoint failed, too.
+        let ends = self
+            .prepared
+            .iter()
+            .map(|(p, (_, end))| (*p, *end))
+            .collect();
         serde_json::to_value(PreparedEpoch {
             producer_id: self.producer_id,
             ends,
@@ -335,7 +343,7 @@ impl Sink for TopicSink {
     }
 
     fn commit(&mut self, _epoch: u64) -> Result<()> {
-        for (p, log) in std::mem::take(&mut self.prepared) {
+        for (p, (log, _)) in std::mem::take(&mut self.prepared) {
             self.write_marker(p, &log, ControlType::Commit)?;
         }
         Ok(())
