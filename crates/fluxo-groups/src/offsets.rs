@@ -12,11 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use fluxo_log::{LogStore, PartitionLog, TopicConfig};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use fluxo_log::{LogStore, OutRecord, PartitionLog, TopicConfig};
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +51,6 @@ pub struct OffsetStore {
     appended: std::sync::atomic::AtomicU64,
     loaded: std::sync::atomic::AtomicBool,
 }
-
-/// Records per batch in a snapshot.
-const SNAPSHOT_BATCH: usize = 2000;
 
 impl OffsetStore {
     /// Opens (creating if needed) the internal topic and replays it.
@@ -163,13 +158,16 @@ impl OffsetStore {
             return Ok(());
         }
         let _shared = self.compaction.read().await;
-        let mut buf = encode(entries.iter().map(|((topic, partition), value)| {
+        let records = records(entries.iter().map(|((topic, partition), value)| {
             (group, topic.as_str(), *partition, value.as_ref())
-        }))?;
-        let info = self.log.append(&mut buf)?;
-        self.appended
-            .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.log.sync_to(info.last_offset + 1).await?;
+        }));
+        // Split by the log under max.message.bytes: a commit may name
+        // thousands of partitions.
+        if let Some(range) = self.log.append_records(&records, None)? {
+            self.appended
+                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.log.sync_to(range.last_offset + 1).await?;
+        }
         let mut map = self.offsets.write();
         for (key, value) in entries {
             match value {
@@ -211,15 +209,14 @@ impl OffsetStore {
                     .map(move |((t, p), o)| (g.clone(), t.clone(), *p, o.clone()))
             })
             .collect();
-        let mut last = snapshot_start;
-        for chunk in live.chunks(SNAPSHOT_BATCH) {
-            let mut buf = encode(
-                chunk
-                    .iter()
-                    .map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))),
-            )?;
-            last = self.log.append(&mut buf)?.last_offset + 1;
-        }
+        let records = records(
+            live.iter()
+                .map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))),
+        );
+        let last = match self.log.append_records(&records, None)? {
+            Some(range) => range.last_offset + 1,
+            None => snapshot_start,
+        };
         // The snapshot must be on disk before what it replaces goes away.
         self.log.sync_to(last).await?;
         let deleted = self.log.delete_segments_before(snapshot_start);
@@ -259,50 +256,28 @@ impl OffsetStore {
     }
 }
 
-/// One v2 batch of offset records: (group, topic, partition, value or
-/// None for a delete).
-fn encode<'a>(
+/// The records of offset commits: (group, topic, partition, value or None
+/// for a delete), keyed by group, topic and partition as JSON.
+fn records<'a>(
     entries: impl Iterator<Item = (&'a str, &'a str, i32, Option<&'a CommittedOffset>)>,
-) -> Result<BytesMut> {
+) -> Vec<OutRecord> {
     let now = fluxo_log::now_ms();
-    let records: Vec<Record> = entries
-        .enumerate()
-        .map(|(i, (group, topic, partition, value))| {
+    entries
+        .map(|(group, topic, partition, value)| {
             let key = serde_json::to_vec(&OffsetKey {
                 group: group.to_string(),
                 topic: topic.to_string(),
                 partition,
             })
             .unwrap_or_default();
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // One batch: the encoder splits where `offset - sequence` changes.
-                sequence: i as i32,
-                timestamp: now,
+            OutRecord {
                 key: Some(Bytes::from(key)),
                 value: value.map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
-                headers: Default::default(),
+                headers: Vec::new(),
+                timestamp: now,
             }
         })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| GroupError::Internal(format!("cannot encode offsets: {e}")))?;
-    Ok(buf)
+        .collect()
 }
 
 fn apply(map: &mut OffsetMap, r: &Record) {

@@ -11,11 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use fluxo_log::{LogStore, PartitionLog, TopicConfig};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use fluxo_log::{LogStore, OutRecord, PartitionLog, TopicConfig};
+use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, TxnError};
@@ -125,9 +123,6 @@ pub(crate) struct StateLog {
     appended: AtomicU64,
 }
 
-/// Records per batch when compacting.
-const SNAPSHOT_BATCH: usize = 1000;
-
 impl StateLog {
     pub(crate) fn open(store: &LogStore) -> Result<StateLog> {
         let topic = match store.topic(TRANSACTION_STATE_TOPIC) {
@@ -195,10 +190,11 @@ impl StateLog {
 
     /// Writes one id's metadata (None removes it) and waits for the fsync.
     pub(crate) async fn write(&self, id: &str, meta: Option<&TxnMetadata>) -> Result<()> {
-        let mut buf = encode([(id, meta)].into_iter())?;
-        let info = self.log.append(&mut buf)?;
-        self.appended.fetch_add(1, Ordering::Relaxed);
-        self.log.sync_to(info.last_offset + 1).await?;
+        let records = records([(id, meta)].into_iter())?;
+        if let Some(range) = self.log.append_records(&records, None)? {
+            self.appended.fetch_add(1, Ordering::Relaxed);
+            self.log.sync_to(range.last_offset + 1).await?;
+        }
         Ok(())
     }
 
@@ -211,55 +207,36 @@ impl StateLog {
     /// caller keeps every writer out meanwhile.
     pub(crate) async fn compact(&self, live: &[(String, TxnMetadata)]) -> Result<usize> {
         let start = self.log.roll_now()?;
-        let mut last = start;
-        for chunk in live.chunks(SNAPSHOT_BATCH) {
-            let mut buf = encode(chunk.iter().map(|(id, m)| (id.as_str(), Some(m))))?;
-            last = self.log.append(&mut buf)?.last_offset + 1;
-        }
+        let records = records(live.iter().map(|(id, m)| (id.as_str(), Some(m))))?;
+        // The log splits them into batches under max.message.bytes.
+        let last = match self.log.append_records(&records, None)? {
+            Some(range) => range.last_offset + 1,
+            None => start,
+        };
         self.log.sync_to(last).await?;
         self.appended.store(live.len() as u64, Ordering::Relaxed);
         Ok(self.log.delete_segments_before(start))
     }
 }
 
-fn encode<'a>(
+/// The records of `entries`: key the transactional id, value the metadata
+/// as JSON (none removes the id).
+fn records<'a>(
     entries: impl Iterator<Item = (&'a str, Option<&'a TxnMetadata>)>,
-) -> Result<BytesMut> {
+) -> Result<Vec<OutRecord>> {
     let now = fluxo_log::now_ms();
-    let mut records = Vec::new();
-    for (i, (id, meta)) in entries.enumerate() {
-        let value = match meta {
-            Some(m) => Some(Bytes::from(serde_json::to_vec(m).map_err(|e| {
-                TxnError::Internal(format!("cannot encode transaction state: {e}"))
-            })?)),
-            None => None,
-        };
-        records.push(Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // One batch: the encoder splits where `offset - sequence` changes.
-            sequence: i as i32,
-            timestamp: now,
-            key: Some(Bytes::copy_from_slice(id.as_bytes())),
-            value,
-            headers: Default::default(),
-        });
-    }
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| TxnError::Internal(format!("cannot encode transaction state: {e}")))?;
-    Ok(buf)
+    entries
+        .map(|(id, meta)| {
+            let value = meta
+                .map(|m| serde_json::to_vec(m).map(Bytes::from))
+                .transpose()
+                .map_err(|e| TxnError::Internal(format!("cannot encode transaction state: {e}")))?;
+            Ok(OutRecord {
+                key: Some(Bytes::copy_from_slice(id.as_bytes())),
+                value,
+                headers: Vec::new(),
+                timestamp: now,
+            })
+        })
+        .collect()
 }
