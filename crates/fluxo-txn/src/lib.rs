@@ -83,6 +83,9 @@ pub struct TxnConfig {
     /// How often timed-out transactions are looked for (Kafka's
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
     pub abort_check_interval: Duration,
+    /// `transactional.id.expiration.ms`: an id with no transaction open
+    /// and no request for this long is forgotten (Kafka's default, 7 days).
+    pub id_expiration: Duration,
 }
 
 impl Default for TxnConfig {
@@ -90,6 +93,7 @@ impl Default for TxnConfig {
         TxnConfig {
             max_timeout_ms: 900_000,
             abort_check_interval: Duration::from_secs(1),
+            id_expiration: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -629,6 +633,7 @@ impl TxnCoordinator {
                 this.recovered.store(true, Ordering::Release);
                 if last_compaction_check.elapsed() > Duration::from_secs(60) {
                     last_compaction_check = std::time::Instant::now();
+                    this.expire_ids().await;
                     this.compact_if_needed().await;
                 }
             }
@@ -674,6 +679,47 @@ impl TxnCoordinator {
                 );
             }
         }
+    }
+
+    /// Forgets ids idle past `id_expiration` with nothing open: a
+    /// tombstone in the state topic, then out of memory. Returns how many.
+    async fn expire_ids(&self) -> usize {
+        let now = fluxo_log::now_ms();
+        let horizon = self.config.id_expiration.as_millis() as i64;
+        let idle: Vec<(String, Slot)> = {
+            let view = self.view.lock();
+            let slots = self.slots.lock();
+            view.iter()
+                .filter(|(_, m)| {
+                    matches!(
+                        m.status,
+                        TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+                    ) && now - m.update_ms > horizon
+                })
+                .filter_map(|(id, _)| slots.get(id).map(|s| (id.clone(), s.clone())))
+                .collect()
+        };
+        let mut expired = 0;
+        for (id, slot) in idle {
+            let mut guard = slot.lock().await;
+            // A request may have come meanwhile.
+            if guard.as_ref().is_none_or(|m| now - m.update_ms <= horizon) {
+                continue;
+            }
+            let _shared = self.compaction.read().await;
+            if let Err(e) = self.state_log.write(&id, None).await {
+                tracing::warn!(transactional_id = id, "cannot expire: {e}");
+                continue;
+            }
+            *guard = None;
+            self.view.lock().remove(&id);
+            self.slots.lock().remove(&id);
+            expired += 1;
+        }
+        if expired > 0 {
+            tracing::info!("expired {expired} idle transactional id(s)");
+        }
+        expired
     }
 
     async fn compact_if_needed(&self) {

@@ -350,3 +350,41 @@ async fn bad_requests_get_kafkas_codes_and_change_nothing() {
     assert_eq!(f.txns.describe("x").unwrap().status, TxnStatus::Empty);
     assert_eq!(f.log(0).end_offset(), 0);
 }
+
+#[tokio::test]
+async fn idle_ids_expire_and_come_back_as_new() {
+    let f = Fixture::new().await;
+    let (pid, _) = f.txns.init_producer_id("old", 60_000, None).await.unwrap();
+    let (busy, epoch) = f.txns.init_producer_id("busy", 60_000, None).await.unwrap();
+    f.txns
+        .add_partitions("busy", busy, epoch, &parts(&[0]), false)
+        .await;
+    // Everything counts as idle now; an open transaction never expires.
+    let mut config = TxnConfig::default();
+    config.id_expiration = Duration::ZERO;
+    let txns = TxnCoordinator::open(f.store.clone(), f.groups.clone(), config).unwrap();
+    drop(f.txns);
+    txns.recovered.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(txns.expire_ids().await, 1);
+    assert!(txns.describe("old").is_none());
+    assert_eq!(txns.describe("busy").unwrap().status, TxnStatus::Ongoing);
+    assert_eq!(
+        txns.end_txn("old", pid, 0, true).await,
+        codes::INVALID_PRODUCER_ID_MAPPING
+    );
+    // Gone from the state topic too.
+    drop(txns);
+    let reopened =
+        TxnCoordinator::open(f.store.clone(), f.groups.clone(), TxnConfig::default()).unwrap();
+    assert!(reopened.describe("old").is_none());
+    assert!(reopened.describe("busy").is_some());
+    // The id may be used again, as a new one.
+    reopened.recovered.store(true, Ordering::Release);
+    let (new_pid, epoch) = reopened
+        .init_producer_id("old", 60_000, None)
+        .await
+        .unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(epoch, 0);
+}

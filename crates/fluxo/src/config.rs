@@ -37,6 +37,8 @@ pub struct TransactionsSection {
     pub max_timeout_ms: Option<i32>,
     /// How often timed-out transactions are aborted (default 1000 ms).
     pub abort_check_interval_ms: Option<u64>,
+    /// `transactional.id.expiration.ms` (default 604800000, 7 days).
+    pub id_expiration_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -121,6 +123,9 @@ impl ConfigFile {
         }
         if let Some(ms) = self.transactions.abort_check_interval_ms {
             config.abort_check_interval = Duration::from_millis(ms.max(10));
+        }
+        if let Some(ms) = self.transactions.id_expiration_ms {
+            config.id_expiration = Duration::from_millis(ms);
         }
         config
     }
