@@ -509,6 +509,44 @@ def test_kill9_with_an_open_transaction_is_aborted_by_the_next_instance(broker, 
         assert_records(ru[part], expected(r_old + r_new, part), f"read_uncommitted, partition {part}")
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("failpoint", ["txn-after-prepare", "txn-after-markers"])
+def test_a_crash_between_the_two_phases_of_a_commit_completes_it_once(broker, new_topic, monkeypatch, failpoint):
+    """The broker dies inside EndTxn (FLUXO_FAILPOINT aborts the process
+    like kill -9): after the decision is durable but before any marker, or
+    after the markers but before the transaction is recorded complete. On
+    restart the coordinator completes the commit before serving
+    transactional requests; the producer's retried commit succeeds and
+    read_committed sees every record exactly once, in order."""
+    import threading
+    bs = broker.bootstrap
+    topic = new_topic("phases")
+    H.create_topic(bs, topic, partitions=2)
+    broker.stop()
+    monkeypatch.setenv("FLUXO_FAILPOINT", failpoint)
+    broker.start()
+    monkeypatch.delenv("FLUXO_FAILPOINT")
+    p = txn_producer(bs, txn_id("phases"), **RESTART_SAFE)
+    p.init_transactions(30)
+    p.begin_transaction()
+    reports = produce_values(p, topic, [b"v%d" % i for i in range(20)])
+    outcome: list[object] = []
+    def commit():
+        try:
+            outcome.append(commit_or_abort(p, 90))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(e)
+    committer = threading.Thread(target=commit)
+    committer.start()
+    assert broker.proc.wait(timeout=30) != 0, "the failpoint stopped the broker"
+    broker.start()
+    committer.join(100)
+    assert outcome == [True], f"the retried commit: {outcome}"
+    rc = read_partitions(bs, topic, "read_committed")
+    for part in (0, 1):
+        assert_records(rc[part], expected(reports, part), f"read_committed, partition {part}")
+
+
 # -- exactly once: consume-transform-produce ---------------------------------------------
 
 @pytest.mark.timeout(200)

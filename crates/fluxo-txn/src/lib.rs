@@ -493,6 +493,7 @@ impl TxnCoordinator {
         };
         meta.update_ms = fluxo_log::now_ms();
         self.persist(id, meta).await?;
+        failpoint("txn-after-prepare");
         self.finish(id, meta).await
     }
 
@@ -529,6 +530,7 @@ impl TxnCoordinator {
         for (log, offset) in syncs {
             log.sync_to(offset).await?;
         }
+        failpoint("txn-after-markers");
         if commit {
             let now = fluxo_log::now_ms();
             for (group, offsets) in &meta.groups {
@@ -747,6 +749,20 @@ impl TxnCoordinator {
             ),
             Err(e) => tracing::warn!("compacting {TRANSACTION_STATE_TOPIC} failed: {e}"),
         }
+    }
+}
+
+/// Crash tests' hook: with `FLUXO_FAILPOINT=<name>` in its environment the
+/// process aborts (as a kill -9 would stop it) when it reaches the point of
+/// that name: `txn-after-prepare` (the decision is durable, no marker
+/// written), `txn-after-markers` (markers durable, not yet recorded
+/// complete). Read once; unset, it costs a load.
+fn failpoint(name: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("FLUXO_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        tracing::error!("failpoint {name} reached: aborting the process");
+        std::process::abort();
     }
 }
 
