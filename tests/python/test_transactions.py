@@ -269,6 +269,22 @@ def test_read_committed_sees_exactly_the_committed_transactions(broker, new_topi
     for part in (0, 1):
         assert_records(ru[part], expected(r1 + r2 + r3, part), f"read_uncommitted, partition {part}")
 
+    # /metrics counts the outcomes and shows nothing holding the LSO back.
+    import http.client
+    from prometheus_client.parser import text_string_to_metric_families
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(conn.getresponse().read().decode())}
+    ended = {s.labels["outcome"]: s.value for s in families["fluxo_transactions"].samples
+             if s.name.endswith("_total")}
+    assert ended["committed"] == 2 and ended["aborted"] == 1, ended
+    stable = {s.labels["partition"]: s.value for s in families["fluxo_log_last_stable_offset"].samples
+              if s.labels["topic"] == topic}
+    end = {s.labels["partition"]: s.value for s in families["fluxo_log_end_offset"].samples
+           if s.labels["topic"] == topic}
+    assert stable == end and len(end) == 2
+
 
 @pytest.mark.timeout(120)
 def test_open_transaction_holds_back_later_records_until_it_ends(broker, new_topic):

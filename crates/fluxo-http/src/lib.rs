@@ -110,6 +110,7 @@ pub struct Services {
     pub store: Arc<LogStore>,
     pub groups: Arc<GroupCoordinator>,
     pub broker_metrics: Arc<BrokerMetrics>,
+    pub transactions: Arc<fluxo_txn::TxnCoordinator>,
     pub dashboards: Arc<DashboardStore>,
 }
 

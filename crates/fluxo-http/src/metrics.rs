@@ -97,6 +97,12 @@ fn scrape(services: &Services) -> prometheus::Result<String> {
         "The partition's next offset",
         &["topic", "partition"],
     )?;
+    let log_stable = gauge(
+        &r,
+        "fluxo_log_last_stable_offset",
+        "Where read_committed consumers stop: the first offset of the oldest open transaction, or the end",
+        &["topic", "partition"],
+    )?;
     for topic in services.store.topics() {
         let (mut recs, mut bytes) = (0, 0);
         for p in topic.partitions() {
@@ -106,6 +112,9 @@ fn scrape(services: &Services) -> prometheus::Result<String> {
             log_size.with_label_values(&labels).set(o.size_bytes as i64);
             log_start.with_label_values(&labels).set(o.log_start_offset);
             log_end.with_label_values(&labels).set(o.end_offset);
+            log_stable
+                .with_label_values(&labels)
+                .set(p.last_stable_offset());
             let a = p.append_totals();
             recs += a.records;
             bytes += a.bytes;
@@ -238,6 +247,30 @@ fn scrape(services: &Services) -> prometheus::Result<String> {
         }
         state_bytes.with_label_values(&l).set(p.state_bytes as i64);
         view_rows.with_label_values(&l).set(p.view_rows as i64);
+    }
+
+    let txn_ends = counter(
+        &r,
+        "fluxo_transactions_total",
+        "Transactions the coordinator ended since start, by outcome (committed, aborted, timed_out: aborted by transaction.timeout.ms)",
+        &["outcome"],
+    )?;
+    let txn_open = gauge(
+        &r,
+        "fluxo_transactional_ids",
+        "Registered transactional ids by the state of their transaction",
+        &["state"],
+    )?;
+    let t = services.transactions.counters();
+    txn_ends
+        .with_label_values(&["committed"])
+        .inc_by(t.committed);
+    txn_ends.with_label_values(&["aborted"]).inc_by(t.aborted);
+    txn_ends
+        .with_label_values(&["timed_out"])
+        .inc_by(t.timed_out);
+    for (_, meta) in services.transactions.list() {
+        txn_open.with_label_values(&[meta.status.name()]).inc();
     }
 
     let mut families = services.broker_metrics.registry().gather();

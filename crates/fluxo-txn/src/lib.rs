@@ -33,7 +33,7 @@
 mod state_log;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +116,19 @@ pub struct TxnCoordinator {
     compaction: tokio::sync::RwLock<()>,
     /// Set once transactions left in a Prepare state by a crash are done.
     recovered: AtomicBool,
+    committed: AtomicU64,
+    aborted: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// Transactions ended since start, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TxnCounters {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Aborted because they outlived `transaction.timeout.ms` (also
+    /// counted in `aborted`).
+    pub timed_out: u64,
 }
 
 /// What a client's transactional produce to one partition may do.
@@ -155,6 +168,9 @@ impl TxnCoordinator {
             view: Mutex::new(loaded),
             compaction: tokio::sync::RwLock::new(()),
             recovered: AtomicBool::new(false),
+            committed: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
         }))
     }
 
@@ -552,8 +568,10 @@ impl TxnCoordinator {
             }
         }
         meta.status = if commit {
+            self.committed.fetch_add(1, Ordering::Relaxed);
             TxnStatus::CompleteCommit
         } else {
+            self.aborted.fetch_add(1, Ordering::Relaxed);
             TxnStatus::CompleteAbort
         };
         meta.partitions.clear();
@@ -603,6 +621,14 @@ impl TxnCoordinator {
             matches!(m.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit)
                 && m.groups.get(group).is_some_and(|o| o.contains_key(&key))
         })
+    }
+
+    pub fn counters(&self) -> TxnCounters {
+        TxnCounters {
+            committed: self.committed.load(Ordering::Relaxed),
+            aborted: self.aborted.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+        }
     }
 
     /// DescribeTransactions.
@@ -669,6 +695,7 @@ impl TxnCoordinator {
                     // The bump fences the producer: its next request gets
                     // PRODUCER_FENCED / INVALID_PRODUCER_EPOCH.
                     meta.producer_epoch = meta.producer_epoch.saturating_add(1);
+                    self.timed_out.fetch_add(1, Ordering::Relaxed);
                     self.end(&id, meta, false).await
                 }
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => self.finish(&id, meta).await,

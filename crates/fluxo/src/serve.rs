@@ -190,7 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let broker = Arc::new(Broker::new(
         store.clone(),
         groups.clone(),
-        transactions,
+        transactions.clone(),
         config,
     )?);
     let broker_metrics = broker.metrics.clone();
@@ -223,6 +223,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         groups,
         broker_metrics,
+        transactions,
         dashboards: dashboards.clone(),
     };
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
