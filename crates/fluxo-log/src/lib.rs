@@ -16,6 +16,17 @@
 //! by batch (length and CRC-32C); a torn or corrupt tail is truncated and
 //! logged, never a reason to refuse to start. Sealed segments keep their
 //! index files; missing or inconsistent ones are rebuilt.
+//!
+//! Transactions: each partition knows its producers (idempotent sequence
+//! numbers, epochs) and their open transactions, so it keeps the last
+//! stable offset (LSO: the first offset of the oldest open transaction)
+//! and an index of aborted transactions. Markers (control batches) are
+//! written only through [`PartitionLog::append_marker`]; read_committed
+//! readers use [`PartitionLog::read_committed`] and
+//! [`batch::committed_batches`]. The batch format, markers included, is
+//! owned here ([`batch`], [`records`]): every writer inside fluxo appends
+//! through [`PartitionLog::append_records`], which splits batches under
+//! the topic's `max.message.bytes`.
 
 pub mod batch;
 pub mod config;
