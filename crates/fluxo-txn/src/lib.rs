@@ -224,6 +224,7 @@ impl TxnCoordinator {
             None => TxnMetadata {
                 producer_id: self.store.allocate_producer_id(),
                 producer_epoch: -1,
+                last_producer_epoch: -1,
                 timeout_ms,
                 status: TxnStatus::Empty,
                 partitions: Default::default(),
@@ -233,7 +234,11 @@ impl TxnCoordinator {
             },
             Some(meta) => {
                 if let Some((pid, epoch)) = expected {
-                    if pid != meta.producer_id || epoch != meta.producer_epoch {
+                    // The producer of a transaction the timer aborted
+                    // knows only the epoch before that bump.
+                    let known = epoch == meta.producer_epoch
+                        || (meta.last_producer_epoch >= 0 && epoch == meta.last_producer_epoch);
+                    if pid != meta.producer_id || !known {
                         *guard = Some(meta);
                         return Err(codes::PRODUCER_FENCED);
                     }
@@ -260,6 +265,7 @@ impl TxnCoordinator {
             } else {
                 meta.producer_epoch += 1;
             }
+            meta.last_producer_epoch = -1;
             meta.timeout_ms = timeout_ms;
             meta.status = TxnStatus::Empty;
             meta.start_ms = -1;
@@ -694,6 +700,7 @@ impl TxnCoordinator {
                     );
                     // The bump fences the producer: its next request gets
                     // PRODUCER_FENCED / INVALID_PRODUCER_EPOCH.
+                    meta.last_producer_epoch = meta.producer_epoch;
                     meta.producer_epoch = meta.producer_epoch.saturating_add(1);
                     self.timed_out.fetch_add(1, Ordering::Relaxed);
                     self.end(&id, meta, false).await

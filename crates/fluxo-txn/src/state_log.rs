@@ -71,6 +71,11 @@ pub struct PendingOffset {
 pub struct TxnMetadata {
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// The epoch before a bump that aborted a timed-out transaction: its
+    /// producer may still re-initialise with it (KIP-360) instead of being
+    /// fenced for good. -1 when the last bump was a new producer's.
+    #[serde(default = "no_epoch")]
+    pub last_producer_epoch: i16,
     pub timeout_ms: i32,
     pub status: TxnStatus,
     /// Partitions the open (or completing) transaction wrote to.
@@ -116,6 +121,10 @@ mod pending_offsets {
             })
             .collect())
     }
+}
+
+fn no_epoch() -> i16 {
+    -1
 }
 
 pub(crate) struct StateLog {

@@ -238,6 +238,20 @@ async fn a_timed_out_transaction_is_aborted_and_its_producer_fenced() {
         f.txns.end_txn("slow", pid, epoch, true).await,
         codes::PRODUCER_FENCED
     );
+    // KIP-360: that producer may re-initialise with the epoch it knows and
+    // go on (a zombie of an older epoch may not).
+    assert_eq!(
+        f.txns
+            .init_producer_id("slow", 60_000, Some((pid, epoch)))
+            .await,
+        Ok((pid, epoch + 2))
+    );
+    assert_eq!(
+        f.txns
+            .init_producer_id("slow", 60_000, Some((pid, epoch)))
+            .await,
+        Err(codes::PRODUCER_FENCED)
+    );
 }
 
 #[tokio::test]
