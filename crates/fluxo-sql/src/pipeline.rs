@@ -705,13 +705,16 @@ impl Runner {
     }
 
     /// The readers' frontier for a replay (none otherwise), never past
-    /// what each partition holds now (a topic recreated since holds less).
+    /// what the topic holds now (one recreated since may hold less, or
+    /// fewer partitions), so the replay always reaches it.
     fn replay_frontier(&mut self) -> Arc<Frontier> {
         let Some(replay) = &mut self.replay else {
             return Frontier::none();
         };
         if let Some(topic) = self.store.topic(&self.topic) {
-            for (offset, log) in replay.frontier.iter_mut().zip(topic.partitions()) {
+            let logs = topic.partitions();
+            replay.frontier.truncate(logs.len());
+            for (offset, log) in replay.frontier.iter_mut().zip(logs) {
                 *offset = (*offset).min(log.last_stable_offset());
             }
         }
