@@ -368,15 +368,8 @@ impl TxnCoordinator {
         {
             return all(codes::NONE);
         }
-        let mut next = meta.clone();
-        if next.status != TxnStatus::Ongoing {
-            next.status = TxnStatus::Ongoing;
-            next.start_ms = fluxo_log::now_ms();
-            next.partitions.clear();
-            next.groups.clear();
-        }
+        let mut next = meta.ongoing();
         next.partitions.extend(partitions.iter().cloned());
-        next.update_ms = fluxo_log::now_ms();
         match self.persist(id, &next).await {
             Ok(()) => {
                 *guard = Some(next);
@@ -406,15 +399,8 @@ impl TxnCoordinator {
         if meta.status == TxnStatus::Ongoing && meta.groups.contains_key(group) {
             return codes::NONE;
         }
-        let mut next = meta.clone();
-        if next.status != TxnStatus::Ongoing {
-            next.status = TxnStatus::Ongoing;
-            next.start_ms = fluxo_log::now_ms();
-            next.partitions.clear();
-            next.groups.clear();
-        }
+        let mut next = meta.ongoing();
         next.groups.entry(group.to_string()).or_default();
-        next.update_ms = fluxo_log::now_ms();
         match self.persist(id, &next).await {
             Ok(()) => {
                 *guard = Some(next);

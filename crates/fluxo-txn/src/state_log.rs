@@ -123,6 +123,23 @@ mod pending_offsets {
     }
 }
 
+impl TxnMetadata {
+    /// A copy to change for a request that adds to the transaction: the
+    /// open one, or a new one (started now, nothing in it yet).
+    pub(crate) fn ongoing(&self) -> TxnMetadata {
+        let mut next = self.clone();
+        let now = fluxo_log::now_ms();
+        if next.status != TxnStatus::Ongoing {
+            next.status = TxnStatus::Ongoing;
+            next.start_ms = now;
+            next.partitions.clear();
+            next.groups.clear();
+        }
+        next.update_ms = now;
+        next
+    }
+}
+
 fn no_epoch() -> i16 {
     -1
 }
