@@ -75,6 +75,42 @@ impl OperatorState {
             .collect())
     }
 
+    /// Several operators' states in one: each one's metadata under its
+    /// name, its batches named `<name>/<batch>`.
+    pub fn nest(parts: Vec<(String, OperatorState)>) -> OperatorState {
+        let mut meta = serde_json::Map::new();
+        let mut batches = Vec::new();
+        for (name, state) in parts {
+            batches.extend(
+                state
+                    .batches
+                    .into_iter()
+                    .map(|(b, batch)| (format!("{name}/{b}"), batch)),
+            );
+            meta.insert(name, state.meta);
+        }
+        OperatorState {
+            meta: serde_json::Value::Object(meta),
+            batches,
+        }
+    }
+
+    /// The part of [`OperatorState::nest`] called `name`.
+    pub fn nested(&self, name: &str) -> Result<OperatorState> {
+        let meta = self.meta.get(name).cloned().ok_or_else(|| {
+            SqlError::Execution(format!("checkpoint has no state for {name}"))
+        })?;
+        let prefix = format!("{name}/");
+        Ok(OperatorState {
+            meta,
+            batches: self
+                .batches
+                .iter()
+                .filter_map(|(n, b)| n.strip_prefix(&prefix).map(|n| (n.to_string(), b.clone())))
+                .collect(),
+        })
+    }
+
     pub fn meta_list(&self, key: &str) -> Result<Vec<i64>> {
         match self.meta.get(key) {
             None | Some(serde_json::Value::Null) => Ok(Vec::new()),
@@ -92,12 +128,22 @@ pub struct Checkpoint {
     pub definition: String,
     pub taken_at_ms: i64,
     pub watermark: i64,
+    /// The first input's partitions.
     pub partitions: Vec<PartitionPosition>,
+    /// The partitions of the other inputs of a query that reads several.
+    pub more_inputs: Vec<Vec<PartitionPosition>>,
     pub counters: Counters,
     pub operator: OperatorState,
     pub view: Option<RecordBatch>,
     /// Each sink's progress, as the sink reported it, by sink name.
     pub sinks: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Checkpoint {
+    /// Each input's partitions, in input order.
+    pub fn input_positions(&self) -> impl Iterator<Item = &Vec<PartitionPosition>> {
+        std::iter::once(&self.partitions).chain(self.more_inputs.iter())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +153,8 @@ struct Header {
     taken_at_ms: i64,
     watermark: i64,
     partitions: Vec<PartitionPosition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_inputs: Vec<Vec<PartitionPosition>>,
     counters: Counters,
     operator_meta: serde_json::Value,
     sinks: serde_json::Map<String, serde_json::Value>,
@@ -194,6 +242,7 @@ fn encode(c: &Checkpoint) -> Result<Vec<u8>> {
         taken_at_ms: c.taken_at_ms,
         watermark: c.watermark,
         partitions: c.partitions.clone(),
+        more_inputs: c.more_inputs.clone(),
         counters: c.counters,
         operator_meta: c.operator.meta.clone(),
         sinks: c.sinks.clone(),
@@ -255,6 +304,7 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint> {
         taken_at_ms: header.taken_at_ms,
         watermark: header.watermark,
         partitions: header.partitions,
+        more_inputs: header.more_inputs,
         counters: header.counters,
         operator: OperatorState {
             meta: header.operator_meta,
@@ -332,6 +382,10 @@ mod tests {
                 offset: 10,
                 max_event_time: Some(99),
             }],
+            more_inputs: vec![vec![PartitionPosition {
+                offset: 3,
+                max_event_time: None,
+            }]],
             counters: Counters {
                 events_in: 5,
                 ..Counters::default()

@@ -29,7 +29,7 @@ use crate::parser::{
     parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
-use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage};
+use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage, ViewQueries};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
@@ -87,6 +87,8 @@ impl QueryResult {
 
 struct ViewEntry {
     def: ViewDef,
+    /// The views its query reads (whose operators it runs too).
+    reads_views: Vec<String>,
     dataflow: Dataflow,
     store: Arc<ViewStore>,
     pipeline: PipelineHandle,
@@ -249,10 +251,26 @@ impl Engine {
         }
     }
 
+    /// What a continuous query may read: the sources (and tables over
+    /// topics), and the views with their queries.
+    fn planning_inputs(&self) -> (HashMap<String, Arc<SourceDef>>, ViewQueries) {
+        let objects = self.objects.read();
+        let views = objects
+            .views
+            .iter()
+            .map(|(name, v)| (name.clone(), v.def.query.clone()))
+            .collect();
+        (objects.sources.clone(), views)
+    }
+
     fn check_name_free(&self, name: &str, if_not_exists: bool) -> Result<bool> {
         let objects = self.objects.read();
-        let kind = if objects.sources.contains_key(name) {
-            "source"
+        let kind = if let Some(def) = objects.sources.get(name) {
+            if def.is_table() {
+                "table"
+            } else {
+                "source"
+            }
         } else if objects.tables.contains_key(name) {
             "table"
         } else if objects.views.contains_key(name) {
@@ -314,7 +332,8 @@ impl Engine {
         if let Some(g) = generator {
             objects.generators.insert(name.clone(), g);
         }
-        Ok(QueryResult::message(format!("CREATE SOURCE {name}")))
+        let what = if objects.sources[&name].is_table() { "TABLE" } else { "SOURCE" };
+        Ok(QueryResult::message(format!("CREATE {what} {name}")))
     }
 
     async fn create_view(&self, def: ViewDef, persist: bool) -> Result<QueryResult> {
@@ -355,8 +374,8 @@ impl Engine {
                 "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
             )));
         }
-        let sources = self.objects.read().sources.clone();
-        let dataflow = plan_dataflow(&sources, &def.query).await?;
+        let (sources, views) = self.planning_inputs();
+        let dataflow = plan_dataflow(&sources, &views, &def.query).await?;
         let late_topic = def.options.get("late_topic").map(str::to_string);
         if let Some(topic) = &late_topic {
             check_late_topic(topic, &dataflow)?;
@@ -390,10 +409,18 @@ impl Engine {
             !persist,
         )?;
         let name = def.name.clone();
+        let reads_views = {
+            let objects = self.objects.read();
+            relations_of(&def.query)
+                .into_iter()
+                .filter(|r| objects.views.contains_key(r))
+                .collect()
+        };
         self.objects.write().views.insert(
             name.clone(),
             Arc::new(ViewEntry {
                 def,
+                reads_views,
                 dataflow,
                 store,
                 pipeline,
@@ -520,7 +547,7 @@ impl Engine {
             }
             view.pipeline.add_sink(sink);
         } else {
-            let sources = self.objects.read().sources.clone();
+            let (sources, views) = self.planning_inputs();
             let query = match crate::parser::parse_statement_str(&format!(
                 "SELECT * FROM {}",
                 crate::parser::quote_ident(&def.from)
@@ -528,7 +555,7 @@ impl Engine {
                 Statement::Query(q) => q,
                 _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
             };
-            let dataflow = plan_dataflow(&sources, &query).await?;
+            let dataflow = plan_dataflow(&sources, &views, &query).await?;
             let definition = Statement::CreateSink(def.clone()).to_string();
             let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
             if persist {
@@ -632,6 +659,17 @@ impl Engine {
 
     fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
         let mut objects = self.objects.write();
+        // A table over a topic lives with the sources.
+        let topic_table = objects.sources.get(name).is_some_and(|s| s.is_table());
+        let kind = match kind {
+            ObjectKind::Table if topic_table => ObjectKind::Source,
+            ObjectKind::Source if topic_table => {
+                return Err(SqlError::Plan(format!(
+                    "{name} is a table: DROP TABLE {name}"
+                )))
+            }
+            k => k,
+        };
         let exists = match kind {
             ObjectKind::Source => objects.sources.contains_key(name),
             ObjectKind::Table => objects.tables.contains_key(name),
@@ -655,7 +693,7 @@ impl Engine {
                 let users: Vec<&String> = objects
                     .views
                     .iter()
-                    .filter(|(_, v)| v.dataflow.scan.source.name == name)
+                    .filter(|(_, v)| v.dataflow.sources().iter().any(|s| s == name))
                     .map(|(n, _)| n)
                     .collect();
                 if !users.is_empty() {
@@ -690,6 +728,19 @@ impl Engine {
                 objects.tables.remove(name);
             }
             ObjectKind::View => {
+                let mut readers: Vec<String> = objects
+                    .views
+                    .iter()
+                    .filter(|(_, v)| v.reads_views.iter().any(|r| r == name))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if !readers.is_empty() {
+                    readers.sort();
+                    return Err(SqlError::InUse(format!(
+                        "cannot drop view {name}: views {} read from it; drop them first",
+                        readers.join(", ")
+                    )));
+                }
                 let users: Vec<String> = objects
                     .sinks
                     .iter()
@@ -723,6 +774,7 @@ impl Engine {
         }
         let what = match kind {
             ObjectKind::View => "MATERIALIZED VIEW".to_string(),
+            _ if topic_table => "TABLE".to_string(),
             k => k.as_str().to_uppercase(),
         };
         Ok(QueryResult::message(format!("DROP {what} {name}")))
@@ -734,6 +786,7 @@ impl Engine {
             ObjectKind::Source => objects
                 .sources
                 .values()
+                .filter(|s| !s.is_table())
                 .map(|s| {
                     (
                         s.name.clone(),
@@ -752,6 +805,13 @@ impl Engine {
                         t.path.display().to_string(),
                     )
                 })
+                .chain(objects.sources.values().filter(|s| s.is_table()).map(|s| {
+                    (
+                        s.name.clone(),
+                        "topic".to_string(),
+                        s.options.get("topic").unwrap_or("").to_string(),
+                    )
+                }))
                 .collect(),
             ObjectKind::View => objects
                 .views
@@ -759,7 +819,7 @@ impl Engine {
                 .map(|v| {
                     (
                         v.def.name.clone(),
-                        v.dataflow.scan.source.name.clone(),
+                        v.dataflow.sources().join(", "),
                         v.pipeline.stats.status.lock().clone(),
                     )
                 })
@@ -861,10 +921,15 @@ impl Engine {
                 ))
             }
         };
-        let sources = self.objects.read().sources.clone();
-        let lines = match plan_dataflow(&sources, &query).await {
+        let (sources, views) = self.planning_inputs();
+        let lines = match plan_dataflow(&sources, &views, &query).await {
             Ok(dataflow) => {
-                let mut lines = vec!["continuous dataflow (source first):".to_string()];
+                let order = if dataflow.graph.is_some() {
+                    "view first, each operator's inputs indented below it"
+                } else {
+                    "source first"
+                };
+                let mut lines = vec![format!("continuous dataflow ({order}):")];
                 lines.extend(dataflow.describe().into_iter().map(|l| format!("  {l}")));
                 lines.push(format!(
                     "  View: {}",
@@ -1079,6 +1144,24 @@ impl Engine {
     }
 }
 
+/// The names of the tables, sources and views a query reads.
+fn relations_of(query: &datafusion::sql::sqlparser::ast::Query) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = datafusion::sql::sqlparser::ast::visit_relations(query, |relation| {
+        if let Some(last) = relation.0.last() {
+            let name = match last.as_ident() {
+                Some(ident) => crate::parser::ident_value(ident),
+                None => last.to_string(),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    names
+}
+
 /// What the status API shows of a pipeline.
 fn status(
     sql: String,
@@ -1094,7 +1177,7 @@ fn status(
         name: name.to_string(),
         sql,
         status: s.status.lock().clone(),
-        source: dataflow.scan.source.name.clone(),
+        source: dataflow.sources().join(", "),
         operators: dataflow.describe(),
         events_in: s.events_in.load(Ordering::Relaxed),
         rows_out: s.rows_out.load(Ordering::Relaxed),
@@ -1158,14 +1241,17 @@ impl TableProvider for ViewTable {
 fn check_late_topic(topic: &str, dataflow: &Dataflow) -> Result<()> {
     LogStore::validate_topic_name(topic)
         .map_err(|e| SqlError::Plan(format!("late_topic = '{topic}': {e}")))?;
-    if !matches!(dataflow.stage, Stage::Window { .. }) {
-        return Err(SqlError::Plan(
-            "late_topic needs a view that aggregates over TUMBLE, HOP or SESSION windows: \
-             only their events can be late"
-                .into(),
-        ));
-    }
-    if dataflow.scan.source.options.get("topic") == Some(topic) {
+    let chain = match dataflow.single() {
+        Some(chain) if matches!(chain.stage, Stage::Window { .. }) => chain,
+        _ => {
+            return Err(SqlError::Plan(
+                "late_topic needs a view that reads one source and aggregates over TUMBLE, \
+                 HOP or SESSION windows: only their events can be late"
+                    .into(),
+            ))
+        }
+    };
+    if chain.scan.source.options.get("topic") == Some(topic) {
         return Err(SqlError::Plan(format!(
             "late_topic = '{topic}' is the view's source topic; late events would come back as input"
         )));

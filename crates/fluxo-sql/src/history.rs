@@ -57,7 +57,8 @@ use fluxo_log::{LogStore, PartitionLog};
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::parser::SourceDef;
-use crate::reader::decode_record_range;
+use crate::dataflow::upsert::Upsert;
+use crate::reader::{decode_record_range, Tombstones};
 use crate::source::{align, full_schema, WindowSpec};
 
 /// How much of a partition one read takes.
@@ -206,6 +207,93 @@ impl TableProvider for HistoryTable {
             limit,
             time,
         )?))
+    }
+}
+
+/// A table over a topic as a batch query sees it: its current rows, the
+/// newest per key as of the committed end of every partition when the
+/// query starts (tombstones delete).
+pub struct TableState {
+    source: Arc<SourceDef>,
+    store: Arc<LogStore>,
+    schema: SchemaRef,
+}
+
+impl TableState {
+    pub fn new(source: Arc<SourceDef>, store: Arc<LogStore>) -> TableState {
+        TableState {
+            schema: Arc::new(source.schema()),
+            source,
+            store,
+        }
+    }
+
+    /// Reads the whole topic through the table's upsert.
+    fn rows(&self) -> Result<RecordBatch> {
+        let format = Format::parse(self.source.options.get("format").unwrap_or("json"))?;
+        let decode_schema = match format {
+            Format::Json => crate::dataflow::upsert::decode_schema(&self.source),
+            _ => self.schema.clone(),
+        };
+        let decoder = RecordDecoder::new(decode_schema, format);
+        let tombstones = Tombstones::of(&self.source);
+        let mut table = Upsert::new(&self.source)?;
+        let topic = self.source.options.required("a table", "topic")?;
+        let logs = self
+            .store
+            .topic(topic)
+            .map(|t| t.partitions())
+            .unwrap_or_default();
+        for log in logs {
+            let (mut offset, end) = (log.log_start_offset(), log.last_stable_offset());
+            while offset < end {
+                let (bytes, aborted) = log.read_committed(offset, READ_BYTES).map_err(|e| {
+                    SqlError::Execution(format!("reading {topic}/{}: {e}", log.partition))
+                })?;
+                let (values, next) =
+                    decode_record_range(bytes, offset, end, &aborted, tombstones.as_ref())?;
+                if next <= offset {
+                    break;
+                }
+                offset = next;
+                let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+                table.process(&decoder.decode(&slices)?.batch)?;
+            }
+        }
+        let state = table.checkpoint()?;
+        let rows = state.batches_named("rows").next().cloned();
+        rows.ok_or_else(|| SqlError::Internal("a table's state has no rows".into()))
+    }
+}
+
+impl fmt::Debug for TableState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableState({})", self.source.name)
+    }
+}
+
+#[async_trait]
+impl TableProvider for TableState {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let rows = self
+            .rows()
+            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let table = datafusion::datasource::MemTable::try_new(self.schema.clone(), vec![vec![rows]])?;
+        table.scan(state, projection, filters, limit).await
     }
 }
 
@@ -610,7 +698,7 @@ impl Read {
                     c.log.topic, c.log.partition, c.offset
                 ))
             })?;
-            let (values, next) = decode_record_range(bytes, c.offset, c.end, &aborted)?;
+            let (values, next) = decode_record_range(bytes, c.offset, c.end, &aborted, None)?;
             if next <= c.offset {
                 // Nothing readable before the end (the log moved under us).
                 return Ok(None);

@@ -87,9 +87,26 @@ pub struct SourceDef {
     pub columns: Vec<ColumnDef>,
     pub watermark: Option<WatermarkDef>,
     pub options: Options,
+    /// Set for a table over a topic (`CREATE TABLE ... PRIMARY KEY (...)`):
+    /// its rows are the newest record per key, and a tombstone (a record
+    /// with a key and no value) deletes the key's row.
+    pub primary_key: Vec<String>,
 }
 
 impl SourceDef {
+    /// Whether this is an upsert table rather than a stream of events.
+    pub fn is_table(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+
+    /// The primary key's columns, by index.
+    pub fn key_indices(&self) -> Vec<usize> {
+        self.primary_key
+            .iter()
+            .filter_map(|k| self.columns.iter().position(|c| &c.name == k))
+            .collect()
+    }
+
     pub fn schema(&self) -> Schema {
         Schema::new(
             self.columns
@@ -264,9 +281,17 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
             let if_not_exists = parse_if_not_exists(p);
             let name = parse_name(p)?;
             if p.peek_token().token == Token::LParen {
-                return Err(SqlError::Plan(format!(
-                    "a table's columns come from its files: CREATE TABLE {name} WITH (connector = 'parquet', path = '...')"
-                )));
+                // A table over a topic: declared columns and a primary key.
+                let def = parse_source_body(p, name, if_not_exists, true)?;
+                if !matches!(def.options.get("connector"), None | Some("topic")) {
+                    return Err(SqlError::Plan(format!(
+                        "a table with declared columns is kept from a topic (connector = 'topic'); \
+                         a table over files takes its columns from them: CREATE TABLE {} WITH \
+                         (connector = 'parquet', path = '...')",
+                        def.name
+                    )));
+                }
+                return Ok(Statement::CreateSource(def));
             }
             let options = parse_with_options(p)?;
             return Ok(Statement::CreateTable(TableDef {
@@ -405,7 +430,7 @@ fn parse_name(p: &mut Parser) -> Result<String> {
     Ok(ident_value(ident))
 }
 
-fn ident_value(ident: &ast::Ident) -> String {
+pub(crate) fn ident_value(ident: &ast::Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
@@ -420,11 +445,48 @@ fn parse_if_not_exists(p: &mut Parser) -> bool {
 fn parse_create_source(p: &mut Parser) -> Result<Statement> {
     let if_not_exists = parse_if_not_exists(p);
     let name = parse_name(p)?;
+    Ok(Statement::CreateSource(parse_source_body(
+        p,
+        name,
+        if_not_exists,
+        false,
+    )?))
+}
+
+/// The columns, WATERMARK, PRIMARY KEY (tables only) and options of a
+/// source or a table over a topic.
+fn parse_source_body(
+    p: &mut Parser,
+    name: String,
+    if_not_exists: bool,
+    table: bool,
+) -> Result<SourceDef> {
+    let what = if table { "table" } else { "source" };
     p.expect_token(&Token::LParen)?;
     let mut columns: Vec<ColumnDef> = Vec::new();
     let mut watermark = None;
+    let mut primary_key: Vec<String> = Vec::new();
     loop {
-        if parse_word(p, "WATERMARK") {
+        if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            if !table {
+                return Err(SqlError::Plan(format!(
+                    "a source is a stream of events and has no PRIMARY KEY; for the newest row per key declare a table: CREATE TABLE {name} (..., PRIMARY KEY (...))"
+                )));
+            }
+            if !primary_key.is_empty() {
+                return Err(SqlError::Plan(format!(
+                    "table {name} has more than one PRIMARY KEY"
+                )));
+            }
+            p.expect_token(&Token::LParen)?;
+            loop {
+                primary_key.push(ident_value(&p.parse_identifier()?));
+                if !p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            p.expect_token(&Token::RParen)?;
+        } else if parse_word(p, "WATERMARK") {
             if watermark.is_some() {
                 return Err(SqlError::Plan(format!(
                     "source {name} has more than one WATERMARK clause"
@@ -442,8 +504,11 @@ fn parse_create_source(p: &mut Parser) -> Result<Statement> {
             let nullable = !p.parse_keywords(&[Keyword::NOT, Keyword::NULL]);
             if columns.iter().any(|c| c.name == column_name) {
                 return Err(SqlError::Plan(format!(
-                    "column {column_name} appears twice in source {name}"
+                    "column {column_name} appears twice in {what} {name}"
                 )));
+            }
+            if table && p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+                primary_key.push(column_name.clone());
             }
             columns.push(ColumnDef {
                 name: column_name,
@@ -459,7 +524,24 @@ fn parse_create_source(p: &mut Parser) -> Result<Statement> {
         break;
     }
     if columns.is_empty() {
-        return Err(SqlError::Plan(format!("source {name} has no columns")));
+        return Err(SqlError::Plan(format!("{what} {name} has no columns")));
+    }
+    if table && watermark.is_some() {
+        return Err(SqlError::Plan(format!(
+            "table {name} holds the newest row per key and has no WATERMARK; event time belongs to sources"
+        )));
+    }
+    if table && primary_key.is_empty() {
+        return Err(SqlError::Plan(format!(
+            "table {name} needs a PRIMARY KEY: its rows are the newest record per key (CREATE TABLE {name} (id BIGINT, ..., PRIMARY KEY (id)) WITH (...))"
+        )));
+    }
+    for key in &primary_key {
+        if !columns.iter().any(|c| &c.name == key) {
+            return Err(SqlError::Plan(format!(
+                "PRIMARY KEY ({key}): table {name} has no column {key}"
+            )));
+        }
     }
     if let Some(w) = &watermark {
         let column = columns.iter().find(|c| c.name == w.column).ok_or_else(|| {
@@ -476,13 +558,14 @@ fn parse_create_source(p: &mut Parser) -> Result<Statement> {
         }
     }
     let options = parse_with_options(p)?;
-    Ok(Statement::CreateSource(SourceDef {
+    Ok(SourceDef {
         name,
         if_not_exists,
         columns,
         watermark,
         options,
-    }))
+        primary_key,
+    })
 }
 
 fn parse_watermark(column: &str, expr: &Expr) -> Result<WatermarkDef> {
@@ -695,7 +778,8 @@ impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Statement::CreateSource(s) => {
-                write!(f, "CREATE SOURCE {} (", quote_ident(&s.name))?;
+                let what = if s.is_table() { "TABLE" } else { "SOURCE" };
+                write!(f, "CREATE {what} {} (", quote_ident(&s.name))?;
                 let mut parts: Vec<String> = s
                     .columns
                     .iter()
@@ -710,6 +794,10 @@ impl fmt::Display for Statement {
                         "WATERMARK FOR {col} AS {col} - INTERVAL '{} milliseconds'",
                         w.delay_ms
                     ));
+                }
+                if s.is_table() {
+                    let keys: Vec<String> = s.primary_key.iter().map(|k| quote_ident(k)).collect();
+                    parts.push(format!("PRIMARY KEY ({})", keys.join(", ")));
                 }
                 write!(f, "{}) {}", parts.join(", "), s.options)
             }

@@ -22,14 +22,16 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition};
 use crate::dataflow::session_window::SessionWindow;
+use crate::dataflow::graph::Graph;
 use crate::dataflow::sharded::{Aggregation, ShardedAggregation};
 use crate::dataflow::updating_aggregate::UpdatingAggregate;
 use crate::dataflow::window_aggregate::WindowAggregate;
 use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
-use crate::planner::{Dataflow, Stage};
-use crate::reader::{Chunk, Frontier, Readers};
+use crate::planner::{Chain, Dataflow, Stage};
+use crate::dataflow::upsert::{decode_schema, Upsert};
+use crate::reader::{Chunk, Frontier, Readers, SourceReading, Tombstones};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
@@ -71,6 +73,7 @@ pub struct CheckpointInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionProgress {
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub end_offset: i64,
@@ -202,17 +205,14 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
 
 struct Runner {
     name: String,
-    dataflow: Dataflow,
+    inputs: Vec<Input>,
+    /// The operators over the inputs, when the query has more than one
+    /// input or stateful operators above a chain.
+    graph: Option<Graph>,
     view: Option<Arc<ViewStore>>,
     store: Arc<LogStore>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
-    decoder: RecordDecoder,
-    topic: String,
-    idle_timeout_ms: i64,
-    /// The aggregation, if the query has one.
-    stage: Option<ShardedAggregation>,
-    partitions: Vec<PartitionCursor>,
     watermark: i64,
     definition: String,
     checkpoints: CheckpointStore,
@@ -235,16 +235,143 @@ struct Runner {
     replay: Option<Replay>,
 }
 
+/// One source the pipeline reads, with the chain of operators that runs
+/// on its records before the graph.
+struct Input {
+    chain: Chain,
+    reading: SourceReading,
+    /// For a table: its rows, newest per key.
+    upsert: Option<Upsert>,
+    topic: String,
+    idle_timeout_ms: i64,
+    /// The chain's aggregation, if it has one.
+    stage: Option<ShardedAggregation>,
+    partitions: Vec<PartitionCursor>,
+}
+
+/// What an input says about time.
+enum InputTime {
+    /// Runs on the clock (no WATERMARK): it holds nothing back.
+    Clock,
+    /// Its watermark.
+    Event(i64),
+    /// Event time, but nothing read yet and every partition idle.
+    Empty,
+}
+
+impl Input {
+    fn new(chain: Chain, parallelism: usize, lateness: i64) -> Result<Input> {
+        let source = &chain.scan.source;
+        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
+        let topic = source.options.required("a source", "topic")?.to_string();
+        let idle_timeout_ms = source
+            .options
+            .duration_ms("idle_timeout")?
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        let stage = match &chain.stage {
+            Stage::None => None,
+            Stage::Window { spec: w, exprs } => {
+                let (w, e) = (*w, exprs.clone());
+                Some(ShardedAggregation::new(exprs, parallelism, move || {
+                    Ok(match w {
+                        WindowSpec::Tumble { size } => Aggregation::Window(WindowAggregate::new(
+                            e.clone(),
+                            size,
+                            size,
+                            lateness,
+                        )),
+                        WindowSpec::Hop { slide, size } => Aggregation::Window(
+                            WindowAggregate::new(e.clone(), slide, size, lateness),
+                        ),
+                        WindowSpec::Session { gap } => {
+                            Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
+                        }
+                    })
+                })?)
+            }
+            Stage::Updating { exprs } => {
+                let e = exprs.clone();
+                Some(ShardedAggregation::new(exprs, parallelism, move || {
+                    Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
+                })?)
+            }
+        };
+        let (decode_schema, upsert) = if source.is_table() {
+            let schema = match format {
+                Format::Json => decode_schema(source),
+                _ => Arc::new(source.schema()),
+            };
+            (schema, Some(Upsert::new(source)?))
+        } else {
+            (Arc::new(source.schema()), None)
+        };
+        Ok(Input {
+            reading: SourceReading {
+                topic: topic.clone(),
+                decoder: RecordDecoder::new(decode_schema, format),
+                tombstones: Tombstones::of(source),
+            },
+            upsert,
+            topic,
+            idle_timeout_ms,
+            stage,
+            partitions: Vec::new(),
+            chain,
+        })
+    }
+
+    fn is_idle(&self, c: &PartitionCursor) -> bool {
+        c.caught_up && c.last_data.elapsed().as_millis() as i64 >= self.idle_timeout_ms
+    }
+
+    fn time(&self) -> InputTime {
+        let Some(w) = &self.chain.scan.source.watermark else {
+            return InputTime::Clock;
+        };
+        if self.chain.processing_time() {
+            return InputTime::Clock;
+        }
+        let of = |c: &PartitionCursor| {
+            c.max_event_time
+                .map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms))
+        };
+        let active: Vec<i64> = self
+            .partitions
+            .iter()
+            .filter(|c| !self.is_idle(c))
+            .map(of)
+            .collect();
+        if !active.is_empty() {
+            return InputTime::Event(active.into_iter().min().unwrap_or(i64::MIN));
+        }
+        match self.partitions.iter().map(of).max() {
+            Some(w) if w > i64::MIN => InputTime::Event(w),
+            _ => InputTime::Empty,
+        }
+    }
+
+    fn positions(&self) -> Vec<PartitionPosition> {
+        self.partitions
+            .iter()
+            .map(|c| PartitionPosition {
+                offset: c.offset,
+                max_event_time: c.max_event_time,
+            })
+            .collect()
+    }
+}
+
 /// A rebuild (a changed definition, or state this build cannot read) of a
 /// pipeline whose earlier run left a checkpoint. The earlier run committed
 /// its sinks' output up to that checkpoint, so the rebuilt pipeline replays
-/// the source exactly up to the checkpoint's source offsets (the readers
-/// hold each partition there until all arrive), advances its watermark to
-/// the checkpoint's, and writes nothing to its sinks until then: from that
-/// cut on, sinks get only what the earlier run never committed. The view
+/// its sources exactly up to the checkpoint's offsets (the readers hold
+/// each partition there until all arrive), advances its watermark to the
+/// checkpoint's, and writes nothing to its sinks until then: from that cut
+/// on, sinks get only what the earlier run never committed. The view
 /// itself is rebuilt whole.
 struct Replay {
-    frontier: Vec<i64>,
+    /// Per input, per partition.
+    frontiers: Vec<Vec<i64>>,
     watermark: i64,
 }
 
@@ -256,58 +383,28 @@ impl Runner {
         stop: Arc<AtomicBool>,
         control: Arc<Control>,
     ) -> Result<Runner> {
-        let source = &spec.dataflow.scan.source;
-        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
-        let topic = source.options.required("a source", "topic")?.to_string();
-        let idle_timeout_ms = source
-            .options
-            .duration_ms("idle_timeout")?
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
         let lateness = spec.allowed_lateness_ms;
-        let stage = match &spec.dataflow.stage {
-            Stage::None => None,
-            Stage::Window { spec: w, exprs } => {
-                let (w, e) = (*w, exprs.clone());
-                Some(ShardedAggregation::new(
-                    exprs,
-                    spec.parallelism,
-                    move || {
-                        Ok(match w {
-                            WindowSpec::Tumble { size } => Aggregation::Window(
-                                WindowAggregate::new(e.clone(), size, size, lateness),
-                            ),
-                            WindowSpec::Hop { slide, size } => Aggregation::Window(
-                                WindowAggregate::new(e.clone(), slide, size, lateness),
-                            ),
-                            WindowSpec::Session { gap } => {
-                                Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
-                            }
-                        })
-                    },
-                )?)
-            }
-            Stage::Updating { exprs } => {
-                let e = exprs.clone();
-                Some(ShardedAggregation::new(
-                    exprs,
-                    spec.parallelism,
-                    move || Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?)),
-                )?)
-            }
-        };
+        let inputs = spec
+            .dataflow
+            .inputs
+            .iter()
+            .map(|chain| Input::new(chain.clone(), spec.parallelism, lateness))
+            .collect::<Result<Vec<_>>>()?;
+        let graph = spec
+            .dataflow
+            .graph
+            .as_ref()
+            .map(|root| Graph::new(root, inputs.len(), lateness))
+            .transpose()?;
         let late_identity = format!("{}/late", spec.name);
         Ok(Runner {
             name: spec.name,
-            decoder: RecordDecoder::new(std::sync::Arc::new(source.schema()), format),
-            dataflow: spec.dataflow,
+            inputs,
+            graph,
             view: spec.view,
             store: store.clone(),
             stats,
             stop,
-            topic,
-            idle_timeout_ms,
-            stage,
-            partitions: Vec::new(),
             watermark: i64::MIN,
             definition: spec.definition,
             checkpoints: spec.checkpoints,
@@ -371,25 +468,39 @@ impl Runner {
         }
         self.apply_commands()?;
         if !restored {
-            if let Some(stage) = &mut self.stage {
-                let initial = stage.start()?;
+            for i in 0..self.inputs.len() {
+                if let Some(stage) = &mut self.inputs[i].stage {
+                    let initial = stage.start()?;
+                    self.emit_chain(i, initial)?;
+                }
+            }
+            if let Some(graph) = &mut self.graph {
+                let initial = graph.start(self.watermark)?;
                 self.emit(initial)?;
             }
         }
         self.stats.parallelism.store(
-            self.stage.as_ref().map_or(1, |s| s.shards()) as u64,
+            self.inputs
+                .iter()
+                .filter_map(|i| i.stage.as_ref())
+                .map(|s| s.shards())
+                .max()
+                .unwrap_or(1) as u64,
             Ordering::Relaxed,
         );
-        let frontier = self.replay_frontier();
-        let readers = Readers::start(
-            self.store.clone(),
-            self.topic.clone(),
-            self.decoder.clone(),
-            self.partitions.iter().map(|c| c.offset).collect(),
-            frontier.clone(),
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            &self.name,
-        )?;
+        let frontiers = self.replay_frontiers();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut readers = Vec::with_capacity(self.inputs.len());
+        for (input, frontier) in self.inputs.iter().zip(&frontiers) {
+            readers.push(Readers::start(
+                self.store.clone(),
+                input.reading.clone(),
+                input.partitions.iter().map(|c| c.offset).collect(),
+                frontier.clone(),
+                cores,
+                &self.name,
+            )?);
+        }
         let mut rate_at = Instant::now();
         let (mut last_in, mut last_out) = (
             self.stats.events_in.load(Ordering::Relaxed),
@@ -412,8 +523,10 @@ impl Runner {
             if held {
                 held = false;
                 // Silence while held says nothing about the partitions.
-                for cursor in &mut self.partitions {
-                    cursor.last_data = Instant::now();
+                for input in &mut self.inputs {
+                    for cursor in &mut input.partitions {
+                        cursor.last_data = Instant::now();
+                    }
                 }
                 (last_in, last_out, rate_at) = (
                     self.stats.events_in.load(Ordering::Relaxed),
@@ -421,37 +534,59 @@ impl Runner {
                     Instant::now(),
                 );
             }
-            let Some(topic) = self.store.topic(&self.topic) else {
-                *self.stats.status.lock() = format!("waiting for topic {}", self.topic);
+            let mut all_logs = Vec::with_capacity(self.inputs.len());
+            let mut missing = None;
+            for input in &mut self.inputs {
+                let Some(topic) = self.store.topic(&input.topic) else {
+                    missing.get_or_insert_with(|| input.topic.clone());
+                    all_logs.push(Vec::new());
+                    continue;
+                };
+                let logs = topic.partitions();
+                while input.partitions.len() < logs.len() {
+                    let start = logs[input.partitions.len()].log_start_offset();
+                    input.partitions.push(PartitionCursor {
+                        offset: start,
+                        max_event_time: None,
+                        last_data: Instant::now(),
+                        caught_up: false,
+                    });
+                }
+                all_logs.push(logs);
+            }
+            if let (Some(topic), 1) = (&missing, self.inputs.len()) {
+                *self.stats.status.lock() = format!("waiting for topic {topic}");
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
-            };
-            *self.stats.status.lock() = "running".into();
-            let logs = topic.partitions();
-            while self.partitions.len() < logs.len() {
-                let start = logs[self.partitions.len()].log_start_offset();
-                self.partitions.push(PartitionCursor {
-                    offset: start,
-                    max_event_time: None,
-                    last_data: Instant::now(),
-                    caught_up: false,
-                });
             }
+            *self.stats.status.lock() = match &missing {
+                Some(topic) => format!("running, waiting for topic {topic}"),
+                None => "running".into(),
+            };
             // Take what the readers decoded: wait a little when there is
             // nothing, then drain without waiting, then move the watermark.
-            let mut wait = Duration::from_millis(5);
+            let n = readers.len().max(1) as u32;
+            let mut wait = Duration::from_millis(5) / n;
             for _ in 0..MAX_CHUNKS_PER_ROUND {
-                let Some(chunk) = readers.next(wait)? else {
-                    break;
-                };
+                let mut any = false;
+                for (i, r) in readers.iter().enumerate() {
+                    if let Some(chunk) = r.next(wait)? {
+                        self.take_chunk(i, chunk)?;
+                        any = true;
+                    }
+                }
                 wait = Duration::ZERO;
-                self.take_chunk(chunk)?;
+                if !any {
+                    break;
+                }
             }
-            for (cursor, log) in self.partitions.iter_mut().zip(&logs) {
-                // Retention may have removed records nobody read (the
-                // readers skip them too).
-                cursor.offset = cursor.offset.max(log.log_start_offset());
-                cursor.caught_up = cursor.offset >= log.last_stable_offset();
+            for (input, logs) in self.inputs.iter_mut().zip(&all_logs) {
+                for (cursor, log) in input.partitions.iter_mut().zip(logs) {
+                    // Retention may have removed records nobody read (the
+                    // readers skip them too).
+                    cursor.offset = cursor.offset.max(log.log_start_offset());
+                    cursor.caught_up = cursor.offset >= log.last_stable_offset();
+                }
             }
             let replayed = self.replay_reached();
             let mut watermark = self.combined_watermark();
@@ -463,20 +598,29 @@ impl Runner {
             if watermark > self.watermark || self.updated_closed_windows {
                 self.updated_closed_windows = false;
                 let watermark = watermark.max(self.watermark);
-                self.watermark = watermark;
                 self.stats.watermark.store(watermark, Ordering::Relaxed);
-                let out = match &mut self.stage {
-                    Some(stage) => stage.advance(watermark)?,
-                    None => Vec::new(),
-                };
-                self.emit(out)?;
+                for i in 0..self.inputs.len() {
+                    let out = match &mut self.inputs[i].stage {
+                        Some(stage) => stage.advance(watermark)?,
+                        None => Vec::new(),
+                    };
+                    self.emit_chain(i, out)?;
+                }
+                // Only once what the watermark closed went through the
+                // graph may its operators drop state by it.
+                self.watermark = watermark;
+                if let Some(graph) = &mut self.graph {
+                    graph.advance(watermark);
+                }
             }
             if replayed {
-                frontier.release();
+                for f in &frontiers {
+                    f.release();
+                }
                 self.replay = None;
                 tracing::info!(pipeline = %self.name, "replayed up to the earlier run's last checkpoint; its sinks go on from there");
             }
-            self.publish_progress(&logs);
+            self.publish_progress(&all_logs);
             if rate_at.elapsed() >= Duration::from_secs(1) {
                 let secs = rate_at.elapsed().as_secs_f64();
                 let now_in = self.stats.events_in.load(Ordering::Relaxed);
@@ -531,19 +675,20 @@ impl Runner {
         Ok(())
     }
 
-    /// Runs a chunk from the readers through the dataflow and moves the
-    /// partition's cursor past it.
-    fn take_chunk(&mut self, chunk: Chunk) -> Result<()> {
+    /// Runs a chunk of input `i` from its readers through the dataflow and
+    /// moves the partition's cursor past it.
+    fn take_chunk(&mut self, i: usize, chunk: Chunk) -> Result<()> {
         let p = chunk.partition;
-        while self.partitions.len() <= p {
-            self.partitions.push(PartitionCursor {
+        let input = &mut self.inputs[i];
+        while input.partitions.len() <= p {
+            input.partitions.push(PartitionCursor {
                 offset: 0,
                 max_event_time: None,
                 last_data: Instant::now(),
                 caught_up: false,
             });
         }
-        let cursor = &mut self.partitions[p];
+        let cursor = &mut input.partitions[p];
         cursor.offset = cursor.offset.max(chunk.next_offset);
         let decoded = chunk.decoded;
         if decoded.batch.num_rows() + decoded.bad > 0 {
@@ -556,14 +701,14 @@ impl Runner {
             if let Some(e) = decoded.first_error {
                 *self.stats.last_error.lock() = Some(format!(
                     "skipped {} record(s) of {}/{p} that do not match source {}: {e}",
-                    decoded.bad, self.topic, self.dataflow.scan.source.name
+                    decoded.bad, input.topic, input.chain.scan.source.name
                 ));
             }
         }
         self.stats
             .events_in
             .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
-        self.process(decoded.batch, p)
+        self.process(i, decoded.batch, p)
     }
 
     /// Takes a checkpoint; a failure (a full disk, say) is reported in the
@@ -576,12 +721,55 @@ impl Runner {
         }
     }
 
+    /// Every stateful operator's state in one: for a single chain its
+    /// aggregation's state as it is; otherwise each input's under
+    /// `input<i>` and the graph's under `graph`.
+    fn operator_state(&mut self) -> Result<OperatorState> {
+        if self.graph.is_none() && self.inputs.len() == 1 && self.inputs[0].upsert.is_none() {
+            return match &mut self.inputs[0].stage {
+                None => Ok(OperatorState::default()),
+                Some(stage) => stage.checkpoint(),
+            };
+        }
+        let mut parts = Vec::new();
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            if let Some(stage) = &mut input.stage {
+                parts.push((format!("input{i}"), stage.checkpoint()?));
+            }
+            if let Some(upsert) = &mut input.upsert {
+                parts.push((format!("table{i}"), upsert.checkpoint()?));
+            }
+        }
+        if let Some(graph) = &mut self.graph {
+            parts.push(("graph".to_string(), graph.checkpoint()?));
+        }
+        Ok(OperatorState::nest(parts))
+    }
+
+    fn restore_operators(&mut self, state: &OperatorState) -> Result<()> {
+        if self.graph.is_none() && self.inputs.len() == 1 && self.inputs[0].upsert.is_none() {
+            if let Some(stage) = &mut self.inputs[0].stage {
+                stage.restore(state)?;
+            }
+            return Ok(());
+        }
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            if let Some(stage) = &mut input.stage {
+                stage.restore(&state.nested(&format!("input{i}"))?)?;
+            }
+            if let Some(upsert) = &mut input.upsert {
+                upsert.restore(&state.nested(&format!("table{i}"))?)?;
+            }
+        }
+        if let Some(graph) = &mut self.graph {
+            graph.restore(&state.nested("graph")?)?;
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self) -> Result<()> {
         let started = Instant::now();
-        let operator = match &mut self.stage {
-            None => OperatorState::default(),
-            Some(stage) => stage.checkpoint()?,
-        };
+        let operator = self.operator_state()?;
         let epoch = self.epoch + 1;
         let mut sinks = serde_json::Map::new();
         for sink in &mut self.sinks {
@@ -590,19 +778,20 @@ impl Runner {
         if let Some(late) = &mut self.late_output {
             sinks.insert(LATE_OUTPUT.to_string(), late.prepare(epoch)?);
         }
+        let mut positions: Vec<Vec<PartitionPosition>> =
+            self.inputs.iter().map(Input::positions).collect();
+        let partitions = if positions.is_empty() {
+            Vec::new()
+        } else {
+            positions.remove(0)
+        };
         let checkpoint = Checkpoint {
             epoch,
             definition: self.definition.clone(),
             taken_at_ms: now_ms(),
             watermark: self.watermark,
-            partitions: self
-                .partitions
-                .iter()
-                .map(|c| PartitionPosition {
-                    offset: c.offset,
-                    max_event_time: c.max_event_time,
-                })
-                .collect(),
+            partitions,
+            more_inputs: positions,
             counters: Counters {
                 events_in: self.stats.events_in.load(Ordering::Relaxed),
                 rows_out: self.stats.rows_out.load(Ordering::Relaxed),
@@ -641,31 +830,30 @@ impl Runner {
             self.continue_output_of(checkpoint);
             return Ok(false);
         }
-        if let Some(stage) = &mut self.stage {
-            // State this build cannot read is rebuilt from the topic, as a
-            // damaged checkpoint is.
-            if let Err(e) = stage.restore(&checkpoint.operator) {
-                tracing::warn!(pipeline = %self.name, error = %e, "rebuilding: the checkpoint's state cannot be restored");
-                self.continue_output_of(checkpoint);
-                return Ok(false);
-            }
+        // State this build cannot read is rebuilt from the topics, as a
+        // damaged checkpoint is.
+        if let Err(e) = self.restore_operators(&checkpoint.operator) {
+            tracing::warn!(pipeline = %self.name, error = %e, "rebuilding: the checkpoint's state cannot be restored");
+            self.continue_output_of(checkpoint);
+            return Ok(false);
         }
         if let Some(view) = &self.view {
             view.clear();
-            if let Some(rows) = checkpoint.view {
-                view.apply(Changes::inserts(rows))?;
+            if let Some(rows) = &checkpoint.view {
+                view.apply(Changes::inserts(rows.clone()))?;
             }
         }
-        self.partitions = checkpoint
-            .partitions
-            .iter()
-            .map(|p| PartitionCursor {
-                offset: p.offset,
-                max_event_time: p.max_event_time,
-                last_data: Instant::now(),
-                caught_up: false,
-            })
-            .collect();
+        for (input, positions) in self.inputs.iter_mut().zip(checkpoint.input_positions()) {
+            input.partitions = positions
+                .iter()
+                .map(|p| PartitionCursor {
+                    offset: p.offset,
+                    max_event_time: p.max_event_time,
+                    last_data: Instant::now(),
+                    caught_up: false,
+                })
+                .collect();
+        }
         self.watermark = checkpoint.watermark;
         self.stats
             .watermark
@@ -697,28 +885,40 @@ impl Runner {
     /// only grow), and the replay holds sink output back up to its cut.
     fn continue_output_of(&mut self, checkpoint: crate::checkpoint::Checkpoint) {
         self.epoch = checkpoint.epoch;
+        let frontiers = checkpoint
+            .input_positions()
+            .map(|positions| positions.iter().map(|p| p.offset).collect())
+            .collect();
         self.restored_sinks = checkpoint.sinks;
         self.replay = Some(Replay {
-            frontier: checkpoint.partitions.iter().map(|p| p.offset).collect(),
+            frontiers,
             watermark: checkpoint.watermark,
         });
     }
 
-    /// The readers' frontier for a replay (none otherwise), never past
-    /// what the topic holds now (one recreated since may hold less, or
-    /// fewer partitions), so the replay always reaches it.
-    fn replay_frontier(&mut self) -> Arc<Frontier> {
+    /// Each input's readers' frontier for a replay (none otherwise), never
+    /// past what its topic holds now (one recreated since may hold less, or
+    /// fewer partitions), so the replay always reaches it. An input the
+    /// earlier run did not have replays nothing.
+    fn replay_frontiers(&mut self) -> Vec<Arc<Frontier>> {
         let Some(replay) = &mut self.replay else {
-            return Frontier::none();
+            return self.inputs.iter().map(|_| Frontier::none()).collect();
         };
-        if let Some(topic) = self.store.topic(&self.topic) {
-            let logs = topic.partitions();
-            replay.frontier.truncate(logs.len());
-            for (offset, log) in replay.frontier.iter_mut().zip(logs) {
-                *offset = (*offset).min(log.last_stable_offset());
+        replay.frontiers.resize(self.inputs.len(), Vec::new());
+        for (input, frontier) in self.inputs.iter().zip(replay.frontiers.iter_mut()) {
+            if let Some(topic) = self.store.topic(&input.topic) {
+                let logs = topic.partitions();
+                frontier.truncate(logs.len());
+                for (offset, log) in frontier.iter_mut().zip(logs) {
+                    *offset = (*offset).min(log.last_stable_offset());
+                }
             }
         }
-        Frontier::at(replay.frontier.clone())
+        replay
+            .frontiers
+            .iter()
+            .map(|f| Frontier::at(f.clone()))
+            .collect()
     }
 
     /// While replaying: whether every partition reached the cut. Partitions
@@ -729,34 +929,48 @@ impl Runner {
             return false;
         };
         let mut all = true;
-        for (p, cursor) in self.partitions.iter_mut().enumerate() {
-            match replay.frontier.get(p) {
-                Some(f) if cursor.offset < *f => all = false,
-                Some(_) => cursor.last_data = Instant::now(),
-                None => {}
+        for (input, frontier) in self.inputs.iter_mut().zip(&replay.frontiers) {
+            for (p, cursor) in input.partitions.iter_mut().enumerate() {
+                match frontier.get(p) {
+                    Some(f) if cursor.offset < *f => all = false,
+                    Some(_) => cursor.last_data = Instant::now(),
+                    None => {}
+                }
             }
+            all &= input.partitions.len() >= frontier.len();
         }
-        all && self.partitions.len() >= replay.frontier.len()
+        all
     }
 
-    fn publish_progress(&self, logs: &[Arc<PartitionLog>]) {
-        let progress = self
-            .partitions
-            .iter()
-            .zip(logs)
-            .enumerate()
-            .map(|(i, (c, log))| PartitionProgress {
-                partition: i as i32,
-                offset: c.offset,
-                end_offset: log.end_offset(),
-                idle: self.is_idle(c),
-            })
-            .collect();
+    fn publish_progress(&self, all_logs: &[Vec<Arc<PartitionLog>>]) {
+        let mut progress = Vec::new();
+        for (input, logs) in self.inputs.iter().zip(all_logs) {
+            for (i, (c, log)) in input.partitions.iter().zip(logs).enumerate() {
+                progress.push(PartitionProgress {
+                    topic: input.topic.clone(),
+                    partition: i as i32,
+                    offset: c.offset,
+                    end_offset: log.end_offset(),
+                    idle: input.is_idle(c),
+                });
+            }
+        }
         *self.stats.partitions.lock() = progress;
-        let (open, bytes) = match &self.stage {
-            Some(stage) => (stage.open_windows(), stage.state_size()),
-            None => (0, 0),
-        };
+        let mut open = 0;
+        let mut bytes = 0;
+        for stage in self.inputs.iter().filter_map(|i| i.stage.as_ref()) {
+            open += stage.open_windows();
+            bytes += stage.state_size();
+        }
+        for table in self.inputs.iter().filter_map(|i| i.upsert.as_ref()) {
+            open += table.len();
+            bytes += table.state_bytes();
+        }
+        if let Some(graph) = &self.graph {
+            let (rows, graph_bytes) = graph.state();
+            open += rows;
+            bytes += graph_bytes;
+        }
         self.stats
             .open_windows
             .store(open as u64, Ordering::Relaxed);
@@ -765,44 +979,41 @@ impl Runner {
             .store(bytes as u64, Ordering::Relaxed);
     }
 
-    fn is_idle(&self, c: &PartitionCursor) -> bool {
-        c.caught_up && c.last_data.elapsed().as_millis() as i64 >= self.idle_timeout_ms
-    }
-
+    /// The pipeline's watermark: the least of its event-time inputs' (an
+    /// input on the clock holds nothing back, and neither does one with
+    /// nothing read yet while another has); the clock when every input
+    /// runs on it.
     fn combined_watermark(&self) -> i64 {
-        let Some(w) = &self.dataflow.scan.source.watermark else {
-            return now_ms();
-        };
-        if self.dataflow.processing_time() {
-            return now_ms();
+        let mut event = None::<i64>;
+        let mut empty = false;
+        for input in &self.inputs {
+            match input.time() {
+                InputTime::Clock => {}
+                InputTime::Event(w) => event = Some(event.map_or(w, |e| e.min(w))),
+                InputTime::Empty => empty = true,
+            }
         }
-        let of = |c: &PartitionCursor| {
-            c.max_event_time
-                .map_or(i64::MIN, |t| t.saturating_sub(w.delay_ms))
-        };
-        let active: Vec<i64> = self
-            .partitions
-            .iter()
-            .filter(|c| !self.is_idle(c))
-            .map(of)
-            .collect();
-        if active.is_empty() {
-            self.partitions.iter().map(of).max().unwrap_or(i64::MIN)
-        } else {
-            active.into_iter().min().unwrap_or(i64::MIN)
+        match (event, empty) {
+            (Some(w), _) => w,
+            (None, true) => i64::MIN,
+            (None, false) => now_ms(),
         }
     }
 
-    /// Runs one decoded batch of partition `p` through the dataflow.
-    fn process(&mut self, batch: RecordBatch, p: usize) -> Result<()> {
+    /// Runs one decoded batch of partition `p` of input `i` through the dataflow.
+    fn process(&mut self, i: usize, batch: RecordBatch, p: usize) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let source = &self.dataflow.scan.source;
+        if self.inputs[i].upsert.is_some() {
+            return self.process_table(i, &batch);
+        }
+        let input = &self.inputs[i];
+        let source = &input.chain.scan.source;
         let event_time = source
             .watermark
             .as_ref()
-            .filter(|_| !self.dataflow.processing_time());
+            .filter(|_| !input.chain.processing_time());
         let (batch, mut times) = match event_time {
             Some(w) => {
                 let idx = source
@@ -850,10 +1061,10 @@ impl Runner {
             }
         };
         if let Some(max) = times.iter().max() {
-            let c = &mut self.partitions[p];
+            let c = &mut self.inputs[i].partitions[p];
             c.max_event_time = Some(c.max_event_time.map_or(*max, |m| m.max(*max)));
         }
-        let (scanned, expanded_times) = self.scan_columns(&batch, &times)?;
+        let (scanned, expanded_times) = self.scan_columns(i, &batch, &times)?;
         if let Some(t) = expanded_times {
             times = t;
         }
@@ -863,18 +1074,19 @@ impl Runner {
             None => Vec::new(),
         };
         let mut changes = Changes::inserts(scanned);
-        for op in &self.dataflow.pre {
+        for op in &self.inputs[i].chain.pre {
             changes = op.apply_tracking(changes, &mut [&mut times, &mut source_rows])?;
         }
-        let Some(stage) = &mut self.stage else {
-            return self.emit(vec![changes]);
+        let watermark = self.watermark;
+        let Some(stage) = &mut self.inputs[i].stage else {
+            return self.emit_chain(i, vec![changes]);
         };
         if self.lateness_ms > 0 {
             self.updated_closed_windows = true;
         }
-        let processed = stage.process(&changes.batch, &times, self.watermark)?;
+        let processed = stage.process(&changes.batch, &times, watermark)?;
         let late = processed.late;
-        self.emit(processed.changes)?;
+        self.emit_chain(i, processed.changes)?;
         if let Some(late) = late {
             self.stats
                 .late_events
@@ -893,19 +1105,39 @@ impl Runner {
         Ok(())
     }
 
+    /// Records of a table: its changes (newest row per key), through the
+    /// chain's stateless operators (a table's chain has no aggregation).
+    fn process_table(&mut self, i: usize, batch: &RecordBatch) -> Result<()> {
+        let input = &mut self.inputs[i];
+        let Some(upsert) = &mut input.upsert else {
+            return Ok(());
+        };
+        let changes = upsert.process(batch)?;
+        let mut changes = Changes {
+            batch: changes.batch.project(&input.chain.scan.projection)?,
+            signs: changes.signs,
+        };
+        for op in &input.chain.pre {
+            changes = op.apply(changes)?;
+        }
+        self.emit_chain(i, vec![changes])
+    }
+
     /// The scan's columns: the source's, plus window bounds when windowed
     /// (a hopping window without aggregation repeats each row per window).
     fn scan_columns(
         &self,
+        i: usize,
         batch: &RecordBatch,
         times: &[i64],
     ) -> Result<(RecordBatch, Option<Vec<i64>>)> {
-        let scan = &self.dataflow.scan;
+        let input = &self.inputs[i];
+        let scan = &input.chain.scan;
         let n_source = scan.source.columns.len();
         let Some((spec, _)) = scan.window else {
             return Ok((batch.project(&scan.projection)?, None));
         };
-        let aggregated = self.stage.is_some();
+        let aggregated = input.stage.is_some();
         let (base, times_out, starts, len): (RecordBatch, Option<Vec<i64>>, Vec<i64>, i64) =
             match spec {
                 WindowSpec::Hop { slide, size } if !aggregated => {
@@ -964,11 +1196,34 @@ impl Runner {
         ))
     }
 
-    fn emit(&mut self, out: Vec<Changes>) -> Result<()> {
+    /// Changes out of input `i`'s aggregation (or its stateless part):
+    /// through the rest of its chain, then into the graph, if any.
+    fn emit_chain(&mut self, i: usize, out: Vec<Changes>) -> Result<()> {
         for mut changes in out {
-            for op in &self.dataflow.post {
+            for op in &self.inputs[i].chain.post {
                 changes = op.apply(changes)?;
             }
+            if changes.num_rows() == 0 {
+                continue;
+            }
+            match &mut self.graph {
+                None => self.emit(vec![changes])?,
+                Some(graph) => {
+                    let root = graph.push(i, changes, self.watermark)?;
+                    let late = graph.take_late();
+                    if late > 0 {
+                        self.stats.late_events.fetch_add(late, Ordering::Relaxed);
+                    }
+                    self.emit(root)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The query's output: to the sinks and the view.
+    fn emit(&mut self, out: Vec<Changes>) -> Result<()> {
+        for changes in out {
             if changes.num_rows() == 0 {
                 continue;
             }

@@ -3,9 +3,13 @@
 //! module walks the resulting physical plan from its leaf up and turns each
 //! node into an operator: filters and projections keep DataFusion's
 //! physical expressions, an aggregation becomes a windowed or an updating
-//! aggregation operator. Nodes that need the whole input at once (ORDER BY,
-//! LIMIT) or more than one input (joins) are refused with a message saying
-//! what to do instead.
+//! aggregation operator, a hash join an incremental join, a union a union.
+//! Each source scan starts a [`Chain`] (where windows are assigned and
+//! aggregated, next to the event times); joins and unions end the chains
+//! below them, which become the inputs of the operator [`Node`] graph
+//! above. Nodes that need the whole input at once (ORDER BY, LIMIT) are
+//! refused with a message saying what to do instead, and so is a join of
+//! two streams whose state nothing bounds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,20 +17,26 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::common::{JoinSide, JoinType, NullEquality, ScalarValue};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
 use fluxo_log::LogStore;
 
 use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
+use crate::dataflow::graph::Node;
+use crate::dataflow::join::{JoinSpec, TimeBound};
 use crate::dataflow::stateless::StatelessOp;
 use crate::error::{Result, SqlError};
-use crate::history::HistoryTable;
+use crate::history::{HistoryTable, TableState};
 use crate::parser::SourceDef;
 use crate::source::{
     ScanInfo, SourceScanExec, SourceTable, WindowKind, WindowSpec, WindowTableFunction, WindowTime,
@@ -45,9 +55,11 @@ pub enum Stage {
     },
 }
 
-/// A continuous query, ready to run.
+/// What one input of a query runs: a source's scan, stateless operators,
+/// at most one aggregation (windows live here, next to the event times),
+/// and more stateless operators.
 #[derive(Debug, Clone)]
-pub struct Dataflow {
+pub struct Chain {
     pub scan: ScanInfo,
     /// Operators between the source and the aggregation.
     pub pre: Vec<StatelessOp>,
@@ -57,11 +69,14 @@ pub struct Dataflow {
     pub output_schema: SchemaRef,
 }
 
-impl Dataflow {
+impl Chain {
     /// Whether the output only ever grows (no row is retracted), given the
-    /// view's allowed lateness: true for stateless dataflows and for windows
-    /// that are emitted once, final.
+    /// view's allowed lateness: true for stateless chains over a stream and
+    /// for windows that are emitted once, final.
     pub fn is_append_only(&self, allowed_lateness_ms: i64) -> bool {
+        if self.scan.source.is_table() {
+            return false;
+        }
         match self.stage {
             Stage::None => true,
             Stage::Window { .. } => allowed_lateness_ms == 0,
@@ -69,13 +84,13 @@ impl Dataflow {
         }
     }
 
-    /// Whether the pipeline runs on the clock instead of event time.
+    /// Whether the chain runs on the clock instead of event time.
     pub fn processing_time(&self) -> bool {
         self.scan.source.watermark.is_none()
             || matches!(self.scan.window, Some((_, WindowTime::Processing)))
     }
 
-    /// One line per operator, from the source to the view.
+    /// One line per operator, from the source to the chain's output.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         let mut source = format!("Source: {}", self.scan.source.name);
@@ -105,6 +120,64 @@ impl Dataflow {
         }
         lines.extend(self.post.iter().map(|op| op.describe()));
         lines
+    }
+}
+
+/// A continuous query, ready to run: its inputs, and the graph of
+/// operators that combines them (none when the query reads one input).
+#[derive(Debug, Clone)]
+pub struct Dataflow {
+    pub inputs: Vec<Chain>,
+    pub graph: Option<Node>,
+    pub output_schema: SchemaRef,
+    /// Whether the graph's output only grows, windows taken as final.
+    graph_append_only: bool,
+}
+
+impl Dataflow {
+    /// Whether the output only ever grows (no row is retracted), given the
+    /// view's allowed lateness.
+    pub fn is_append_only(&self, allowed_lateness_ms: i64) -> bool {
+        let inputs = self
+            .inputs
+            .iter()
+            .all(|c| c.is_append_only(allowed_lateness_ms));
+        match self.graph {
+            None => inputs,
+            Some(_) => inputs && self.graph_append_only,
+        }
+    }
+
+    /// The query's one chain, when it reads one input and has no graph.
+    pub fn single(&self) -> Option<&Chain> {
+        match (&self.graph, self.inputs.as_slice()) {
+            (None, [chain]) => Some(chain),
+            _ => None,
+        }
+    }
+
+    /// The names of the sources the query reads, in input order.
+    pub fn sources(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for chain in &self.inputs {
+            if !names.contains(&chain.scan.source.name) {
+                names.push(chain.scan.source.name.clone());
+            }
+        }
+        names
+    }
+
+    /// One line per operator: for one input, from the source to the view;
+    /// with a graph, the root first and each operator's inputs indented
+    /// below it.
+    pub fn describe(&self) -> Vec<String> {
+        match &self.graph {
+            None => self.inputs.iter().flat_map(Chain::describe).collect(),
+            Some(root) => {
+                let chains: Vec<Vec<String>> = self.inputs.iter().map(Chain::describe).collect();
+                root.describe(&chains)
+            }
+        }
     }
 }
 
@@ -160,6 +233,13 @@ pub fn batch_context(
     let ctx = SessionContext::new_with_state(state);
     register_functions(&ctx, sources, Some(store));
     for (name, def) in sources {
+        if def.is_table() {
+            ctx.register_table(
+                name.as_str(),
+                Arc::new(TableState::new(def.clone(), store.clone())),
+            )?;
+            continue;
+        }
         ctx.register_table(
             name.as_str(),
             Arc::new(HistoryTable::new(def.clone(), store.clone())?),
@@ -192,12 +272,51 @@ fn register_functions(
     }
 }
 
+/// Materialized views a query may read, by name, with their queries.
+pub type ViewQueries = Vec<(String, Box<Query>)>;
+
+/// Makes each view a DataFusion view of its query, so that a query over
+/// views is planned over their sources: a view on a view runs the inner
+/// view's operators in its own dataflow, in one consistent checkpoint.
+/// Views may read views, so each is registered once the ones it reads are.
+async fn register_views(ctx: &SessionContext, views: &ViewQueries) -> Result<()> {
+    let mut pending: Vec<&(String, Box<Query>)> = views.iter().collect();
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        let mut last_error = None;
+        for entry in pending.iter().copied() {
+            let (name, query) = entry;
+            match ctx.state().create_logical_plan(&query.to_string()).await {
+                Ok(plan) => {
+                    let view = datafusion::catalog::view::ViewTable::new(plan, Some(query.to_string()));
+                    ctx.register_table(name.as_str(), Arc::new(view))?;
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    left.push(entry);
+                }
+            }
+        }
+        if left.len() == pending.len() {
+            // Nothing could be planned: a view reads something gone.
+            if let Some(e) = last_error {
+                return Err(SqlError::from(e));
+            }
+            break;
+        }
+        pending = left;
+    }
+    Ok(())
+}
+
 /// Plans a view's query into a dataflow.
 pub async fn plan_dataflow(
     sources: &HashMap<String, Arc<SourceDef>>,
+    views: &ViewQueries,
     query: &Query,
 ) -> Result<Dataflow> {
     let ctx = planning_context(sources)?;
+    register_views(&ctx, views).await?;
     let state = ctx.state();
     let logical = state
         .create_logical_plan(&query.to_string())
@@ -208,63 +327,106 @@ pub async fn plan_dataflow(
 }
 
 fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
-    // Root first, then down the single chain of inputs.
-    let mut chain: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-    let mut node = root.clone();
-    loop {
-        chain.push(node.clone());
-        let children = node.children();
-        match children.len() {
-            0 => break,
-            1 => {
-                let child = children[0].clone();
-                node = child;
+    let mut translator = Translator { inputs: Vec::new() };
+    let built = translator.build(root)?;
+    let append_only = built.append_only;
+    let output_schema = root.schema();
+    let graph = match built.part {
+        Part::Chain(mut chain) if translator.inputs.is_empty() => {
+            chain.output_schema = output_schema.clone();
+            if let (Stage::None, Some((WindowSpec::Session { .. }, _))) =
+                (&chain.stage, &chain.scan.window)
+            {
+                return Err(session_without_aggregate());
             }
-            _ => return Err(unsupported(&node)),
+            translator.inputs.push(chain);
+            None
+        }
+        part => Some(translator.finish(part, &output_schema)?),
+    };
+    Ok(Dataflow {
+        inputs: translator.inputs,
+        graph,
+        output_schema,
+        graph_append_only: append_only,
+    })
+}
+
+fn session_without_aggregate() -> SqlError {
+    SqlError::Plan(
+        "SESSION windows exist only in an aggregation: GROUP BY the key and window_start, window_end".into(),
+    )
+}
+
+/// What an output column of a planned operator is, in time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TimeColumn {
+    /// The source's event time (its WATERMARK column).
+    Event,
+    /// The start or end of a window of this length (`None`: sessions).
+    WindowStart(Option<i64>),
+    WindowEnd(Option<i64>),
+}
+
+/// A translated part of the plan.
+struct Built {
+    part: Part,
+    /// Output columns with a meaning in time, by index.
+    times: Vec<(usize, TimeColumn)>,
+    /// Whether no row is ever retracted (windows taken as final).
+    append_only: bool,
+}
+
+enum Part {
+    /// Still one input's chain: operators go on it.
+    Chain(Chain),
+    Node(Node),
+}
+
+struct Translator {
+    inputs: Vec<Chain>,
+}
+
+impl Translator {
+    /// Ends a part as a node of the graph: a chain becomes an input.
+    fn finish(&mut self, part: Part, schema: &SchemaRef) -> Result<Node> {
+        match part {
+            Part::Node(n) => Ok(n),
+            Part::Chain(mut chain) => {
+                if let (Stage::None, Some((WindowSpec::Session { .. }, _))) =
+                    (&chain.stage, &chain.scan.window)
+                {
+                    return Err(session_without_aggregate());
+                }
+                chain.output_schema = schema.clone();
+                self.inputs.push(chain);
+                Ok(Node::Input(self.inputs.len() - 1))
+            }
         }
     }
-    chain.reverse();
-    let leaf = chain
-        .first()
-        .and_then(|n| n.downcast_ref::<SourceScanExec>())
-        .ok_or_else(|| {
-            SqlError::Plan(
-                "a materialized view must read from a source (or TUMBLE/HOP/SESSION over one)"
-                    .into(),
-            )
-        })?;
-    let scan = leaf.info.clone();
-    let n_source = scan.source.columns.len();
-    // Which columns of the current operator's output are window bounds.
-    let mut window_cols: Vec<(usize, GroupSlot)> = scan
-        .projection
-        .iter()
-        .enumerate()
-        .filter_map(|(out, &inp)| {
-            if scan.window.is_none() || inp < n_source {
-                None
-            } else if inp == n_source {
-                Some((out, GroupSlot::WindowStart))
-            } else {
-                Some((out, GroupSlot::WindowEnd))
+
+    fn build(&mut self, plan: &Arc<dyn ExecutionPlan>) -> Result<Built> {
+        if let Some(scan) = plan.downcast_ref::<SourceScanExec>() {
+            if scan.info.source.is_table() && scan.info.window.is_some() {
+                return Err(SqlError::Plan(format!(
+                    "{} is a table (the newest row per key), not a stream of events: TUMBLE, HOP and SESSION read sources",
+                    scan.info.source.name
+                )));
             }
-        })
-        .collect();
-    let mut pre = Vec::new();
-    let mut post = Vec::new();
-    let mut stage = Stage::None;
-    let mut i = 1;
-    while i < chain.len() {
-        let node = &chain[i];
-        let ops = if matches!(stage, Stage::None) {
-            &mut pre
-        } else {
-            &mut post
-        };
-        if let Some(f) = node.downcast_ref::<FilterExec>() {
-            ops.push(StatelessOp::Filter {
+            return Ok(scan_part(&scan.info, plan.schema()));
+        }
+        if is_pass_through(plan) {
+            let children = plan.children();
+            return match children.as_slice() {
+                [child] => self.build(child),
+                _ => Err(unsupported(plan)),
+            };
+        }
+        if let Some(f) = plan.downcast_ref::<FilterExec>() {
+            let mut built = self.build(f.input())?;
+            let mut ops = vec![StatelessOp::Filter {
                 predicate: f.predicate().clone(),
-            });
+            }];
             if let Some(projection) = f.projection() {
                 let input_schema = f.input().schema();
                 let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
@@ -274,86 +436,268 @@ fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
                             as Arc<dyn PhysicalExpr>
                     })
                     .collect();
-                window_cols = remap_window_cols(&window_cols, &exprs);
+                built.times = remap_times(&built.times, &exprs);
                 ops.push(StatelessOp::Project {
                     exprs,
                     schema: f.schema(),
                 });
             }
-        } else if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            return Ok(self.stateless(built, ops));
+        }
+        if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+            let mut built = self.build(p.input())?;
             let exprs: Vec<Arc<dyn PhysicalExpr>> =
                 p.expr().iter().map(|e| e.expr.clone()).collect();
-            window_cols = remap_window_cols(&window_cols, &exprs);
-            ops.push(StatelessOp::Project {
+            built.times = remap_times(&built.times, &exprs);
+            let ops = vec![StatelessOp::Project {
                 exprs,
                 schema: p.schema(),
-            });
-        } else if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            if !matches!(stage, Stage::None) {
-                return Err(SqlError::Plan(
-                    "a view can aggregate only once; nest the second aggregation in another view"
-                        .into(),
-                ));
+            }];
+            return Ok(self.stateless(built, ops));
+        }
+        if let Some(agg) = plan.downcast_ref::<AggregateExec>() {
+            return self.aggregate(agg);
+        }
+        if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+            return self.join(join);
+        }
+        if let Some(union) = plan.downcast_ref::<UnionExec>() {
+            let mut inputs = Vec::new();
+            let mut append_only = true;
+            for child in union.inputs() {
+                let built = self.build(child)?;
+                append_only &= built.append_only;
+                inputs.push(self.finish(built.part, &child.schema())?);
             }
-            // A two-phase aggregation: plan from the first phase, output
-            // the final phase's schema.
-            let (first, output_schema) = match agg.mode() {
-                AggregateMode::Single
-                | AggregateMode::SinglePartitioned
-                | AggregateMode::Partial => (agg, agg.schema()),
-                AggregateMode::Final
-                | AggregateMode::FinalPartitioned
-                | AggregateMode::PartialReduce => {
+            return Ok(Built {
+                part: Part::Node(Node::Union {
+                    inputs,
+                    schema: plan.schema(),
+                }),
+                times: Vec::new(),
+                append_only,
+            });
+        }
+        Err(unsupported(plan))
+    }
+
+    fn stateless(&mut self, built: Built, ops: Vec<StatelessOp>) -> Built {
+        let part = match built.part {
+            Part::Chain(mut chain) => {
+                if matches!(chain.stage, Stage::None) {
+                    chain.pre.extend(ops);
+                } else {
+                    chain.post.extend(ops);
+                }
+                Part::Chain(chain)
+            }
+            Part::Node(Node::Stateless {
+                input,
+                ops: mut before,
+            }) => {
+                before.extend(ops);
+                Part::Node(Node::Stateless { input, ops: before })
+            }
+            Part::Node(node) => Part::Node(Node::Stateless {
+                input: Box::new(node),
+                ops,
+            }),
+        };
+        Built { part, ..built }
+    }
+
+    fn aggregate(&mut self, agg: &AggregateExec) -> Result<Built> {
+        // A two-phase aggregation: plan from the first phase, output the
+        // final phase's schema.
+        let output_schema = agg.schema();
+        match agg.mode() {
+            AggregateMode::Single | AggregateMode::SinglePartitioned | AggregateMode::Partial => {
+                self.aggregate_from(agg, output_schema)
+            }
+            AggregateMode::Final | AggregateMode::FinalPartitioned => {
+                let mut node = agg.input().clone();
+                while is_pass_through(&node) && node.children().len() == 1 {
+                    let child = node.children()[0].clone();
+                    node = child;
+                }
+                let Some(partial) = node.downcast_ref::<AggregateExec>() else {
                     return Err(SqlError::Internal(
                         "final aggregation without its partial phase".into(),
-                    ))
-                }
-            };
-            if matches!(agg.mode(), AggregateMode::Partial) {
-                // Skip forward to the matching final phase.
-                let mut j = i + 1;
-                let mut final_schema = None;
-                while j < chain.len() {
-                    if let Some(f) = chain[j].downcast_ref::<AggregateExec>() {
-                        final_schema = Some(f.schema());
-                        break;
-                    }
-                    if !is_pass_through(&chain[j]) {
-                        break;
-                    }
-                    j += 1;
-                }
-                let final_schema = final_schema.ok_or_else(|| {
-                    SqlError::Internal("partial aggregation without a final phase".into())
-                })?;
-                stage = aggregate_stage(&scan, first, final_schema, &window_cols)?;
-                i = j + 1;
-                continue;
+                    ));
+                };
+                self.aggregate_from(partial, output_schema)
             }
-            stage = aggregate_stage(&scan, first, output_schema, &window_cols)?;
-        } else if !is_pass_through(node) {
-            return Err(unsupported(node));
+            AggregateMode::PartialReduce => Err(SqlError::Internal(
+                "final aggregation without its partial phase".into(),
+            )),
         }
-        i += 1;
     }
-    if let (Stage::None, Some((WindowSpec::Session { .. }, _))) = (&stage, &scan.window) {
-        return Err(SqlError::Plan(
-            "SESSION windows exist only in an aggregation: GROUP BY the key and window_start, window_end".into(),
-        ));
+
+    fn aggregate_from(&mut self, agg: &AggregateExec, output_schema: SchemaRef) -> Result<Built> {
+        let built = self.build(agg.input())?;
+        let window_cols: Vec<(usize, GroupSlot)> = built
+            .times
+            .iter()
+            .filter_map(|(i, t)| match t {
+                TimeColumn::WindowStart(_) => Some((*i, GroupSlot::WindowStart)),
+                TimeColumn::WindowEnd(_) => Some((*i, GroupSlot::WindowEnd)),
+                TimeColumn::Event => None,
+            })
+            .collect();
+        // Group columns keep their meaning in time (a window's bounds).
+        let times: Vec<(usize, TimeColumn)> = agg
+            .group_expr()
+            .expr()
+            .iter()
+            .enumerate()
+            .filter_map(|(out, (e, _))| {
+                let c = e.downcast_ref::<Column>()?;
+                built
+                    .times
+                    .iter()
+                    .find(|(i, t)| *i == c.index() && *t != TimeColumn::Event)
+                    .map(|(_, t)| (out, *t))
+            })
+            .collect();
+        match built.part {
+            // A table's rows change: its aggregations run in the graph,
+            // which takes retractions.
+            Part::Chain(mut chain)
+                if matches!(chain.stage, Stage::None) && !chain.scan.source.is_table() =>
+            {
+                let stage = aggregate_stage(&chain.scan, agg, output_schema, &window_cols)?;
+                let append_only = matches!(stage, Stage::Window { .. });
+                chain.stage = stage;
+                Ok(Built {
+                    part: Part::Chain(chain),
+                    times,
+                    append_only,
+                })
+            }
+            part => {
+                // Over a join, a union or another aggregation: an updating
+                // aggregation keyed by every group column (window bounds
+                // included, as plain values).
+                let input_changes = !built.append_only;
+                let node = self.finish(part, &agg.input().schema())?;
+                let exprs = updating_exprs(agg, output_schema, input_changes)?;
+                Ok(Built {
+                    part: Part::Node(Node::Aggregate {
+                        input: Box::new(node),
+                        exprs,
+                    }),
+                    times,
+                    append_only: false,
+                })
+            }
+        }
     }
-    Ok(Dataflow {
-        scan,
-        pre,
-        stage,
-        post,
-        output_schema: root.schema(),
-    })
+
+    fn join(&mut self, join: &HashJoinExec) -> Result<Built> {
+        match join.join_type() {
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
+            other => {
+                return Err(SqlError::Plan(format!(
+                    "{other} joins (IN, EXISTS and NOT IN subqueries) are not supported in a materialized view yet; write the condition as a JOIN"
+                )))
+            }
+        }
+        let left = self.build(join.left())?;
+        let right = self.build(join.right())?;
+        let bound = time_bound(join, &left.times, &right.times);
+        if left.append_only && right.append_only && bound.is_none() {
+            return Err(SqlError::Plan(
+                "a join of two streams needs a time bound, or its state grows without end: \
+                 add a condition between their event times (for example \
+                 `AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '10' MINUTE`), or join rows of \
+                 the same window (`ON a.window_start = b.window_start` over TUMBLE or HOP); \
+                 to join with the latest row per key, declare one side as a table \
+                 (CREATE TABLE ... PRIMARY KEY)"
+                    .into(),
+            ));
+        }
+        let left_width = join.left().schema().fields().len();
+        let mut times: Vec<(usize, TimeColumn)> = left.times.clone();
+        times.extend(right.times.iter().map(|(i, t)| (i + left_width, *t)));
+        if let Some(projection) = join.projection.as_deref() {
+            times = projection
+                .iter()
+                .enumerate()
+                .filter_map(|(out, i)| times.iter().find(|(j, _)| j == i).map(|(_, t)| (out, *t)))
+                .collect();
+        }
+        let append_only =
+            left.append_only && right.append_only && *join.join_type() == JoinType::Inner;
+        let left_node = self.finish(left.part, &join.left().schema())?;
+        let right_node = self.finish(right.part, &join.right().schema())?;
+        let spec = JoinSpec {
+            join_type: *join.join_type(),
+            on: join.on().to_vec(),
+            filter: join.filter().cloned(),
+            nulls_equal: join.null_equality() == NullEquality::NullEqualsNull,
+            inputs: [join.left().schema(), join.right().schema()],
+            projection: join.projection.as_deref().map(|p| p.to_vec()),
+            output_schema: join.schema(),
+            bound,
+        };
+        Ok(Built {
+            part: Part::Node(Node::Join {
+                left: Box::new(left_node),
+                right: Box::new(right_node),
+                spec,
+            }),
+            times,
+            append_only,
+        })
+    }
 }
 
-fn remap_window_cols(
-    cols: &[(usize, GroupSlot)],
+/// A source scan: the start of a chain.
+fn scan_part(scan: &ScanInfo, schema: SchemaRef) -> Built {
+    let n_source = scan.source.columns.len();
+    let window_len = scan.window.and_then(|(spec, _)| match spec {
+        WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => Some(size),
+        WindowSpec::Session { .. } => None,
+    });
+    let event_column = scan
+        .source
+        .watermark
+        .as_ref()
+        .filter(|_| !matches!(scan.window, Some((_, WindowTime::Processing))))
+        .and_then(|w| scan.source.columns.iter().position(|c| c.name == w.column));
+    let times = scan
+        .projection
+        .iter()
+        .enumerate()
+        .filter_map(|(out, &inp)| {
+            if Some(inp) == event_column {
+                Some((out, TimeColumn::Event))
+            } else if scan.window.is_none() || inp < n_source {
+                None
+            } else if inp == n_source {
+                Some((out, TimeColumn::WindowStart(window_len)))
+            } else {
+                Some((out, TimeColumn::WindowEnd(window_len)))
+            }
+        })
+        .collect();
+    Built {
+        part: Part::Chain(Chain {
+            scan: scan.clone(),
+            pre: Vec::new(),
+            stage: Stage::None,
+            post: Vec::new(),
+            output_schema: schema,
+        }),
+        times,
+        append_only: !scan.source.is_table(),
+    }
+}
+
+fn remap_times(
+    cols: &[(usize, TimeColumn)],
     exprs: &[Arc<dyn PhysicalExpr>],
-) -> Vec<(usize, GroupSlot)> {
+) -> Vec<(usize, TimeColumn)> {
     exprs
         .iter()
         .enumerate()
@@ -361,9 +705,204 @@ fn remap_window_cols(
             let c = e.downcast_ref::<Column>()?;
             cols.iter()
                 .find(|(idx, _)| *idx == c.index())
-                .map(|(_, slot)| (out, *slot))
+                .map(|(_, t)| (out, *t))
         })
         .collect()
+}
+
+/// An aggregation in the graph: every group column is a key.
+fn updating_exprs(
+    agg: &AggregateExec,
+    output_schema: SchemaRef,
+    input_changes: bool,
+) -> Result<AggregateExprs> {
+    let group_by = agg.group_expr();
+    if group_by.has_grouping_set() {
+        return Err(SqlError::Plan(
+            "GROUPING SETS, CUBE and ROLLUP are not supported in a materialized view".into(),
+        ));
+    }
+    for a in agg.aggr_expr() {
+        if !a.order_bys().is_empty() {
+            return Err(SqlError::Plan(format!(
+                "{}: ordered aggregates are not supported in a materialized view",
+                a.name()
+            )));
+        }
+        if input_changes && !a.create_accumulator()?.supports_retract_batch() {
+            return Err(SqlError::Plan(format!(
+                "{} cannot be kept up to date over rows that change (its input is a join with \
+                 a table, an outer join or an aggregation, whose rows are updated): use count, \
+                 sum or avg here, or aggregate before the join",
+                a.name()
+            )));
+        }
+    }
+    let key_exprs: Vec<Arc<dyn PhysicalExpr>> =
+        group_by.expr().iter().map(|(e, _)| e.clone()).collect();
+    let layout = (0..key_exprs.len()).map(GroupSlot::Key).collect();
+    AggregateExprs::new(
+        key_exprs,
+        &agg.input_schema(),
+        layout,
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        output_schema,
+    )
+}
+
+/// What bounds a join's state in time, from its conditions: equal window
+/// bounds among the keys, or an interval between the two sides' event
+/// times in the residual filter.
+fn time_bound(
+    join: &HashJoinExec,
+    left: &[(usize, TimeColumn)],
+    right: &[(usize, TimeColumn)],
+) -> Option<TimeBound> {
+    let time_of = |cols: &[(usize, TimeColumn)], e: &Arc<dyn PhysicalExpr>| {
+        let c = e.downcast_ref::<Column>()?;
+        cols.iter()
+            .find(|(i, _)| *i == c.index())
+            .map(|(_, t)| (c.index(), *t))
+    };
+    for (l, r) in join.on() {
+        match (time_of(left, l), time_of(right, r)) {
+            (
+                Some((lc, TimeColumn::WindowStart(Some(a)))),
+                Some((rc, TimeColumn::WindowStart(Some(b)))),
+            ) => {
+                return Some(TimeBound::Window {
+                    cols: [lc, rc],
+                    size: a.max(b),
+                })
+            }
+            (
+                Some((lc, TimeColumn::WindowEnd(Some(_)))),
+                Some((rc, TimeColumn::WindowEnd(Some(_)))),
+            ) => {
+                return Some(TimeBound::Window {
+                    cols: [lc, rc],
+                    size: 0,
+                })
+            }
+            _ => {}
+        }
+    }
+    let filter = join.filter()?;
+    let mut conjuncts = Vec::new();
+    split_conjunction(filter.expression(), &mut conjuncts);
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    let mut cols: Option<[usize; 2]> = None;
+    let is_event = |cols: &[(usize, TimeColumn)], i: usize| {
+        cols.iter()
+            .any(|(c, t)| *c == i && *t == TimeColumn::Event)
+    };
+    for conjunct in conjuncts {
+        let Some(b) = conjunct.downcast_ref::<BinaryExpr>() else {
+            continue;
+        };
+        let (Some((a_idx, a_off)), Some((b_idx, b_off))) =
+            (time_term(b.left()), time_term(b.right()))
+        else {
+            continue;
+        };
+        let indices = filter.column_indices();
+        let (Some(a_col), Some(b_col)) = (indices.get(a_idx), indices.get(b_idx)) else {
+            continue;
+        };
+        // As `left + l_off  op  right + r_off`.
+        let (op, l_col, l_off, r_col, r_off) = match (a_col.side, b_col.side) {
+            (JoinSide::Left, JoinSide::Right) => {
+                (*b.op(), a_col.index, a_off, b_col.index, b_off)
+            }
+            (JoinSide::Right, JoinSide::Left) => {
+                let Some(op) = flip(*b.op()) else { continue };
+                (op, b_col.index, b_off, a_col.index, a_off)
+            }
+            _ => continue,
+        };
+        if !is_event(left, l_col) || !is_event(right, r_col) {
+            continue;
+        }
+        if cols.is_some_and(|c| c != [l_col, r_col]) {
+            return None;
+        }
+        cols = Some([l_col, r_col]);
+        // left - right  op  r_off - l_off
+        let Some(c) = r_off.checked_sub(l_off) else {
+            continue;
+        };
+        match op {
+            Operator::Lt | Operator::LtEq => hi = hi.min(c),
+            Operator::Gt | Operator::GtEq => lo = lo.max(c),
+            Operator::Eq => {
+                hi = hi.min(c);
+                lo = lo.max(c);
+            }
+            _ => {}
+        }
+    }
+    match cols {
+        Some(cols) if lo != i64::MIN && hi != i64::MAX && lo <= hi => {
+            Some(TimeBound::Interval { cols, lo, hi })
+        }
+        _ => None,
+    }
+}
+
+fn flip(op: Operator) -> Option<Operator> {
+    Some(match op {
+        Operator::Lt => Operator::Gt,
+        Operator::LtEq => Operator::GtEq,
+        Operator::Gt => Operator::Lt,
+        Operator::GtEq => Operator::LtEq,
+        Operator::Eq => Operator::Eq,
+        _ => return None,
+    })
+}
+
+fn split_conjunction(expr: &Arc<dyn PhysicalExpr>, out: &mut Vec<Arc<dyn PhysicalExpr>>) {
+    match expr.downcast_ref::<BinaryExpr>() {
+        Some(b) if *b.op() == Operator::And => {
+            split_conjunction(b.left(), out);
+            split_conjunction(b.right(), out);
+        }
+        _ => out.push(expr.clone()),
+    }
+}
+
+/// `column`, `column + INTERVAL` or `column - INTERVAL`: the column's index
+/// and the offset in milliseconds.
+fn time_term(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64)> {
+    if let Some(c) = expr.downcast_ref::<Column>() {
+        return Some((c.index(), 0));
+    }
+    if let Some(c) = expr.downcast_ref::<CastExpr>() {
+        return time_term(c.expr());
+    }
+    let b = expr.downcast_ref::<BinaryExpr>()?;
+    let (idx, off) = time_term(b.left())?;
+    let lit = b.right().downcast_ref::<Literal>()?;
+    let ms = interval_ms(lit.value())?;
+    match b.op() {
+        Operator::Plus => Some((idx, off.checked_add(ms)?)),
+        Operator::Minus => Some((idx, off.checked_sub(ms)?)),
+        _ => None,
+    }
+}
+
+fn interval_ms(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * 86_400_000 + v.milliseconds as i64)
+        }
+        ScalarValue::DurationMillisecond(Some(v)) => Some(*v),
+        ScalarValue::DurationSecond(Some(v)) => v.checked_mul(1000),
+        _ => None,
+    }
 }
 
 fn aggregate_stage(
@@ -438,13 +977,12 @@ fn unsupported(node: &Arc<dyn ExecutionPlan>) -> SqlError {
         "GlobalLimitExec" | "LocalLimitExec" => {
             "LIMIT is not supported in a materialized view; limit when you query the view".to_string()
         }
-        n if n.contains("Join") || n == "CrossJoinExec" => {
-            "joins are not supported in a materialized view yet".to_string()
+        "CrossJoinExec" | "NestedLoopJoinExec" => {
+            "a join in a materialized view needs an equality between the two sides (ON a.key = b.key)".to_string()
         }
         "WindowAggExec" | "BoundedWindowAggExec" => {
             "window functions (OVER) are not supported in a materialized view; use TUMBLE, HOP or SESSION".to_string()
         }
-        "UnionExec" | "InterleaveExec" => "UNION is not supported in a materialized view yet".to_string(),
         "EmptyExec" | "PlaceholderRowExec" => {
             "a materialized view must read from a source".to_string()
         }

@@ -20,8 +20,10 @@ use fluxo_log::LogStore;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
 
+use crate::dataflow::upsert::DELETED_COLUMN;
 use crate::error::{Result, SqlError};
 use crate::format::{Decoded, RecordDecoder};
+use crate::parser::SourceDef;
 
 /// How much of a partition one read takes.
 const READ_BYTES: usize = 1 << 20;
@@ -78,13 +80,21 @@ pub struct Readers {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// What readers read and how they decode it.
+#[derive(Clone)]
+pub struct SourceReading {
+    pub topic: String,
+    pub decoder: RecordDecoder,
+    pub tombstones: Option<Tombstones>,
+}
+
 impl Readers {
-    /// Starts `readers` threads reading `topic` from `start_offsets` (per
-    /// partition; partitions beyond it start at their log start).
+    /// Starts `readers` threads reading the source's topic from
+    /// `start_offsets` (per partition; partitions beyond it start at their
+    /// log start).
     pub fn start(
         store: Arc<LogStore>,
-        topic: String,
-        decoder: RecordDecoder,
+        reading: SourceReading,
         start_offsets: Vec<i64>,
         frontier: Arc<Frontier>,
         readers: usize,
@@ -97,8 +107,9 @@ impl Readers {
         for index in 0..readers {
             let reader = Reader {
                 store: store.clone(),
-                topic: topic.clone(),
-                decoder: decoder.clone(),
+                topic: reading.topic.clone(),
+                decoder: reading.decoder.clone(),
+                tombstones: reading.tombstones.clone(),
                 start_offsets: start_offsets.clone(),
                 frontier: frontier.clone(),
                 index,
@@ -157,6 +168,7 @@ struct Reader {
     store: Arc<LogStore>,
     topic: String,
     decoder: RecordDecoder,
+    tombstones: Option<Tombstones>,
     start_offsets: Vec<i64>,
     frontier: Arc<Frontier>,
     index: usize,
@@ -226,7 +238,13 @@ impl Reader {
                     .read_committed(*cursor, READ_BYTES)
                     .map_err(|e| SqlError::Execution(format!("reading {}/{p}: {e}", self.topic)))
                     .and_then(|(bytes, aborted)| {
-                        decode_record_range(bytes, *cursor, hold.unwrap_or(i64::MAX), &aborted)
+                        decode_record_range(
+                            bytes,
+                            *cursor,
+                            hold.unwrap_or(i64::MAX),
+                            &aborted,
+                            self.tombstones.as_ref(),
+                        )
                     })
                     .and_then(|(values, next)| {
                         let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
@@ -283,16 +301,59 @@ impl Reader {
     }
 }
 
+/// How a table's tombstones (a record with a key and no value) reach its
+/// decoder: as a JSON object of the key's columns with
+/// [`DELETED_COLUMN`] set. The key is a JSON object naming the primary-key
+/// columns, or, for a one-column key, the bare value.
+#[derive(Debug, Clone)]
+pub struct Tombstones {
+    /// The key column a bare key value names, for a one-column key.
+    pub key_column: Option<String>,
+}
+
+impl Tombstones {
+    /// What a source's reader makes of tombstones: tables over JSON turn
+    /// them into deletions, everything else skips them.
+    pub fn of(source: &SourceDef) -> Option<Tombstones> {
+        let json = source.options.get("format").unwrap_or("json") == "json";
+        (source.is_table() && json).then(|| Tombstones {
+            key_column: match source.primary_key.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+        })
+    }
+
+    fn value_for(&self, key: &[u8]) -> Option<Bytes> {
+        let text = std::str::from_utf8(key).ok()?.trim();
+        let marker = format!("{}:true", serde_json::to_string(DELETED_COLUMN).ok()?);
+        if let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+            let sep = if inner.trim().is_empty() { "" } else { "," };
+            return Some(Bytes::from(format!("{{{inner}{sep}{marker}}}")));
+        }
+        let column = self.key_column.as_ref()?;
+        let value = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if !v.is_object() && !v.is_array() => text.to_string(),
+            _ => serde_json::to_string(text).ok()?,
+        };
+        let column = serde_json::to_string(column).ok()?;
+        Some(Bytes::from(format!("{{{column}:{value},{marker}}}")))
+    }
+}
+
 /// The values of the records with offsets in `from..until` in `bytes`
 /// (whole batches from a read_committed read), leaving out control records
 /// and the batches of `aborted` transactions, and the offset after the
 /// last record taken (or after the last batch, when batches hold only
-/// control records, aborted data or compacted-away offsets).
+/// control records, aborted data or compacted-away offsets). Records
+/// without a value are left out too, unless `tombstones` says what they
+/// stand for.
 pub fn decode_record_range(
     mut bytes: Bytes,
     from: i64,
     until: i64,
     aborted: &[AbortedTxn],
+    tombstones: Option<&Tombstones>,
 ) -> Result<(Vec<Bytes>, i64)> {
     let mut values = Vec::new();
     let mut next = from;
@@ -315,8 +376,10 @@ pub fn decode_record_range(
             if r.offset < from || r.offset >= until || r.control {
                 continue;
             }
-            if let Some(v) = r.value {
-                values.push(v);
+            match (r.value, tombstones, r.key) {
+                (Some(v), _, _) => values.push(v),
+                (None, Some(t), Some(key)) => values.extend(t.value_for(&key)),
+                _ => {}
             }
         }
         next = next.max((header.last_offset() + 1).min(until));

@@ -5,10 +5,13 @@
 //! aggregations can correct what they said before.
 
 pub mod aggregate;
+pub mod graph;
+pub mod join;
 pub mod session_window;
 pub mod sharded;
 pub mod stateless;
 pub mod updating_aggregate;
+pub mod upsert;
 pub mod window_aggregate;
 
 use std::sync::Arc;

@@ -304,6 +304,26 @@ pub fn update_row_accumulators(
     Ok(())
 }
 
+/// Takes rows back out of `accumulators` (see `Accumulator::retract_batch`).
+pub fn retract_row_accumulators(
+    accumulators: &mut [Box<dyn Accumulator>],
+    input: &EvaluatedBatch,
+) -> Result<()> {
+    for (j, acc) in accumulators.iter_mut().enumerate() {
+        match &input.filters[j] {
+            None => acc.retract_batch(&input.args[j])?,
+            Some(mask) => {
+                let args = input.args[j]
+                    .iter()
+                    .map(|a| arrow::compute::filter(a, mask))
+                    .collect::<Result<Vec<_>, _>>()?;
+                acc.retract_batch(&args)?
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One array per aggregate from per-row scalar results, typed as the
 /// output schema says (an empty column has no scalar to take its type from).
 pub fn scalars_to_arrays(

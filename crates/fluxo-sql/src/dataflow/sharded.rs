@@ -326,11 +326,11 @@ mod tests {
                 _ => unreachable!(),
             }
         }
-        plan_dataflow(&sources, &query.unwrap()).await.unwrap()
+        plan_dataflow(&sources, &Vec::new(), &query.unwrap()).await.unwrap()
     }
 
     fn sharded(dataflow: &Dataflow, shards: usize) -> ShardedAggregation {
-        let Stage::Updating { exprs } = &dataflow.stage else {
+        let Stage::Updating { exprs } = &dataflow.inputs[0].stage else {
             panic!("expected an updating aggregation");
         };
         let e = exprs.clone();
@@ -346,12 +346,12 @@ mod tests {
         let v: Int64Array = (from..to).map(|i| (i * 31) % 97).collect();
         let t = TimestampMillisecondArray::from((from..to).collect::<Vec<i64>>());
         let batch = RecordBatch::try_new(
-            Arc::new(dataflow.scan.source.schema()),
+            Arc::new(dataflow.inputs[0].scan.source.schema()),
             vec![Arc::new(k), Arc::new(v), Arc::new(t)],
         )
         .unwrap();
-        let mut changes = Changes::inserts(batch.project(&dataflow.scan.projection).unwrap());
-        for op in &dataflow.pre {
+        let mut changes = Changes::inserts(batch.project(&dataflow.inputs[0].scan.projection).unwrap());
+        for op in &dataflow.inputs[0].pre {
             changes = op.apply(changes).unwrap();
         }
         changes.batch

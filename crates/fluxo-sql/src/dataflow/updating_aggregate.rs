@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::aggregate::AggregateExprs;
-use super::session_window::{scalars_to_arrays, update_row_accumulators};
+use super::session_window::{retract_row_accumulators, scalars_to_arrays, update_row_accumulators};
 use super::Changes;
 use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::{Result, SqlError};
@@ -22,6 +22,9 @@ struct Group {
     accumulators: Vec<Box<dyn Accumulator>>,
     /// What was last emitted for this group.
     last: Option<Vec<ScalarValue>>,
+    /// Input rows in the group (insertions minus retractions); a keyed
+    /// group with none left has no row in the output.
+    rows: i64,
 }
 
 pub struct UpdatingAggregate {
@@ -61,11 +64,27 @@ impl UpdatingAggregate {
             key,
             accumulators: self.exprs.new_accumulators()?,
             last: None,
+            rows: 0,
         });
         self.emit_changes(&[0])
     }
 
     pub fn process(&mut self, batch: &RecordBatch) -> Result<Vec<Changes>> {
+        self.process_signed(batch, None)
+    }
+
+    /// Like `process`, for rows that may be retractions of earlier input:
+    /// their values are retracted from the accumulators (the planner only
+    /// lets aggregates that can retract read a changing input).
+    pub fn process_changes(&mut self, changes: &Changes) -> Result<Vec<Changes>> {
+        self.process_signed(&changes.batch, changes.signs.as_ref())
+    }
+
+    fn process_signed(
+        &mut self,
+        batch: &RecordBatch,
+        signs: Option<&BooleanArray>,
+    ) -> Result<Vec<Changes>> {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
@@ -85,6 +104,7 @@ impl UpdatingAggregate {
                         key,
                         accumulators: self.exprs.new_accumulators()?,
                         last: None,
+                        rows: 0,
                     });
                     g
                 }
@@ -95,13 +115,28 @@ impl UpdatingAggregate {
             });
             list.push(i as u32);
         }
-        if touched.len() == 1 {
-            update_row_accumulators(&mut self.groups[touched[0]].accumulators, &input)?;
+        let retracting = signs.is_some_and(|s| s.false_count() > 0);
+        if touched.len() == 1 && !retracting {
+            let group = &mut self.groups[touched[0]];
+            group.rows += batch.num_rows() as i64;
+            update_row_accumulators(&mut group.accumulators, &input)?;
         } else {
             for g in &touched {
-                let taken =
-                    input.take(&UInt32Array::from(rows_of.remove(g).unwrap_or_default()))?;
-                update_row_accumulators(&mut self.groups[*g].accumulators, &taken)?;
+                let rows = rows_of.remove(g).unwrap_or_default();
+                let (inserts, retracts): (Vec<u32>, Vec<u32>) = match signs {
+                    Some(s) if retracting => rows.iter().partition(|r| s.value(**r as usize)),
+                    _ => (rows, Vec::new()),
+                };
+                let group = &mut self.groups[*g];
+                group.rows += inserts.len() as i64 - retracts.len() as i64;
+                if !inserts.is_empty() {
+                    let taken = input.take(&UInt32Array::from(inserts))?;
+                    update_row_accumulators(&mut group.accumulators, &taken)?;
+                }
+                if !retracts.is_empty() {
+                    let taken = input.take(&UInt32Array::from(retracts))?;
+                    retract_row_accumulators(&mut group.accumulators, &taken)?;
+                }
             }
         }
         self.emit_changes(&touched)
@@ -111,8 +146,23 @@ impl UpdatingAggregate {
         let mut keys_out: Vec<usize> = Vec::new();
         let mut signs: Vec<bool> = Vec::new();
         let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); self.exprs.aggs.len()];
+        let keyed = self.exprs.has_keys();
         for &g in touched {
             let group = &mut self.groups[g];
+            if keyed && group.rows <= 0 {
+                // Every row of the group was retracted: so is its output row,
+                // and it starts afresh if rows come again.
+                if let Some(old) = group.last.take() {
+                    keys_out.push(g);
+                    signs.push(false);
+                    for (j, v) in old.into_iter().enumerate() {
+                        columns[j].push(v);
+                    }
+                }
+                group.accumulators = self.exprs.new_accumulators()?;
+                group.rows = 0;
+                continue;
+            }
             let now = group
                 .accumulators
                 .iter_mut()
@@ -173,9 +223,13 @@ impl UpdatingAggregate {
         let mut arrays = keys;
         arrays.push(Arc::new(emitted));
         arrays.extend(states);
+        let counts = Int64Array::from_iter_values(self.groups.iter().map(|g| g.rows));
         Ok(OperatorState {
             meta: serde_json::json!({ "widths": all_widths, "started": self.started }),
-            batches: vec![("groups".to_string(), pack(arrays, rows)?)],
+            batches: vec![
+                ("groups".to_string(), pack(arrays, rows)?),
+                ("group_rows".to_string(), pack(vec![Arc::new(counts)], rows)?),
+            ],
         })
     }
 
@@ -199,6 +253,12 @@ impl UpdatingAggregate {
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
             .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?;
         let states: Vec<Vec<ArrayRef>> = parts.collect();
+        // Written before groups counted their rows: a group with output has some.
+        let counts: Option<Int64Array> = state
+            .batches_named("group_rows")
+            .next()
+            .and_then(|b| b.columns().first().cloned())
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
         let rows = self.converter.convert_columns(&keys)?;
         for i in 0..batch.num_rows() {
             let key: Box<[u8]> = rows.row(i).as_ref().into();
@@ -213,11 +273,16 @@ impl UpdatingAggregate {
             } else {
                 None
             };
+            let rows_in = match &counts {
+                Some(c) if i < c.len() => c.value(i),
+                _ => i64::from(emitted.value(i)),
+            };
             self.index.insert(key.clone(), self.groups.len());
             self.groups.push(Group {
                 key,
                 accumulators,
                 last,
+                rows: rows_in,
             });
         }
         Ok(())

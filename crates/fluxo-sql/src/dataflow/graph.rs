@@ -1,0 +1,344 @@
+//! The operators above a query's inputs: any number of inputs (each a
+//! source's chain of scan, stateless operators and at most one windowed or
+//! updating aggregation, see [`crate::planner::Chain`]) combined by joins and
+//! unions, with updating aggregations and stateless operators anywhere
+//! above them.
+//!
+//! Every edge carries changes: rows with a sign. Each operator turns a
+//! change of its inputs into the exact change of its output (joins by the
+//! delta rule, aggregations by updating and retracting accumulators), so a
+//! view fed from the root holds, at any quiescent point, what the same
+//! query run as a batch over the rows read so far would return (over the
+//! windows the watermark has closed). Within one pipeline the graph runs on
+//! the pipeline's thread, in arrival order; the watermark reaches the
+//! operators after the windows it closes have flowed through them.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::aggregate::AggregateExprs;
+use super::join::{Join, JoinSpec};
+use super::stateless::StatelessOp;
+use super::updating_aggregate::UpdatingAggregate;
+use super::Changes;
+use crate::checkpoint::OperatorState;
+use crate::error::{Result, SqlError};
+
+/// A node of the planned graph.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// The output of the query's `n`th input chain.
+    Input(usize),
+    Stateless {
+        input: Box<Node>,
+        ops: Vec<StatelessOp>,
+    },
+    /// `GROUP BY` (or `DISTINCT`) over changing rows.
+    Aggregate {
+        input: Box<Node>,
+        exprs: AggregateExprs,
+    },
+    Join {
+        left: Box<Node>,
+        right: Box<Node>,
+        spec: JoinSpec,
+    },
+    /// `UNION ALL`: the inputs' changes, as they come.
+    Union { inputs: Vec<Node>, schema: SchemaRef },
+}
+
+impl Node {
+    /// One line per operator, the root first, inputs indented below.
+    pub fn describe(&self, chains: &[Vec<String>]) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.describe_into(chains, 0, &mut lines);
+        lines
+    }
+
+    fn describe_into(&self, chains: &[Vec<String>], depth: usize, lines: &mut Vec<String>) {
+        let pad = "  ".repeat(depth);
+        match self {
+            Node::Input(i) => {
+                // A chain reads from its source up; shown root first like the rest.
+                for line in chains.get(*i).into_iter().flatten().rev() {
+                    lines.push(format!("{pad}{line}"));
+                }
+            }
+            Node::Stateless { input, ops } => {
+                for op in ops.iter().rev() {
+                    lines.push(format!("{pad}{}", op.describe()));
+                }
+                input.describe_into(chains, depth, lines);
+            }
+            Node::Aggregate { input, exprs } => {
+                lines.push(format!("{pad}UpdatingAggregate: {}", exprs.describe()));
+                input.describe_into(chains, depth, lines);
+            }
+            Node::Join { left, right, spec } => {
+                lines.push(format!("{pad}{}", spec.describe()));
+                left.describe_into(chains, depth + 1, lines);
+                right.describe_into(chains, depth + 1, lines);
+            }
+            Node::Union { inputs, .. } => {
+                lines.push(format!("{pad}Union"));
+                for input in inputs {
+                    input.describe_into(chains, depth + 1, lines);
+                }
+            }
+        }
+    }
+}
+
+enum Operator {
+    Stateless(Vec<StatelessOp>),
+    Aggregate(Box<UpdatingAggregate>),
+    Join(Box<Join>),
+    Union(SchemaRef),
+}
+
+struct GraphNode {
+    operator: Operator,
+    /// Where its output goes: a node and which of its inputs; `None` at the root.
+    parent: Option<(usize, usize)>,
+}
+
+/// The running graph.
+pub struct Graph {
+    nodes: Vec<GraphNode>,
+    /// For each input chain, the node (and port) its changes enter.
+    entries: Vec<Option<(usize, usize)>>,
+    late: u64,
+}
+
+impl Graph {
+    pub fn new(root: &Node, inputs: usize, lateness_ms: i64) -> Result<Graph> {
+        let mut graph = Graph {
+            nodes: Vec::new(),
+            entries: vec![None; inputs],
+            late: 0,
+        };
+        graph.add(root, None, lateness_ms)?;
+        if graph.entries.iter().any(Option::is_none) {
+            return Err(SqlError::Internal("an input of the query feeds no operator".into()));
+        }
+        Ok(graph)
+    }
+
+    fn add(&mut self, node: &Node, parent: Option<(usize, usize)>, lateness_ms: i64) -> Result<()> {
+        let operator = match node {
+            Node::Input(i) => {
+                let slot = self
+                    .entries
+                    .get_mut(*i)
+                    .ok_or_else(|| SqlError::Internal(format!("no input {i}")))?;
+                *slot = parent;
+                return Ok(());
+            }
+            Node::Stateless { ops, .. } => Operator::Stateless(ops.clone()),
+            Node::Aggregate { exprs, .. } => {
+                Operator::Aggregate(Box::new(UpdatingAggregate::new(exprs.clone())?))
+            }
+            Node::Join { spec, .. } => Operator::Join(Box::new(Join::new(spec.clone(), lateness_ms)?)),
+            Node::Union { schema, .. } => Operator::Union(schema.clone()),
+        };
+        let id = self.nodes.len();
+        self.nodes.push(GraphNode { operator, parent });
+        match node {
+            Node::Input(_) => {}
+            Node::Stateless { input, .. } | Node::Aggregate { input, .. } => {
+                self.add(input, Some((id, 0)), lateness_ms)?
+            }
+            Node::Join { left, right, .. } => {
+                self.add(left, Some((id, 0)), lateness_ms)?;
+                self.add(right, Some((id, 1)), lateness_ms)?;
+            }
+            Node::Union { inputs, .. } => {
+                for input in inputs {
+                    self.add(input, Some((id, 0)), lateness_ms)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the graph emits before any input (a global aggregate's row).
+    pub fn start(&mut self, watermark: i64) -> Result<Vec<Changes>> {
+        let mut out = Vec::new();
+        for id in 0..self.nodes.len() {
+            let initial = match &mut self.nodes[id].operator {
+                Operator::Aggregate(a) => a.start()?,
+                _ => continue,
+            };
+            for changes in initial {
+                self.forward(id, changes, watermark, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Feeds a change of input chain `input`; returns the root's changes.
+    pub fn push(&mut self, input: usize, changes: Changes, watermark: i64) -> Result<Vec<Changes>> {
+        let mut out = Vec::new();
+        if changes.num_rows() == 0 {
+            return Ok(out);
+        }
+        let (node, port) = self
+            .entries
+            .get(input)
+            .copied()
+            .flatten()
+            .ok_or_else(|| SqlError::Internal(format!("no input {input}")))?;
+        self.apply(node, port, changes, watermark, &mut out)?;
+        Ok(out)
+    }
+
+    fn apply(
+        &mut self,
+        id: usize,
+        port: usize,
+        changes: Changes,
+        watermark: i64,
+        out: &mut Vec<Changes>,
+    ) -> Result<()> {
+        let produced = match &mut self.nodes[id].operator {
+            Operator::Stateless(ops) => {
+                let mut c = changes;
+                for op in ops.iter() {
+                    c = op.apply(c)?;
+                }
+                vec![c]
+            }
+            Operator::Aggregate(a) => a.process_changes(&changes)?,
+            Operator::Join(j) => {
+                let (c, late) = j.process(port, &changes, watermark)?;
+                self.late += late;
+                vec![c]
+            }
+            Operator::Union(schema) => {
+                // The inputs' column names may differ; the union's are the first's.
+                let options = arrow::array::RecordBatchOptions::new()
+                    .with_row_count(Some(changes.num_rows()));
+                let batch = RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    changes.batch.columns().to_vec(),
+                    &options,
+                )?;
+                vec![Changes {
+                    batch,
+                    signs: changes.signs,
+                }]
+            }
+        };
+        for c in produced {
+            self.forward(id, c, watermark, out)?;
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, id: usize, changes: Changes, watermark: i64, out: &mut Vec<Changes>) -> Result<()> {
+        if changes.num_rows() == 0 {
+            return Ok(());
+        }
+        match self.nodes[id].parent {
+            Some((parent, port)) => self.apply(parent, port, changes, watermark, out),
+            None => {
+                out.push(changes);
+                Ok(())
+            }
+        }
+    }
+
+    /// The watermark moved (after the windows it closed went through):
+    /// joins drop what can no longer match.
+    pub fn advance(&mut self, watermark: i64) {
+        for node in &mut self.nodes {
+            if let Operator::Join(j) = &mut node.operator {
+                j.advance(watermark);
+            }
+        }
+    }
+
+    /// Rows dropped as too late since the last call.
+    pub fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Rows and bytes held by the stateful operators.
+    pub fn state(&self) -> (usize, usize) {
+        let mut rows = 0;
+        let mut bytes = 0;
+        for node in &self.nodes {
+            match &node.operator {
+                Operator::Join(j) => {
+                    rows += j.state_rows();
+                    bytes += j.state_bytes();
+                }
+                Operator::Aggregate(a) => rows += a.groups(),
+                _ => {}
+            }
+        }
+        (rows, bytes)
+    }
+
+    /// Each stateful operator's state, in node order.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let mut metas = Vec::new();
+        let mut batches = Vec::new();
+        for (id, node) in self.nodes.iter_mut().enumerate() {
+            let state = match &mut node.operator {
+                Operator::Join(j) => j.checkpoint()?,
+                Operator::Aggregate(a) => a.checkpoint()?,
+                _ => continue,
+            };
+            metas.push(serde_json::json!({ "node": id, "meta": state.meta }));
+            batches.extend(
+                state
+                    .batches
+                    .into_iter()
+                    .map(|(name, batch)| (format!("{id}/{name}"), batch)),
+            );
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({ "nodes": metas }),
+            batches,
+        })
+    }
+
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        let metas = state
+            .meta
+            .get("nodes")
+            .and_then(|m| m.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for entry in metas {
+            let id = entry
+                .get("node")
+                .and_then(|n| n.as_u64())
+                .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?
+                as usize;
+            let prefix = format!("{id}/");
+            let node_state = OperatorState {
+                meta: entry.get("meta").cloned().unwrap_or_default(),
+                batches: state
+                    .batches
+                    .iter()
+                    .filter_map(|(name, batch)| {
+                        name.strip_prefix(&prefix)
+                            .map(|n| (n.to_string(), batch.clone()))
+                    })
+                    .collect(),
+            };
+            match self.nodes.get_mut(id).map(|n| &mut n.operator) {
+                Some(Operator::Join(j)) => j.restore(&node_state)?,
+                Some(Operator::Aggregate(a)) => a.restore(&node_state)?,
+                _ => {
+                    return Err(SqlError::Execution(
+                        "checkpoint does not match the query".into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

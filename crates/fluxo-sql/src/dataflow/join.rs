@@ -1,0 +1,620 @@
+//! An incremental equi-join of two changing inputs (inner, left, right or
+//! full outer), with an optional residual predicate.
+//!
+//! Each side keeps its live rows as a multiset in Arrow's row format,
+//! indexed by the join key. A change on one side is matched against the
+//! other side's rows as they stand, then applied to its own side, so the
+//! output is exactly the change of `left JOIN right` (the delta rule
+//! `Δ(L ⋈ R) = ΔL ⋈ R + L' ⋈ ΔR`). For outer joins every stored row also
+//! counts how many rows of the other side it matches: a row that gains its
+//! first match retracts its NULL-padded row, one that loses its last match
+//! inserts it again.
+//!
+//! State is bounded only by time. With a [`TimeBound`] (an interval
+//! condition between the two sides' event times, or both sides in the same
+//! window), a row is dropped once the watermark says no future row of the
+//! other side can match it, and a row arriving behind the watermark is
+//! counted late and dropped (it could have matched dropped rows). Without
+//! one, both sides are kept whole: right for a table (bounded by its keys),
+//! and the planner refuses two unbounded streams.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
+use datafusion::common::{JoinSide, JoinType};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::joins::utils::JoinFilter;
+
+use super::Changes;
+use crate::checkpoint::{pack, unpack, OperatorState};
+use crate::error::{Result, SqlError};
+
+/// What limits how long a row may still find a partner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeBound {
+    /// `left.t - right.t` lies within `lo..=hi` milliseconds; `cols` are
+    /// the event-time columns of each side.
+    Interval { cols: [usize; 2], lo: i64, hi: i64 },
+    /// Both sides are rows of windows of `size`, equal on their
+    /// `window_start` columns `cols`: a window's rows meet once, when the
+    /// watermark closes it.
+    Window { cols: [usize; 2], size: i64 },
+}
+
+impl TimeBound {
+    pub fn describe(&self) -> String {
+        match self {
+            TimeBound::Interval { lo, hi, .. } => {
+                format!("left time - right time within [{lo} ms, {hi} ms]")
+            }
+            TimeBound::Window { size, .. } => format!("same window of {size} ms"),
+        }
+    }
+}
+
+/// A join as planned: DataFusion's hash join, taken apart.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    pub join_type: JoinType,
+    /// Key expressions over the left and the right input.
+    pub on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    pub filter: Option<JoinFilter>,
+    /// Whether NULL keys match each other (`IS NOT DISTINCT FROM`).
+    pub nulls_equal: bool,
+    pub inputs: [SchemaRef; 2],
+    /// Which of the left-then-right columns the output keeps.
+    pub projection: Option<Vec<usize>>,
+    pub output_schema: SchemaRef,
+    pub bound: Option<TimeBound>,
+}
+
+impl JoinSpec {
+    pub fn describe(&self) -> String {
+        let on: Vec<String> = self
+            .on
+            .iter()
+            .map(|(l, r)| format!("{l} = {r}"))
+            .collect();
+        let mut text = format!("Join: {:?} on {}", self.join_type, on.join(" AND "));
+        if let Some(f) = &self.filter {
+            text.push_str(&format!(", filter {}", f.expression()));
+        }
+        match &self.bound {
+            Some(b) => text.push_str(&format!(", state bounded by {}", b.describe())),
+            None => text.push_str(", state kept whole"),
+        }
+        text
+    }
+
+    fn preserves(&self, side: usize) -> bool {
+        matches!(
+            (self.join_type, side),
+            (JoinType::Full, _) | (JoinType::Left, 0) | (JoinType::Right, 1)
+        )
+    }
+}
+
+struct Entry {
+    row: OwnedRow,
+    /// How many times the row is present.
+    count: i64,
+    /// How many rows of the other side it matches (outer joins).
+    matches: i64,
+    /// When the row stops mattering (see [`TimeBound`]); `i64::MAX` without a bound.
+    expires: i64,
+}
+
+struct Side {
+    schema: SchemaRef,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    rows: RowConverter,
+    null_row: OwnedRow,
+    by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+    /// Keys by the expiry of their rows, to drop rows as the watermark passes.
+    by_expiry: BTreeMap<i64, Vec<Box<[u8]>>>,
+    live: usize,
+    bytes: usize,
+}
+
+impl Side {
+    fn new(schema: SchemaRef, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
+        let rows = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let nulls: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), 1))
+            .collect();
+        let null_row = rows.convert_columns(&nulls)?.row(0).owned();
+        Ok(Side {
+            schema,
+            keys,
+            rows,
+            null_row,
+            by_key: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            live: 0,
+            bytes: 0,
+        })
+    }
+
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_expiry.clear();
+        self.live = 0;
+        self.bytes = 0;
+    }
+}
+
+/// Which row a column of an output row comes from.
+#[derive(Clone, Copy)]
+enum From {
+    Delta(usize),
+    /// The `j`th entry under the `k`th touched key of the other side.
+    Stored(usize, usize),
+    Null,
+}
+
+pub struct Join {
+    spec: JoinSpec,
+    sides: [Side; 2],
+    keys: RowConverter,
+    lateness_ms: i64,
+}
+
+impl Join {
+    pub fn new(spec: JoinSpec, lateness_ms: i64) -> Result<Join> {
+        let key_fields = spec
+            .on
+            .iter()
+            .map(|(l, _)| Ok(SortField::new(l.data_type(&spec.inputs[0])?)))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = RowConverter::new(key_fields)?;
+        let sides = [
+            Side::new(
+                spec.inputs[0].clone(),
+                spec.on.iter().map(|(l, _)| l.clone()).collect(),
+            )?,
+            Side::new(
+                spec.inputs[1].clone(),
+                spec.on.iter().map(|(_, r)| r.clone()).collect(),
+            )?,
+        ];
+        Ok(Join {
+            spec,
+            sides,
+            keys,
+            lateness_ms,
+        })
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.spec.output_schema.clone()
+    }
+
+    /// Rows held, over both sides.
+    pub fn state_rows(&self) -> usize {
+        self.sides[0].live + self.sides[1].live
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.sides[0].bytes + self.sides[1].bytes
+    }
+
+    /// Key rows of `batch` for `side`, and which rows have a NULL key part
+    /// (and so match nothing, unless NULLs are equal).
+    fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+        let n = batch.num_rows();
+        let columns: Vec<ArrayRef> = self.sides[side]
+            .keys
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<_>>()?;
+        // The two sides' keys are coerced to one type by the planner; a
+        // mismatch would make equal values encode differently.
+        let columns = columns
+            .iter()
+            .zip(self.keys_types()?)
+            .map(|(c, t)| {
+                if c.data_type() == &t {
+                    Ok(c.clone())
+                } else {
+                    arrow::compute::cast(c, &t)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut null_key = vec![false; n];
+        if !self.spec.nulls_equal {
+            for c in &columns {
+                if c.null_count() > 0 {
+                    for (i, flag) in null_key.iter_mut().enumerate() {
+                        *flag |= c.is_null(i);
+                    }
+                }
+            }
+        }
+        Ok((self.keys.convert_columns(&columns)?, null_key))
+    }
+
+    fn keys_types(&self) -> Result<Vec<DataType>> {
+        self.spec
+            .on
+            .iter()
+            .map(|(l, _)| Ok(l.data_type(&self.spec.inputs[0])?))
+            .collect()
+    }
+
+    /// Each row's expiry under the bound (`i64::MAX` without one).
+    fn expiries(&self, side: usize, batch: &RecordBatch) -> Result<Vec<i64>> {
+        let n = batch.num_rows();
+        let Some(bound) = self.spec.bound else {
+            return Ok(vec![i64::MAX; n]);
+        };
+        let (col, shift) = match bound {
+            // A left row matters while future right rows (at or after the
+            // horizon) can satisfy `tl - tr <= hi` and `>= lo`.
+            TimeBound::Interval { cols, lo, hi } => {
+                (cols[side], if side == 0 { -lo } else { hi })
+            }
+            // A window's rows meet when it closes: kept until the horizon passes its end.
+            TimeBound::Window { cols, size } => (cols[side], size - 1),
+        };
+        let times = event_times(batch.column(col))?;
+        Ok((0..n)
+            .map(|i| {
+                if times.is_null(i) {
+                    i64::MIN
+                } else {
+                    times.value(i).saturating_add(shift)
+                }
+            })
+            .collect())
+    }
+
+    /// Applies a change of input `side` and returns the join's change, and
+    /// how many rows were too late to join.
+    pub fn process(
+        &mut self,
+        side: usize,
+        input: &Changes,
+        watermark: i64,
+    ) -> Result<(Changes, u64)> {
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok((Changes::empty(self.spec.output_schema.clone()), 0));
+        }
+        let other = 1 - side;
+        let batch = &input.batch;
+        let (keys, null_key) = self.key_rows(side, batch)?;
+        let rows = self.sides[side].rows.convert_columns(batch.columns())?;
+        let expiries = self.expiries(side, batch)?;
+        let horizon = watermark.saturating_sub(self.lateness_ms);
+        // Behind the watermark, a row could have matched rows already dropped.
+        let late_rows: Vec<bool> = match self.spec.bound {
+            Some(TimeBound::Interval { cols, .. }) => {
+                let t = event_times(batch.column(cols[side]))?;
+                (0..n).map(|i| t.is_null(i) || t.value(i) < horizon).collect()
+            }
+            _ => vec![false; n],
+        };
+        let late_count = late_rows.iter().filter(|l| **l).count() as u64;
+
+        // Candidate pairs: each delta row with each stored row of its key.
+        let mut touched: Vec<Box<[u8]>> = Vec::new();
+        let mut touched_at: HashMap<&[u8], usize> = HashMap::new();
+        let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
+        for i in 0..n {
+            if late_rows[i] || null_key[i] {
+                continue;
+            }
+            let key = keys.row(i).data();
+            let Some(entries) = self.sides[other].by_key.get(key) else {
+                continue;
+            };
+            let k = match touched_at.get(key) {
+                Some(k) => *k,
+                None => {
+                    touched.push(key.into());
+                    touched_at.insert(key, touched.len() - 1);
+                    touched.len() - 1
+                }
+            };
+            for j in 0..entries.len() {
+                pairs.push((i, k, j));
+            }
+        }
+        drop(touched_at);
+        let passing = self.evaluate_filter(side, batch, &rows, &touched, &pairs)?;
+
+        let preserve_this = self.spec.preserves(side);
+        let preserve_other = self.spec.preserves(other);
+        let mut out: Vec<(From, From, bool)> = Vec::new();
+        let mut next_pair = 0;
+        for i in 0..n {
+            if late_rows[i] {
+                continue;
+            }
+            let sign = input.is_insert(i);
+            let weight: i64 = if sign { 1 } else { -1 };
+            let mut matched = 0i64;
+            while next_pair < pairs.len() && pairs[next_pair].0 == i {
+                let (_, k, j) = pairs[next_pair];
+                let pass = passing[next_pair];
+                next_pair += 1;
+                if !pass {
+                    continue;
+                }
+                let entry = &mut self.sides[other]
+                    .by_key
+                    .get_mut(&touched[k])
+                    .ok_or_else(|| SqlError::Internal("join state lost a key".into()))?[j];
+                matched += entry.count;
+                for _ in 0..entry.count {
+                    out.push((From::Delta(i), From::Stored(k, j), sign));
+                }
+                if preserve_other {
+                    let before = entry.matches;
+                    entry.matches += weight;
+                    let padded = (From::Null, From::Stored(k, j));
+                    if before == 0 && entry.matches > 0 {
+                        for _ in 0..entry.count {
+                            out.push((padded.0, padded.1, false));
+                        }
+                    } else if before > 0 && entry.matches == 0 {
+                        for _ in 0..entry.count {
+                            out.push((padded.0, padded.1, true));
+                        }
+                    }
+                }
+            }
+            if preserve_this && matched == 0 {
+                out.push((From::Delta(i), From::Null, sign));
+            }
+            if null_key[i] && !self.spec.nulls_equal {
+                // Matches nothing, now or later: nothing to keep.
+                continue;
+            }
+            self.store_row(side, keys.row(i), rows.row(i), weight, matched, expiries[i]);
+        }
+        let changes = self.materialize(side, &rows, &touched, out)?;
+        Ok((changes, late_count))
+    }
+
+    fn store_row(&mut self, side: usize, key: Row<'_>, row: Row<'_>, weight: i64, matched: i64, expires: i64) {
+        let s = &mut self.sides[side];
+        let entries = s.by_key.entry(key.as_ref().into()).or_default();
+        if let Some(pos) = entries.iter().position(|e| e.row.row() == row) {
+            entries[pos].count += weight;
+            if entries[pos].count <= 0 {
+                let gone = entries.swap_remove(pos);
+                s.live -= 1;
+                s.bytes = s.bytes.saturating_sub(gone.row.as_ref().len() + key.as_ref().len());
+                if entries.is_empty() {
+                    s.by_key.remove(key.as_ref());
+                }
+            }
+            return;
+        }
+        if weight <= 0 {
+            // A retraction of a row never seen (dropped as expired): nothing held.
+            if entries.is_empty() {
+                s.by_key.remove(key.as_ref());
+            }
+            return;
+        }
+        entries.push(Entry {
+            row: row.owned(),
+            count: weight,
+            matches: matched,
+            expires,
+        });
+        s.live += 1;
+        s.bytes += row.as_ref().len() + key.as_ref().len();
+        if expires != i64::MAX {
+            s.by_expiry
+                .entry(expires)
+                .or_default()
+                .push(key.as_ref().into());
+        }
+    }
+
+    /// Which candidate pairs satisfy the residual predicate.
+    fn evaluate_filter(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        rows: &Rows,
+        touched: &[Box<[u8]>],
+        pairs: &[(usize, usize, usize)],
+    ) -> Result<Vec<bool>> {
+        let Some(filter) = &self.spec.filter else {
+            return Ok(vec![true; pairs.len()]);
+        };
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let other = 1 - side;
+        let this_rows: Vec<Row<'_>> = pairs.iter().map(|(i, _, _)| rows.row(*i)).collect();
+        let other_rows: Vec<Row<'_>> = pairs
+            .iter()
+            .map(|(_, k, j)| self.sides[other].by_key[&touched[*k]][*j].row.row())
+            .collect();
+        let this_cols = self.sides[side].rows.convert_rows(this_rows)?;
+        let other_cols = self.sides[other].rows.convert_rows(other_rows)?;
+        let _ = batch;
+        let columns: Vec<ArrayRef> = filter
+            .column_indices()
+            .iter()
+            .map(|c| {
+                let from_this = matches!((c.side, side), (JoinSide::Left, 0) | (JoinSide::Right, 1));
+                if from_this {
+                    this_cols[c.index].clone()
+                } else {
+                    other_cols[c.index].clone()
+                }
+            })
+            .collect();
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(pairs.len()));
+        let intermediate =
+            RecordBatch::try_new_with_options(filter.schema().clone(), columns, &options)?;
+        let mask = filter
+            .expression()
+            .evaluate(&intermediate)?
+            .into_array(pairs.len())?;
+        let mask = mask
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| SqlError::Internal("join filter is not boolean".into()))?;
+        Ok((0..pairs.len())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect())
+    }
+
+    fn materialize(
+        &self,
+        side: usize,
+        rows: &Rows,
+        touched: &[Box<[u8]>],
+        out: Vec<(From, From, bool)>,
+    ) -> Result<Changes> {
+        if out.is_empty() {
+            return Ok(Changes::empty(self.spec.output_schema.clone()));
+        }
+        let other = 1 - side;
+        let this_side = &self.sides[side];
+        let other_side = &self.sides[other];
+        let this_rows = out.iter().map(|(t, _, _)| match t {
+            From::Delta(i) => rows.row(*i),
+            _ => this_side.null_row.row(),
+        });
+        let this_cols = this_side.rows.convert_rows(this_rows)?;
+        let other_rows = out.iter().map(|(_, o, _)| match o {
+            From::Stored(k, j) => other_side.by_key[&touched[*k]][*j].row.row(),
+            _ => other_side.null_row.row(),
+        });
+        let other_cols = other_side.rows.convert_rows(other_rows)?;
+        let (left, right) = if side == 0 {
+            (this_cols, other_cols)
+        } else {
+            (other_cols, this_cols)
+        };
+        let mut columns = left;
+        columns.extend(right);
+        let columns = match &self.spec.projection {
+            Some(p) => p.iter().map(|i| columns[*i].clone()).collect(),
+            None => columns,
+        };
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(out.len()));
+        let batch =
+            RecordBatch::try_new_with_options(self.spec.output_schema.clone(), columns, &options)?;
+        let all_inserts = out.iter().all(|(_, _, s)| *s);
+        Ok(Changes {
+            batch,
+            signs: (!all_inserts).then(|| BooleanArray::from_iter(out.iter().map(|(_, _, s)| Some(*s)))),
+        })
+    }
+
+    /// Drops the rows no future row can match any more.
+    pub fn advance(&mut self, watermark: i64) {
+        if self.spec.bound.is_none() {
+            return;
+        }
+        let horizon = watermark.saturating_sub(self.lateness_ms);
+        for s in &mut self.sides {
+            // A row expires once the horizon passes the last time a partner may have.
+            let keep = s.by_expiry.split_off(&horizon);
+            let expired = std::mem::replace(&mut s.by_expiry, keep);
+            for key in expired.into_values().flatten() {
+                let Some(entries) = s.by_key.get_mut(&key) else {
+                    continue;
+                };
+                let before = entries.len();
+                let mut freed = 0;
+                entries.retain(|e| {
+                    let keep = e.expires >= horizon;
+                    if !keep {
+                        freed += e.row.as_ref().len() + key.len();
+                    }
+                    keep
+                });
+                s.live -= before - entries.len();
+                s.bytes = s.bytes.saturating_sub(freed);
+                if entries.is_empty() {
+                    s.by_key.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Each side's rows with their count, match count and expiry.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let mut batches = Vec::new();
+        let mut widths = Vec::new();
+        for (i, s) in self.sides.iter().enumerate() {
+            let entries: Vec<&Entry> = s.by_key.values().flatten().collect();
+            let mut arrays = s.rows.convert_rows(entries.iter().map(|e| e.row.row()))?;
+            let width = arrays.len();
+            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.count))));
+            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.matches))));
+            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.expires))));
+            batches.push((format!("side{i}"), pack(arrays, entries.len())?));
+            widths.push(width as i64);
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({ "widths": widths }),
+            batches,
+        })
+    }
+
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        let widths = state.meta_list("widths")?;
+        for i in 0..2 {
+            self.sides[i].clear();
+            let name = format!("side{i}");
+            let Some(batch) = state.batches_named(&name).next() else {
+                continue;
+            };
+            let width = widths.get(i).copied().unwrap_or(0).max(0) as usize;
+            if width != self.sides[i].schema.fields().len() {
+                return Err(SqlError::Execution("checkpoint does not match the join".into()));
+            }
+            let parts = unpack(batch, &[width, 1, 1, 1])?;
+            let columns = parts[0].clone();
+            let number = |p: usize| -> Result<Int64Array> {
+                parts[p]
+                    .first()
+                    .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
+                    .ok_or_else(|| SqlError::Execution("checkpoint does not match the join".into()))
+            };
+            let (counts, matches, expires) = (number(1)?, number(2)?, number(3)?);
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            let rows_batch =
+                RecordBatch::try_new_with_options(self.sides[i].schema.clone(), columns, &options)?;
+            let (keys, _) = self.key_rows(i, &rows_batch)?;
+            let rows = self.sides[i].rows.convert_columns(rows_batch.columns())?;
+            for r in 0..rows_batch.num_rows() {
+                let count = counts.value(r);
+                self.store_row(i, keys.row(r), rows.row(r), count, matches.value(r), expires.value(r));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A time column as milliseconds.
+fn event_times(column: &ArrayRef) -> Result<arrow::array::TimestampMillisecondArray> {
+    let cast = arrow::compute::cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    cast.as_any()
+        .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| SqlError::Internal("a join's time column is not a timestamp".into()))
+}
+
