@@ -700,7 +700,8 @@ impl Engine {
                     let mut users: Vec<String> = users.into_iter().cloned().collect();
                     users.sort();
                     return Err(SqlError::InUse(format!(
-                        "cannot drop source {name}: views {} read from it; drop them first",
+                        "cannot drop {} {name}: views {} read from it; drop them first",
+                        if topic_table { "table" } else { "source" },
                         users.join(", ")
                     )));
                 }
@@ -713,7 +714,8 @@ impl Engine {
                 if !sinks.is_empty() {
                     sinks.sort();
                     return Err(SqlError::InUse(format!(
-                        "cannot drop source {name}: sinks {} read from it; drop them first",
+                        "cannot drop {} {name}: sinks {} read from it; drop them first",
+                        if topic_table { "table" } else { "source" },
                         sinks.join(", ")
                     )));
                 }
@@ -1245,8 +1247,8 @@ fn check_late_topic(topic: &str, dataflow: &Dataflow) -> Result<()> {
         Some(chain) if matches!(chain.stage, Stage::Window { .. }) => chain,
         _ => {
             return Err(SqlError::Plan(
-                "late_topic needs a view that reads one source and aggregates over TUMBLE, \
-                 HOP or SESSION windows: only their events can be late"
+                "late_topic needs a view that aggregates over TUMBLE, HOP or SESSION windows \
+                 (of one source, without joins): only their events can be late"
                     .into(),
             ))
         }

@@ -729,26 +729,23 @@ fn updating_exprs(
                 a.name()
             )));
         }
-        if input_changes && !a.create_accumulator()?.supports_retract_batch() {
-            return Err(SqlError::Plan(format!(
-                "{} cannot be kept up to date over rows that change (its input is a join with \
-                 a table, an outer join or an aggregation, whose rows are updated): use count, \
-                 sum or avg here, or aggregate before the join",
-                a.name()
-            )));
-        }
     }
     let key_exprs: Vec<Arc<dyn PhysicalExpr>> =
         group_by.expr().iter().map(|(e, _)| e.clone()).collect();
     let layout = (0..key_exprs.len()).map(GroupSlot::Key).collect();
-    AggregateExprs::new(
+    let exprs = AggregateExprs::new(
         key_exprs,
         &agg.input_schema(),
         layout,
         agg.aggr_expr().to_vec(),
         agg.filter_expr().to_vec(),
         output_schema,
-    )
+    )?;
+    if input_changes {
+        exprs.retracting()
+    } else {
+        Ok(exprs)
+    }
 }
 
 /// What bounds a join's state in time, from its conditions: equal window

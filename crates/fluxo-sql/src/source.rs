@@ -298,6 +298,12 @@ impl TableFunctionImpl for WindowTableFunction {
         let source = self.sources.get(&source_col.name).ok_or_else(|| {
             plan_datafusion_err!("{name}: there is no source named {}", source_col.name)
         })?;
+        if source.is_table() {
+            return plan_err!(
+                "{name}: {} is a table (the newest row per key), not a stream of events: TUMBLE, HOP and SESSION read sources",
+                source.name
+            );
+        }
         let mut column_index = None;
         let time = match &exprs[1] {
             Expr::ScalarFunction(f) if f.name() == PROCTIME => WindowTime::Processing,

@@ -17,9 +17,12 @@
 //!
 //! query                          # rows, columns separated by " | ", in any order
 //! SELECT ...                     # (the query is retried for up to 20 s until the rows
-//! ----                           #  match, since views catch up asynchronously)
-//! 1 | a
+//! ----                           #  match, since views catch up asynchronously);
+//! 1 | a                          # with a top-level ORDER BY, in the order given
 //! ```
+//!
+//! A produced line `KEY => VALUE` gives the record a key; `KEY => NULL` is
+//! a tombstone (a key without a value).
 //!
 //! Lines starting with `#` are comments. Values print as JSON would show
 //! them (timestamps in ISO-8601 UTC), NULL as `NULL`.
@@ -130,6 +133,17 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// Whether the query's result has an order to check: an ORDER BY outside
+/// any parentheses (not one in a subquery or an OVER clause).
+fn ordered(sql: &str) -> bool {
+    let upper = sql.to_uppercase();
+    let Some(at) = upper.rfind("ORDER BY") else {
+        return false;
+    };
+    let prefix = &upper[..at];
+    prefix.matches('(').count() == prefix.matches(')').count()
+}
+
 async fn rows_of(engine: &Engine, sql: &str) -> Result<Vec<String>, String> {
     let result = engine.execute_one(sql).await.map_err(|e| e.to_string())?;
     let json = result.to_json();
@@ -145,7 +159,9 @@ async fn rows_of(engine: &Engine, sql: &str) -> Result<Vec<String>, String> {
                 .collect()
         })
         .unwrap_or_default();
-    rows.sort();
+    if !ordered(sql) {
+        rows.sort();
+    }
     Ok(rows)
 }
 
@@ -168,10 +184,19 @@ async fn run_file(path: &Path) {
             } => {
                 let records: Vec<OutRecord> = lines
                     .into_iter()
-                    .map(|l| OutRecord {
-                        value: Some(Bytes::from(l)),
-                        timestamp: 0,
-                        ..Default::default()
+                    .map(|l| match l.split_once(" => ") {
+                        Some((key, value)) => OutRecord {
+                            key: Some(Bytes::from(key.trim().to_string())),
+                            value: (value.trim() != "NULL")
+                                .then(|| Bytes::from(value.trim().to_string())),
+                            timestamp: 0,
+                            ..Default::default()
+                        },
+                        None => OutRecord {
+                            value: Some(Bytes::from(l)),
+                            timestamp: 0,
+                            ..Default::default()
+                        },
                     })
                     .collect();
                 let mut bytes = encode_batch(&records, Compression::None).unwrap().to_vec();
@@ -195,7 +220,9 @@ async fn run_file(path: &Path) {
             },
             Record::Query { sql, rows } => {
                 let mut want = rows;
-                want.sort();
+                if !ordered(&sql) {
+                    want.sort();
+                }
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
                     let got = rows_of(&engine, &sql).await;

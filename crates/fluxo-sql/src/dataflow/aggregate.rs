@@ -35,6 +35,9 @@ pub struct AggregateExprs {
     /// The aggregation's output: group columns in `layout` order, then one
     /// column per aggregate.
     pub output_schema: SchemaRef,
+    /// Whether rows may be taken back out (the input has retractions): the
+    /// accumulators are DataFusion's retractable ("sliding") ones.
+    pub retracting: bool,
 }
 
 /// Inputs of one batch, ready for accumulators.
@@ -128,7 +131,78 @@ impl AggregateExprs {
             aggs,
             filters,
             output_schema,
+            retracting: false,
         })
+    }
+
+    /// The aggregates that give the same result whatever order rows are
+    /// retracted in (not min and max, whose retractable form assumes the
+    /// oldest row leaves first).
+    pub const RETRACTABLE: &'static [&'static str] = &[
+        "count",
+        "sum",
+        "avg",
+        "mean",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "var",
+        "var_pop",
+        "var_samp",
+        "var_population",
+        "var_sample",
+    ];
+
+    /// Makes the aggregation take retractions; refuses aggregates that cannot.
+    pub fn retracting(mut self) -> Result<AggregateExprs> {
+        for agg in &self.aggs {
+            let name = agg.fun().name().to_lowercase();
+            let supported = Self::RETRACTABLE.contains(&name.as_str())
+                && agg.create_sliding_accumulator()?.supports_retract_batch();
+            if !supported {
+                return Err(SqlError::Plan(format!(
+                    "{} cannot be kept up to date over rows that change (its input is a join \
+                     with a table, an outer join or an aggregation, whose rows are updated): \
+                     use {} here, or aggregate before the join",
+                    agg.name(),
+                    Self::RETRACTABLE[..3].join(", ")
+                )));
+            }
+        }
+        self.retracting = true;
+        Ok(self)
+    }
+
+    fn create_accumulator(&self, j: usize) -> Result<Box<dyn Accumulator>> {
+        Ok(if self.retracting {
+            self.aggs[j].create_sliding_accumulator()?
+        } else {
+            self.aggs[j].create_accumulator()?
+        })
+    }
+
+    /// The types of each aggregate's state values: DataFusion's state
+    /// fields, or for retractable accumulators (which keep more, like a
+    /// count beside a sum) what a fresh one reports.
+    fn state_types(&self) -> Result<Vec<Vec<DataType>>> {
+        (0..self.aggs.len())
+            .map(|j| {
+                if self.retracting {
+                    Ok(self
+                        .create_accumulator(j)?
+                        .state()?
+                        .iter()
+                        .map(|v| v.data_type())
+                        .collect())
+                } else {
+                    Ok(self.aggs[j]
+                        .state_fields()?
+                        .iter()
+                        .map(|f| f.data_type().clone())
+                        .collect())
+                }
+            })
+            .collect()
     }
 
     /// `keys [..], aggregates [..]`, for EXPLAIN and the pipeline status.
@@ -214,11 +288,9 @@ impl AggregateExprs {
     }
 
     pub fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        Ok(self
-            .aggs
-            .iter()
-            .map(|agg| agg.create_accumulator())
-            .collect::<datafusion::error::Result<_>>()?)
+        (0..self.aggs.len())
+            .map(|j| self.create_accumulator(j))
+            .collect()
     }
 
     /// Each accumulator's intermediate state as columns (state fields of
@@ -230,11 +302,7 @@ impl AggregateExprs {
         &self,
         sets: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
     ) -> Result<(Vec<ArrayRef>, Vec<usize>)> {
-        let fields = self
-            .aggs
-            .iter()
-            .map(|a| a.state_fields())
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let fields = self.state_types()?;
         let widths: Vec<usize> = fields.iter().map(|f| f.len()).collect();
         let mut columns: Vec<Vec<Vec<ScalarValue>>> =
             widths.iter().map(|w| vec![Vec::new(); *w]).collect();
@@ -253,7 +321,7 @@ impl AggregateExprs {
                     .iter()
                     .map(|v| v.to_array())
                     .collect::<datafusion::error::Result<Vec<_>>>()?;
-                let mut rebuilt = self.aggs[j].create_accumulator()?;
+                let mut rebuilt = self.create_accumulator(j)?;
                 rebuilt.merge_batch(&arrays)?;
                 *acc = rebuilt;
                 for (k, v) in state.into_iter().enumerate() {
@@ -263,9 +331,9 @@ impl AggregateExprs {
         }
         let mut arrays = Vec::new();
         for (per_agg, agg_fields) in columns.into_iter().zip(&fields) {
-            for (values, field) in per_agg.into_iter().zip(agg_fields) {
+            for (values, data_type) in per_agg.into_iter().zip(agg_fields) {
                 arrays.push(if values.is_empty() {
-                    arrow::array::new_empty_array(field.data_type())
+                    arrow::array::new_empty_array(data_type)
                 } else {
                     ScalarValue::iter_to_array(values)?
                 });
