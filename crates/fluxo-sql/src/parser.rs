@@ -936,10 +936,17 @@ mod tests {
         let err = parse_statements("CREATE SOURCE s (a BIGINT,, b INT)").unwrap_err();
         assert!(err.to_string().contains("Line: 1"), "{err}");
         let err = parse_statements("CREATE TABLE t (a INT)").unwrap_err();
-        assert!(
-            err.to_string().contains("columns come from its files"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("needs a PRIMARY KEY"), "{err}");
+        let err = parse_statements(
+            "CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (connector = 'parquet', path = 'x')",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("columns from them"), "{err}");
+        let err = parse_statements("CREATE SOURCE s (a INT, PRIMARY KEY (a))").unwrap_err();
+        assert!(err.to_string().contains("has no PRIMARY KEY"), "{err}");
+        let table = "CREATE TABLE t (a BIGINT, b TEXT, PRIMARY KEY (a)) WITH (topic = 't')";
+        let parsed = parse_statements(table).unwrap();
+        assert_eq!(parse_statements(&parsed[0].to_string()).unwrap(), parsed);
         let err = parse_statements("CREATE INDEX i ON t (a)").unwrap_err();
         assert!(err.to_string().contains("expected SOURCE, TABLE"), "{err}");
         let err = parse_statements("CREATE SOURCE s (a GEOMETRY)").unwrap_err();

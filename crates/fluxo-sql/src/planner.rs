@@ -26,6 +26,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
@@ -35,6 +36,7 @@ use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
 use crate::dataflow::graph::Node;
 use crate::dataflow::join::{JoinSpec, TimeBound};
 use crate::dataflow::stateless::StatelessOp;
+use crate::dataflow::top_n::TopNSpec;
 use crate::error::{Result, SqlError};
 use crate::history::{HistoryTable, TableState};
 use crate::parser::SourceDef;
@@ -327,7 +329,10 @@ pub async fn plan_dataflow(
 }
 
 fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
-    let mut translator = Translator { inputs: Vec::new() };
+    let mut translator = Translator {
+        inputs: Vec::new(),
+        sorted_for_window: 0,
+    };
     let built = translator.build(root)?;
     let append_only = built.append_only;
     let output_schema = root.schema();
@@ -385,6 +390,8 @@ enum Part {
 
 struct Translator {
     inputs: Vec<Chain>,
+    /// Above this many top-N inputs: sorts there only order rows for the window.
+    sorted_for_window: usize,
 }
 
 impl Translator {
@@ -415,7 +422,7 @@ impl Translator {
             }
             return Ok(scan_part(&scan.info, plan.schema()));
         }
-        if is_pass_through(plan) {
+        if is_pass_through(plan) || (self.sorted_for_window > 0 && plan.name() == "SortExec") {
             let children = plan.children();
             return match children.as_slice() {
                 [child] => self.build(child),
@@ -423,6 +430,9 @@ impl Translator {
             };
         }
         if let Some(f) = plan.downcast_ref::<FilterExec>() {
+            if let Some(top) = self.top_n(f)? {
+                return Ok(top);
+            }
             let mut built = self.build(f.input())?;
             let mut ops = vec![StatelessOp::Filter {
                 predicate: f.predicate().clone(),
@@ -479,6 +489,79 @@ impl Translator {
             });
         }
         Err(unsupported(plan))
+    }
+
+    /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..)`:
+    /// a top-N operator (the sort DataFusion puts below the window is not
+    /// needed). `None` when the filter is something else.
+    fn top_n(&mut self, f: &FilterExec) -> Result<Option<Built>> {
+        let mut node = f.input().clone();
+        while is_pass_through(&node) && node.children().len() == 1 {
+            let child = node.children()[0].clone();
+            node = child;
+        }
+        let (window_exprs, window_input) =
+            if let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() {
+                (w.window_expr().to_vec(), w.input().clone())
+            } else if let Some(w) = node.downcast_ref::<WindowAggExec>() {
+                (w.window_expr().to_vec(), w.input().clone())
+            } else {
+                return Ok(None);
+            };
+        let [window] = window_exprs.as_slice() else {
+            return Ok(None);
+        };
+        if !window.name().to_lowercase().starts_with("row_number") {
+            return Ok(None);
+        }
+        let rank_column = window_input.schema().fields().len();
+        let Some(limit) = rank_limit(f.predicate(), rank_column) else {
+            return Ok(None);
+        };
+        // The window's input comes sorted for it (the sort may sit below a
+        // projection); the top-N keeps its own order, so sorts are skipped.
+        let input = window_input;
+        self.sorted_for_window += 1;
+        let built = self.build(&input);
+        self.sorted_for_window -= 1;
+        let built = built?;
+        let spec = TopNSpec {
+            partition_by: window.partition_by().to_vec(),
+            order_by: window.order_by().to_vec(),
+            limit,
+            input_schema: input.schema(),
+            output_schema: node.schema(),
+            append_only: built.append_only,
+        };
+        let times = built.times.clone();
+        let node = self.finish(built.part, &input.schema())?;
+        let mut result = Built {
+            part: Part::Node(Node::TopN {
+                input: Box::new(node),
+                spec,
+            }),
+            times,
+            append_only: false,
+        };
+        if let Some(projection) = f.projection() {
+            let window_schema = f.input().schema();
+            let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
+                .iter()
+                .map(|&idx| {
+                    Arc::new(Column::new(window_schema.field(idx).name(), idx))
+                        as Arc<dyn PhysicalExpr>
+                })
+                .collect();
+            result.times = remap_times(&result.times, &exprs);
+            result = self.stateless(
+                result,
+                vec![StatelessOp::Project {
+                    exprs,
+                    schema: f.schema(),
+                }],
+            );
+        }
+        Ok(Some(result))
     }
 
     fn stateless(&mut self, built: Built, ops: Vec<StatelessOp>) -> Built {
@@ -847,6 +930,39 @@ fn time_bound(
     }
 }
 
+/// N of `rank <= N`, `rank < N + 1` or `rank = 1` on column `rank`.
+fn rank_limit(predicate: &Arc<dyn PhysicalExpr>, rank: usize) -> Option<usize> {
+    let b = predicate.downcast_ref::<BinaryExpr>()?;
+    let column = |e: &Arc<dyn PhysicalExpr>| {
+        let e = match e.downcast_ref::<CastExpr>() {
+            Some(c) => c.expr().clone(),
+            None => e.clone(),
+        };
+        e.downcast_ref::<Column>().is_some_and(|c| c.index() == rank)
+    };
+    let number = |e: &Arc<dyn PhysicalExpr>| -> Option<i64> {
+        let lit = e.downcast_ref::<Literal>()?;
+        match lit.value().cast_to(&arrow::datatypes::DataType::Int64).ok()? {
+            ScalarValue::Int64(Some(v)) => Some(v),
+            _ => None,
+        }
+    };
+    let (op, n) = if column(b.left()) {
+        (*b.op(), number(b.right())?)
+    } else if column(b.right()) {
+        (flip(*b.op())?, number(b.left())?)
+    } else {
+        return None;
+    };
+    let n = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    usize::try_from(n).ok().filter(|n| *n > 0)
+}
+
 fn flip(op: Operator) -> Option<Operator> {
     Some(match op {
         Operator::Lt => Operator::Gt,
@@ -978,7 +1094,10 @@ fn unsupported(node: &Arc<dyn ExecutionPlan>) -> SqlError {
             "a join in a materialized view needs an equality between the two sides (ON a.key = b.key)".to_string()
         }
         "WindowAggExec" | "BoundedWindowAggExec" => {
-            "window functions (OVER) are not supported in a materialized view; use TUMBLE, HOP or SESSION".to_string()
+            "window functions (OVER) run in a materialized view only as a top-N: \
+             ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) AS rn, then WHERE rn <= N \
+             in an outer query; for windows in time use TUMBLE, HOP or SESSION"
+                .to_string()
         }
         "EmptyExec" | "PlaceholderRowExec" => {
             "a materialized view must read from a source".to_string()

@@ -19,6 +19,7 @@ use arrow::datatypes::SchemaRef;
 use super::aggregate::AggregateExprs;
 use super::join::{Join, JoinSpec};
 use super::stateless::StatelessOp;
+use super::top_n::{TopN, TopNSpec};
 use super::updating_aggregate::UpdatingAggregate;
 use super::Changes;
 use crate::checkpoint::OperatorState;
@@ -45,6 +46,8 @@ pub enum Node {
     },
     /// `UNION ALL`: the inputs' changes, as they come.
     Union { inputs: Vec<Node>, schema: SchemaRef },
+    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= N`.
+    TopN { input: Box<Node>, spec: TopNSpec },
 }
 
 impl Node {
@@ -74,6 +77,10 @@ impl Node {
                 lines.push(format!("{pad}UpdatingAggregate: {}", exprs.describe()));
                 input.describe_into(chains, depth, lines);
             }
+            Node::TopN { input, spec } => {
+                lines.push(format!("{pad}{}", spec.describe()));
+                input.describe_into(chains, depth, lines);
+            }
             Node::Join { left, right, spec } => {
                 lines.push(format!("{pad}{}", spec.describe()));
                 left.describe_into(chains, depth + 1, lines);
@@ -94,6 +101,7 @@ enum Operator {
     Aggregate(Box<UpdatingAggregate>),
     Join(Box<Join>),
     Union(SchemaRef),
+    TopN(Box<TopN>),
 }
 
 struct GraphNode {
@@ -140,14 +148,15 @@ impl Graph {
             }
             Node::Join { spec, .. } => Operator::Join(Box::new(Join::new(spec.clone(), lateness_ms)?)),
             Node::Union { schema, .. } => Operator::Union(schema.clone()),
+            Node::TopN { spec, .. } => Operator::TopN(Box::new(TopN::new(spec.clone())?)),
         };
         let id = self.nodes.len();
         self.nodes.push(GraphNode { operator, parent });
         match node {
             Node::Input(_) => {}
-            Node::Stateless { input, .. } | Node::Aggregate { input, .. } => {
-                self.add(input, Some((id, 0)), lateness_ms)?
-            }
+            Node::Stateless { input, .. }
+            | Node::Aggregate { input, .. }
+            | Node::TopN { input, .. } => self.add(input, Some((id, 0)), lateness_ms)?,
             Node::Join { left, right, .. } => {
                 self.add(left, Some((id, 0)), lateness_ms)?;
                 self.add(right, Some((id, 1)), lateness_ms)?;
@@ -209,6 +218,7 @@ impl Graph {
                 vec![c]
             }
             Operator::Aggregate(a) => a.process_changes(&changes)?,
+            Operator::TopN(t) => vec![t.process(&changes)?],
             Operator::Join(j) => {
                 let (c, late) = j.process(port, &changes, watermark)?;
                 self.late += late;
@@ -274,6 +284,7 @@ impl Graph {
                     bytes += j.state_bytes();
                 }
                 Operator::Aggregate(a) => rows += a.groups(),
+                Operator::TopN(t) => rows += t.state_rows(),
                 _ => {}
             }
         }
@@ -288,6 +299,7 @@ impl Graph {
             let state = match &mut node.operator {
                 Operator::Join(j) => j.checkpoint()?,
                 Operator::Aggregate(a) => a.checkpoint()?,
+                Operator::TopN(t) => t.checkpoint()?,
                 _ => continue,
             };
             metas.push(serde_json::json!({ "node": id, "meta": state.meta }));
@@ -332,6 +344,7 @@ impl Graph {
             match self.nodes.get_mut(id).map(|n| &mut n.operator) {
                 Some(Operator::Join(j)) => j.restore(&node_state)?,
                 Some(Operator::Aggregate(a)) => a.restore(&node_state)?,
+                Some(Operator::TopN(t)) => t.restore(&node_state)?,
                 _ => {
                     return Err(SqlError::Execution(
                         "checkpoint does not match the query".into(),

@@ -10,6 +10,7 @@ pub mod join;
 pub mod session_window;
 pub mod sharded;
 pub mod stateless;
+pub mod top_n;
 pub mod updating_aggregate;
 pub mod upsert;
 pub mod window_aggregate;
