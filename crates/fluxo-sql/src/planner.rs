@@ -495,8 +495,22 @@ impl Translator {
     /// a top-N operator (the sort DataFusion puts below the window is not
     /// needed). `None` when the filter is something else.
     fn top_n(&mut self, f: &FilterExec) -> Result<Option<Built>> {
+        // Between the filter and the window there may be projections that
+        // only pick columns (the query's SELECT list).
         let mut node = f.input().clone();
-        while is_pass_through(&node) && node.children().len() == 1 {
+        let mut projections: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        loop {
+            while is_pass_through(&node) && node.children().len() == 1 {
+                let child = node.children()[0].clone();
+                node = child;
+            }
+            let picks_columns = node.downcast_ref::<ProjectionExec>().is_some_and(|p| {
+                p.expr().iter().all(|e| e.expr.downcast_ref::<Column>().is_some())
+            });
+            if !picks_columns {
+                break;
+            }
+            projections.push(node.clone());
             let child = node.children()[0].clone();
             node = child;
         }
@@ -514,8 +528,21 @@ impl Translator {
         if !window.name().to_lowercase().starts_with("row_number") {
             return Ok(None);
         }
-        let rank_column = window_input.schema().fields().len();
-        let Some(limit) = rank_limit(f.predicate(), rank_column) else {
+        // Where the rank column is by the time the filter sees it.
+        let mut rank_column = Some(window_input.schema().fields().len());
+        for p in projections.iter().rev() {
+            let Some(p) = p.downcast_ref::<ProjectionExec>() else {
+                return Ok(None);
+            };
+            rank_column = rank_column.and_then(|r| {
+                p.expr().iter().position(|e| {
+                    e.expr
+                        .downcast_ref::<Column>()
+                        .is_some_and(|c| c.index() == r)
+                })
+            });
+        }
+        let Some(limit) = rank_column.and_then(|r| rank_limit(f.predicate(), r)) else {
             return Ok(None);
         };
         // The window's input comes sorted for it (the sort may sit below a
@@ -543,6 +570,21 @@ impl Translator {
             times,
             append_only: false,
         };
+        for p in projections.iter().rev() {
+            let Some(p) = p.downcast_ref::<ProjectionExec>() else {
+                continue;
+            };
+            let exprs: Vec<Arc<dyn PhysicalExpr>> =
+                p.expr().iter().map(|e| e.expr.clone()).collect();
+            result.times = remap_times(&result.times, &exprs);
+            result = self.stateless(
+                result,
+                vec![StatelessOp::Project {
+                    exprs,
+                    schema: p.schema(),
+                }],
+            );
+        }
         if let Some(projection) = f.projection() {
             let window_schema = f.input().schema();
             let exprs: Vec<Arc<dyn PhysicalExpr>> = projection

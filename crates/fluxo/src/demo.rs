@@ -1,8 +1,11 @@
 //! `fluxo serve --demo`: an online shop, live. A generator writes orders
-//! and clicks into two topics; SQL turns them into revenue per minute, top
-//! products, a fraud rule and clicks per window; sinks send fraud alerts to
-//! a topic and the revenue to a Delta table; a saved dashboard charts it
-//! all, so the console's first page moves within seconds.
+//! and clicks into two topics and the shop's customers (upserted by id, a
+//! tier upgrade now and then) into a third; SQL turns them into revenue per
+//! minute, top products, a fraud rule, clicks per window and a unified
+//! customer profile (the customers table joined with each customer's orders
+//! and clicks, kept up to date as any of them changes); sinks send fraud
+//! alerts to a topic and the revenue to a Delta table; a saved dashboard
+//! charts it all, so the console's first page moves within seconds.
 //!
 //! Everything is created with IF NOT EXISTS (the dashboard by name), so a
 //! second start over the same data directory picks up where it was.
@@ -30,6 +33,8 @@ const CLICKS_PER_ORDER: f64 = 6.0;
 const USERS: u64 = 5_000;
 /// How often a burst of fraudulent orders comes, on average.
 const FRAUD_EVERY: Duration = Duration::from_secs(15);
+/// How often a customer moves up a tier, on average.
+const UPGRADE_EVERY: Duration = Duration::from_secs(2);
 
 const SETUP: &[&str] = &[
     "CREATE SOURCE IF NOT EXISTS orders (order_id BIGINT, user_id BIGINT, product TEXT, \
@@ -39,6 +44,25 @@ const SETUP: &[&str] = &[
     "CREATE SOURCE IF NOT EXISTS clicks (user_id BIGINT, page TEXT, product TEXT, ts TIMESTAMP, \
      WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
      WITH (connector = 'topic', topic = 'clicks', format = 'json')",
+    "CREATE TABLE IF NOT EXISTS customers (id BIGINT, name TEXT, tier TEXT, country TEXT, \
+     PRIMARY KEY (id)) \
+     WITH (connector = 'topic', topic = 'customers', format = 'json')",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS customer_profile AS \
+     SELECT c.id, c.name, c.tier, c.country, o.orders, o.spend, o.last_order, \
+            k.clicks, k.last_click \
+     FROM customers c \
+     JOIN (SELECT user_id, count(*) AS orders, sum(amount) AS spend, max(ts) AS last_order \
+           FROM orders GROUP BY user_id) o ON o.user_id = c.id \
+     LEFT JOIN (SELECT user_id, count(*) AS clicks, max(ts) AS last_click \
+                FROM clicks GROUP BY user_id) k ON k.user_id = c.id",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS top_customers AS \
+     SELECT name, tier, spend, orders, rn FROM ( \
+       SELECT name, tier, spend, orders, ROW_NUMBER() OVER (ORDER BY spend DESC, id) AS rn \
+       FROM customer_profile) \
+     WHERE rn <= 10",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS spend_per_tier AS \
+     SELECT tier, count(*) AS customers, sum(spend) AS spend \
+     FROM customer_profile GROUP BY tier",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS revenue_per_minute AS \
      SELECT window_start, window_end, count(*) AS orders, sum(amount) AS revenue \
      FROM HOP(orders, ts, INTERVAL '5' SECOND, INTERVAL '1' MINUTE) \
@@ -83,6 +107,15 @@ const PRODUCTS: &[(&str, &str, f64)] = &[
 ];
 
 const COUNTRIES: &[&str] = &["PT", "BR", "ES", "FR", "DE", "US", "GB", "NL", "IT", "AO"];
+const FIRST_NAMES: &[&str] = &[
+    "Ana", "Bruno", "Carla", "Diogo", "Elena", "Filipe", "Gabriela", "Hugo", "Inês", "João",
+    "Kiara", "Luís", "Marta", "Nuno", "Olga", "Pedro", "Rita", "Sofia", "Tiago", "Vera",
+];
+const LAST_NAMES: &[&str] = &[
+    "Silva", "Santos", "Ferreira", "Pereira", "Oliveira", "Costa", "Rodrigues", "Martins",
+    "Sousa", "Fernandes", "Gomes", "Lopes", "Marques", "Alves", "Almeida", "Ribeiro",
+];
+const TIERS: &[&str] = &["bronze", "silver", "gold", "platinum"];
 const PAGES: &[&str] = &[
     "/",
     "/search",
@@ -122,6 +155,7 @@ pub async fn start(
     for (name, partitions) in [
         ("orders", PARTITIONS),
         ("clicks", PARTITIONS),
+        ("customers", PARTITIONS),
         ("fraud-alerts", 1),
     ] {
         if store.topic(name).is_none() {
@@ -229,6 +263,30 @@ fn dashboard() -> Dashboard {
                 &["revenue"],
                 None,
             ),
+            chart(
+                "Top customers by spend (profile: customers ⋈ orders ⋈ clicks)",
+                "top_customers",
+                "bar",
+                Some("name"),
+                &["spend"],
+                Some(10),
+            ),
+            chart(
+                "Spend per customer tier",
+                "spend_per_tier",
+                "bar",
+                Some("tier"),
+                &["spend"],
+                None,
+            ),
+            chart(
+                "Customer profiles",
+                "customer_profile",
+                "table",
+                Some("last_order"),
+                &[],
+                Some(10),
+            ),
         ],
     }
 }
@@ -239,6 +297,9 @@ struct Generator {
     rng: StdRng,
     next_order: i64,
     next_fraud: std::time::Instant,
+    next_upgrade: std::time::Instant,
+    /// Each customer's tier, as last written.
+    tiers: Vec<usize>,
 }
 
 impl Generator {
@@ -253,12 +314,39 @@ impl Generator {
             rng: StdRng::from_entropy(),
             next_order,
             next_fraud: std::time::Instant::now() + Duration::from_secs(5),
+            next_upgrade: std::time::Instant::now() + UPGRADE_EVERY,
+            tiers: Vec::new(),
         }
+    }
+
+    /// Every customer, once: on a data directory that has them, the rows
+    /// are written again (the table keeps the newest; nothing changes).
+    fn customers(&mut self) -> Vec<(u64, String)> {
+        let mut rng = StdRng::seed_from_u64(7);
+        self.tiers = (0..=USERS)
+            .map(|_| if rng.gen_bool(0.7) { 0 } else { rng.gen_range(1..3) })
+            .collect();
+        (1..=USERS)
+            .map(|id| (id, customer_json(id, TIERS[self.tiers[id as usize]])))
+            .collect()
+    }
+
+    /// A customer moves up a tier (written whole, as an upsert).
+    fn upgrade(&mut self) -> (u64, String) {
+        let id = self.rng.gen_range(1..=USERS);
+        let tier = &mut self.tiers[id as usize];
+        *tier = (*tier + 1).min(TIERS.len() - 1);
+        (id, customer_json(id, TIERS[*tier]))
     }
 
     /// Writes a tick's events every 100 ms until stopped (or its topics
     /// are deleted).
     fn run(mut self) {
+        let customers = self.customers();
+        if let Err(e) = self.write("customers", customers) {
+            tracing::warn!("demo generator stopped: {e:#}");
+            return;
+        }
         let tick = Duration::from_millis(100);
         let started = std::time::Instant::now();
         let (mut owed_orders, mut owed_clicks) = (0.0f64, 0.0f64);
@@ -286,9 +374,16 @@ impl Generator {
                 owed_clicks -= 1.0;
                 clicks.push(self.click(now));
             }
+            let mut upgrades = Vec::new();
+            if std::time::Instant::now() >= self.next_upgrade {
+                upgrades.push(self.upgrade());
+                let jitter = self.rng.gen_range(0.5..1.5);
+                self.next_upgrade = std::time::Instant::now() + UPGRADE_EVERY.mul_f64(jitter);
+            }
             if let Err(e) = self
                 .write("orders", orders)
                 .and_then(|()| self.write("clicks", clicks))
+                .and_then(|()| self.write("customers", upgrades))
             {
                 tracing::warn!("demo generator stopped: {e:#}");
                 return;
@@ -380,6 +475,19 @@ impl Generator {
     }
 }
 
+/// A customer's row; name and country follow from the id, so an upgrade
+/// rewrites the same person.
+fn customer_json(id: u64, tier: &str) -> String {
+    let i = id as usize;
+    let name = format!(
+        "{} {}",
+        FIRST_NAMES[(i * 7) % FIRST_NAMES.len()],
+        LAST_NAMES[(i * 13 + i / FIRST_NAMES.len()) % LAST_NAMES.len()]
+    );
+    let country = COUNTRIES[(i * 3) % COUNTRIES.len()];
+    serde_json::json!({ "id": id, "name": name, "tier": tier, "country": country }).to_string()
+}
+
 fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -405,5 +513,11 @@ mod tests {
         let burst = g.fraud_burst(1_764_619_200_000);
         assert!(burst.len() >= 5, "a burst trips the 4-orders rule");
         assert!(burst.iter().all(|(u, _)| *u == burst[0].0));
+        let customers = g.customers();
+        assert_eq!(customers.len() as u64, USERS);
+        let (id, row) = g.upgrade();
+        let v: serde_json::Value = serde_json::from_str(&row).unwrap();
+        assert_eq!(v["id"], id);
+        assert!(TIERS.contains(&v["tier"].as_str().unwrap()));
     }
 }
