@@ -4,14 +4,21 @@
 //! ..., format = 'json')`), **materialized views** over them, and query the
 //! views (`SELECT` on a view is a pull query on its current contents;
 //! `SUBSCRIBE` follows its changes). Each view runs as a **pipeline**: a
-//! dataflow of operators over Arrow record batches, planned by DataFusion
-//! ([`planner`]), fed straight from the log ([`pipeline`]).
+//! dataflow of operators over Arrow record batches of changes, planned by
+//! DataFusion ([`planner`]: a chain per input, joins, unions and top-N in a
+//! graph above), fed straight from the log ([`pipeline`]). **Tables over
+//! topics** (`CREATE TABLE ... PRIMARY KEY`) hold the newest row per key and
+//! join like views; a view may read other views (their queries are planned
+//! into its own dataflow).
 //!
 //! Main types: [`Engine`] (execute statements, list pipelines, subscribe),
 //! [`parser::Statement`] (the SQL surface), [`planner::Dataflow`],
 //! [`view::ViewStore`].
 //!
 //! Invariants:
+//! - At any quiescent point a view's rows equal its query run as a batch
+//!   over the inputs it has read (for windows: the windows the watermark
+//!   closed).
 //! - The catalog on disk holds every object that exists, and only those; it
 //!   is replaced atomically, and replaying it recreates every pipeline.
 //! - A window's row appears in its view only once the watermark has passed

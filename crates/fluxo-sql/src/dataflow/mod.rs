@@ -1,8 +1,10 @@
-//! The dataflow a continuous query runs as: a source, stateless operators
-//! (filter, projection), at most one stateful aggregation, and more
-//! stateless operators, ending in a view. Everything moves as Arrow record
-//! batches; each row carries a sign (insert or retract) so that updating
-//! aggregations can correct what they said before.
+//! The operators a continuous query runs as. Per input a chain: a source,
+//! stateless operators (filter, projection), at most one windowed or
+//! updating aggregation, more stateless operators; above the chains the
+//! [`graph`] of joins, unions, aggregations over changing rows and top-N.
+//! Everything moves as Arrow record batches of **changes**: each row carries
+//! a sign (insert or retract), and each operator turns a change of its
+//! inputs into the exact change of its output (see ARCHITECTURE.md).
 
 pub mod aggregate;
 pub mod graph;
