@@ -719,13 +719,24 @@ impl Translator {
     }
 
     fn join(&mut self, join: &HashJoinExec) -> Result<Built> {
-        match join.join_type() {
-            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
+        let output_side = match join.join_type() {
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => None,
+            JoinType::LeftSemi | JoinType::LeftAnti => Some(0),
+            JoinType::RightSemi | JoinType::RightAnti => Some(1),
             other => {
                 return Err(SqlError::Plan(format!(
-                    "{other} joins (IN, EXISTS and NOT IN subqueries) are not supported in a materialized view yet; write the condition as a JOIN"
+                    "{other} joins are not supported in a materialized view yet; write the condition as a JOIN"
                 )))
             }
+        };
+        if join.null_aware {
+            // NOT IN is false for every row once the subquery holds a NULL:
+            // not something rows can be kept up to date by.
+            return Err(SqlError::Plan(
+                "NOT IN over a column that may be NULL is not supported in a materialized view; \
+                 write NOT EXISTS (SELECT ... WHERE ...), or filter the NULLs out in the subquery"
+                    .into(),
+            ));
         }
         let left = self.build(join.left())?;
         let right = self.build(join.right())?;
@@ -742,8 +753,15 @@ impl Translator {
             ));
         }
         let left_width = join.left().schema().fields().len();
-        let mut times: Vec<(usize, TimeColumn)> = left.times.clone();
-        times.extend(right.times.iter().map(|(i, t)| (i + left_width, *t)));
+        let mut times: Vec<(usize, TimeColumn)> = match output_side {
+            Some(0) => left.times.clone(),
+            Some(_) => right.times.clone(),
+            None => {
+                let mut times = left.times.clone();
+                times.extend(right.times.iter().map(|(i, t)| (i + left_width, *t)));
+                times
+            }
+        };
         if let Some(projection) = join.projection.as_deref() {
             times = projection
                 .iter()
@@ -751,8 +769,12 @@ impl Translator {
                 .filter_map(|(out, i)| times.iter().find(|(j, _)| j == i).map(|(_, t)| (out, *t)))
                 .collect();
         }
-        let append_only =
-            left.append_only && right.append_only && *join.join_type() == JoinType::Inner;
+        let append_only = left.append_only
+            && right.append_only
+            && matches!(
+                join.join_type(),
+                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+            );
         let left_node = self.finish(left.part, &join.left().schema())?;
         let right_node = self.finish(right.part, &join.right().schema())?;
         let spec = JoinSpec {
@@ -915,9 +937,13 @@ fn time_bound(
     split_conjunction(filter.expression(), &mut conjuncts);
     let (mut lo, mut hi) = (i64::MIN, i64::MAX);
     let mut cols: Option<[usize; 2]> = None;
+    // Times the watermark governs: an event time, or the end of a window
+    // (emitted once the watermark passes it, so never behind it on arrival;
+    // a window's start can be).
     let is_event = |cols: &[(usize, TimeColumn)], i: usize| {
-        cols.iter()
-            .any(|(c, t)| *c == i && *t == TimeColumn::Event)
+        cols.iter().any(|(c, t)| {
+            *c == i && matches!(t, TimeColumn::Event | TimeColumn::WindowEnd(_))
+        })
     };
     for conjunct in conjuncts {
         let Some(b) = conjunct.downcast_ref::<BinaryExpr>() else {

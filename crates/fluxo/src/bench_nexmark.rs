@@ -36,7 +36,7 @@ pub struct NexmarkBench {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "q2,q14,tumble,hop,q11,q12"
+        default_value = "q2,q14,tumble,hop,q11,q12,q3,q5,q7,q8,q9"
     )]
     pub queries: Vec<String>,
     /// Runs per query; the median is reported.
@@ -82,26 +82,143 @@ struct Query {
     sql: &'static str,
     /// The same computation for DuckDB over `read_json(...)` as `bids`.
     duckdb: Option<&'static str>,
+    /// The Nexmark streams the query reads, once per input (a stream read
+    /// twice counts twice); empty: the `bids` topic alone.
+    reads: &'static [Stream],
 }
 
+/// A stream of the full Nexmark event mix (persons, auctions and bids in
+/// the generator's 1:3:46 proportion), each in its own topic.
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    Person,
+    Auction,
+    Bid,
+}
+
+impl Stream {
+    fn index(self) -> usize {
+        match self {
+            Stream::Person => 0,
+            Stream::Auction => 1,
+            Stream::Bid => 2,
+        }
+    }
+}
+
+/// The full event mix: a source per stream, and persons and auctions also
+/// as tables (keyed by id) for the queries that join them as entities.
+const FULL_SOURCES: &[&str] = &[
+    "CREATE SOURCE person (id BIGINT, name TEXT, email_address TEXT, credit_card TEXT, city TEXT,
+      state TEXT, date_time TIMESTAMP, extra TEXT,
+      WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+    WITH (connector = 'topic', topic = 'nexmark-person', format = 'json')",
+    "CREATE SOURCE auction (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT,
+      reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT,
+      extra TEXT, WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+    WITH (connector = 'topic', topic = 'nexmark-auction', format = 'json')",
+    "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+      date_time TIMESTAMP, extra TEXT,
+      WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+    WITH (connector = 'topic', topic = 'nexmark-bid', format = 'json')",
+    "CREATE TABLE person_t (id BIGINT, name TEXT, email_address TEXT, credit_card TEXT, city TEXT,
+      state TEXT, date_time TIMESTAMP, extra TEXT, PRIMARY KEY (id))
+    WITH (connector = 'topic', topic = 'nexmark-person', format = 'json')",
+    "CREATE TABLE auction_t (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT,
+      reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT,
+      extra TEXT, PRIMARY KEY (id))
+    WITH (connector = 'topic', topic = 'nexmark-auction', format = 'json')",
+];
+
 const QUERIES: &[Query] = &[
+    Query {
+        name: "q3",
+        what: "local item suggestion: auctions joined with their sellers (persons as a table)",
+        sql: "SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person_t AS P
+              ON A.seller = P.id
+              WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca')",
+        duckdb: None,
+        reads: &[Stream::Auction, Stream::Person],
+    },
+    Query {
+        name: "q5",
+        what: "hot items: auctions with the most bids per 10 s window every 2 s (join with a max)",
+        sql: "SELECT AuctionBids.auction, AuctionBids.num FROM (
+                SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime
+                FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+                GROUP BY auction, window_start, window_end) AS AuctionBids
+              JOIN (
+                SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime FROM (
+                  SELECT count(*) AS num, window_start AS starttime, window_end AS endtime
+                  FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+                  GROUP BY auction, window_start, window_end) AS CountBids
+                GROUP BY CountBids.starttime, CountBids.endtime) AS MaxBids
+              ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime
+                 AND AuctionBids.num >= MaxBids.maxn",
+        duckdb: None,
+        reads: &[Stream::Bid, Stream::Bid],
+    },
+    Query {
+        name: "q7",
+        what: "highest bid per 10 s window (bids joined with the window's max, interval-bounded)",
+        sql: "SELECT B.auction, B.price, B.bidder, B.date_time, B.extra
+              FROM bid B JOIN (
+                SELECT max(price) AS maxprice, window_end AS date_time
+                FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
+                GROUP BY window_start, window_end) B1
+              ON B.price = B1.maxprice
+              WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+        duckdb: None,
+        reads: &[Stream::Bid, Stream::Bid],
+    },
+    Query {
+        name: "q8",
+        what: "new users: persons who opened an auction in the same 10 s window (windowed join)",
+        sql: "SELECT P.id, P.name, P.starttime FROM (
+                SELECT id, name, window_start AS starttime, window_end AS endtime
+                FROM TUMBLE(person, date_time, INTERVAL '10' SECOND)
+                GROUP BY id, name, window_start, window_end) P
+              JOIN (
+                SELECT seller, window_start AS starttime, window_end AS endtime
+                FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND)
+                GROUP BY seller, window_start, window_end) A
+              ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+        duckdb: None,
+        reads: &[Stream::Person, Stream::Auction],
+    },
+    Query {
+        name: "q9",
+        what: "winning bids: the highest bid of each auction while open (join with auctions as a table, top-1)",
+        sql: "SELECT id, item_name, seller, category, auction, bidder, price, bid_date_time FROM (
+                SELECT A.id, A.item_name, A.seller, A.category, B.auction, B.bidder, B.price,
+                       B.date_time AS bid_date_time,
+                       ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time ASC) AS rownum
+                FROM auction_t A JOIN bid B ON A.id = B.auction
+                WHERE B.date_time BETWEEN A.date_time AND A.expires)
+              WHERE rownum <= 1",
+        duckdb: None,
+        reads: &[Stream::Auction, Stream::Bid],
+    },
     Query {
         name: "q0",
         what: "pass-through (the view keeps every bid)",
         sql: "SELECT auction, bidder, price, date_time, extra FROM bids",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "q1",
         what: "currency conversion (the view keeps every bid)",
         sql: "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bids",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "q2",
         what: "stateless filter and projection",
         sql: "SELECT auction, price FROM bids WHERE auction % 123 = 0",
         duckdb: Some("SELECT auction, price FROM bids WHERE auction % 123 = 0"),
+        reads: &[],
     },
     Query {
         name: "q14",
@@ -113,6 +230,7 @@ const QUERIES: &[Query] = &[
                 date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts
               FROM bids WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "q22",
@@ -120,6 +238,7 @@ const QUERIES: &[Query] = &[
         sql: "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1,
                 split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bids",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "channels",
@@ -130,6 +249,7 @@ const QUERIES: &[Query] = &[
             "SELECT channel, count(*) AS bids, sum(price) AS revenue, max(price) AS top
              FROM bids GROUP BY channel",
         ),
+        reads: &[],
     },
     Query {
         name: "tumble",
@@ -142,6 +262,7 @@ const QUERIES: &[Query] = &[
                     count(*) AS bids, max(price) AS top
              FROM bids GROUP BY ALL",
         ),
+        reads: &[],
     },
     Query {
         name: "hop",
@@ -150,6 +271,7 @@ const QUERIES: &[Query] = &[
               FROM HOP(bids, date_time, INTERVAL '10' SECOND, INTERVAL '60' SECOND)
               GROUP BY auction, window_start, window_end",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "q12",
@@ -158,6 +280,7 @@ const QUERIES: &[Query] = &[
               FROM TUMBLE(bids, PROCTIME(), INTERVAL '10' SECOND)
               GROUP BY bidder, window_start, window_end",
         duckdb: None,
+        reads: &[],
     },
     Query {
         name: "q11",
@@ -166,6 +289,7 @@ const QUERIES: &[Query] = &[
               FROM SESSION(bids, date_time, INTERVAL '10' SECOND)
               GROUP BY bidder, window_start, window_end",
         duckdb: None,
+        reads: &[],
     },
 ];
 
@@ -227,12 +351,45 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
 
     let engine = Engine::open(store.clone(), &log_dir).await?;
     engine.execute(SOURCE).await?;
+    let mut full = None;
+    if queries.iter().any(|q| !q.reads.is_empty()) {
+        let loaded = Instant::now();
+        let counts = load_full(&store, b.events, b.partitions)?;
+        println!(
+            "loaded {} Nexmark events ({} persons, {} auctions, {} bids) in {:.1} s for the join queries",
+            b.events,
+            counts[0],
+            counts[1],
+            counts[2],
+            loaded.elapsed().as_secs_f64()
+        );
+        for statement in FULL_SOURCES {
+            engine.execute(statement).await?;
+        }
+        full = Some(counts);
+    }
+    let inputs = |q: &Query| -> (u64, u64) {
+        match (q.reads.is_empty(), full) {
+            (true, _) | (false, None) => (b.events, b.events),
+            (false, Some(counts)) => {
+                // Rows the pipeline takes in, and the distinct events they are.
+                let taken = q.reads.iter().map(|s| counts[s.index()]).sum();
+                let mut distinct = 0;
+                for (i, s) in q.reads.iter().enumerate() {
+                    if !q.reads[..i].contains(s) {
+                        distinct += counts[s.index()];
+                    }
+                }
+                (taken, distinct)
+            }
+        }
+    };
     if b.sinks {
         run_sinks(&b, &engine, &dir, &json_path, bytes).await?;
     } else if b.batch {
-        run_batch(&b, &engine, &queries, &json_path, bytes, cores).await?;
+        run_batch(&b, &engine, &queries, &json_path, bytes, cores, &inputs).await?;
     } else {
-        run_continuous(&b, &engine, &queries, &json_path, bytes, cores).await?;
+        run_continuous(&b, &engine, &queries, &json_path, bytes, cores, &inputs).await?;
     }
     engine.shutdown();
     println!(
@@ -243,6 +400,8 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
 }
 
 /// Each query as a fresh materialized view catching up the whole topic.
+/// `inputs` gives, per query, the rows its pipeline takes in and the
+/// distinct events they are (the rate's numerator).
 async fn run_continuous(
     b: &NexmarkBench,
     engine: &Engine,
@@ -250,6 +409,7 @@ async fn run_continuous(
     json_path: &Path,
     bytes: u64,
     cores: usize,
+    inputs: &dyn Fn(&Query) -> (u64, u64),
 ) -> anyhow::Result<()> {
     println!(
         "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10}",
@@ -271,9 +431,10 @@ async fn run_continuous(
                 ))
                 .await
                 .with_context(|| format!("query {}", q.name))?;
-            wait_for(engine, &view, b.events).await?;
+            let (taken, events) = inputs(q);
+            wait_for(engine, &view, taken).await?;
             let secs = started.elapsed().as_secs_f64();
-            rates.push(b.events as f64 / secs);
+            rates.push(events as f64 / secs);
             engine
                 .execute(&format!("DROP MATERIALIZED VIEW {view}"))
                 .await?;
@@ -307,6 +468,7 @@ async fn run_batch(
     json_path: &Path,
     bytes: u64,
     cores: usize,
+    inputs: &dyn Fn(&Query) -> (u64, u64),
 ) -> anyhow::Result<()> {
     println!(
         "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>8} {:>14} {:>8}",
@@ -321,7 +483,7 @@ async fn run_batch(
                 .execute_one(q.sql)
                 .await
                 .with_context(|| format!("query {}", q.name))?;
-            rates.push(b.events as f64 / started.elapsed().as_secs_f64());
+            rates.push(inputs(q).1 as f64 / started.elapsed().as_secs_f64());
             rows = result.row_count();
         }
         let rate = median(&mut rates);
@@ -497,6 +659,53 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
     progress.finish_and_clear();
     file.flush()?;
     Ok(total)
+}
+
+/// Writes `events` events of the full Nexmark mix, each kind to its own
+/// topic (`nexmark-person`, `nexmark-auction`, `nexmark-bid`), round-robin
+/// over `partitions` partitions. Returns how many of each kind.
+fn load_full(store: &LogStore, events: u64, partitions: i32) -> anyhow::Result<[u64; 3]> {
+    let names = ["nexmark-person", "nexmark-auction", "nexmark-bid"];
+    let mut logs = Vec::new();
+    for name in names {
+        if store.topic(name).is_some() {
+            store.delete_topic(name)?;
+        }
+        store.create_topic(name, partitions, TopicConfig::default())?;
+        logs.push(store.topic(name).context("a Nexmark topic vanished")?.partitions());
+    }
+    let mut generator = Generator::new(GeneratorConfig::default());
+    let mut counts = [0u64; 3];
+    let mut pending: [Vec<OutRecord>; 3] = Default::default();
+    let mut next_partition = [0usize; 3];
+    let mut line = Vec::with_capacity(512);
+    for n in 0..events {
+        let event = generator.next_event();
+        let kind = match event.kind() {
+            fluxo_nexmark::EventKind::Person => 0,
+            fluxo_nexmark::EventKind::Auction => 1,
+            fluxo_nexmark::EventKind::Bid => 2,
+        };
+        line.clear();
+        event.write_json(&mut line);
+        counts[kind] += 1;
+        pending[kind].push(OutRecord {
+            value: Some(Bytes::copy_from_slice(&line)),
+            timestamp: event.date_time(),
+            ..Default::default()
+        });
+        if pending[kind].len() >= 1000 || n + 1 == events {
+            for k in 0..3 {
+                if pending[k].is_empty() || (k != kind && n + 1 != events) {
+                    continue;
+                }
+                let records = std::mem::take(&mut pending[k]);
+                logs[k][next_partition[k]].append_records(&records, None)?;
+                next_partition[k] = (next_partition[k] + 1) % logs[k].len();
+            }
+        }
+    }
+    Ok(counts)
 }
 
 async fn wait_for(engine: &Engine, view: &str, events: u64) -> anyhow::Result<()> {

@@ -89,6 +89,19 @@ impl JoinSpec {
         text
     }
 
+    /// For a semi or anti join, the side whose rows are the output.
+    fn output_side(&self) -> Option<usize> {
+        match self.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => Some(0),
+            JoinType::RightSemi | JoinType::RightAnti => Some(1),
+            _ => None,
+        }
+    }
+
+    fn is_anti(&self) -> bool {
+        matches!(self.join_type, JoinType::LeftAnti | JoinType::RightAnti)
+    }
+
     fn preserves(&self, side: usize) -> bool {
         matches!(
             (self.join_type, side),
@@ -336,6 +349,10 @@ impl Join {
 
         let preserve_this = self.spec.preserves(side);
         let preserve_other = self.spec.preserves(other);
+        // Semi and anti joins output one side's rows: those with a match
+        // (semi) or without (anti), each once.
+        let semi_side = self.spec.output_side();
+        let anti = self.spec.is_anti();
         let mut out: Vec<(From, From, bool)> = Vec::new();
         let mut next_pair = 0;
         for i in 0..n {
@@ -357,6 +374,21 @@ impl Join {
                     .get_mut(&touched[k])
                     .ok_or_else(|| SqlError::Internal("join state lost a key".into()))?[j];
                 matched += entry.count;
+                if semi_side.is_some() {
+                    if semi_side == Some(other) {
+                        // The stored row is an output row; its matches change.
+                        let before = entry.matches;
+                        entry.matches += weight;
+                        let found = before == 0 && entry.matches > 0;
+                        let lost = before > 0 && entry.matches == 0;
+                        if found || lost {
+                            for _ in 0..entry.count {
+                                out.push((From::Null, From::Stored(k, j), found != anti));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for _ in 0..entry.count {
                     out.push((From::Delta(i), From::Stored(k, j), sign));
                 }
@@ -375,7 +407,11 @@ impl Join {
                     }
                 }
             }
-            if preserve_this && matched == 0 {
+            if semi_side == Some(side) {
+                if (matched > 0) != anti {
+                    out.push((From::Delta(i), From::Null, sign));
+                }
+            } else if preserve_this && matched == 0 {
                 out.push((From::Delta(i), From::Null, sign));
             }
             if null_key[i] && !self.spec.nulls_equal {
@@ -506,8 +542,15 @@ impl Join {
         } else {
             (other_cols, this_cols)
         };
-        let mut columns = left;
-        columns.extend(right);
+        let columns = match self.spec.output_side() {
+            Some(0) => left,
+            Some(_) => right,
+            None => {
+                let mut columns = left;
+                columns.extend(right);
+                columns
+            }
+        };
         let columns = match &self.spec.projection {
             Some(p) => p.iter().map(|i| columns[*i].clone()).collect(),
             None => columns,
