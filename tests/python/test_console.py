@@ -107,6 +107,15 @@ def test_overview_topics_pipelines_and_sql_in_a_browser(page_with_errors):
     row.click()
     expect(page.locator('[data-testid="pipeline-graph"]')).to_be_visible()
     expect(page.locator('[data-testid="pipeline-graph"]')).to_contain_text("orders")
+    # A view over a join draws its graph: three sources meeting in joins.
+    page.click('a[data-nav="pipelines"]')
+    row = page.locator('[data-testid="pipelines-table"] tr[data-pipeline="customer_profile"]')
+    expect(row).to_contain_text("running")
+    row.click()
+    graph = page.locator('[data-testid="pipeline-graph"]')
+    expect(graph.locator(".node-source")).to_have_count(3)
+    expect(graph).to_contain_text("Join")
+    expect(graph.locator(".node-view")).to_have_count(1)
 
     # SQL editor: a pull query's rows as a table, and a bad statement's error.
     page.click('a[data-nav="sql"]')

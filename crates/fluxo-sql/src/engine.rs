@@ -140,6 +140,9 @@ pub struct PipelineStatus {
     pub status: String,
     pub source: String,
     pub operators: Vec<String>,
+    /// The same operators as a graph: sources first, each node after the
+    /// nodes it reads; the last one feeds the view (or sink).
+    pub graph: Vec<crate::planner::GraphNode>,
     pub events_in: u64,
     pub rows_out: u64,
     pub events_in_per_sec: u64,
@@ -1181,6 +1184,7 @@ fn status(
         status: s.status.lock().clone(),
         source: dataflow.sources().join(", "),
         operators: dataflow.describe(),
+        graph: dataflow.graph(),
         events_in: s.events_in.load(Ordering::Relaxed),
         rows_out: s.rows_out.load(Ordering::Relaxed),
         events_in_per_sec: s.rate_in.load(Ordering::Relaxed),

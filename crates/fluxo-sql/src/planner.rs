@@ -125,6 +125,18 @@ impl Chain {
     }
 }
 
+/// One operator of [`Dataflow::graph`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GraphNode {
+    /// "source" or "operator".
+    pub kind: &'static str,
+    /// A source's name (empty for operators).
+    pub name: String,
+    pub label: String,
+    /// The nodes it reads, by index.
+    pub inputs: Vec<usize>,
+}
+
 /// A continuous query, ready to run: its inputs, and the graph of
 /// operators that combines them (none when the query reads one input).
 #[derive(Debug, Clone)]
@@ -167,6 +179,36 @@ impl Dataflow {
             }
         }
         names
+    }
+
+    /// The operators as a graph for the console: every node after its
+    /// inputs (sources first, the last node is the view's input).
+    pub fn graph(&self) -> Vec<GraphNode> {
+        let mut nodes = Vec::new();
+        // Each chain: its source, then its operators in order.
+        let mut chain_ends = Vec::with_capacity(self.inputs.len());
+        for chain in &self.inputs {
+            let lines = chain.describe();
+            let mut previous = None;
+            for (i, line) in lines.into_iter().enumerate() {
+                nodes.push(GraphNode {
+                    kind: if i == 0 { "source" } else { "operator" },
+                    name: if i == 0 {
+                        chain.scan.source.name.clone()
+                    } else {
+                        String::new()
+                    },
+                    label: line,
+                    inputs: previous.into_iter().collect(),
+                });
+                previous = Some(nodes.len() - 1);
+            }
+            chain_ends.push(previous);
+        }
+        if let Some(root) = &self.graph {
+            root.graph_nodes(&chain_ends, &mut nodes);
+        }
+        nodes
     }
 
     /// One line per operator: for one input, from the source to the view;

@@ -118,6 +118,15 @@ export interface PipelinePartition {
   idle: boolean;
 }
 
+export interface GraphNode {
+  kind: "source" | "operator";
+  /** A source's name; empty for operators. */
+  name: string;
+  label: string;
+  /** Indices of the nodes it reads. */
+  inputs: number[];
+}
+
 export interface Pipeline {
   name: string;
   sql: string;
@@ -125,6 +134,8 @@ export interface Pipeline {
   status: string;
   source: string;
   operators: string[];
+  /** The operators as a graph: sources first, each node after its inputs. */
+  graph: GraphNode[];
   events_in: number;
   rows_out: number;
   events_in_per_sec: number;

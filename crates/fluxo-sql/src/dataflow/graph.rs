@@ -51,6 +51,59 @@ pub enum Node {
 }
 
 impl Node {
+    /// Appends this node's operators to `nodes` (after their inputs) and
+    /// returns the index of the last, the node's output; `chain_ends` are
+    /// the input chains' last nodes.
+    pub fn graph_nodes(
+        &self,
+        chain_ends: &[Option<usize>],
+        nodes: &mut Vec<crate::planner::GraphNode>,
+    ) -> Option<usize> {
+        let mut push = |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
+            nodes.push(crate::planner::GraphNode {
+                kind: "operator",
+                name: String::new(),
+                label,
+                inputs,
+            });
+            Some(nodes.len() - 1)
+        };
+        match self {
+            Node::Input(i) => chain_ends.get(*i).copied().flatten(),
+            Node::Stateless { input, ops } => {
+                let mut last = input.graph_nodes(chain_ends, nodes);
+                for op in ops {
+                    last = push(op.describe(), last.into_iter().collect(), nodes);
+                }
+                last
+            }
+            Node::Aggregate { input, exprs } => {
+                let from = input.graph_nodes(chain_ends, nodes);
+                push(
+                    format!("UpdatingAggregate: {}", exprs.describe()),
+                    from.into_iter().collect(),
+                    nodes,
+                )
+            }
+            Node::TopN { input, spec } => {
+                let from = input.graph_nodes(chain_ends, nodes);
+                push(spec.describe(), from.into_iter().collect(), nodes)
+            }
+            Node::Join { left, right, spec } => {
+                let l = left.graph_nodes(chain_ends, nodes);
+                let r = right.graph_nodes(chain_ends, nodes);
+                push(spec.describe(), l.into_iter().chain(r).collect(), nodes)
+            }
+            Node::Union { inputs, .. } => {
+                let from: Vec<usize> = inputs
+                    .iter()
+                    .filter_map(|i| i.graph_nodes(chain_ends, nodes))
+                    .collect();
+                push("Union".to_string(), from, nodes)
+            }
+        }
+    }
+
     /// One line per operator, the root first, inputs indented below.
     pub fn describe(&self, chains: &[Vec<String>]) -> Vec<String> {
         let mut lines = Vec::new();

@@ -279,7 +279,86 @@ function operatorNode(op: string): GraphNode {
   return { kind: "operator", title: m?.[1] ?? op, detail: m?.[2] ?? "", full: op };
 }
 
+/** Several inputs (a join, a union): boxes in columns by depth, edges from each input. */
+function dagGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
+  const nodes: GraphNode[] = p.graph.map((n) => {
+    if (n.kind === "source") {
+      const topic = catalog.topics.get(n.name);
+      return {
+        kind: "source",
+        title: n.name,
+        full: topic === undefined ? `source ${n.name}` : `source ${n.name} (topic ${topic})`,
+        href: topic === undefined ? undefined : `#/topics/${encodeURIComponent(topic)}`,
+      };
+    }
+    return operatorNode(n.label);
+  });
+  const inputs: number[][] = p.graph.map((n) => n.inputs);
+  const isView = catalog.views.includes(p.name);
+  nodes.push({ kind: isView ? "view" : "sink", title: p.name, full: p.name });
+  inputs.push(p.graph.length > 0 ? [p.graph.length - 1] : []);
+  const sinkNodes: GraphNode[] = isView
+    ? catalog.sinks
+        .filter((s) => s.from === p.name)
+        .map((s) => ({ kind: "sink", title: s.name, full: `sink ${s.name}: ${s.connector}, ${sinkGuarantee(s.connector)}` }))
+    : [];
+  const viewIndex = nodes.length - 1;
+  for (const sink of sinkNodes) {
+    nodes.push(sink);
+    inputs.push([viewIndex]);
+  }
+  // Column = longest path from a source; rows in order of appearance.
+  const depth: number[] = [];
+  inputs.forEach((from, i) => {
+    depth[i] = from.length === 0 ? 0 : Math.max(...from.map((j) => depth[j] ?? 0)) + 1;
+  });
+  const rowOf: number[] = [];
+  const perColumn = new Map<number, number>();
+  depth.forEach((d, i) => {
+    rowOf[i] = perColumn.get(d) ?? 0;
+    perColumn.set(d, rowOf[i] + 1);
+  });
+  const columns = Math.max(...depth) + 1;
+  const rows = Math.max(...perColumn.values());
+  const width = PAD * 2 + columns * BOX_W + (columns - 1) * GAP_X;
+  const height = PAD * 2 + rows * BOX_H + (rows - 1) * GAP_Y;
+  const x = (i: number): number => PAD + depth[i] * (BOX_W + GAP_X);
+  const y = (i: number): number => PAD + rowOf[i] * (BOX_H + GAP_Y);
+  const parts: SVGElement[] = [
+    svg(
+      "defs",
+      null,
+      svg(
+        "marker",
+        { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+        svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow-head" }),
+      ),
+    ),
+  ];
+  inputs.forEach((from, i) => {
+    for (const j of from) {
+      parts.push(edge(x(j) + BOX_W, y(j) + BOX_H / 2, x(i), y(i) + BOX_H / 2, ""));
+    }
+  });
+  nodes.forEach((node, i) => parts.push(box(node, x(i), y(i))));
+  return svg(
+    "svg",
+    {
+      "data-testid": "pipeline-graph",
+      class: "dataflow",
+      style: `max-width:${width}px;min-width:${Math.round(width * MIN_SCALE)}px`,
+      viewBox: `0 0 ${width} ${height}`,
+      role: "img",
+      "aria-label": `Dataflow of ${p.name}`,
+    },
+    parts,
+  );
+}
+
 function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
+  if ((p.graph ?? []).some((n) => n.inputs.length > 1)) {
+    return dagGraph(p, catalog);
+  }
   const chain: GraphNode[] = [];
   const topic = catalog.topics.get(p.source);
   if (topic !== undefined) {
