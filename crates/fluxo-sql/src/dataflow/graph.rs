@@ -59,7 +59,7 @@ impl Node {
         chain_ends: &[Option<usize>],
         nodes: &mut Vec<crate::planner::GraphNode>,
     ) -> Option<usize> {
-        let mut push = |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
+        let push = |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
             nodes.push(crate::planner::GraphNode {
                 kind: "operator",
                 name: String::new(),
