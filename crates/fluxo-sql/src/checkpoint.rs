@@ -97,9 +97,10 @@ impl OperatorState {
 
     /// The part of [`OperatorState::nest`] called `name`.
     pub fn nested(&self, name: &str) -> Result<OperatorState> {
-        let meta = self.meta.get(name).cloned().ok_or_else(|| {
-            SqlError::Execution(format!("checkpoint has no state for {name}"))
-        })?;
+        let meta =
+            self.meta.get(name).cloned().ok_or_else(|| {
+                SqlError::Execution(format!("checkpoint has no state for {name}"))
+            })?;
         let prefix = format!("{name}/");
         Ok(OperatorState {
             meta,

@@ -335,7 +335,11 @@ impl Engine {
         if let Some(g) = generator {
             objects.generators.insert(name.clone(), g);
         }
-        let what = if objects.sources[&name].is_table() { "TABLE" } else { "SOURCE" };
+        let what = if objects.sources[&name].is_table() {
+            "TABLE"
+        } else {
+            "SOURCE"
+        };
         Ok(QueryResult::message(format!("CREATE {what} {name}")))
     }
 

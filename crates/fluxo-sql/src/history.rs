@@ -54,10 +54,10 @@ use datafusion::physical_plan::{
 };
 use fluxo_log::{LogStore, PartitionLog};
 
+use crate::dataflow::upsert::Upsert;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::parser::SourceDef;
-use crate::dataflow::upsert::Upsert;
 use crate::reader::{decode_record_range, Tombstones};
 use crate::source::{align, full_schema, WindowSpec};
 
@@ -292,7 +292,8 @@ impl TableProvider for TableState {
         let rows = self
             .rows()
             .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-        let table = datafusion::datasource::MemTable::try_new(self.schema.clone(), vec![vec![rows]])?;
+        let table =
+            datafusion::datasource::MemTable::try_new(self.schema.clone(), vec![vec![rows]])?;
         table.scan(state, projection, filters, limit).await
     }
 }

@@ -21,16 +21,16 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition};
-use crate::dataflow::session_window::SessionWindow;
 use crate::dataflow::graph::Graph;
+use crate::dataflow::session_window::SessionWindow;
 use crate::dataflow::sharded::{Aggregation, ShardedAggregation};
 use crate::dataflow::updating_aggregate::UpdatingAggregate;
+use crate::dataflow::upsert::{decode_schema, Upsert};
 use crate::dataflow::window_aggregate::WindowAggregate;
 use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::planner::{Chain, Dataflow, Stage};
-use crate::dataflow::upsert::{decode_schema, Upsert};
 use crate::reader::{Chunk, Frontier, Readers, SourceReading, Tombstones};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::source::{align, WindowSpec};
@@ -268,34 +268,32 @@ impl Input {
             .options
             .duration_ms("idle_timeout")?
             .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
-        let stage = match &chain.stage {
-            Stage::None => None,
-            Stage::Window { spec: w, exprs } => {
-                let (w, e) = (*w, exprs.clone());
-                Some(ShardedAggregation::new(exprs, parallelism, move || {
-                    Ok(match w {
-                        WindowSpec::Tumble { size } => Aggregation::Window(WindowAggregate::new(
-                            e.clone(),
-                            size,
-                            size,
-                            lateness,
-                        )),
-                        WindowSpec::Hop { slide, size } => Aggregation::Window(
-                            WindowAggregate::new(e.clone(), slide, size, lateness),
-                        ),
-                        WindowSpec::Session { gap } => {
-                            Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
-                        }
-                    })
-                })?)
-            }
-            Stage::Updating { exprs } => {
-                let e = exprs.clone();
-                Some(ShardedAggregation::new(exprs, parallelism, move || {
-                    Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
-                })?)
-            }
-        };
+        let stage =
+            match &chain.stage {
+                Stage::None => None,
+                Stage::Window { spec: w, exprs } => {
+                    let (w, e) = (*w, exprs.clone());
+                    Some(ShardedAggregation::new(exprs, parallelism, move || {
+                        Ok(match w {
+                            WindowSpec::Tumble { size } => Aggregation::Window(
+                                WindowAggregate::new(e.clone(), size, size, lateness),
+                            ),
+                            WindowSpec::Hop { slide, size } => Aggregation::Window(
+                                WindowAggregate::new(e.clone(), slide, size, lateness),
+                            ),
+                            WindowSpec::Session { gap } => {
+                                Aggregation::Session(SessionWindow::new(e.clone(), gap, lateness)?)
+                            }
+                        })
+                    })?)
+                }
+                Stage::Updating { exprs } => {
+                    let e = exprs.clone();
+                    Some(ShardedAggregation::new(exprs, parallelism, move || {
+                        Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
+                    })?)
+                }
+            };
         let (decode_schema, upsert) = if source.is_table() {
             let schema = match format {
                 Format::Json => decode_schema(source),

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use datafusion::common::{JoinSide, JoinType, NullEquality, ScalarValue};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::common::{JoinSide, JoinType, NullEquality, ScalarValue};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
@@ -332,7 +332,8 @@ async fn register_views(ctx: &SessionContext, views: &ViewQueries) -> Result<()>
             let (name, query) = entry;
             match ctx.state().create_logical_plan(&query.to_string()).await {
                 Ok(plan) => {
-                    let view = datafusion::catalog::view::ViewTable::new(plan, Some(query.to_string()));
+                    let view =
+                        datafusion::catalog::view::ViewTable::new(plan, Some(query.to_string()));
                     ctx.register_table(name.as_str(), Arc::new(view))?;
                 }
                 Err(e) => {
@@ -547,7 +548,9 @@ impl Translator {
                 node = child;
             }
             let picks_columns = node.downcast_ref::<ProjectionExec>().is_some_and(|p| {
-                p.expr().iter().all(|e| e.expr.downcast_ref::<Column>().is_some())
+                p.expr()
+                    .iter()
+                    .all(|e| e.expr.downcast_ref::<Column>().is_some())
             });
             if !picks_columns {
                 break;
@@ -983,9 +986,8 @@ fn time_bound(
     // (emitted once the watermark passes it, so never behind it on arrival;
     // a window's start can be).
     let is_event = |cols: &[(usize, TimeColumn)], i: usize| {
-        cols.iter().any(|(c, t)| {
-            *c == i && matches!(t, TimeColumn::Event | TimeColumn::WindowEnd(_))
-        })
+        cols.iter()
+            .any(|(c, t)| *c == i && matches!(t, TimeColumn::Event | TimeColumn::WindowEnd(_)))
     };
     for conjunct in conjuncts {
         let Some(b) = conjunct.downcast_ref::<BinaryExpr>() else {
@@ -1002,9 +1004,7 @@ fn time_bound(
         };
         // As `left + l_off  op  right + r_off`.
         let (op, l_col, l_off, r_col, r_off) = match (a_col.side, b_col.side) {
-            (JoinSide::Left, JoinSide::Right) => {
-                (*b.op(), a_col.index, a_off, b_col.index, b_off)
-            }
+            (JoinSide::Left, JoinSide::Right) => (*b.op(), a_col.index, a_off, b_col.index, b_off),
             (JoinSide::Right, JoinSide::Left) => {
                 let Some(op) = flip(*b.op()) else { continue };
                 (op, b_col.index, b_off, a_col.index, a_off)
@@ -1048,11 +1048,16 @@ fn rank_limit(predicate: &Arc<dyn PhysicalExpr>, rank: usize) -> Option<usize> {
             Some(c) => c.expr().clone(),
             None => e.clone(),
         };
-        e.downcast_ref::<Column>().is_some_and(|c| c.index() == rank)
+        e.downcast_ref::<Column>()
+            .is_some_and(|c| c.index() == rank)
     };
     let number = |e: &Arc<dyn PhysicalExpr>| -> Option<i64> {
         let lit = e.downcast_ref::<Literal>()?;
-        match lit.value().cast_to(&arrow::datatypes::DataType::Int64).ok()? {
+        match lit
+            .value()
+            .cast_to(&arrow::datatypes::DataType::Int64)
+            .ok()?
+        {
             ScalarValue::Int64(Some(v)) => Some(v),
             _ => None,
         }

@@ -672,7 +672,12 @@ fn load_full(store: &LogStore, events: u64, partitions: i32) -> anyhow::Result<[
             store.delete_topic(name)?;
         }
         store.create_topic(name, partitions, TopicConfig::default())?;
-        logs.push(store.topic(name).context("a Nexmark topic vanished")?.partitions());
+        logs.push(
+            store
+                .topic(name)
+                .context("a Nexmark topic vanished")?
+                .partitions(),
+        );
     }
     let mut generator = Generator::new(GeneratorConfig::default());
     let mut counts = [0u64; 3];

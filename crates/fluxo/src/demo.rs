@@ -112,8 +112,22 @@ const FIRST_NAMES: &[&str] = &[
     "Kiara", "Luís", "Marta", "Nuno", "Olga", "Pedro", "Rita", "Sofia", "Tiago", "Vera",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Silva", "Santos", "Ferreira", "Pereira", "Oliveira", "Costa", "Rodrigues", "Martins",
-    "Sousa", "Fernandes", "Gomes", "Lopes", "Marques", "Alves", "Almeida", "Ribeiro",
+    "Silva",
+    "Santos",
+    "Ferreira",
+    "Pereira",
+    "Oliveira",
+    "Costa",
+    "Rodrigues",
+    "Martins",
+    "Sousa",
+    "Fernandes",
+    "Gomes",
+    "Lopes",
+    "Marques",
+    "Alves",
+    "Almeida",
+    "Ribeiro",
 ];
 const TIERS: &[&str] = &["bronze", "silver", "gold", "platinum"];
 const PAGES: &[&str] = &[
@@ -324,7 +338,13 @@ impl Generator {
     fn customers(&mut self) -> Vec<(u64, String)> {
         let mut rng = StdRng::seed_from_u64(7);
         self.tiers = (0..=USERS)
-            .map(|_| if rng.gen_bool(0.7) { 0 } else { rng.gen_range(1..3) })
+            .map(|_| {
+                if rng.gen_bool(0.7) {
+                    0
+                } else {
+                    rng.gen_range(1..3)
+                }
+            })
             .collect();
         (1..=USERS)
             .map(|id| (id, customer_json(id, TIERS[self.tiers[id as usize]])))

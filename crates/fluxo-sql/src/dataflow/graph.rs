@@ -45,7 +45,10 @@ pub enum Node {
         spec: JoinSpec,
     },
     /// `UNION ALL`: the inputs' changes, as they come.
-    Union { inputs: Vec<Node>, schema: SchemaRef },
+    Union {
+        inputs: Vec<Node>,
+        schema: SchemaRef,
+    },
     /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= N`.
     TopN { input: Box<Node>, spec: TopNSpec },
 }
@@ -59,15 +62,16 @@ impl Node {
         chain_ends: &[Option<usize>],
         nodes: &mut Vec<crate::planner::GraphNode>,
     ) -> Option<usize> {
-        let push = |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
-            nodes.push(crate::planner::GraphNode {
-                kind: "operator",
-                name: String::new(),
-                label,
-                inputs,
-            });
-            Some(nodes.len() - 1)
-        };
+        let push =
+            |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
+                nodes.push(crate::planner::GraphNode {
+                    kind: "operator",
+                    name: String::new(),
+                    label,
+                    inputs,
+                });
+                Some(nodes.len() - 1)
+            };
         match self {
             Node::Input(i) => chain_ends.get(*i).copied().flatten(),
             Node::Stateless { input, ops } => {
@@ -180,7 +184,9 @@ impl Graph {
         };
         graph.add(root, None, lateness_ms)?;
         if graph.entries.iter().any(Option::is_none) {
-            return Err(SqlError::Internal("an input of the query feeds no operator".into()));
+            return Err(SqlError::Internal(
+                "an input of the query feeds no operator".into(),
+            ));
         }
         Ok(graph)
     }
@@ -199,7 +205,9 @@ impl Graph {
             Node::Aggregate { exprs, .. } => {
                 Operator::Aggregate(Box::new(UpdatingAggregate::new(exprs.clone())?))
             }
-            Node::Join { spec, .. } => Operator::Join(Box::new(Join::new(spec.clone(), lateness_ms)?)),
+            Node::Join { spec, .. } => {
+                Operator::Join(Box::new(Join::new(spec.clone(), lateness_ms)?))
+            }
             Node::Union { schema, .. } => Operator::Union(schema.clone()),
             Node::TopN { spec, .. } => Operator::TopN(Box::new(TopN::new(spec.clone())?)),
         };
@@ -298,7 +306,13 @@ impl Graph {
         Ok(())
     }
 
-    fn forward(&mut self, id: usize, changes: Changes, watermark: i64, out: &mut Vec<Changes>) -> Result<()> {
+    fn forward(
+        &mut self,
+        id: usize,
+        changes: Changes,
+        watermark: i64,
+        out: &mut Vec<Changes>,
+    ) -> Result<()> {
         if changes.num_rows() == 0 {
             return Ok(());
         }
@@ -377,11 +391,10 @@ impl Graph {
             .cloned()
             .unwrap_or_default();
         for entry in metas {
-            let id = entry
-                .get("node")
-                .and_then(|n| n.as_u64())
-                .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?
-                as usize;
+            let id =
+                entry.get("node").and_then(|n| n.as_u64()).ok_or_else(|| {
+                    SqlError::Execution("checkpoint does not match the query".into())
+                })? as usize;
             let prefix = format!("{id}/");
             let node_state = OperatorState {
                 meta: entry.get("meta").cloned().unwrap_or_default(),

@@ -73,11 +73,7 @@ pub struct JoinSpec {
 
 impl JoinSpec {
     pub fn describe(&self) -> String {
-        let on: Vec<String> = self
-            .on
-            .iter()
-            .map(|(l, r)| format!("{l} = {r}"))
-            .collect();
+        let on: Vec<String> = self.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
         let mut text = format!("Join: {:?} on {}", self.join_type, on.join(" AND "));
         if let Some(f) = &self.filter {
             text.push_str(&format!(", filter {}", f.expression()));
@@ -274,9 +270,7 @@ impl Join {
         let (col, shift) = match bound {
             // A left row matters while future right rows (at or after the
             // horizon) can satisfy `tl - tr <= hi` and `>= lo`.
-            TimeBound::Interval { cols, lo, hi } => {
-                (cols[side], if side == 0 { -lo } else { hi })
-            }
+            TimeBound::Interval { cols, lo, hi } => (cols[side], if side == 0 { -lo } else { hi }),
             // A window's rows meet when it closes: kept until the horizon passes its end.
             TimeBound::Window { cols, size } => (cols[side], size - 1),
         };
@@ -314,7 +308,9 @@ impl Join {
         let late_rows: Vec<bool> = match self.spec.bound {
             Some(TimeBound::Interval { cols, .. }) => {
                 let t = event_times(batch.column(cols[side]))?;
-                (0..n).map(|i| t.is_null(i) || t.value(i) < horizon).collect()
+                (0..n)
+                    .map(|i| t.is_null(i) || t.value(i) < horizon)
+                    .collect()
             }
             _ => vec![false; n],
         };
@@ -424,7 +420,15 @@ impl Join {
         Ok((changes, late_count))
     }
 
-    fn store_row(&mut self, side: usize, key: Row<'_>, row: Row<'_>, weight: i64, matched: i64, expires: i64) {
+    fn store_row(
+        &mut self,
+        side: usize,
+        key: Row<'_>,
+        row: Row<'_>,
+        weight: i64,
+        matched: i64,
+        expires: i64,
+    ) {
         let s = &mut self.sides[side];
         let entries = s.by_key.entry(key.as_ref().into()).or_default();
         if let Some(pos) = entries.iter().position(|e| e.row.row() == row) {
@@ -432,7 +436,9 @@ impl Join {
             if entries[pos].count <= 0 {
                 let gone = entries.swap_remove(pos);
                 s.live -= 1;
-                s.bytes = s.bytes.saturating_sub(gone.row.as_ref().len() + key.as_ref().len());
+                s.bytes = s
+                    .bytes
+                    .saturating_sub(gone.row.as_ref().len() + key.as_ref().len());
                 if entries.is_empty() {
                     s.by_key.remove(key.as_ref());
                 }
@@ -490,7 +496,8 @@ impl Join {
             .column_indices()
             .iter()
             .map(|c| {
-                let from_this = matches!((c.side, side), (JoinSide::Left, 0) | (JoinSide::Right, 1));
+                let from_this =
+                    matches!((c.side, side), (JoinSide::Left, 0) | (JoinSide::Right, 1));
                 if from_this {
                     this_cols[c.index].clone()
                 } else {
@@ -561,7 +568,8 @@ impl Join {
         let all_inserts = out.iter().all(|(_, _, s)| *s);
         Ok(Changes {
             batch,
-            signs: (!all_inserts).then(|| BooleanArray::from_iter(out.iter().map(|(_, _, s)| Some(*s)))),
+            signs: (!all_inserts)
+                .then(|| BooleanArray::from_iter(out.iter().map(|(_, _, s)| Some(*s)))),
         })
     }
 
@@ -605,9 +613,15 @@ impl Join {
             let entries: Vec<&Entry> = s.by_key.values().flatten().collect();
             let mut arrays = s.rows.convert_rows(entries.iter().map(|e| e.row.row()))?;
             let width = arrays.len();
-            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.count))));
-            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.matches))));
-            arrays.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.expires))));
+            arrays.push(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.count),
+            )));
+            arrays.push(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.matches),
+            )));
+            arrays.push(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.expires),
+            )));
             batches.push((format!("side{i}"), pack(arrays, entries.len())?));
             widths.push(width as i64);
         }
@@ -627,7 +641,9 @@ impl Join {
             };
             let width = widths.get(i).copied().unwrap_or(0).max(0) as usize;
             if width != self.sides[i].schema.fields().len() {
-                return Err(SqlError::Execution("checkpoint does not match the join".into()));
+                return Err(SqlError::Execution(
+                    "checkpoint does not match the join".into(),
+                ));
             }
             let parts = unpack(batch, &[width, 1, 1, 1])?;
             let columns = parts[0].clone();
@@ -638,14 +654,22 @@ impl Join {
                     .ok_or_else(|| SqlError::Execution("checkpoint does not match the join".into()))
             };
             let (counts, matches, expires) = (number(1)?, number(2)?, number(3)?);
-            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            let options =
+                arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
             let rows_batch =
                 RecordBatch::try_new_with_options(self.sides[i].schema.clone(), columns, &options)?;
             let (keys, _) = self.key_rows(i, &rows_batch)?;
             let rows = self.sides[i].rows.convert_columns(rows_batch.columns())?;
             for r in 0..rows_batch.num_rows() {
                 let count = counts.value(r);
-                self.store_row(i, keys.row(r), rows.row(r), count, matches.value(r), expires.value(r));
+                self.store_row(
+                    i,
+                    keys.row(r),
+                    rows.row(r),
+                    count,
+                    matches.value(r),
+                    expires.value(r),
+                );
             }
         }
         Ok(())
@@ -660,7 +684,6 @@ fn event_times(column: &ArrayRef) -> Result<arrow::array::TimestampMillisecondAr
         .cloned()
         .ok_or_else(|| SqlError::Internal("a join's time column is not a timestamp".into()))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -705,7 +728,9 @@ mod tests {
             vec![
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
             ],
         )
         .unwrap();
@@ -718,10 +743,21 @@ mod tests {
     /// `(a, b, insert)` per output row; NULL as "-".
     fn out(c: &Changes) -> Vec<(String, String, bool)> {
         let text = |col: usize, i: usize| {
-            let a = c.batch.column(col).as_any().downcast_ref::<StringArray>().unwrap();
-            if a.is_null(i) { "-".to_string() } else { a.value(i).to_string() }
+            let a = c
+                .batch
+                .column(col)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            if a.is_null(i) {
+                "-".to_string()
+            } else {
+                a.value(i).to_string()
+            }
         };
-        (0..c.num_rows()).map(|i| (text(1, i), text(4, i), c.is_insert(i))).collect()
+        (0..c.num_rows())
+            .map(|i| (text(1, i), text(4, i), c.is_insert(i)))
+            .collect()
     }
 
     fn row(a: &str, b: &str, insert: bool) -> (String, String, bool) {
@@ -733,9 +769,13 @@ mod tests {
         let s = spec(JoinType::Inner, None);
         let (l, r) = (s.inputs[0].clone(), s.inputs[1].clone());
         let mut j = Join::new(s, 0).unwrap();
-        let (c, _) = j.process(0, &rows(&l, &[(1, "a1", 0), (2, "a2", 0)], None), 0).unwrap();
+        let (c, _) = j
+            .process(0, &rows(&l, &[(1, "a1", 0), (2, "a2", 0)], None), 0)
+            .unwrap();
         assert!(out(&c).is_empty());
-        let (c, _) = j.process(1, &rows(&r, &[(1, "b1", 0), (1, "b1x", 0)], None), 0).unwrap();
+        let (c, _) = j
+            .process(1, &rows(&r, &[(1, "b1", 0), (1, "b1x", 0)], None), 0)
+            .unwrap();
         assert_eq!(out(&c), vec![row("a1", "b1", true), row("a1", "b1x", true)]);
         // The same left row twice joins twice; a retraction takes one back.
         let (c, _) = j.process(0, &rows(&l, &[(1, "a1", 0)], None), 0).unwrap();
@@ -743,13 +783,18 @@ mod tests {
         let (c, _) = j
             .process(1, &rows(&r, &[(1, "b1", 0)], Some(vec![false])), 0)
             .unwrap();
-        assert_eq!(out(&c), vec![row("a1", "b1", false), row("a1", "b1", false)]);
+        assert_eq!(
+            out(&c),
+            vec![row("a1", "b1", false), row("a1", "b1", false)]
+        );
         assert_eq!(j.state_rows(), 3);
         // A checkpoint restores the same state: a new right row meets both copies of a1.
         let state = j.checkpoint().unwrap();
         let mut restored = Join::new(spec(JoinType::Inner, None), 0).unwrap();
         restored.restore(&state).unwrap();
-        let (c, _) = restored.process(1, &rows(&r, &[(1, "b2", 0)], None), 0).unwrap();
+        let (c, _) = restored
+            .process(1, &rows(&r, &[(1, "b2", 0)], None), 0)
+            .unwrap();
         assert_eq!(out(&c), vec![row("a1", "b2", true), row("a1", "b2", true)]);
     }
 
@@ -760,10 +805,16 @@ mod tests {
         let mut j = Join::new(s, 0).unwrap();
         let (c, _) = j.process(0, &rows(&l, &[(1, "a1", 0)], None), 0).unwrap();
         assert_eq!(out(&c), vec![row("a1", "-", true)]);
-        let (c, _) = j.process(1, &rows(&r, &[(1, "b1", 0), (3, "b3", 0)], None), 0).unwrap();
+        let (c, _) = j
+            .process(1, &rows(&r, &[(1, "b1", 0), (3, "b3", 0)], None), 0)
+            .unwrap();
         assert_eq!(
             out(&c),
-            vec![row("a1", "b1", true), row("a1", "-", false), row("-", "b3", true)]
+            vec![
+                row("a1", "b1", true),
+                row("a1", "-", false),
+                row("-", "b3", true)
+            ]
         );
         let (c, _) = j
             .process(1, &rows(&r, &[(1, "b1", 0)], Some(vec![false])), 0)
@@ -788,11 +839,20 @@ mod tests {
     fn an_interval_bound_drops_rows_the_watermark_passed_and_refuses_late_ones() {
         // right.t within [left.t, left.t + 1 s]: left - right in [-1000, 0]
         // (the filter that says so is the planner's; here only its bound).
-        let bound = TimeBound::Interval { cols: [2, 2], lo: -1000, hi: 0 };
+        let bound = TimeBound::Interval {
+            cols: [2, 2],
+            lo: -1000,
+            hi: 0,
+        };
         let s = spec(JoinType::Inner, Some(bound));
         let (l, r) = (s.inputs[0].clone(), s.inputs[1].clone());
         let mut j = Join::new(s, 0).unwrap();
-        j.process(0, &rows(&l, &[(1, "early", 0), (2, "later", 5_000)], None), 0).unwrap();
+        j.process(
+            0,
+            &rows(&l, &[(1, "early", 0), (2, "later", 5_000)], None),
+            0,
+        )
+        .unwrap();
         let (c, _) = j.process(1, &rows(&r, &[(1, "b", 600)], None), 0).unwrap();
         assert_eq!(out(&c), vec![row("early", "b", true)]);
         assert_eq!(j.state_rows(), 3);
@@ -800,7 +860,11 @@ mod tests {
         j.advance(2_000);
         assert_eq!(j.state_rows(), 1);
         let (c, late) = j
-            .process(1, &rows(&r, &[(1, "old", 1_500), (2, "new", 5_500)], None), 2_000)
+            .process(
+                1,
+                &rows(&r, &[(1, "old", 1_500), (2, "new", 5_500)], None),
+                2_000,
+            )
             .unwrap();
         assert_eq!(late, 1);
         assert_eq!(out(&c), vec![row("later", "new", true)]);

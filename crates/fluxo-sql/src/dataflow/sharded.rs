@@ -326,7 +326,9 @@ mod tests {
                 _ => unreachable!(),
             }
         }
-        plan_dataflow(&sources, &Vec::new(), &query.unwrap()).await.unwrap()
+        plan_dataflow(&sources, &Vec::new(), &query.unwrap())
+            .await
+            .unwrap()
     }
 
     fn sharded(dataflow: &Dataflow, shards: usize) -> ShardedAggregation {
@@ -350,7 +352,8 @@ mod tests {
             vec![Arc::new(k), Arc::new(v), Arc::new(t)],
         )
         .unwrap();
-        let mut changes = Changes::inserts(batch.project(&dataflow.inputs[0].scan.projection).unwrap());
+        let mut changes =
+            Changes::inserts(batch.project(&dataflow.inputs[0].scan.projection).unwrap());
         for op in &dataflow.inputs[0].pre {
             changes = op.apply(changes).unwrap();
         }

@@ -102,7 +102,11 @@ impl TopN {
         self.partitions.values().map(|p| p.len()).sum()
     }
 
-    fn evaluate(&self, exprs: impl Iterator<Item = Arc<dyn PhysicalExpr>>, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    fn evaluate(
+        &self,
+        exprs: impl Iterator<Item = Arc<dyn PhysicalExpr>>,
+        batch: &RecordBatch,
+    ) -> Result<Vec<ArrayRef>> {
         let n = batch.num_rows();
         Ok(exprs
             .map(|e| e.evaluate(batch)?.into_array(n))
@@ -114,9 +118,9 @@ impl TopN {
         if self.spec.partition_by.is_empty() {
             return Ok(vec![Box::from([]); batch.num_rows()]);
         }
-        let keys = self.partition_rows.convert_columns(
-            &self.evaluate(self.spec.partition_by.iter().cloned(), batch)?,
-        )?;
+        let keys = self
+            .partition_rows
+            .convert_columns(&self.evaluate(self.spec.partition_by.iter().cloned(), batch)?)?;
         Ok(keys.iter().map(|k| k.as_ref().into()).collect())
     }
 
@@ -260,28 +264,34 @@ impl TopN {
         };
         let widths = state.widths()?;
         if widths.first() != Some(&self.spec.input_schema.fields().len()) {
-            return Err(SqlError::Execution("checkpoint does not match the query".into()));
+            return Err(SqlError::Execution(
+                "checkpoint does not match the query".into(),
+            ));
         }
         let parts = unpack(batch, &widths)?;
         let counts = parts[1]
             .first()
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
             .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?;
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        let rows =
-            RecordBatch::try_new_with_options(self.spec.input_schema.clone(), parts[0].clone(), &options)?;
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let rows = RecordBatch::try_new_with_options(
+            self.spec.input_schema.clone(),
+            parts[0].clone(),
+            &options,
+        )?;
         let keys = self.partition_keys(&rows)?;
         let sorts = self.sort_rows.convert_columns(
             &self.evaluate(self.spec.order_by.iter().map(|s| s.expr.clone()), &rows)?,
         )?;
         let converted = self.rows.convert_columns(rows.columns())?;
         for i in 0..rows.num_rows() {
-            let partition = self
-                .partitions
-                .entry(keys[i].clone())
-                .or_default();
+            let partition = self.partitions.entry(keys[i].clone()).or_default();
             partition.insert(
-                (sorts.row(i).as_ref().into(), converted.row(i).as_ref().into()),
+                (
+                    sorts.row(i).as_ref().into(),
+                    converted.row(i).as_ref().into(),
+                ),
                 counts.value(i),
             );
         }

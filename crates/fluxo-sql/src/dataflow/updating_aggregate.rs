@@ -228,7 +228,10 @@ impl UpdatingAggregate {
             meta: serde_json::json!({ "widths": all_widths, "started": self.started }),
             batches: vec![
                 ("groups".to_string(), pack(arrays, rows)?),
-                ("group_rows".to_string(), pack(vec![Arc::new(counts)], rows)?),
+                (
+                    "group_rows".to_string(),
+                    pack(vec![Arc::new(counts)], rows)?,
+                ),
             ],
         })
     }

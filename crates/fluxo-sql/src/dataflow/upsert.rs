@@ -29,7 +29,13 @@ pub fn decode_schema(table: &SourceDef) -> SchemaRef {
         .columns
         .iter()
         .enumerate()
-        .map(|(i, c)| Field::new(&c.name, c.data_type.clone(), c.nullable || !keys.contains(&i)))
+        .map(|(i, c)| {
+            Field::new(
+                &c.name,
+                c.data_type.clone(),
+                c.nullable || !keys.contains(&i),
+            )
+        })
         .collect();
     fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
     Arc::new(Schema::new(fields))
@@ -95,7 +101,11 @@ impl Upsert {
             .column_by_name(DELETED_COLUMN)
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
         let keys = self.key_rows.convert_columns(
-            &self.keys.iter().map(|k| columns[*k].clone()).collect::<Vec<_>>(),
+            &self
+                .keys
+                .iter()
+                .map(|k| columns[*k].clone())
+                .collect::<Vec<_>>(),
         )?;
         let rows = self.rows.convert_columns(&columns)?;
         // Retracted rows are owned (they leave the map); inserted ones are
@@ -108,7 +118,9 @@ impl Upsert {
                 .is_some_and(|d| d.is_valid(i) && d.value(i));
             if gone {
                 if let Some(old) = self.current.remove(key.as_ref()) {
-                    self.bytes = self.bytes.saturating_sub(old.as_ref().len() + key.as_ref().len());
+                    self.bytes = self
+                        .bytes
+                        .saturating_sub(old.as_ref().len() + key.as_ref().len());
                     out.push((old, false));
                 }
                 continue;
@@ -118,7 +130,8 @@ impl Upsert {
                 Some(old) if old.row() == row => {}
                 Some(old) => {
                     let previous = std::mem::replace(old, row.owned());
-                    self.bytes = (self.bytes + row.as_ref().len()).saturating_sub(previous.as_ref().len());
+                    self.bytes =
+                        (self.bytes + row.as_ref().len()).saturating_sub(previous.as_ref().len());
                     out.push((previous, false));
                     out.push((row.owned(), true));
                 }
@@ -137,13 +150,16 @@ impl Upsert {
         let all_inserts = out.iter().all(|(_, s)| *s);
         Ok(Changes {
             batch,
-            signs: (!all_inserts).then(|| BooleanArray::from_iter(out.iter().map(|(_, s)| Some(*s)))),
+            signs: (!all_inserts)
+                .then(|| BooleanArray::from_iter(out.iter().map(|(_, s)| Some(*s)))),
         })
     }
 
     /// The table's rows.
     pub fn checkpoint(&mut self) -> Result<OperatorState> {
-        let columns = self.rows.convert_rows(self.current.values().map(|r| r.row()))?;
+        let columns = self
+            .rows
+            .convert_rows(self.current.values().map(|r| r.row()))?;
         let options =
             arrow::array::RecordBatchOptions::new().with_row_count(Some(self.current.len()));
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
@@ -160,7 +176,9 @@ impl Upsert {
             return Ok(());
         };
         if batch.schema().fields().len() != self.schema.fields().len() {
-            return Err(SqlError::Execution("checkpoint does not match the table".into()));
+            return Err(SqlError::Execution(
+                "checkpoint does not match the table".into(),
+            ));
         }
         self.process(batch)?;
         Ok(())
@@ -198,8 +216,18 @@ mod tests {
     }
 
     fn signed(c: &Changes) -> Vec<(i64, Option<String>, bool)> {
-        let ids = c.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-        let names = c.batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        let ids = c
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let names = c
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         (0..c.num_rows())
             .map(|i| {
                 let name = names.is_valid(i).then(|| names.value(i).to_string());
@@ -212,7 +240,11 @@ mod tests {
     fn newest_record_per_key_and_tombstones_delete() {
         let mut u = Upsert::new(&table()).unwrap();
         let c = u
-            .process(&records(&[(1, Some("a"), false), (2, Some("b"), false), (1, Some("a2"), false)]))
+            .process(&records(&[
+                (1, Some("a"), false),
+                (2, Some("b"), false),
+                (1, Some("a2"), false),
+            ]))
             .unwrap();
         assert_eq!(
             signed(&c),
@@ -225,14 +257,20 @@ mod tests {
         );
         // The same row again changes nothing; a tombstone retracts.
         let c = u
-            .process(&records(&[(2, Some("b"), false), (1, None, true), (3, None, true)]))
+            .process(&records(&[
+                (2, Some("b"), false),
+                (1, None, true),
+                (3, None, true),
+            ]))
             .unwrap();
         assert_eq!(signed(&c), vec![(1, Some("a2".into()), false)]);
         assert_eq!(u.len(), 1);
         let state = u.checkpoint().unwrap();
         let mut restored = Upsert::new(&table()).unwrap();
         restored.restore(&state).unwrap();
-        let c = restored.process(&records(&[(2, Some("b3"), false)])).unwrap();
+        let c = restored
+            .process(&records(&[(2, Some("b3"), false)]))
+            .unwrap();
         assert_eq!(
             signed(&c),
             vec![(2, Some("b".into()), false), (2, Some("b3".into()), true)]
