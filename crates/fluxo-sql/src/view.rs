@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::RowConverter;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -42,13 +42,7 @@ pub struct Subscription {
 
 impl ViewStore {
     pub fn new(schema: SchemaRef) -> Result<ViewStore> {
-        let converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let converter = crate::dataflow::whole_rows(&schema)?;
         let (changes, _) = broadcast::channel(1024);
         Ok(ViewStore {
             schema,

@@ -28,7 +28,7 @@ use datafusion::common::{JoinSide, JoinType};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 
-use super::Changes;
+use super::{whole_rows, Changes};
 use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::{Result, SqlError};
 
@@ -130,13 +130,7 @@ struct Side {
 
 impl Side {
     fn new(schema: SchemaRef, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
-        let rows = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = whole_rows(&schema)?;
         let nulls: Vec<ArrayRef> = schema
             .fields()
             .iter()

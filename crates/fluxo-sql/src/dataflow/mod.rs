@@ -87,3 +87,15 @@ impl Changes {
 }
 
 pub type SharedSchema = Arc<arrow::datatypes::Schema>;
+
+/// A converter of whole rows of `schema` to Arrow's row format (for rows
+/// kept as keys of maps and compared byte for byte).
+pub fn whole_rows(schema: &arrow::datatypes::Schema) -> Result<arrow::row::RowConverter> {
+    Ok(arrow::row::RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+            .collect(),
+    )?)
+}

@@ -18,7 +18,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
-use super::Changes;
+use super::{whole_rows, Changes};
 use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::{Result, SqlError};
 
@@ -81,13 +81,7 @@ impl TopN {
                 })
                 .collect::<Result<Vec<_>>>()?,
         )?;
-        let rows = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = whole_rows(schema)?;
         Ok(TopN {
             spec,
             partition_rows,

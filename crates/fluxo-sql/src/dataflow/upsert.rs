@@ -12,7 +12,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
-use super::Changes;
+use super::{whole_rows, Changes};
 use crate::checkpoint::OperatorState;
 use crate::error::{Result, SqlError};
 use crate::parser::SourceDef;
@@ -59,13 +59,7 @@ impl Upsert {
                 .map(|k| SortField::new(schema.field(*k).data_type().clone()))
                 .collect(),
         )?;
-        let rows = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = whole_rows(&schema)?;
         Ok(Upsert {
             schema,
             keys,

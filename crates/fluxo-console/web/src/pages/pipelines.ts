@@ -324,35 +324,14 @@ function dagGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
   const height = PAD * 2 + rows * BOX_H + (rows - 1) * GAP_Y;
   const x = (i: number): number => PAD + depth[i] * (BOX_W + GAP_X);
   const y = (i: number): number => PAD + rowOf[i] * (BOX_H + GAP_Y);
-  const parts: SVGElement[] = [
-    svg(
-      "defs",
-      null,
-      svg(
-        "marker",
-        { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
-        svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow-head" }),
-      ),
-    ),
-  ];
+  const parts: SVGElement[] = [arrowDefs()];
   inputs.forEach((from, i) => {
     for (const j of from) {
       parts.push(edge(x(j) + BOX_W, y(j) + BOX_H / 2, x(i), y(i) + BOX_H / 2, ""));
     }
   });
   nodes.forEach((node, i) => parts.push(box(node, x(i), y(i))));
-  return svg(
-    "svg",
-    {
-      "data-testid": "pipeline-graph",
-      class: "dataflow",
-      style: `max-width:${width}px;min-width:${Math.round(width * MIN_SCALE)}px`,
-      viewBox: `0 0 ${width} ${height}`,
-      role: "img",
-      "aria-label": `Dataflow of ${p.name}`,
-    },
-    parts,
-  );
+  return graphSvg(p, width, height, parts);
 }
 
 function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
@@ -384,17 +363,7 @@ function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
 
   const events = `${formatCompact(p.events_in_per_sec)} events/s`;
   const rowsOut = `${formatCompact(p.rows_out_per_sec)} rows/s`;
-  const parts: SVGElement[] = [
-    svg(
-      "defs",
-      null,
-      svg(
-        "marker",
-        { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
-        svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow-head" }),
-      ),
-    ),
-  ];
+  const parts: SVGElement[] = [arrowDefs()];
   chain.forEach((node, i) => {
     if (i > 0) {
       // Until the last box everything carries input events; into the view, output rows.
@@ -407,6 +376,23 @@ function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
     parts.push(edge(colX(chain.length - 1) + BOX_W, midY, colX(chain.length), y + BOX_H / 2, rowsOut));
     parts.push(box(node, colX(chain.length), y));
   });
+  return graphSvg(p, width, height, parts);
+}
+
+/** The arrow head every edge ends in. */
+function arrowDefs(): SVGElement {
+  return svg(
+    "defs",
+    null,
+    svg(
+      "marker",
+      { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+      svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow-head" }),
+    ),
+  );
+}
+
+function graphSvg(p: api.Pipeline, width: number, height: number, parts: SVGElement[]): SVGSVGElement {
   return svg(
     "svg",
     {
@@ -418,7 +404,7 @@ function dataflowGraph(p: api.Pipeline, catalog: Catalog): SVGSVGElement {
       "aria-label": `Dataflow of ${p.name}`,
     },
     parts,
-  );
+  ) as SVGSVGElement;
 }
 
 const cut = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
