@@ -46,7 +46,8 @@ fn query(rng: &mut StdRng) -> String {
              FROM a{filter} GROUP BY a.k % {m}"
         ),
         2 => format!(
-            "SELECT t.g, count(*) AS n, sum(a.v) AS total FROM a JOIN t ON a.k = t.id{filter} GROUP BY t.g"
+            "SELECT t.g, count(*) AS n, sum(a.v) AS total, min(a.v) AS lo, max(a.s) AS hi \
+             FROM a JOIN t ON a.k = t.id{filter} GROUP BY t.g"
         ),
         3 => format!(
             "SELECT t.id, t.g, x.n, x.total FROM t LEFT JOIN \

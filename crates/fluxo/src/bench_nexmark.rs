@@ -36,7 +36,7 @@ pub struct NexmarkBench {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "q2,q14,tumble,hop,q11,q12,q3,q5,q7,q8,q9"
+        default_value = "q2,q14,tumble,hop,q11,q12,q3,q4,q5,q7,q8,q9"
     )]
     pub queries: Vec<String>,
     /// Runs per query; the median is reported.
@@ -139,6 +139,18 @@ const QUERIES: &[Query] = &[
               WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca')",
         duckdb: None,
         reads: &[Stream::Auction, Stream::Person],
+    },
+    Query {
+        name: "q4",
+        what: "average closing price per category (auctions table ⋈ bids, max per auction, avg)",
+        sql: "SELECT Q.category, avg(Q.final) AS avg_price FROM (
+                SELECT max(B.price) AS final, A.category
+                FROM auction_t A JOIN bid B ON A.id = B.auction
+                WHERE B.date_time BETWEEN A.date_time AND A.expires
+                GROUP BY A.id, A.category) Q
+              GROUP BY Q.category",
+        duckdb: None,
+        reads: &[Stream::Auction, Stream::Bid],
     },
     Query {
         name: "q5",

@@ -136,8 +136,9 @@ impl AggregateExprs {
     }
 
     /// The aggregates that give the same result whatever order rows are
-    /// retracted in (not min and max, whose retractable form assumes the
-    /// oldest row leaves first).
+    /// retracted in: DataFusion's retractable accumulators, and for min and
+    /// max (whose DataFusion form assumes the oldest row leaves first) a
+    /// multiset of the values (`retractable_extreme.rs`).
     pub const RETRACTABLE: &'static [&'static str] = &[
         "count",
         "sum",
@@ -151,6 +152,8 @@ impl AggregateExprs {
         "var_samp",
         "var_population",
         "var_sample",
+        "min",
+        "max",
     ];
 
     /// Makes the aggregation take retractions; refuses aggregates that cannot.
@@ -158,14 +161,15 @@ impl AggregateExprs {
         for agg in &self.aggs {
             let name = agg.fun().name().to_lowercase();
             let supported = Self::RETRACTABLE.contains(&name.as_str())
-                && agg.create_sliding_accumulator()?.supports_retract_batch();
+                && (super::retractable_extreme::accumulator(&name, DataType::Null).is_some()
+                    || agg.create_sliding_accumulator()?.supports_retract_batch());
             if !supported {
                 return Err(SqlError::Plan(format!(
                     "{} cannot be kept up to date over rows that change (its input is a join \
                      with a table, an outer join or an aggregation, whose rows are updated): \
                      use {} here, or aggregate before the join",
                     agg.name(),
-                    Self::RETRACTABLE[..3].join(", ")
+                    "count, sum, avg, min or max"
                 )));
             }
         }
@@ -174,6 +178,14 @@ impl AggregateExprs {
     }
 
     fn create_accumulator(&self, j: usize) -> Result<Box<dyn Accumulator>> {
+        let agg = &self.aggs[j];
+        if self.retracting {
+            let name = agg.fun().name().to_lowercase();
+            let data_type = agg.field().data_type().clone();
+            if let Some(acc) = super::retractable_extreme::accumulator(&name, data_type) {
+                return Ok(acc);
+            }
+        }
         Ok(if self.retracting {
             self.aggs[j].create_sliding_accumulator()?
         } else {

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod graph;
 pub mod join;
+pub mod retractable_extreme;
 pub mod session_window;
 pub mod sharded;
 pub mod stateless;
