@@ -285,9 +285,15 @@ fn parse_statement(p: &mut Parser) -> Result<Statement> {
                 let def = parse_source_body(p, name, if_not_exists, true)?;
                 if !matches!(def.options.get("connector"), None | Some("topic")) {
                     return Err(SqlError::Plan(format!(
-                        "a table with declared columns is kept from a topic (connector = 'topic'); \
-                         a table over files takes its columns from them: CREATE TABLE {} WITH \
-                         (connector = 'parquet', path = '...')",
+                        "a table's columns come from its files: CREATE TABLE {} WITH \
+                         (connector = 'parquet', path = '...'); a table with declared columns \
+                         is kept from a topic (connector = 'topic')",
+                        def.name
+                    )));
+                }
+                if def.primary_key.is_empty() {
+                    return Err(SqlError::Plan(format!(
+                        "table {0} needs a PRIMARY KEY: its rows are the newest record per key (CREATE TABLE {0} (id BIGINT, ..., PRIMARY KEY (id)) WITH (...))",
                         def.name
                     )));
                 }
@@ -529,11 +535,6 @@ fn parse_source_body(
     if table && watermark.is_some() {
         return Err(SqlError::Plan(format!(
             "table {name} holds the newest row per key and has no WATERMARK; event time belongs to sources"
-        )));
-    }
-    if table && primary_key.is_empty() {
-        return Err(SqlError::Plan(format!(
-            "table {name} needs a PRIMARY KEY: its rows are the newest record per key (CREATE TABLE {name} (id BIGINT, ..., PRIMARY KEY (id)) WITH (...))"
         )));
     }
     for key in &primary_key {
@@ -941,7 +942,7 @@ mod tests {
             "CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (connector = 'parquet', path = 'x')",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("columns from them"), "{err}");
+        assert!(err.to_string().contains("columns come from its files"), "{err}");
         let err = parse_statements("CREATE SOURCE s (a INT, PRIMARY KEY (a))").unwrap_err();
         assert!(err.to_string().contains("has no PRIMARY KEY"), "{err}");
         let table = "CREATE TABLE t (a BIGINT, b TEXT, PRIMARY KEY (a)) WITH (topic = 't')";
