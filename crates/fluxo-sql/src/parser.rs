@@ -942,7 +942,10 @@ mod tests {
             "CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (connector = 'parquet', path = 'x')",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("columns come from its files"), "{err}");
+        assert!(
+            err.to_string().contains("columns come from its files"),
+            "{err}"
+        );
         let err = parse_statements("CREATE SOURCE s (a INT, PRIMARY KEY (a))").unwrap_err();
         assert!(err.to_string().contains("has no PRIMARY KEY"), "{err}");
         let table = "CREATE TABLE t (a BIGINT, b TEXT, PRIMARY KEY (a)) WITH (topic = 't')";
