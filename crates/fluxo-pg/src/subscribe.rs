@@ -23,7 +23,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
-use fluxo_sql::dataflow::Changes;
+use fluxo_sql::Changes;
 use fluxo_sql::Engine;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::Format;

@@ -42,10 +42,10 @@ use deltalake::operations::optimize::OptimizeType;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
+use fluxo_dataflow::Changes;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::parquet_sink::parse_size;
 use crate::parser::{Options, SinkDef};

@@ -14,12 +14,12 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use fluxo_dataflow::checkpoint::{checkpoint_dir, CheckpointStore};
 use fluxo_log::LogStore;
 use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::checkpoint::{checkpoint_dir, CheckpointStore};
 use crate::delta_sink::{self, DeltaSink, DeltaSinkConfig};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
@@ -142,7 +142,7 @@ pub struct PipelineStatus {
     pub operators: Vec<String>,
     /// The same operators as a graph: sources first, each node after the
     /// nodes it reads; the last one feeds the view (or sink).
-    pub graph: Vec<crate::planner::GraphNode>,
+    pub graph: Vec<fluxo_dataflow::graph::GraphNode>,
     pub events_in: u64,
     pub rows_out: u64,
     pub events_in_per_sec: u64,

@@ -91,6 +91,18 @@ impl From<DataFusionError> for SqlError {
     }
 }
 
+impl From<fluxo_dataflow::error::DataflowError> for SqlError {
+    fn from(e: fluxo_dataflow::error::DataflowError) -> SqlError {
+        use fluxo_dataflow::error::DataflowError;
+        match e {
+            DataflowError::Plan(m) => SqlError::Plan(m),
+            DataflowError::Execution(m) => SqlError::Execution(m),
+            DataflowError::Io { path, source } => SqlError::Io { path, source },
+            DataflowError::Internal(m) => SqlError::Internal(m),
+        }
+    }
+}
+
 impl From<arrow::error::ArrowError> for SqlError {
     fn from(e: arrow::error::ArrowError) -> SqlError {
         SqlError::Execution(e.to_string())

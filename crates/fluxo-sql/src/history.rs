@@ -33,11 +33,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 
-use datafusion::logical_expr::{Between, BinaryExpr, Operator, TableProviderFilterPushDown};
-use datafusion::scalar::ScalarValue;
-use parking_lot::Mutex;
-
-use arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -46,20 +42,24 @@ use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Between, BinaryExpr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use datafusion::scalar::ScalarValue;
+use fluxo_dataflow::upsert::Upsert;
+use fluxo_dataflow::window::{self, WindowSpec};
 use fluxo_log::{LogStore, PartitionLog};
+use parking_lot::Mutex;
 
-use crate::dataflow::upsert::Upsert;
 use crate::error::{Result, SqlError};
 use crate::format::{Format, RecordDecoder};
 use crate::parser::SourceDef;
-use crate::reader::{decode_record_range, Tombstones};
-use crate::source::{align, full_schema, WindowSpec};
+use crate::reader::{decode_record_range, SourceReading};
+use crate::source::full_schema;
 
 /// How much of a partition one read takes.
 const READ_BYTES: usize = 1 << 20;
@@ -230,15 +230,9 @@ impl TableState {
 
     /// Reads the whole topic through the table's upsert.
     fn rows(&self) -> Result<RecordBatch> {
-        let format = Format::parse(self.source.options.get("format").unwrap_or("json"))?;
-        let decode_schema = match format {
-            Format::Json => crate::dataflow::upsert::decode_schema(&self.source),
-            _ => self.schema.clone(),
-        };
-        let decoder = RecordDecoder::new(decode_schema, format);
-        let tombstones = Tombstones::of(&self.source);
-        let mut table = Upsert::new(&self.source)?;
-        let topic = self.source.options.required("a table", "topic")?;
+        let reading = SourceReading::of(&self.source)?;
+        let mut table = Upsert::new(self.schema.clone(), self.source.key_indices())?;
+        let topic = &reading.topic;
         let logs = self
             .store
             .topic(topic)
@@ -251,13 +245,13 @@ impl TableState {
                     SqlError::Execution(format!("reading {topic}/{}: {e}", log.partition))
                 })?;
                 let (values, next) =
-                    decode_record_range(bytes, offset, end, &aborted, tombstones.as_ref())?;
+                    decode_record_range(bytes, offset, end, &aborted, reading.tombstones.as_ref())?;
                 if next <= offset {
                     break;
                 }
                 offset = next;
                 let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-                table.process(&decoder.decode(&slices)?.batch)?;
+                table.process(&reading.decoder.decode(&slices)?.batch)?;
             }
         }
         let state = table.checkpoint()?;
@@ -746,33 +740,10 @@ fn assign_windows(batch: &RecordBatch, window: Windowing, full: &SchemaRef) -> R
         &DataType::Timestamp(TimeUnit::Millisecond, None),
     )?;
     let times = times.as_primitive::<TimestampMillisecondType>();
-    let (slide, size) = match window.spec {
-        WindowSpec::Tumble { size } => (size, size),
-        WindowSpec::Hop { slide, size } => (slide, size),
-        WindowSpec::Session { .. } => {
-            return Err(SqlError::Internal("SESSION over history".into()))
-        }
-    };
-    let per_record = (size / slide).max(1) as usize;
-    let mut rows = Vec::with_capacity(batch.num_rows() * per_record);
-    let mut starts = Vec::with_capacity(rows.capacity());
-    for (i, t) in times.iter().enumerate() {
-        let Some(t) = t else { continue };
-        let last = align(t, slide);
-        for j in 0..per_record as i64 {
-            rows.push(i as u32);
-            starts.push(last - j * slide);
-        }
-    }
-    let rows = UInt32Array::from(rows);
-    let mut columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| arrow::compute::take(c, &rows, None))
-        .collect::<std::result::Result<_, _>>()?;
-    let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
-    columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
-    columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
+    let assigned = window::assign(times.iter(), window.spec, window::Assign::Windows)?;
+    let mut columns = assigned.take(batch)?;
+    let (starts, ends) = assigned.bounds();
+    columns.extend([starts, ends]);
     Ok(RecordBatch::try_new(full.clone(), columns)?)
 }
 

@@ -32,8 +32,6 @@
 //!   each exactly once, in order.
 
 pub mod catalog;
-pub mod checkpoint;
-pub mod dataflow;
 pub mod delta_sink;
 pub mod engine;
 pub mod error;
@@ -53,3 +51,5 @@ pub mod view;
 
 pub use engine::{Engine, PipelineStatus, QueryResult};
 pub use error::{Result, SqlError};
+/// What subscribers of a view receive.
+pub use fluxo_dataflow::Changes;

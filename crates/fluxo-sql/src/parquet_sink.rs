@@ -24,11 +24,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
+use fluxo_dataflow::Changes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
 use crate::parser::{Options, SinkDef};
 use crate::sink::Sink;

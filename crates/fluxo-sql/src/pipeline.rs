@@ -16,24 +16,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use fluxo_dataflow::checkpoint::{
+    Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition,
+};
+use fluxo_dataflow::graph::Graph;
+use fluxo_dataflow::session_window::SessionWindow;
+use fluxo_dataflow::sharded::{Aggregation, ShardedAggregation};
+use fluxo_dataflow::updating_aggregate::UpdatingAggregate;
+use fluxo_dataflow::upsert::Upsert;
+use fluxo_dataflow::window::{self, Assign, WindowSpec};
+use fluxo_dataflow::window_aggregate::WindowAggregate;
+use fluxo_dataflow::Changes;
 use fluxo_log::{LogStore, PartitionLog};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, Counters, OperatorState, PartitionPosition};
-use crate::dataflow::graph::Graph;
-use crate::dataflow::session_window::SessionWindow;
-use crate::dataflow::sharded::{Aggregation, ShardedAggregation};
-use crate::dataflow::updating_aggregate::UpdatingAggregate;
-use crate::dataflow::upsert::{decode_schema, Upsert};
-use crate::dataflow::window_aggregate::WindowAggregate;
-use crate::dataflow::Changes;
 use crate::error::{Result, SqlError};
-use crate::format::{Format, RecordDecoder};
 use crate::planner::{Chain, Dataflow, Stage};
-use crate::reader::{Chunk, Frontier, Readers, SourceReading, Tombstones};
+use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
-use crate::source::{align, WindowSpec};
 use crate::view::ViewStore;
 
 /// How many reader chunks one round takes before it looks at the
@@ -262,8 +263,6 @@ enum InputTime {
 impl Input {
     fn new(chain: Chain, parallelism: usize, lateness: i64) -> Result<Input> {
         let source = &chain.scan.source;
-        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
-        let topic = source.options.required("a source", "topic")?.to_string();
         let idle_timeout_ms = source
             .options
             .duration_ms("idle_timeout")?
@@ -294,23 +293,18 @@ impl Input {
                     })?)
                 }
             };
-        let (decode_schema, upsert) = if source.is_table() {
-            let schema = match format {
-                Format::Json => decode_schema(source),
-                _ => Arc::new(source.schema()),
-            };
-            (schema, Some(Upsert::new(source)?))
-        } else {
-            (Arc::new(source.schema()), None)
+        let upsert = match source.is_table() {
+            true => Some(Upsert::new(
+                Arc::new(source.schema()),
+                source.key_indices(),
+            )?),
+            false => None,
         };
+        let reading = SourceReading::of(source)?;
         Ok(Input {
-            reading: SourceReading {
-                topic: topic.clone(),
-                decoder: RecordDecoder::new(decode_schema, format),
-                tombstones: Tombstones::of(source),
-            },
+            topic: reading.topic.clone(),
+            reading,
             upsert,
-            topic,
             idle_timeout_ms,
             stage,
             partitions: Vec::new(),
@@ -726,7 +720,7 @@ impl Runner {
         if self.graph.is_none() && self.inputs.len() == 1 && self.inputs[0].upsert.is_none() {
             return match &mut self.inputs[0].stage {
                 None => Ok(OperatorState::default()),
-                Some(stage) => stage.checkpoint(),
+                Some(stage) => Ok(stage.checkpoint()?),
             };
         }
         let mut parts = Vec::new();
@@ -881,7 +875,7 @@ impl Runner {
     /// epoch is finished as on a restart (so what the earlier run decided
     /// is committed once), epochs go on from its epoch (a sink's epochs
     /// only grow), and the replay holds sink output back up to its cut.
-    fn continue_output_of(&mut self, checkpoint: crate::checkpoint::Checkpoint) {
+    fn continue_output_of(&mut self, checkpoint: fluxo_dataflow::checkpoint::Checkpoint) {
         self.epoch = checkpoint.epoch;
         let frontiers = checkpoint
             .input_positions()
@@ -1135,44 +1129,18 @@ impl Runner {
         let Some((spec, _)) = scan.window else {
             return Ok((batch.project(&scan.projection)?, None));
         };
-        let aggregated = input.stage.is_some();
-        let (base, times_out, starts, len): (RecordBatch, Option<Vec<i64>>, Vec<i64>, i64) =
-            match spec {
-                WindowSpec::Hop { slide, size } if !aggregated => {
-                    let k = (size / slide) as usize;
-                    let mut indices = Vec::with_capacity(times.len() * k);
-                    let mut starts = Vec::with_capacity(times.len() * k);
-                    let mut new_times = Vec::with_capacity(times.len() * k);
-                    for (i, t) in times.iter().enumerate() {
-                        let last = align(*t, slide);
-                        for j in 0..k as i64 {
-                            indices.push(i as u32);
-                            starts.push(last - j * slide);
-                            new_times.push(*t);
-                        }
-                    }
-                    let idx = UInt32Array::from(indices);
-                    let columns = batch
-                        .columns()
-                        .iter()
-                        .map(|c| arrow::compute::take(c, &idx, None))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (
-                        RecordBatch::try_new(batch.schema(), columns)?,
-                        Some(new_times),
-                        starts,
-                        size,
-                    )
-                }
-                other => {
-                    let len = other.pane_len();
-                    let starts = times.iter().map(|t| align(*t, len)).collect();
-                    (batch.clone(), None, starts, len)
-                }
-            };
-        let ends: Vec<i64> = starts.iter().map(|s| s + len).collect();
-        let start_col: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts));
-        let end_col: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends));
+        // Without aggregation a hopping window repeats each row per window.
+        let mode = match (spec, input.stage.is_some()) {
+            (WindowSpec::Hop { .. }, false) => Assign::Windows,
+            _ => Assign::Panes,
+        };
+        let assigned = window::assign(times.iter().map(|t| Some(*t)), spec, mode)?;
+        let times_out = assigned
+            .rows
+            .as_ref()
+            .map(|rows| rows.values().iter().map(|r| times[*r as usize]).collect());
+        let base = RecordBatch::try_new(batch.schema(), assigned.take(batch)?)?;
+        let (start_col, end_col) = assigned.bounds();
         let columns: Vec<ArrayRef> = scan
             .projection
             .iter()
@@ -1187,7 +1155,7 @@ impl Runner {
             })
             .collect();
         let schema = Arc::new(scan.full_schema().project(&scan.projection)?);
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(base.num_rows()));
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(assigned.len()));
         Ok((
             RecordBatch::try_new_with_options(schema, columns, &options)?,
             times_out,

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fluxo_dataflow::upsert::{decode_schema, DELETED_COLUMN};
 use fluxo_log::batch::{is_aborted, AbortedTxn, BatchHeader};
 use fluxo_log::LogStore;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
 
-use crate::dataflow::upsert::DELETED_COLUMN;
 use crate::error::{Result, SqlError};
-use crate::format::{Decoded, RecordDecoder};
+use crate::format::{Decoded, Format, RecordDecoder};
 use crate::parser::SourceDef;
 
 /// How much of a partition one read takes.
@@ -86,6 +86,25 @@ pub struct SourceReading {
     pub topic: String,
     pub decoder: RecordDecoder,
     pub tombstones: Option<Tombstones>,
+}
+
+impl SourceReading {
+    /// How `source`'s records are read: a table's JSON records decode with
+    /// a nullable value and a deletion flag, so that tombstones reach its
+    /// upsert as deletions.
+    pub fn of(source: &SourceDef) -> Result<SourceReading> {
+        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
+        let schema = Arc::new(source.schema());
+        let decode_schema = match (source.is_table(), format) {
+            (true, Format::Json) => decode_schema(&schema, &source.key_indices()),
+            _ => schema,
+        };
+        Ok(SourceReading {
+            topic: source.options.required("a source", "topic")?.to_string(),
+            decoder: RecordDecoder::new(decode_schema, format),
+            tombstones: Tombstones::of(source),
+        })
+    }
 }
 
 impl Readers {

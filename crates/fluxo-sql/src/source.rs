@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -26,58 +26,9 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use fluxo_dataflow::window::{window_type, WindowSpec, WINDOW_END, WINDOW_START};
 
 use crate::parser::SourceDef;
-
-pub const WINDOW_START: &str = "window_start";
-pub const WINDOW_END: &str = "window_end";
-
-/// How events are grouped in time. All lengths in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WindowSpec {
-    Tumble {
-        size: i64,
-    },
-    /// Windows of `size` starting every `slide`; `size` is a multiple of
-    /// `slide`, so a window is the union of `size / slide` panes.
-    Hop {
-        slide: i64,
-        size: i64,
-    },
-    Session {
-        gap: i64,
-    },
-}
-
-impl WindowSpec {
-    /// The pane (the unit of shared state) an event at `ts` belongs to.
-    pub fn pane_len(&self) -> i64 {
-        match *self {
-            WindowSpec::Tumble { size } => size,
-            WindowSpec::Hop { slide, .. } => slide,
-            WindowSpec::Session { gap } => gap,
-        }
-    }
-}
-
-impl fmt::Display for WindowSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WindowSpec::Tumble { size } => write!(f, "TUMBLE(size={size}ms)"),
-            WindowSpec::Hop { slide, size } => write!(f, "HOP(slide={slide}ms, size={size}ms)"),
-            WindowSpec::Session { gap } => write!(f, "SESSION(gap={gap}ms)"),
-        }
-    }
-}
-
-pub fn window_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, None)
-}
-
-/// The floor of `ts` to a multiple of `len` (also for negative times).
-pub fn align(ts: i64, len: i64) -> i64 {
-    ts - ts.rem_euclid(len)
-}
 
 /// Which clock a window runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,16 +385,4 @@ fn interval_literal_ms(function: &str, e: &Expr) -> DfResult<i64> {
         return plan_err!("{function}: window lengths must be positive, found {e}");
     }
     Ok(ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn align_floors_negative_times_too() {
-        assert_eq!(align(12_345, 1000), 12_000);
-        assert_eq!(align(-1, 1000), -1000);
-        assert_eq!(align(0, 1000), 0);
-    }
 }

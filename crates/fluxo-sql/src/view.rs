@@ -10,10 +10,10 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::row::RowConverter;
+use fluxo_dataflow::Changes;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
-use crate::dataflow::Changes;
 use crate::error::Result;
 
 struct Contents {
@@ -42,7 +42,7 @@ pub struct Subscription {
 
 impl ViewStore {
     pub fn new(schema: SchemaRef) -> Result<ViewStore> {
-        let converter = crate::dataflow::whole_rows(&schema)?;
+        let converter = fluxo_dataflow::whole_rows(&schema)?;
         let (changes, _) = broadcast::channel(1024);
         Ok(ViewStore {
             schema,

@@ -666,8 +666,8 @@ async fn a_rebuilt_pipeline_does_not_write_its_sink_twice() {
     let committed_before = read_values(&store.partition("tumble-out", 0).unwrap()).len();
     assert!(committed_before > 0, "the first run wrote windows");
     // The checkpoint now belongs to another definition: a rebuild.
-    let checkpoints = fluxo_sql::checkpoint::CheckpointStore::new(
-        fluxo_sql::checkpoint::checkpoint_dir(&dir.path().join("sql"), "tumble"),
+    let checkpoints = fluxo_dataflow::checkpoint::CheckpointStore::new(
+        fluxo_dataflow::checkpoint::checkpoint_dir(&dir.path().join("sql"), "tumble"),
     );
     let mut checkpoint = checkpoints.load().unwrap().unwrap();
     checkpoint

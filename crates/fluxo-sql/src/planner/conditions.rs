@@ -9,9 +9,9 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::joins::HashJoinExec;
+use fluxo_dataflow::join::TimeBound;
 
 use super::translate::TimeColumn;
-use crate::dataflow::join::TimeBound;
 
 /// What bounds a join's state in time, from its conditions: equal window
 /// bounds among the keys, or an interval between the two sides' event

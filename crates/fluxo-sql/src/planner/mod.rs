@@ -19,17 +19,16 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
+use fluxo_dataflow::aggregate::AggregateExprs;
+use fluxo_dataflow::graph::Node;
+use fluxo_dataflow::stateless::StatelessOp;
+use fluxo_dataflow::window::WindowSpec;
 use fluxo_log::LogStore;
 
-use crate::dataflow::aggregate::AggregateExprs;
-use crate::dataflow::graph::Node;
-use crate::dataflow::stateless::StatelessOp;
 use crate::error::{Result, SqlError};
 use crate::history::{HistoryTable, TableState};
 use crate::parser::SourceDef;
-use crate::source::{
-    ScanInfo, SourceTable, WindowKind, WindowSpec, WindowTableFunction, WindowTime,
-};
+use crate::source::{ScanInfo, SourceTable, WindowKind, WindowTableFunction, WindowTime};
 
 mod conditions;
 mod translate;
@@ -117,18 +116,6 @@ impl Chain {
     }
 }
 
-/// One operator of [`Dataflow::graph`].
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GraphNode {
-    /// "source" or "operator".
-    pub kind: &'static str,
-    /// A source's name (empty for operators).
-    pub name: String,
-    pub label: String,
-    /// The nodes it reads, by index.
-    pub inputs: Vec<usize>,
-}
-
 /// A continuous query, ready to run: its inputs, and the graph of
 /// operators that combines them (none when the query reads one input).
 #[derive(Debug, Clone)]
@@ -175,7 +162,7 @@ impl Dataflow {
 
     /// The operators as a graph for the console: every node after its
     /// inputs (sources first, the last node is the view's input).
-    pub fn graph(&self) -> Vec<GraphNode> {
+    pub fn graph(&self) -> Vec<fluxo_dataflow::graph::GraphNode> {
         let mut nodes = Vec::new();
         // Each chain: its source, then its operators in order.
         let mut chain_ends = Vec::with_capacity(self.inputs.len());
@@ -183,7 +170,7 @@ impl Dataflow {
             let lines = chain.describe();
             let mut previous = None;
             for (i, line) in lines.into_iter().enumerate() {
-                nodes.push(GraphNode {
+                nodes.push(fluxo_dataflow::graph::GraphNode {
                     kind: if i == 0 { "source" } else { "operator" },
                     name: if i == 0 {
                         chain.scan.source.name.clone()
@@ -362,3 +349,6 @@ pub async fn plan_dataflow(
     let physical = state.create_physical_plan(&logical).await?;
     translate(&physical)
 }
+
+#[cfg(test)]
+mod sharding_tests;

@@ -14,16 +14,17 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{displayable, ExecutionPlan};
+use fluxo_dataflow::aggregate::{AggregateExprs, GroupSlot};
+use fluxo_dataflow::graph::Node;
+use fluxo_dataflow::join::JoinSpec;
+use fluxo_dataflow::stateless::StatelessOp;
+use fluxo_dataflow::top_n::TopNSpec;
+use fluxo_dataflow::window::WindowSpec;
 
 use super::conditions::{rank_limit, time_bound};
 use super::{Chain, Dataflow, Stage};
-use crate::dataflow::aggregate::{AggregateExprs, GroupSlot};
-use crate::dataflow::graph::Node;
-use crate::dataflow::join::JoinSpec;
-use crate::dataflow::stateless::StatelessOp;
-use crate::dataflow::top_n::TopNSpec;
 use crate::error::{Result, SqlError};
-use crate::source::{ScanInfo, SourceScanExec, WindowSpec, WindowTime};
+use crate::source::{ScanInfo, SourceScanExec, WindowTime};
 
 pub(super) fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
     let mut translator = Translator {
@@ -588,7 +589,7 @@ fn updating_exprs(
         output_schema,
     )?;
     if input_changes {
-        exprs.retracting()
+        Ok(exprs.retracting()?)
     } else {
         Ok(exprs)
     }

@@ -15,7 +15,7 @@ use super::aggregate::AggregateExprs;
 use super::session_window::{retract_row_accumulators, scalars_to_arrays, update_row_accumulators};
 use super::Changes;
 use crate::checkpoint::{pack, unpack, OperatorState};
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 struct Group {
     key: Box<[u8]>,
@@ -254,7 +254,9 @@ impl UpdatingAggregate {
             .next()
             .and_then(|c| c.first().cloned())
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
-            .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?;
+            .ok_or_else(|| {
+                DataflowError::Execution("checkpoint does not match the query".into())
+            })?;
         let states: Vec<Vec<ArrayRef>> = parts.collect();
         // Written before groups counted their rows: a group with output has some.
         let counts: Option<Int64Array> = state

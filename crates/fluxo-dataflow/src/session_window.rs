@@ -16,7 +16,7 @@ use datafusion::logical_expr::Accumulator;
 use super::aggregate::{AggregateExprs, EvaluatedBatch};
 use super::Changes;
 use crate::checkpoint::{pack, unpack, OperatorState};
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 struct Session {
     key: Box<[u8]>,
@@ -106,7 +106,7 @@ impl SessionWindow {
                 let absorbed = self
                     .sessions
                     .remove(&other)
-                    .ok_or_else(|| SqlError::Internal("session vanished".into()))?;
+                    .ok_or_else(|| DataflowError::Internal("session vanished".into()))?;
                 self.by_end.remove(&(absorbed.end, other));
                 if let Some(v) = self.by_key.get_mut(key) {
                     v.retain(|x| *x != other);
@@ -115,7 +115,7 @@ impl SessionWindow {
                 let target = self
                     .sessions
                     .get_mut(&keep)
-                    .ok_or_else(|| SqlError::Internal("session vanished".into()))?;
+                    .ok_or_else(|| DataflowError::Internal("session vanished".into()))?;
                 target.start = target.start.min(absorbed.start);
                 let old_end = target.end;
                 target.end = target.end.max(absorbed.end);
@@ -133,7 +133,7 @@ impl SessionWindow {
             let s = self
                 .sessions
                 .get_mut(&keep)
-                .ok_or_else(|| SqlError::Internal("session vanished".into()))?;
+                .ok_or_else(|| DataflowError::Internal("session vanished".into()))?;
             let old_end = s.end;
             s.start = s.start.min(t);
             s.end = s.end.max(event_end);
@@ -159,7 +159,7 @@ impl SessionWindow {
             let s = self
                 .sessions
                 .get_mut(&id)
-                .ok_or_else(|| SqlError::Internal("session vanished".into()))?;
+                .ok_or_else(|| DataflowError::Internal("session vanished".into()))?;
             update_row_accumulators(&mut s.accumulators, &taken)?;
         }
         Ok(late.iter().any(|l| *l).then(|| BooleanArray::from(late)))
@@ -175,7 +175,7 @@ impl SessionWindow {
             let s = self
                 .sessions
                 .remove(&id)
-                .ok_or_else(|| SqlError::Internal("session vanished".into()))?;
+                .ok_or_else(|| DataflowError::Internal("session vanished".into()))?;
             if let Some(v) = self.by_key.get_mut(&s.key) {
                 v.retain(|x| *x != id);
                 if v.is_empty() {
@@ -259,7 +259,9 @@ impl SessionWindow {
             a.first()
                 .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
                 .cloned()
-                .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))
+                .ok_or_else(|| {
+                    DataflowError::Execution("checkpoint does not match the query".into())
+                })
         };
         let (starts, ends) = (as_i64(&starts)?, as_i64(&ends)?);
         let rows = self.converter.convert_columns(&keys)?;

@@ -24,7 +24,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 const MAGIC: &[u8; 8] = b"FLXCKPT1";
 const FILE_NAME: &str = "checkpoint";
@@ -97,10 +97,9 @@ impl OperatorState {
 
     /// The part of [`OperatorState::nest`] called `name`.
     pub fn nested(&self, name: &str) -> Result<OperatorState> {
-        let meta =
-            self.meta.get(name).cloned().ok_or_else(|| {
-                SqlError::Execution(format!("checkpoint has no state for {name}"))
-            })?;
+        let meta = self.meta.get(name).cloned().ok_or_else(|| {
+            DataflowError::Execution(format!("checkpoint has no state for {name}"))
+        })?;
         let prefix = format!("{name}/");
         Ok(OperatorState {
             meta,
@@ -116,7 +115,7 @@ impl OperatorState {
         match self.meta.get(key) {
             None | Some(serde_json::Value::Null) => Ok(Vec::new()),
             Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| SqlError::Internal(format!("checkpoint field {key}: {e}"))),
+                .map_err(|e| DataflowError::Internal(format!("checkpoint field {key}: {e}"))),
         }
     }
 }
@@ -181,11 +180,12 @@ impl CheckpointStore {
 
     /// Writes `checkpoint`, replacing the previous one. Returns its size.
     pub fn save(&self, checkpoint: &Checkpoint) -> Result<u64> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| SqlError::io(self.dir.display(), e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| DataflowError::io(self.dir.display(), e))?;
         let bytes = encode(checkpoint)?;
         let path = self.path();
-        fluxo_log::segment::write_atomically(&path, &bytes)
-            .map_err(|e| SqlError::Execution(format!("cannot write {}: {e}", path.display())))?;
+        fluxo_log::segment::write_atomically(&path, &bytes).map_err(|e| {
+            DataflowError::Execution(format!("cannot write {}: {e}", path.display()))
+        })?;
         Ok(bytes.len() as u64)
     }
 
@@ -196,7 +196,7 @@ impl CheckpointStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SqlError::io(path.display(), e)),
+            Err(e) => return Err(DataflowError::io(path.display(), e)),
         };
         match decode(&bytes) {
             Ok(c) => Ok(Some(c)),
@@ -213,7 +213,7 @@ impl CheckpointStore {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SqlError::io(self.dir.display(), e)),
+            Err(e) => Err(DataflowError::io(self.dir.display(), e)),
         }
     }
 }
@@ -253,7 +253,7 @@ fn encode(c: &Checkpoint) -> Result<Vec<u8>> {
             .collect(),
     };
     let header = serde_json::to_vec(&header)
-        .map_err(|e| SqlError::Internal(format!("cannot encode a checkpoint header: {e}")))?;
+        .map_err(|e| DataflowError::Internal(format!("cannot encode a checkpoint header: {e}")))?;
     let mut out =
         Vec::with_capacity(16 + header.len() + blobs.iter().map(|(_, b)| b.len()).sum::<usize>());
     out.extend_from_slice(MAGIC);
@@ -268,7 +268,7 @@ fn encode(c: &Checkpoint) -> Result<Vec<u8>> {
 }
 
 fn decode(bytes: &[u8]) -> Result<Checkpoint> {
-    let damaged = |what: &str| SqlError::Execution(format!("checkpoint is damaged: {what}"));
+    let damaged = |what: &str| DataflowError::Execution(format!("checkpoint is damaged: {what}"));
     if bytes.len() < MAGIC.len() + 8 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(damaged("not a checkpoint file"));
     }
@@ -352,7 +352,7 @@ pub fn pack(arrays: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
 pub fn unpack(batch: &RecordBatch, widths: &[usize]) -> Result<Vec<Vec<ArrayRef>>> {
     let total: usize = widths.iter().sum();
     if total != batch.num_columns() {
-        return Err(SqlError::Execution(format!(
+        return Err(DataflowError::Execution(format!(
             "checkpoint does not match the query: {} state columns, expected {total}",
             batch.num_columns()
         )));

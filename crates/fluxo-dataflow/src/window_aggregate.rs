@@ -32,7 +32,7 @@ use super::aggregate::{constant_time, AggregateExprs, EvaluatedBatch};
 use super::Changes;
 use crate::checkpoint::{pack, unpack, OperatorState};
 use crate::error::Result;
-use crate::source::align;
+use crate::window::align;
 
 /// The state of one pane.
 struct Pane {
@@ -407,8 +407,8 @@ impl WindowAggregate {
     }
 }
 
-fn missing_pane(start: i64) -> crate::SqlError {
-    crate::SqlError::Internal(format!(
+fn missing_pane(start: i64) -> crate::error::DataflowError {
+    crate::error::DataflowError::Internal(format!(
         "pane at {start} vanished while its window was emitted"
     ))
 }

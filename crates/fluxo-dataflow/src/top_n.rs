@@ -20,7 +20,7 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use super::{whole_rows, Changes};
 use crate::checkpoint::{pack, unpack, OperatorState};
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 #[derive(Debug, Clone)]
 pub struct TopNSpec {
@@ -258,7 +258,7 @@ impl TopN {
         };
         let widths = state.widths()?;
         if widths.first() != Some(&self.spec.input_schema.fields().len()) {
-            return Err(SqlError::Execution(
+            return Err(DataflowError::Execution(
                 "checkpoint does not match the query".into(),
             ));
         }
@@ -266,7 +266,9 @@ impl TopN {
         let counts = parts[1]
             .first()
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
-            .ok_or_else(|| SqlError::Execution("checkpoint does not match the query".into()))?;
+            .ok_or_else(|| {
+                DataflowError::Execution("checkpoint does not match the query".into())
+            })?;
         let options =
             arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let rows = RecordBatch::try_new_with_options(

@@ -12,7 +12,7 @@ use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 /// Where each group-by column of the output comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ fn as_bool(a: &ArrayRef) -> Result<BooleanArray> {
     a.as_any()
         .downcast_ref::<BooleanArray>()
         .cloned()
-        .ok_or_else(|| SqlError::Internal("expected a boolean array".into()))
+        .ok_or_else(|| DataflowError::Internal("expected a boolean array".into()))
 }
 
 impl AggregateExprs {
@@ -164,7 +164,7 @@ impl AggregateExprs {
                 && (super::retractable_extreme::accumulator(&name, DataType::Null).is_some()
                     || agg.create_sliding_accumulator()?.supports_retract_batch());
             if !supported {
-                return Err(SqlError::Plan(format!(
+                return Err(DataflowError::Plan(format!(
                     "{} cannot be kept up to date over rows that change (its input is a join \
                      with a table, an outer join or an aggregation, whose rows are updated): \
                      use {} here, or aggregate before the join",
@@ -322,7 +322,7 @@ impl AggregateExprs {
             for (j, acc) in set.iter_mut().enumerate() {
                 let state = acc.state()?;
                 if state.len() != widths[j] {
-                    return Err(SqlError::Internal(format!(
+                    return Err(DataflowError::Internal(format!(
                         "aggregate {} has {} state values, its schema says {}",
                         self.aggs[j].name(),
                         state.len(),
@@ -381,11 +381,15 @@ impl AggregateExprs {
             columns.push(match slot {
                 GroupSlot::Key(i) => keys[*i].clone(),
                 GroupSlot::WindowStart => window
-                    .ok_or_else(|| SqlError::Internal("window column without a window".into()))?
+                    .ok_or_else(|| {
+                        DataflowError::Internal("window column without a window".into())
+                    })?
                     .0
                     .clone(),
                 GroupSlot::WindowEnd => window
-                    .ok_or_else(|| SqlError::Internal("window column without a window".into()))?
+                    .ok_or_else(|| {
+                        DataflowError::Internal("window column without a window".into())
+                    })?
                     .1
                     .clone(),
             });

@@ -30,7 +30,7 @@ use datafusion::physical_plan::joins::utils::JoinFilter;
 
 use super::{whole_rows, Changes};
 use crate::checkpoint::{pack, unpack, OperatorState};
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 /// What limits how long a row may still find a partner.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -362,7 +362,7 @@ impl Join {
                 let entry = &mut self.sides[other]
                     .by_key
                     .get_mut(&touched[k])
-                    .ok_or_else(|| SqlError::Internal("join state lost a key".into()))?[j];
+                    .ok_or_else(|| DataflowError::Internal("join state lost a key".into()))?[j];
                 matched += entry.count;
                 if semi_side.is_some() {
                     if semi_side == Some(other) {
@@ -509,7 +509,7 @@ impl Join {
         let mask = mask
             .as_any()
             .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| SqlError::Internal("join filter is not boolean".into()))?;
+            .ok_or_else(|| DataflowError::Internal("join filter is not boolean".into()))?;
         Ok((0..pairs.len())
             .map(|i| mask.is_valid(i) && mask.value(i))
             .collect())
@@ -635,7 +635,7 @@ impl Join {
             };
             let width = widths.get(i).copied().unwrap_or(0).max(0) as usize;
             if width != self.sides[i].schema.fields().len() {
-                return Err(SqlError::Execution(
+                return Err(DataflowError::Execution(
                     "checkpoint does not match the join".into(),
                 ));
             }
@@ -645,7 +645,9 @@ impl Join {
                 parts[p]
                     .first()
                     .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
-                    .ok_or_else(|| SqlError::Execution("checkpoint does not match the join".into()))
+                    .ok_or_else(|| {
+                        DataflowError::Execution("checkpoint does not match the join".into())
+                    })
             };
             let (counts, matches, expires) = (number(1)?, number(2)?, number(3)?);
             let options =
@@ -676,7 +678,7 @@ fn event_times(column: &ArrayRef) -> Result<arrow::array::TimestampMillisecondAr
     cast.as_any()
         .downcast_ref::<arrow::array::TimestampMillisecondArray>()
         .cloned()
-        .ok_or_else(|| SqlError::Internal("a join's time column is not a timestamp".into()))
+        .ok_or_else(|| DataflowError::Internal("a join's time column is not a timestamp".into()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! inputs into the exact change of its output (see ARCHITECTURE.md).
 
 pub mod aggregate;
+pub mod checkpoint;
+pub mod error;
 pub mod graph;
 pub mod join;
 pub mod retractable_extreme;
@@ -16,6 +18,7 @@ pub mod stateless;
 pub mod top_n;
 pub mod updating_aggregate;
 pub mod upsert;
+pub mod window;
 pub mod window_aggregate;
 
 use std::sync::Arc;
@@ -63,7 +66,9 @@ impl Changes {
                     .downcast_ref::<BooleanArray>()
                     .cloned()
                     .ok_or_else(|| {
-                        crate::SqlError::Internal("filter changed an array's type".into())
+                        crate::error::DataflowError::Internal(
+                            "filter changed an array's type".into(),
+                        )
                     })?,
             ),
         };

@@ -1,6 +1,6 @@
 //! The operators above a query's inputs: any number of inputs (each a
 //! source's chain of scan, stateless operators and at most one windowed or
-//! updating aggregation, see [`crate::planner::Chain`]) combined by joins and
+//! updating aggregation, see the planner's `Chain`) combined by joins and
 //! unions, with updating aggregations and stateless operators anywhere
 //! above them.
 //!
@@ -23,7 +23,7 @@ use super::top_n::{TopN, TopNSpec};
 use super::updating_aggregate::UpdatingAggregate;
 use super::Changes;
 use crate::checkpoint::OperatorState;
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 /// A node of the planned graph.
 #[derive(Debug, Clone)]
@@ -53,6 +53,18 @@ pub enum Node {
     TopN { input: Box<Node>, spec: TopNSpec },
 }
 
+/// One operator of a query's dataflow, as the console and `EXPLAIN` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GraphNode {
+    /// "source" or "operator".
+    pub kind: &'static str,
+    /// A source's name (empty for operators).
+    pub name: String,
+    pub label: String,
+    /// The nodes it reads, by index.
+    pub inputs: Vec<usize>,
+}
+
 impl Node {
     /// Appends this node's operators to `nodes` (after their inputs) and
     /// returns the index of the last, the node's output; `chain_ends` are
@@ -60,18 +72,17 @@ impl Node {
     pub fn graph_nodes(
         &self,
         chain_ends: &[Option<usize>],
-        nodes: &mut Vec<crate::planner::GraphNode>,
+        nodes: &mut Vec<GraphNode>,
     ) -> Option<usize> {
-        let push =
-            |label: String, inputs: Vec<usize>, nodes: &mut Vec<crate::planner::GraphNode>| {
-                nodes.push(crate::planner::GraphNode {
-                    kind: "operator",
-                    name: String::new(),
-                    label,
-                    inputs,
-                });
-                Some(nodes.len() - 1)
-            };
+        let push = |label: String, inputs: Vec<usize>, nodes: &mut Vec<GraphNode>| {
+            nodes.push(GraphNode {
+                kind: "operator",
+                name: String::new(),
+                label,
+                inputs,
+            });
+            Some(nodes.len() - 1)
+        };
         match self {
             Node::Input(i) => chain_ends.get(*i).copied().flatten(),
             Node::Stateless { input, ops } => {
@@ -161,7 +172,7 @@ enum Operator {
     TopN(Box<TopN>),
 }
 
-struct GraphNode {
+struct RunningNode {
     operator: Operator,
     /// Where its output goes: a node and which of its inputs; `None` at the root.
     parent: Option<(usize, usize)>,
@@ -169,7 +180,7 @@ struct GraphNode {
 
 /// The running graph.
 pub struct Graph {
-    nodes: Vec<GraphNode>,
+    nodes: Vec<RunningNode>,
     /// For each input chain, the node (and port) its changes enter.
     entries: Vec<Option<(usize, usize)>>,
     late: u64,
@@ -184,7 +195,7 @@ impl Graph {
         };
         graph.add(root, None, lateness_ms)?;
         if graph.entries.iter().any(Option::is_none) {
-            return Err(SqlError::Internal(
+            return Err(DataflowError::Internal(
                 "an input of the query feeds no operator".into(),
             ));
         }
@@ -197,7 +208,7 @@ impl Graph {
                 let slot = self
                     .entries
                     .get_mut(*i)
-                    .ok_or_else(|| SqlError::Internal(format!("no input {i}")))?;
+                    .ok_or_else(|| DataflowError::Internal(format!("no input {i}")))?;
                 *slot = parent;
                 return Ok(());
             }
@@ -212,7 +223,7 @@ impl Graph {
             Node::TopN { spec, .. } => Operator::TopN(Box::new(TopN::new(spec.clone())?)),
         };
         let id = self.nodes.len();
-        self.nodes.push(GraphNode { operator, parent });
+        self.nodes.push(RunningNode { operator, parent });
         match node {
             Node::Input(_) => {}
             Node::Stateless { input, .. }
@@ -257,7 +268,7 @@ impl Graph {
             .get(input)
             .copied()
             .flatten()
-            .ok_or_else(|| SqlError::Internal(format!("no input {input}")))?;
+            .ok_or_else(|| DataflowError::Internal(format!("no input {input}")))?;
         self.apply(node, port, changes, watermark, &mut out)?;
         Ok(out)
     }
@@ -391,10 +402,9 @@ impl Graph {
             .cloned()
             .unwrap_or_default();
         for entry in metas {
-            let id =
-                entry.get("node").and_then(|n| n.as_u64()).ok_or_else(|| {
-                    SqlError::Execution("checkpoint does not match the query".into())
-                })? as usize;
+            let id = entry.get("node").and_then(|n| n.as_u64()).ok_or_else(|| {
+                DataflowError::Execution("checkpoint does not match the query".into())
+            })? as usize;
             let prefix = format!("{id}/");
             let node_state = OperatorState {
                 meta: entry.get("meta").cloned().unwrap_or_default(),
@@ -412,7 +422,7 @@ impl Graph {
                 Some(Operator::Aggregate(a)) => a.restore(&node_state)?,
                 Some(Operator::TopN(t)) => t.restore(&node_state)?,
                 _ => {
-                    return Err(SqlError::Execution(
+                    return Err(DataflowError::Execution(
                         "checkpoint does not match the query".into(),
                     ))
                 }

@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::Changes;
-use crate::error::{Result, SqlError};
+use crate::error::{DataflowError, Result};
 
 #[derive(Debug, Clone)]
 pub enum StatelessOp {
@@ -43,7 +43,9 @@ impl StatelessOp {
                 let mask = value
                     .as_any()
                     .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| SqlError::Internal("filter predicate is not boolean".into()))?;
+                    .ok_or_else(|| {
+                        DataflowError::Internal("filter predicate is not boolean".into())
+                    })?;
                 // NULL counts as false, as in WHERE.
                 let mask = if mask.null_count() > 0 {
                     arrow::compute::prep_null_mask_filter(mask)

@@ -14,8 +14,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 
 use super::{whole_rows, Changes};
 use crate::checkpoint::OperatorState;
-use crate::error::{Result, SqlError};
-use crate::parser::SourceDef;
+use crate::error::{DataflowError, Result};
 
 /// The column a tombstone sets (see `reader::Tombstones`); not a valid
 /// unquoted SQL name, so no table declares it.
@@ -23,18 +22,15 @@ pub const DELETED_COLUMN: &str = "__fluxo_deleted";
 
 /// What a table's records decode to: its columns, all but the key nullable
 /// (a tombstone carries only the key), and the deletion flag.
-pub fn decode_schema(table: &SourceDef) -> SchemaRef {
-    let keys = table.key_indices();
+pub fn decode_schema(table: &Schema, keys: &[usize]) -> SchemaRef {
     let mut fields: Vec<Field> = table
-        .columns
+        .fields()
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            Field::new(
-                &c.name,
-                c.data_type.clone(),
-                c.nullable || !keys.contains(&i),
-            )
+        .map(|(i, f)| {
+            f.as_ref()
+                .clone()
+                .with_nullable(f.is_nullable() || !keys.contains(&i))
         })
         .collect();
     fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
@@ -51,9 +47,8 @@ pub struct Upsert {
 }
 
 impl Upsert {
-    pub fn new(table: &SourceDef) -> Result<Upsert> {
-        let schema = Arc::new(table.schema());
-        let keys = table.key_indices();
+    /// A table of `schema`, keyed by the columns `keys`.
+    pub fn new(schema: SchemaRef, keys: Vec<usize>) -> Result<Upsert> {
         let key_rows = RowConverter::new(
             keys.iter()
                 .map(|k| SortField::new(schema.field(*k).data_type().clone()))
@@ -170,7 +165,7 @@ impl Upsert {
             return Ok(());
         };
         if batch.schema().fields().len() != self.schema.fields().len() {
-            return Err(SqlError::Execution(
+            return Err(DataflowError::Execution(
                 "checkpoint does not match the table".into(),
             ));
         }
@@ -182,24 +177,23 @@ impl Upsert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parser::{parse_statement_str, Statement};
     use arrow::array::{Int64Array, StringArray};
 
-    fn table() -> SourceDef {
-        match parse_statement_str(
-            "CREATE TABLE c (id BIGINT, name TEXT, PRIMARY KEY (id)) WITH (topic = 'c')",
-        )
-        .unwrap()
-        {
-            Statement::CreateSource(def) => def,
-            other => panic!("{other:?}"),
-        }
+    /// `CREATE TABLE c (id BIGINT, name TEXT, PRIMARY KEY (id))`
+    fn table() -> Upsert {
+        Upsert::new(table_schema(), vec![0]).unwrap()
+    }
+
+    fn table_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]))
     }
 
     fn records(rows: &[(i64, Option<&str>, bool)]) -> RecordBatch {
-        let def = table();
         RecordBatch::try_new(
-            decode_schema(&def),
+            decode_schema(&table_schema(), &[0]),
             vec![
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
@@ -232,7 +226,7 @@ mod tests {
 
     #[test]
     fn newest_record_per_key_and_tombstones_delete() {
-        let mut u = Upsert::new(&table()).unwrap();
+        let mut u = table();
         let c = u
             .process(&records(&[
                 (1, Some("a"), false),
@@ -260,7 +254,7 @@ mod tests {
         assert_eq!(signed(&c), vec![(1, Some("a2".into()), false)]);
         assert_eq!(u.len(), 1);
         let state = u.checkpoint().unwrap();
-        let mut restored = Upsert::new(&table()).unwrap();
+        let mut restored = table();
         restored.restore(&state).unwrap();
         let c = restored
             .process(&records(&[(2, Some("b3"), false)]))

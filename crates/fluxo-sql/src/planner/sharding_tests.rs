@@ -1,0 +1,150 @@
+//! Sharded aggregation (`fluxo_dataflow::sharded`) over what the planner
+//! builds: any number of shards gives the same changes as one, and a
+//! checkpoint restores with its own shard count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use fluxo_dataflow::sharded::{Aggregation, ShardedAggregation};
+use fluxo_dataflow::updating_aggregate::UpdatingAggregate;
+use fluxo_dataflow::Changes;
+
+use crate::parser::{parse_statements, Statement};
+use crate::planner::{plan_dataflow, Dataflow, Stage};
+
+async fn updating_dataflow() -> Dataflow {
+    let statements = parse_statements(
+        "CREATE SOURCE s (k BIGINT, v BIGINT, t TIMESTAMP) WITH (topic = 't');
+         CREATE MATERIALIZED VIEW v AS
+           SELECT k % 7 AS g, count(*) AS n, sum(v) AS total, max(v) AS hi FROM s GROUP BY k % 7",
+    )
+    .unwrap();
+    let mut sources = HashMap::new();
+    let mut query = None;
+    for s in statements {
+        match s {
+            Statement::CreateSource(def) => {
+                sources.insert(def.name.clone(), Arc::new(def));
+            }
+            Statement::CreateView(def) => query = Some(def.query),
+            _ => unreachable!(),
+        }
+    }
+    plan_dataflow(&sources, &Vec::new(), &query.unwrap())
+        .await
+        .unwrap()
+}
+
+fn sharded(dataflow: &Dataflow, shards: usize) -> ShardedAggregation {
+    let Stage::Updating { exprs } = &dataflow.inputs[0].stage else {
+        panic!("expected an updating aggregation");
+    };
+    let e = exprs.clone();
+    ShardedAggregation::new(exprs, shards, move || {
+        Ok(Aggregation::Updating(UpdatingAggregate::new(e.clone())?))
+    })
+    .unwrap()
+}
+
+/// The stage's input for rows `from..to` of a deterministic stream.
+fn input(dataflow: &Dataflow, from: i64, to: i64) -> RecordBatch {
+    let k: Int64Array = (from..to).map(|i| (i * 7919) % 1000).collect();
+    let v: Int64Array = (from..to).map(|i| (i * 31) % 97).collect();
+    let t = TimestampMillisecondArray::from((from..to).collect::<Vec<i64>>());
+    let batch = RecordBatch::try_new(
+        Arc::new(dataflow.inputs[0].scan.source.schema()),
+        vec![Arc::new(k), Arc::new(v), Arc::new(t)],
+    )
+    .unwrap();
+    let mut changes = Changes::inserts(batch.project(&dataflow.inputs[0].scan.projection).unwrap());
+    for op in &dataflow.inputs[0].pre {
+        changes = op.apply(changes).unwrap();
+    }
+    changes.batch
+}
+
+/// The relation a changelog leaves: each row with its multiplicity.
+fn apply(table: &mut BTreeMap<String, i64>, changes: Vec<Changes>) {
+    for c in changes {
+        for (i, row) in crate::json::rows_json(&c.batch).into_iter().enumerate() {
+            let n = table
+                .entry(serde_json::to_string(&row).unwrap())
+                .or_default();
+            *n += if c.is_insert(i) { 1 } else { -1 };
+        }
+    }
+    table.retain(|_, n| *n != 0);
+}
+
+#[tokio::test]
+async fn shards_agree_with_one_and_restore_with_their_own_count() {
+    let dataflow = updating_dataflow().await;
+    let mut one = sharded(&dataflow, 1);
+    let mut three = sharded(&dataflow, 3);
+    assert_eq!((one.shards(), three.shards()), (1, 3));
+    let (mut expected, mut got) = (BTreeMap::new(), BTreeMap::new());
+    for chunk in 0..4 {
+        let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
+        let times = vec![0; batch.num_rows()];
+        apply(
+            &mut expected,
+            one.process(&batch, &times, 0).unwrap().changes,
+        );
+        apply(&mut got, three.process(&batch, &times, 0).unwrap().changes);
+    }
+    assert_eq!(expected.len(), 7);
+    assert_eq!(got, expected);
+
+    // A pipeline now configured for two threads resumes with the
+    // checkpoint's three, and goes on as if never stopped.
+    let state = three.checkpoint().unwrap();
+    let mut restored = sharded(&dataflow, 2);
+    restored.restore(&state).unwrap();
+    assert_eq!(restored.shards(), 3);
+    for chunk in 4..6 {
+        let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
+        let times = vec![0; batch.num_rows()];
+        apply(
+            &mut expected,
+            one.process(&batch, &times, 0).unwrap().changes,
+        );
+        apply(
+            &mut got,
+            restored.process(&batch, &times, 0).unwrap().changes,
+        );
+    }
+    assert_eq!(got, expected);
+    let total: i64 = expected
+        .keys()
+        .map(|row| {
+            serde_json::from_str::<Vec<serde_json::Value>>(row).unwrap()[1]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 3000);
+
+    // A checkpoint from before aggregations were sharded holds one
+    // operator's state: it restores as one shard and goes on the same.
+    let Stage::Updating { exprs } = &dataflow.inputs[0].stage else {
+        unreachable!()
+    };
+    let mut unsharded = UpdatingAggregate::new(exprs.clone()).unwrap();
+    for chunk in 0..6 {
+        unsharded
+            .process(&input(&dataflow, chunk * 500, (chunk + 1) * 500))
+            .unwrap();
+    }
+    let old_format = unsharded.checkpoint().unwrap();
+    let mut from_old = sharded(&dataflow, 3);
+    from_old.restore(&old_format).unwrap();
+    assert_eq!(from_old.shards(), 1);
+    let batch = input(&dataflow, 3000, 3500);
+    let times = vec![0; batch.num_rows()];
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    apply(&mut a, one.process(&batch, &times, 0).unwrap().changes);
+    apply(&mut b, from_old.process(&batch, &times, 0).unwrap().changes);
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
