@@ -30,6 +30,7 @@ use crate::parser::{
 };
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage, ViewQueries};
+use crate::shared_decode::SharedDecodes;
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
@@ -130,6 +131,8 @@ pub struct Engine {
     catalog: parking_lot::Mutex<Catalog>,
     objects: RwLock<Objects>,
     ddl: tokio::sync::Mutex<()>,
+    /// What pipelines over the same source share of their reading.
+    shared_decodes: Arc<SharedDecodes>,
 }
 
 /// A pipeline as the status API shows it.
@@ -152,6 +155,10 @@ pub struct PipelineStatus {
     pub watermark_ms: Option<i64>,
     pub late_events: u64,
     pub bad_records: u64,
+    /// Chunks of records the pipeline decoded itself, and those it took
+    /// from another pipeline reading the same source.
+    pub chunks_decoded: u64,
+    pub chunks_shared: u64,
     pub allowed_lateness_ms: i64,
     pub open_windows: u64,
     /// How many threads the aggregation is shuffled over.
@@ -175,6 +182,7 @@ impl Engine {
             catalog: parking_lot::Mutex::new(catalog),
             objects: RwLock::new(Objects::default()),
             ddl: tokio::sync::Mutex::new(()),
+            shared_decodes: SharedDecodes::new(),
         });
         for entry in entries {
             let restored = async {
@@ -411,6 +419,7 @@ impl Engine {
                 checkpoint_interval_ms,
                 late_topic,
                 parallelism,
+                shared_decodes: self.shared_decodes.clone(),
             },
             self.store.clone(),
             !persist,
@@ -584,6 +593,7 @@ impl Engine {
                     checkpoint_interval_ms,
                     parallelism: 1,
                     late_topic: None,
+                    shared_decodes: self.shared_decodes.clone(),
                 },
                 self.store.clone(),
                 !persist,
@@ -1197,6 +1207,8 @@ fn status(
         watermark_ms: (wm != i64::MIN).then_some(wm),
         late_events: s.late_events.load(Ordering::Relaxed),
         bad_records: s.bad_records.load(Ordering::Relaxed),
+        chunks_decoded: s.chunks_decoded.load(Ordering::Relaxed),
+        chunks_shared: s.chunks_shared.load(Ordering::Relaxed),
         allowed_lateness_ms: lateness_ms,
         open_windows: s.open_windows.load(Ordering::Relaxed),
         parallelism: s.parallelism.load(Ordering::Relaxed),

@@ -29,6 +29,7 @@ impl Format {
 }
 
 /// What decoding a set of records produced.
+#[derive(Clone)]
 pub struct Decoded {
     pub batch: RecordBatch,
     /// Records that could not be decoded.
@@ -49,6 +50,10 @@ impl RecordDecoder {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Decodes `values`; on failure falls back to one record at a time to

@@ -44,6 +44,7 @@ pub mod parser;
 pub mod pipeline;
 pub mod planner;
 pub mod reader;
+pub mod shared_decode;
 pub mod sink;
 pub mod source;
 pub mod table;

@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::error::{Result, SqlError};
 use crate::planner::{Chain, Dataflow, Stage};
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
+use crate::shared_decode::SharedDecodes;
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::view::ViewStore;
 
@@ -49,6 +50,10 @@ pub struct PipelineStats {
     pub rows_out: AtomicU64,
     pub late_events: AtomicU64,
     pub bad_records: AtomicU64,
+    /// Chunks of records this pipeline's readers decoded, and those they
+    /// took from another pipeline's readers (see `shared_decode`).
+    pub chunks_decoded: AtomicU64,
+    pub chunks_shared: AtomicU64,
     /// i64::MIN until the first watermark.
     pub watermark: AtomicI64,
     pub open_windows: AtomicU64,
@@ -171,6 +176,8 @@ pub struct PipelineSpec {
     /// Where events too late for any window go (as JSON rows of the
     /// source), besides being counted.
     pub late_topic: Option<String>,
+    /// The decodes shared with other pipelines over the same sources.
+    pub shared_decodes: Arc<SharedDecodes>,
 }
 
 /// The name the late-event output's state has in checkpoints; not a valid
@@ -212,6 +219,7 @@ struct Runner {
     graph: Option<Graph>,
     view: Option<Arc<ViewStore>>,
     store: Arc<LogStore>,
+    shared_decodes: Arc<SharedDecodes>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     watermark: i64,
@@ -395,6 +403,7 @@ impl Runner {
             graph,
             view: spec.view,
             store: store.clone(),
+            shared_decodes: spec.shared_decodes,
             stats,
             stop,
             watermark: i64::MIN,
@@ -490,6 +499,7 @@ impl Runner {
                 input.partitions.iter().map(|c| c.offset).collect(),
                 frontier.clone(),
                 cores,
+                Some(self.shared_decodes.chunks_of(&input.reading)),
                 &self.name,
             )?);
         }
@@ -682,6 +692,11 @@ impl Runner {
         }
         let cursor = &mut input.partitions[p];
         cursor.offset = cursor.offset.max(chunk.next_offset);
+        match chunk.shared {
+            true => &self.stats.chunks_shared,
+            false => &self.stats.chunks_decoded,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         let decoded = chunk.decoded;
         if decoded.batch.num_rows() + decoded.bad > 0 {
             cursor.last_data = Instant::now();

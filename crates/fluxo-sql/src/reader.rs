@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::error::{Result, SqlError};
 use crate::format::{Decoded, Format, RecordDecoder};
 use crate::parser::SourceDef;
+use crate::shared_decode::{DecodedChunks, DecodedRange};
 
 /// How much of a partition one read takes.
 const READ_BYTES: usize = 1 << 20;
@@ -34,6 +35,8 @@ pub struct Chunk {
     pub decoded: Decoded,
     /// The offset after the last record of the chunk.
     pub next_offset: i64,
+    /// Whether a reader of another pipeline decoded it.
+    pub shared: bool,
 }
 
 /// Where readers hold each partition until every partition got there: a
@@ -105,6 +108,18 @@ impl SourceReading {
             tombstones: Tombstones::of(source),
         })
     }
+
+    /// What makes two readings decode a record the same way: readers with
+    /// the same identity share their decodes.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}|{:?}|{:?}|{:?}",
+            self.topic,
+            self.decoder.format(),
+            self.decoder.schema(),
+            self.tombstones
+        )
+    }
 }
 
 impl Readers {
@@ -117,6 +132,7 @@ impl Readers {
         start_offsets: Vec<i64>,
         frontier: Arc<Frontier>,
         readers: usize,
+        shared: Option<Arc<DecodedChunks>>,
         name: &str,
     ) -> Result<Readers> {
         let readers = readers.max(1);
@@ -131,6 +147,7 @@ impl Readers {
                 tombstones: reading.tombstones.clone(),
                 start_offsets: start_offsets.clone(),
                 frontier: frontier.clone(),
+                shared: shared.clone(),
                 index,
                 readers,
                 stop: stop.clone(),
@@ -190,6 +207,8 @@ struct Reader {
     tombstones: Option<Tombstones>,
     start_offsets: Vec<i64>,
     frontier: Arc<Frontier>,
+    /// The decodes this reader shares with other pipelines' readers.
+    shared: Option<Arc<DecodedChunks>>,
     index: usize,
     readers: usize,
     stop: Arc<AtomicBool>,
@@ -253,26 +272,35 @@ impl Reader {
                 if hold.is_some_and(|h| *cursor >= h) {
                     continue;
                 }
-                let chunk = log
-                    .read_committed(*cursor, READ_BYTES)
-                    .map_err(|e| SqlError::Execution(format!("reading {}/{p}: {e}", self.topic)))
-                    .and_then(|(bytes, aborted)| {
-                        decode_record_range(
-                            bytes,
-                            *cursor,
-                            hold.unwrap_or(i64::MAX),
-                            &aborted,
-                            self.tombstones.as_ref(),
-                        )
+                let from = *cursor;
+                let decode = || -> Result<DecodedRange> {
+                    let (bytes, aborted) = log.read_committed(from, READ_BYTES).map_err(|e| {
+                        SqlError::Execution(format!("reading {}/{p}: {e}", self.topic))
+                    })?;
+                    let (values, next) = decode_record_range(
+                        bytes,
+                        from,
+                        hold.unwrap_or(i64::MAX),
+                        &aborted,
+                        self.tombstones.as_ref(),
+                    )?;
+                    let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+                    Ok(DecodedRange {
+                        decoded: self.decoder.decode(&slices)?,
+                        next_offset: next.max(from),
+                        shared: false,
                     })
-                    .and_then(|(values, next)| {
-                        let slices: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-                        Ok(Chunk {
-                            partition: p,
-                            decoded: self.decoder.decode(&slices)?,
-                            next_offset: next.max(*cursor),
-                        })
-                    });
+                };
+                let range = match &self.shared {
+                    Some(shared) => shared.get_or_decode(topic.id, p, from, hold, decode),
+                    None => decode(),
+                };
+                let chunk = range.map(|r| Chunk {
+                    partition: p,
+                    decoded: r.decoded,
+                    next_offset: r.next_offset,
+                    shared: r.shared,
+                });
                 let failed = chunk.is_err();
                 if let Ok(c) = &chunk {
                     *cursor = c.next_offset;

@@ -448,6 +448,63 @@ async fn the_catalog_survives_a_restart_and_views_are_rebuilt() {
     assert!(rows(&engine, "SHOW SOURCES").await.is_empty());
 }
 
+/// Two views over one source decode each record once: the second view's
+/// readers take the chunks the first view's readers decoded (or the other
+/// way round), and both views are still exactly right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_one_source_share_its_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path()).unwrap());
+    store.create_topic("t", 2, TopicConfig::default()).unwrap();
+    let engine = Engine::open(store.clone(), dir.path()).await.unwrap();
+    engine
+        .execute(
+            "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (topic = 't');
+             CREATE MATERIALIZED VIEW sums AS SELECT k, sum(v) AS total FROM s GROUP BY k;
+             CREATE MATERIALIZED VIEW evens AS SELECT k, v FROM s WHERE v % 2 = 0",
+        )
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..4_000)
+        .map(|i| format!(r#"{{"k": {}, "v": {i}}}"#, i % 5))
+        .collect();
+    for (round, part) in values.chunks(500).enumerate() {
+        append(&store, "t", (round % 2) as i32, part);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let views = ["sums".to_string(), "evens".to_string()];
+    wait_for_events(&engine, &views, 4_000).await;
+    let sums = rows(&engine, "SELECT k, total FROM sums ORDER BY k").await;
+    let want: Vec<i64> = (0..5)
+        .map(|k| (0..4_000).filter(|i| i % 5 == k).sum())
+        .collect();
+    assert_eq!(
+        sums.iter()
+            .map(|r| r[1].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(
+        rows(&engine, "SELECT count(*) FROM evens").await[0][0],
+        2_000
+    );
+
+    let ps = engine.pipelines();
+    let (a, b) = (&ps[0], &ps[1]);
+    let chunks_a = a.chunks_decoded + a.chunks_shared;
+    let chunks_b = b.chunks_decoded + b.chunks_shared;
+    // Both read the same chunks, and each chunk was decoded once.
+    assert_eq!(
+        chunks_a,
+        chunks_b,
+        "{}",
+        serde_json::to_string(&ps).unwrap()
+    );
+    assert_eq!(a.chunks_decoded + b.chunks_decoded, chunks_a);
+    assert!(chunks_a >= 8, "appends in 8 rounds make at least 8 chunks");
+    engine.shutdown();
+}
+
 #[tokio::test]
 async fn bad_statements_get_precise_errors() {
     let dir = tempfile::tempdir().unwrap();
