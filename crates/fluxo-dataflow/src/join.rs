@@ -69,6 +69,11 @@ pub struct JoinSpec {
     pub projection: Option<Vec<usize>>,
     pub output_schema: SchemaRef,
     pub bound: Option<TimeBound>,
+    /// A temporal join (`FOR SYSTEM_TIME AS OF`): this side is a table that
+    /// the other side's rows look up as it is when they arrive. Its changes
+    /// update the state and output nothing; the other side's rows are
+    /// joined once and not kept.
+    pub lookup: Option<usize>,
 }
 
 impl JoinSpec {
@@ -78,9 +83,13 @@ impl JoinSpec {
         if let Some(f) = &self.filter {
             text.push_str(&format!(", filter {}", f.expression()));
         }
-        match &self.bound {
-            Some(b) => text.push_str(&format!(", state bounded by {}", b.describe())),
-            None => text.push_str(", state kept whole"),
+        match (&self.bound, self.lookup) {
+            (_, Some(side)) => text.push_str(&format!(
+                ", {} side looked up as of each row's arrival, only it kept",
+                ["left", "right"][side]
+            )),
+            (Some(b), None) => text.push_str(&format!(", state bounded by {}", b.describe())),
+            (None, None) => text.push_str(", state kept whole"),
         }
         text
     }
@@ -296,6 +305,16 @@ impl Join {
         let batch = &input.batch;
         let (keys, null_key) = self.key_rows(side, batch)?;
         let rows = self.sides[side].rows.convert_columns(batch.columns())?;
+        if self.spec.lookup == Some(side) {
+            // The looked-up table changes; rows joined before stay as they are.
+            for i in 0..n {
+                if !null_key[i] || self.spec.nulls_equal {
+                    let weight = if input.is_insert(i) { 1 } else { -1 };
+                    self.store_row(side, keys.row(i), rows.row(i), weight, 0, i64::MAX);
+                }
+            }
+            return Ok((Changes::empty(self.spec.output_schema.clone()), 0));
+        }
         let expiries = self.expiries(side, batch)?;
         let horizon = watermark.saturating_sub(self.lateness_ms);
         // Behind the watermark, a row could have matched rows already dropped.
@@ -404,8 +423,9 @@ impl Join {
             } else if preserve_this && matched == 0 {
                 out.push((From::Delta(i), From::Null, sign));
             }
-            if null_key[i] && !self.spec.nulls_equal {
-                // Matches nothing, now or later: nothing to keep.
+            if (null_key[i] && !self.spec.nulls_equal) || self.spec.lookup.is_some() {
+                // Matches nothing later (a NULL key, or a row that looked
+                // its table up): nothing to keep.
                 continue;
             }
             self.store_row(side, keys.row(i), rows.row(i), weight, matched, expiries[i]);
@@ -715,6 +735,7 @@ mod tests {
             projection: None,
             output_schema: Arc::new(Schema::new(fields)),
             bound,
+            lookup: None,
         }
     }
 
@@ -864,5 +885,82 @@ mod tests {
             .unwrap();
         assert_eq!(late, 1);
         assert_eq!(out(&c), vec![row("later", "new", true)]);
+    }
+
+    /// An interval join's state stays flat over a long input: it holds the
+    /// rows of the last bound's worth of time, however long the stream runs.
+    #[test]
+    fn an_interval_joins_state_stays_flat_over_a_long_input() {
+        let bound = TimeBound::Interval {
+            cols: [2, 2],
+            lo: -1000,
+            hi: 0,
+        };
+        let s = spec(JoinType::Inner, Some(bound));
+        let (l, r) = (s.inputs[0].clone(), s.inputs[1].clone());
+        let mut j = Join::new(s, 0).unwrap();
+        // 2,000 rounds of 100 ms, 20 rows per side per round: 80,000 rows.
+        let (mut joined, mut sizes) = (0, Vec::new());
+        for round in 0..2_000i64 {
+            let t0 = round * 100;
+            let side: Vec<(i64, &str, i64)> = (0..20).map(|i| (i % 10, "x", t0 + i * 5)).collect();
+            let watermark = t0 - 200;
+            joined += j
+                .process(0, &rows(&l, &side, None), watermark)
+                .unwrap()
+                .0
+                .num_rows();
+            joined += j
+                .process(1, &rows(&r, &side, None), watermark)
+                .unwrap()
+                .0
+                .num_rows();
+            j.advance(watermark);
+            if round % 100 == 99 {
+                sizes.push((j.state_rows(), j.state_bytes()));
+            }
+        }
+        assert!(joined > 100_000, "the join produced rows: {joined}");
+        // What one bound plus the watermark's delay holds: 1.3 s of rows.
+        let (rows_max, bytes_max) = sizes
+            .iter()
+            .fold((0, 0), |m, s| (m.0.max(s.0), m.1.max(s.1)));
+        assert!(rows_max <= 2 * 20 * 14, "state rows {sizes:?}");
+        let (first, last) = (sizes[1], sizes[sizes.len() - 1]);
+        assert!(
+            last.1 <= first.1 * 5 / 4,
+            "state grew from {first:?} to {last:?}: {sizes:?}"
+        );
+        assert!(bytes_max < 1 << 20, "{sizes:?}");
+    }
+
+    #[test]
+    fn a_lookup_join_takes_the_table_as_it_is_when_a_row_arrives() {
+        let mut s = spec(JoinType::Left, None);
+        s.lookup = Some(1);
+        let (l, r) = (s.inputs[0].clone(), s.inputs[1].clone());
+        let mut j = Join::new(s, 0).unwrap();
+        let (c, _) = j.process(1, &rows(&r, &[(1, "gold", 0)], None), 0).unwrap();
+        assert!(out(&c).is_empty(), "a table change outputs nothing");
+        let (c, _) = j
+            .process(0, &rows(&l, &[(1, "o1", 0), (2, "o2", 0)], None), 0)
+            .unwrap();
+        assert_eq!(out(&c), vec![row("o1", "gold", true), row("o2", "-", true)]);
+        // The table row changes: o1 keeps what it joined, o3 sees the new row.
+        let (c, _) = j
+            .process(
+                1,
+                &rows(
+                    &r,
+                    &[(1, "gold", 0), (1, "silver", 0)],
+                    Some(vec![false, true]),
+                ),
+                0,
+            )
+            .unwrap();
+        assert!(out(&c).is_empty());
+        let (c, _) = j.process(0, &rows(&l, &[(1, "o3", 0)], None), 0).unwrap();
+        assert_eq!(out(&c), vec![row("o3", "silver", true)]);
+        assert_eq!(j.state_rows(), 1, "only the table is kept");
     }
 }

@@ -14,6 +14,8 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::Query;
 use fluxo_dataflow::checkpoint::{checkpoint_dir, CheckpointStore};
 use fluxo_log::LogStore;
 use parking_lot::RwLock;
@@ -29,7 +31,7 @@ use crate::parser::{
     parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
-use crate::planner::{batch_context, plan_dataflow, Dataflow, Stage, ViewQueries};
+use crate::planner::{batch_context, plan_dataflow, query_statement, Dataflow, Stage, ViewQueries};
 use crate::shared_decode::SharedDecodes;
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::table::{self, TableFormat};
@@ -257,8 +259,8 @@ impl Engine {
                 )))
             }
             Statement::Explain(inner) => self.explain(*inner).await,
-            Statement::ExplainAnalyze(q) => self.pull_query(&format!("EXPLAIN ANALYZE {q}")).await,
-            Statement::Query(q) => self.pull_query(&q.to_string()).await,
+            Statement::ExplainAnalyze(q) => self.pull_query(&q, Answer::AnalyzedPlan).await,
+            Statement::Query(q) => self.pull_query(&q, Answer::Rows).await,
         }
     }
 
@@ -964,7 +966,7 @@ impl Engine {
             }
             Err(stream_err) => {
                 // Not a continuous query: maybe a pull query over views.
-                match self.pull_query(&format!("EXPLAIN {query}")).await {
+                match self.pull_query(&query, Answer::Plan).await {
                     Ok(r) => {
                         let mut lines = Vec::new();
                         for b in &r.batches {
@@ -1002,8 +1004,7 @@ impl Engine {
         }
         match statements.remove(0) {
             Statement::Query(q) => {
-                let ctx = self.query_context(&q.to_string()).await?;
-                let df = ctx.sql(&q.to_string()).await?;
+                let df = self.query_frame(&q).await?;
                 Ok(Some(Arc::new(df.schema().as_arrow().clone())))
             }
             // Its columns are known; describing must not run the query.
@@ -1025,18 +1026,22 @@ impl Engine {
     }
 
     /// A query over views (their current contents) and sources (their
-    /// topics' history, as a batch).
-    async fn pull_query(&self, sql: &str) -> Result<QueryResult> {
-        let ctx = self.query_context(sql).await?;
-        let df = ctx.sql(sql).await?;
+    /// topics' history, as a batch): its rows, or its plan.
+    async fn pull_query(&self, query: &Query, answer: Answer) -> Result<QueryResult> {
+        let df = self.query_frame(query).await?;
+        let df = match answer {
+            Answer::Rows => df,
+            Answer::Plan => df.explain(false, false)?,
+            Answer::AnalyzedPlan => df.explain(false, true)?,
+        };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok(QueryResult::rows(schema, batches))
     }
 
-    /// A DataFusion context that knows every source (as its history), view
-    /// and table that `sql` may read.
-    async fn query_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
+    /// `query`, planned over every source (as its history), view and table
+    /// it reads.
+    async fn query_frame(&self, query: &Query) -> Result<DataFrame> {
         let (sources, views, tables) = {
             let o = self.objects.read();
             (
@@ -1055,14 +1060,19 @@ impl Engine {
         for (name, store) in views {
             ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
         }
+        let named = relations_of(query);
         for (name, format, path) in tables {
-            // Only the tables the query names: each is listed and read afresh.
-            if sql.contains(name.as_str()) {
+            // Only the tables the query reads: each is listed and read afresh.
+            if named.contains(&name) {
                 let (provider, _) = table::open(format, &path, &ctx.state()).await?;
                 ctx.register_table(name.as_str(), provider)?;
             }
         }
-        Ok(ctx)
+        let plan = ctx
+            .state()
+            .statement_to_plan(query_statement(query))
+            .await?;
+        Ok(ctx.execute_logical_plan(plan).await?)
     }
 
     /// A snapshot of a view and a stream of its changes after it.
@@ -1172,6 +1182,7 @@ fn relations_of(query: &datafusion::sql::sqlparser::ast::Query) -> Vec<String> {
                 Some(ident) => crate::parser::ident_value(ident),
                 None => last.to_string(),
             };
+            let name = crate::parser::as_of_table(&name).to_string();
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -1218,6 +1229,15 @@ fn status(
         last_checkpoint: s.last_checkpoint.lock().clone(),
         partitions: s.partitions.lock().clone(),
     }
+}
+
+/// What a pull query answers with.
+enum Answer {
+    Rows,
+    /// `EXPLAIN`
+    Plan,
+    /// `EXPLAIN ANALYZE`: runs it and shows the plan with its counts.
+    AnalyzedPlan,
 }
 
 /// A view as a table for pull queries: each scan sees a fresh snapshot.

@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{Result, SqlError};
 
@@ -238,7 +238,10 @@ impl fmt::Display for Options {
 /// Parses a script of one or more statements separated by `;`.
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax(e.to_string()))?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(temporal_tables(tokens)?);
     let mut statements = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -258,6 +261,89 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
         return Err(SqlError::Syntax("empty statement".into()));
     }
     Ok(statements)
+}
+
+/// What ends the name under which the planner knows a table read `FOR
+/// SYSTEM_TIME AS OF`; no unquoted identifier can write it.
+const AS_OF_SUFFIX: &str = "$as_of";
+
+/// The name under which the planner knows `table` read `FOR SYSTEM_TIME AS OF`.
+pub fn as_of_name(table: &str) -> String {
+    format!("{table}{AS_OF_SUFFIX}")
+}
+
+/// The table a relation name reads (itself, or the table read `AS OF`).
+pub fn as_of_table(name: &str) -> &str {
+    name.strip_suffix(AS_OF_SUFFIX).unwrap_or(name)
+}
+
+/// `table FOR SYSTEM_TIME AS OF alias.column`, SQL:2011's temporal table
+/// reference (Flink's temporal join), which PostgreSQL's grammar lacks: the
+/// clause is taken out of the tokens and the table is named as the planner
+/// knows its AS OF reading ([`as_of_name`]), so the query's AST and its
+/// printed form carry it.
+fn temporal_tables(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
+    let significant = |t: &TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
+    let keyword = |t: &TokenWithSpan, k: Keyword| matches!(&t.token, Token::Word(w) if w.keyword == k && w.quote_style.is_none());
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let next: Vec<usize> = (i + 1..tokens.len())
+            .filter(|&k| significant(&tokens[k]))
+            .take(6)
+            .collect();
+        let is = |n: usize, k: Keyword| next.get(n).is_some_and(|&j| keyword(&tokens[j], k));
+        if !(keyword(&tokens[i], Keyword::FOR)
+            && is(0, Keyword::SYSTEM_TIME)
+            && is(1, Keyword::AS)
+            && is(2, Keyword::OF))
+        {
+            out.push(tokens[i].clone());
+            i += 1;
+            continue;
+        }
+        let at = tokens[i].span.start;
+        let word = |n: usize| {
+            next.get(n)
+                .filter(|&&j| matches!(tokens[j].token, Token::Word(_)))
+        };
+        let Some(&column) = word(3) else {
+            return Err(SqlError::Syntax(format!(
+                "FOR SYSTEM_TIME AS OF takes a time column of the stream joined (o.ts), at {at}"
+            )));
+        };
+        let qualified = next
+            .get(4)
+            .is_some_and(|&j| tokens[j].token == Token::Period);
+        let end = match (qualified, word(5)) {
+            (true, Some(&j)) => j,
+            (true, None) => {
+                return Err(SqlError::Syntax(format!(
+                    "FOR SYSTEM_TIME AS OF takes a column name after the '.', at {at}"
+                )))
+            }
+            (false, _) => column,
+        };
+        let table = out.iter().rposition(significant);
+        let Some(Token::Word(name)) = table.map(|t| &out[t].token) else {
+            return Err(SqlError::Syntax(format!(
+                "FOR SYSTEM_TIME AS OF follows the name of a table, at {at}"
+            )));
+        };
+        let name = match name.quote_style {
+            Some(_) => name.value.clone(),
+            None => name.value.to_lowercase(),
+        };
+        if let Some(t) = table {
+            out[t].token = Token::Word(Word {
+                value: as_of_name(&name),
+                quote_style: Some('"'),
+                keyword: Keyword::NoKeyword,
+            });
+        }
+        i = end + 1;
+    }
+    Ok(out)
 }
 
 /// Parses exactly one statement.

@@ -50,6 +50,10 @@ pub struct ScanInfo {
     /// Which of the scan's columns (source columns, then window_start and
     /// window_end if windowed) the plan uses, in order.
     pub projection: Vec<usize>,
+    /// A table read `FOR SYSTEM_TIME AS OF` a stream's time: looked up as
+    /// it is when each stream row arrives, its later changes not applied to
+    /// rows already joined.
+    pub as_of: bool,
 }
 
 impl ScanInfo {
@@ -79,6 +83,7 @@ pub struct SourceTable {
     source: Arc<SourceDef>,
     window: Option<(WindowSpec, WindowTime)>,
     schema: SchemaRef,
+    as_of: bool,
 }
 
 impl SourceTable {
@@ -88,6 +93,15 @@ impl SourceTable {
             source,
             window,
             schema,
+            as_of: false,
+        }
+    }
+
+    /// A table as `FOR SYSTEM_TIME AS OF` reads it (see [`ScanInfo::as_of`]).
+    pub fn as_of(source: Arc<SourceDef>) -> SourceTable {
+        SourceTable {
+            as_of: true,
+            ..SourceTable::new(source, None)
         }
     }
 }
@@ -116,6 +130,7 @@ impl TableProvider for SourceTable {
             source: self.source.clone(),
             window: self.window,
             projection,
+            as_of: self.as_of,
         })))
     }
 }

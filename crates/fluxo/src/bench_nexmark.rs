@@ -68,6 +68,12 @@ pub struct NexmarkBench {
     /// baseline.
     #[arg(long, conflicts_with = "batch")]
     pub sinks: bool,
+    /// Also run each query as this many identical views started together
+    /// over the same source, and report their rate (events/s of the source,
+    /// all views caught up) beside one view's: views share their source's
+    /// decoding, so a second view should cost its operators only.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["batch", "sinks"])]
+    pub views: usize,
 }
 
 const SOURCE: &str =
@@ -423,9 +429,13 @@ async fn run_continuous(
     cores: usize,
     inputs: &dyn Fn(&Query) -> (u64, u64),
 ) -> anyhow::Result<()> {
+    let together = match b.views {
+        0 | 1 => String::new(),
+        n => format!("{n} views ev/s"),
+    };
     println!(
-        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10}",
-        "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio"
+        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10} {:>16}",
+        "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio", together
     );
     let with = match b.parallelism {
         Some(p) => format!(" WITH (parallelism = '{p}')"),
@@ -452,6 +462,41 @@ async fn run_continuous(
                 .await?;
         }
         let rate = median(&mut rates);
+        let mut together_rates = Vec::with_capacity(b.runs);
+        for run in 0..b.runs {
+            if b.views < 2 {
+                break;
+            }
+            let views: Vec<String> = (0..b.views)
+                .map(|j| format!("bench_{}_{run}_{j}", q.name))
+                .collect();
+            let statements: Vec<String> = views
+                .iter()
+                .map(|v| format!("CREATE MATERIALIZED VIEW {v}{with} AS {}", q.sql))
+                .collect();
+            let started = Instant::now();
+            engine
+                .execute(&statements.join(";\n"))
+                .await
+                .with_context(|| format!("query {}", q.name))?;
+            let (taken, events) = inputs(q);
+            for v in &views {
+                wait_for(engine, v, taken).await?;
+            }
+            together_rates.push(events as f64 / started.elapsed().as_secs_f64());
+            for v in &views {
+                engine
+                    .execute(&format!("DROP MATERIALIZED VIEW {v}"))
+                    .await?;
+            }
+        }
+        let together = match together_rates.is_empty() {
+            true => String::new(),
+            false => {
+                let r = median(&mut together_rates);
+                format!("{r:.0} ({:.2}x)", r / rate)
+            }
+        };
         let baseline = match (q.duckdb, b.duckdb_python.as_str()) {
             (Some(sql), python) if python != "none" => Some(duckdb_rate(
                 python, json_path, sql, b.events, b.runs, false,
@@ -459,13 +504,14 @@ async fn run_continuous(
             _ => None,
         };
         println!(
-            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10}",
+            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10} {:>16}",
             q.name,
             rate,
             rate / cores as f64,
             rate * (bytes as f64 / b.events as f64) / 1e6,
             baseline.map_or("-".into(), |d| format!("{d:.0}")),
             baseline.map_or("-".into(), |d| format!("{:.2}x", rate / d)),
+            together,
         );
     }
     Ok(())

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
 use fluxo_dataflow::aggregate::AggregateExprs;
@@ -227,6 +228,12 @@ pub fn planning_context(sources: &HashMap<String, Arc<SourceDef>>) -> Result<Ses
     register_functions(&ctx, sources, None);
     for (name, def) in sources {
         ctx.register_table(name.as_str(), Arc::new(SourceTable::new(def.clone(), None)))?;
+        if def.is_table() {
+            ctx.register_table(
+                crate::parser::as_of_name(name).as_str(),
+                Arc::new(SourceTable::as_of(def.clone())),
+            )?;
+        }
     }
     Ok(ctx)
 }
@@ -257,10 +264,10 @@ pub fn batch_context(
     register_functions(&ctx, sources, Some(store));
     for (name, def) in sources {
         if def.is_table() {
-            ctx.register_table(
-                name.as_str(),
-                Arc::new(TableState::new(def.clone(), store.clone())),
-            )?;
+            // A batch query sees a table's current rows, also `AS OF`.
+            let current = Arc::new(TableState::new(def.clone(), store.clone()));
+            ctx.register_table(name.as_str(), current.clone())?;
+            ctx.register_table(crate::parser::as_of_name(name).as_str(), current)?;
             continue;
         }
         ctx.register_table(
@@ -309,7 +316,7 @@ async fn register_views(ctx: &SessionContext, views: &ViewQueries) -> Result<()>
         let mut last_error = None;
         for entry in pending.iter().copied() {
             let (name, query) = entry;
-            match ctx.state().create_logical_plan(&query.to_string()).await {
+            match query_plan(&ctx.state(), query).await {
                 Ok(plan) => {
                     let view =
                         datafusion::catalog::view::ViewTable::new(plan, Some(query.to_string()));
@@ -333,6 +340,19 @@ async fn register_views(ctx: &SessionContext, views: &ViewQueries) -> Result<()>
     Ok(())
 }
 
+/// A query as DataFusion's statement: planned from the parsed AST, never
+/// from SQL printed and parsed again.
+pub fn query_statement(query: &Query) -> datafusion::sql::parser::Statement {
+    datafusion::sql::parser::Statement::Statement(Box::new(
+        datafusion::sql::sqlparser::ast::Statement::Query(Box::new(query.clone())),
+    ))
+}
+
+/// The logical plan of `query` in `state`'s catalog.
+pub async fn query_plan(state: &SessionState, query: &Query) -> Result<LogicalPlan> {
+    Ok(state.statement_to_plan(query_statement(query)).await?)
+}
+
 /// Plans a view's query into a dataflow.
 pub async fn plan_dataflow(
     sources: &HashMap<String, Arc<SourceDef>>,
@@ -342,10 +362,7 @@ pub async fn plan_dataflow(
     let ctx = planning_context(sources)?;
     register_views(&ctx, views).await?;
     let state = ctx.state();
-    let logical = state
-        .create_logical_plan(&query.to_string())
-        .await
-        .map_err(SqlError::from)?;
+    let logical = query_plan(&state, query).await?;
     let physical = state.create_physical_plan(&logical).await?;
     translate(&physical)
 }

@@ -30,8 +30,26 @@ pub(super) fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
     let mut translator = Translator {
         inputs: Vec::new(),
         sorted_for_window: 0,
+        lookups: Vec::new(),
     };
     let built = translator.build(root)?;
+    let looked_up = |chain: &Chain, i: usize| !chain.scan.as_of || translator.lookups.contains(&i);
+    let stray = match &built.part {
+        Part::Chain(chain) => !looked_up(chain, usize::MAX),
+        Part::Node(_) => false,
+    } || translator
+        .inputs
+        .iter()
+        .enumerate()
+        .any(|(i, c)| !looked_up(c, i));
+    if stray {
+        return Err(SqlError::Plan(
+            "FOR SYSTEM_TIME AS OF reads a table as it is when each row of a stream arrives: \
+             use it on a table joined with a stream (FROM orders o JOIN customers \
+             FOR SYSTEM_TIME AS OF o.ts AS c ON o.customer_id = c.id)"
+                .into(),
+        ));
+    }
     let append_only = built.append_only;
     let output_schema = root.schema();
     let graph = match built.part {
@@ -90,6 +108,8 @@ struct Translator {
     inputs: Vec<Chain>,
     /// Above this many top-N inputs: sorts there only order rows for the window.
     sorted_for_window: usize,
+    /// The inputs that temporal joins look up.
+    lookups: Vec<usize>,
 }
 
 impl Translator {
@@ -440,6 +460,7 @@ impl Translator {
         }
         let left = self.build(join.left())?;
         let right = self.build(join.right())?;
+        let lookup = temporal_side(join.join_type(), &left, &right)?;
         let bound = time_bound(join, &left.times, &right.times);
         if left.append_only && right.append_only && bound.is_none() {
             return Err(SqlError::Plan(
@@ -469,14 +490,21 @@ impl Translator {
                 .filter_map(|(out, i)| times.iter().find(|(j, _)| j == i).map(|(_, t)| (out, *t)))
                 .collect();
         }
-        let append_only = left.append_only
-            && right.append_only
-            && matches!(
-                join.join_type(),
-                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
-            );
+        // A temporal join outputs each stream row's join once, for good.
+        let append_only = lookup.is_some()
+            || (left.append_only
+                && right.append_only
+                && matches!(
+                    join.join_type(),
+                    JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+                ));
         let left_node = self.finish(left.part, &join.left().schema())?;
         let right_node = self.finish(right.part, &join.right().schema())?;
+        if let Some(side) = lookup {
+            if let Node::Input(i) = [&left_node, &right_node][side] {
+                self.lookups.push(*i);
+            }
+        }
         let spec = JoinSpec {
             join_type: *join.join_type(),
             on: join.on().to_vec(),
@@ -486,6 +514,7 @@ impl Translator {
             projection: join.projection.as_deref().map(|p| p.to_vec()),
             output_schema: join.schema(),
             bound,
+            lookup,
         };
         Ok(Built {
             part: Part::Node(Node::Join {
@@ -496,6 +525,37 @@ impl Translator {
             times,
             append_only,
         })
+    }
+}
+
+/// Which side of a join is a table read `FOR SYSTEM_TIME AS OF` the other
+/// side's rows, if one is; the joins it can take part in.
+fn temporal_side(join_type: &JoinType, left: &Built, right: &Built) -> Result<Option<usize>> {
+    let as_of = |b: &Built| matches!(&b.part, Part::Chain(c) if c.scan.as_of && matches!(c.stage, Stage::None));
+    let side = match (as_of(left), as_of(right)) {
+        (false, false) => return Ok(None),
+        (true, true) => {
+            return Err(SqlError::Plan(
+                "FOR SYSTEM_TIME AS OF joins a stream with a table; here both sides are tables read AS OF".into(),
+            ))
+        }
+        (true, false) => 0,
+        (false, true) => 1,
+    };
+    let stream = [right, left][side];
+    if !stream.append_only {
+        return Err(SqlError::Plan(
+            "FOR SYSTEM_TIME AS OF looks a table up for each row of a stream; the other side of \
+             this join changes its rows (a table or an aggregation): join it without AS OF"
+                .into(),
+        ));
+    }
+    match (join_type, side) {
+        (JoinType::Inner, _) | (JoinType::Left, 1) | (JoinType::Right, 0) => Ok(Some(side)),
+        _ => Err(SqlError::Plan(format!(
+            "FOR SYSTEM_TIME AS OF takes an inner join, or an outer join that keeps the stream's \
+             rows (stream LEFT JOIN table), not a {join_type} join"
+        ))),
     }
 }
 
