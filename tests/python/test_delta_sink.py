@@ -186,10 +186,31 @@ def test_a_table_written_by_delta_rs_joins_a_topic_history(broker, new_topic, tm
     for b in bids:
         want[names[b["auction"]]] += 1
         totals[names[b["auction"]]] += b["price"]
-    assert body["rows"] == [[item, want[item], totals[item]] for item in sorted(want)], body
+    expected = [[item, want[item], totals[item]] for item in sorted(want)]
+    assert body["rows"] == expected, body
+    # A materialized view joins the stream with the table too: the table is
+    # read once when the view starts, the bids as they come.
+    sql(broker, """CREATE MATERIALIZED VIEW per_item AS
+                   SELECT a.item, count(*) AS n, sum(b.price) AS total
+                   FROM bids b JOIN auctions a ON b.auction = a.id GROUP BY a.item""")
+    view_rows = lambda: sql(broker, "SELECT item, n, total FROM per_item ORDER BY item")["rows"]
+    H.wait_for(lambda: view_rows() == expected, timeout=60, desc="the view joins every bid with its item")
+    explained = json.dumps(sql(broker, "EXPLAIN SELECT a.item FROM bids b JOIN auctions a ON b.auction = a.id"))
+    assert "read once when the view starts" in explained, explained
     # The table is read afresh for each query: a new version shows at once.
     write_deltalake(str(path), pa.table({"id": pa.array([-2], pa.int64()), "item": ["new"]}), mode="append")
     assert sql(broker, "SELECT count(*) FROM auctions")["rows"] == [[len(auctions) + 2]]
+    # New bids reach the view through the table it read.
+    more = make_bids(500, seed=42)
+    produce_bids(broker, topic, [{k: v for k, v in b.items() if k != "_ts"} for b in more])
+    for b in more:
+        if b["auction"] in names:
+            want[names[b["auction"]]] += 1
+            totals[names[b["auction"]]] += b["price"]
+    expected = [[item, want[item], totals[item]] for item in sorted(want)]
+    H.wait_for(lambda: view_rows() == expected, timeout=60, desc="new bids join the table the view read")
+    refused = sql(broker, "CREATE MATERIALIZED VIEW items AS SELECT * FROM auctions", expect_status=400)
+    assert "reads at least one source" in json.dumps(refused), refused
 
 
 @pytest.mark.timeout(120)

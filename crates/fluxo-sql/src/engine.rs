@@ -31,7 +31,9 @@ use crate::parser::{
     parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
-use crate::planner::{batch_context, plan_dataflow, query_statement, Dataflow, Stage, ViewQueries};
+use crate::planner::{
+    batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, Stage,
+};
 use crate::shared_decode::SharedDecodes;
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::table::{self, TableFormat};
@@ -266,14 +268,21 @@ impl Engine {
 
     /// What a continuous query may read: the sources (and tables over
     /// topics), and the views with their queries.
-    fn planning_inputs(&self) -> (HashMap<String, Arc<SourceDef>>, ViewQueries) {
+    fn planning_inputs(&self) -> PlanningInputs {
         let objects = self.objects.read();
-        let views = objects
-            .views
-            .iter()
-            .map(|(name, v)| (name.clone(), v.def.query.clone()))
-            .collect();
-        (objects.sources.clone(), views)
+        PlanningInputs {
+            sources: objects.sources.clone(),
+            views: objects
+                .views
+                .iter()
+                .map(|(name, v)| (name.clone(), v.def.query.clone()))
+                .collect(),
+            tables: objects
+                .tables
+                .iter()
+                .map(|(name, t)| (name.clone(), t.format, t.path.clone()))
+                .collect(),
+        }
     }
 
     fn check_name_free(&self, name: &str, if_not_exists: bool) -> Result<bool> {
@@ -391,8 +400,7 @@ impl Engine {
                 "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
             )));
         }
-        let (sources, views) = self.planning_inputs();
-        let dataflow = plan_dataflow(&sources, &views, &def.query).await?;
+        let dataflow = plan_dataflow(&self.planning_inputs(), &def.query).await?;
         let late_topic = def.options.get("late_topic").map(str::to_string);
         if let Some(topic) = &late_topic {
             check_late_topic(topic, &dataflow)?;
@@ -565,7 +573,7 @@ impl Engine {
             }
             view.pipeline.add_sink(sink);
         } else {
-            let (sources, views) = self.planning_inputs();
+            let inputs = self.planning_inputs();
             let query = match crate::parser::parse_statement_str(&format!(
                 "SELECT * FROM {}",
                 crate::parser::quote_ident(&def.from)
@@ -573,7 +581,7 @@ impl Engine {
                 Statement::Query(q) => q,
                 _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
             };
-            let dataflow = plan_dataflow(&sources, &views, &query).await?;
+            let dataflow = plan_dataflow(&inputs, &query).await?;
             let definition = Statement::CreateSink(def.clone()).to_string();
             let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
             if persist {
@@ -942,8 +950,7 @@ impl Engine {
                 ))
             }
         };
-        let (sources, views) = self.planning_inputs();
-        let lines = match plan_dataflow(&sources, &views, &query).await {
+        let lines = match plan_dataflow(&self.planning_inputs(), &query).await {
             Ok(dataflow) => {
                 let order = if dataflow.graph.is_some() {
                     "view first, each operator's inputs indented below it"
@@ -1171,25 +1178,6 @@ impl Engine {
             g.stop();
         }
     }
-}
-
-/// The names of the tables, sources and views a query reads.
-fn relations_of(query: &datafusion::sql::sqlparser::ast::Query) -> Vec<String> {
-    let mut names = Vec::new();
-    let _ = datafusion::sql::sqlparser::ast::visit_relations(query, |relation| {
-        if let Some(last) = relation.0.last() {
-            let name = match last.as_ident() {
-                Some(ident) => crate::parser::ident_value(ident),
-                None => last.to_string(),
-            };
-            let name = crate::parser::as_of_table(&name).to_string();
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    names
 }
 
 /// What the status API shows of a pipeline.

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::error::{Result, SqlError};
-use crate::planner::{Chain, Dataflow, Stage};
+use crate::planner::{Chain, Dataflow, Stage, StaticInput};
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
 use crate::sink::{Sink, TopicSink, TopicSinkConfig};
@@ -217,6 +217,8 @@ struct Runner {
     /// The operators over the inputs, when the query has more than one
     /// input or stateful operators above a chain.
     graph: Option<Graph>,
+    /// Parts of the query that read no stream, for the graph's last inputs.
+    statics: Vec<StaticInput>,
     view: Option<Arc<ViewStore>>,
     store: Arc<LogStore>,
     shared_decodes: Arc<SharedDecodes>,
@@ -394,13 +396,14 @@ impl Runner {
             .dataflow
             .graph
             .as_ref()
-            .map(|root| Graph::new(root, inputs.len(), lateness))
+            .map(|root| Graph::new(root, inputs.len() + spec.dataflow.statics.len(), lateness))
             .transpose()?;
         let late_identity = format!("{}/late", spec.name);
         Ok(Runner {
             name: spec.name,
             inputs,
             graph,
+            statics: spec.dataflow.statics.clone(),
             view: spec.view,
             store: store.clone(),
             shared_decodes: spec.shared_decodes,
@@ -479,6 +482,7 @@ impl Runner {
                 let initial = graph.start(self.watermark)?;
                 self.emit(initial)?;
             }
+            self.read_statics()?;
         }
         self.stats.parallelism.store(
             self.inputs
@@ -716,6 +720,41 @@ impl Runner {
             .events_in
             .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
         self.process(i, decoded.batch, p)
+    }
+
+    /// Runs the query's static parts (tables that are no stream) once and
+    /// feeds their rows to the graph; a restored pipeline has them in its
+    /// operators' state already.
+    fn read_statics(&mut self) -> Result<()> {
+        let Some(graph) = &mut self.graph else {
+            return Ok(());
+        };
+        if self.statics.is_empty() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SqlError::Internal(format!("cannot start a runtime for a table: {e}")))?;
+        let mut out = Vec::new();
+        for (j, input) in self.statics.iter().enumerate() {
+            let batches = runtime
+                .block_on(datafusion::physical_plan::collect(
+                    input.plan.clone(),
+                    input.task.clone(),
+                ))
+                .map_err(|e| {
+                    SqlError::Execution(format!("reading {}: {e}", input.tables.join(", ")))
+                })?;
+            for batch in batches {
+                out.extend(graph.push(
+                    self.inputs.len() + j,
+                    Changes::inserts(batch),
+                    self.watermark,
+                )?);
+            }
+        }
+        self.emit(out)
     }
 
     /// Takes a checkpoint; a failure (a full disk, say) is reported in the

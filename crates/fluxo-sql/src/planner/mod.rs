@@ -12,12 +12,14 @@
 //! two streams whose state nothing bounds.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Query;
 use fluxo_dataflow::aggregate::AggregateExprs;
@@ -30,6 +32,7 @@ use crate::error::{Result, SqlError};
 use crate::history::{HistoryTable, TableState};
 use crate::parser::SourceDef;
 use crate::source::{ScanInfo, SourceTable, WindowKind, WindowTableFunction, WindowTime};
+use crate::table::TableFormat;
 
 mod conditions;
 mod translate;
@@ -117,11 +120,34 @@ impl Chain {
     }
 }
 
+/// A part of a continuous query that reads no stream, planned as a batch.
+#[derive(Debug, Clone)]
+pub struct StaticInput {
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The planning session's context: where the plan's files are found.
+    pub task: Arc<TaskContext>,
+    /// The tables it reads, for the console and `EXPLAIN`.
+    pub tables: Vec<String>,
+}
+
+impl StaticInput {
+    pub fn describe(&self) -> String {
+        format!(
+            "Table: {} (read once when the view starts)",
+            self.tables.join(", ")
+        )
+    }
+}
+
 /// A continuous query, ready to run: its inputs, and the graph of
 /// operators that combines them (none when the query reads one input).
 #[derive(Debug, Clone)]
 pub struct Dataflow {
     pub inputs: Vec<Chain>,
+    /// Parts of the query that read no stream (a Delta or Parquet table,
+    /// constants): run once as a batch when the pipeline starts, their rows
+    /// then enter the graph as inputs `inputs.len() + i`.
+    pub statics: Vec<StaticInput>,
     pub graph: Option<Node>,
     pub output_schema: SchemaRef,
     /// Whether the graph's output only grows, windows taken as final.
@@ -185,6 +211,15 @@ impl Dataflow {
             }
             chain_ends.push(previous);
         }
+        for input in &self.statics {
+            nodes.push(fluxo_dataflow::graph::GraphNode {
+                kind: "source",
+                name: input.tables.join(", "),
+                label: input.describe(),
+                inputs: Vec::new(),
+            });
+            chain_ends.push(Some(nodes.len() - 1));
+        }
         if let Some(root) = &self.graph {
             root.graph_nodes(&chain_ends, &mut nodes);
         }
@@ -198,7 +233,12 @@ impl Dataflow {
         match &self.graph {
             None => self.inputs.iter().flat_map(Chain::describe).collect(),
             Some(root) => {
-                let chains: Vec<Vec<String>> = self.inputs.iter().map(Chain::describe).collect();
+                let chains: Vec<Vec<String>> = self
+                    .inputs
+                    .iter()
+                    .map(Chain::describe)
+                    .chain(self.statics.iter().map(|s| vec![s.describe()]))
+                    .collect();
                 root.describe(&chains)
             }
         }
@@ -305,6 +345,15 @@ fn register_functions(
 /// Materialized views a query may read, by name, with their queries.
 pub type ViewQueries = Vec<(String, Box<Query>)>;
 
+/// What a continuous query may read.
+#[derive(Default)]
+pub struct PlanningInputs {
+    pub sources: HashMap<String, Arc<SourceDef>>,
+    pub views: ViewQueries,
+    /// Delta and Parquet tables: name, format, directory.
+    pub tables: Vec<(String, TableFormat, PathBuf)>,
+}
+
 /// Makes each view a DataFusion view of its query, so that a query over
 /// views is planned over their sources: a view on a view runs the inner
 /// view's operators in its own dataflow, in one consistent checkpoint.
@@ -354,17 +403,46 @@ pub async fn query_plan(state: &SessionState, query: &Query) -> Result<LogicalPl
 }
 
 /// Plans a view's query into a dataflow.
-pub async fn plan_dataflow(
-    sources: &HashMap<String, Arc<SourceDef>>,
-    views: &ViewQueries,
-    query: &Query,
-) -> Result<Dataflow> {
-    let ctx = planning_context(sources)?;
-    register_views(&ctx, views).await?;
+pub async fn plan_dataflow(inputs: &PlanningInputs, query: &Query) -> Result<Dataflow> {
+    let ctx = planning_context(&inputs.sources)?;
+    // The file tables the query reads, itself or through its views: each
+    // is opened (a Delta table's log is loaded) only when read.
+    let mut read = relations_of(query);
+    for (_, view) in &inputs.views {
+        read.extend(relations_of(view));
+    }
+    let mut tables = Vec::new();
+    for (name, format, path) in &inputs.tables {
+        if read.contains(name) {
+            let (provider, _) = crate::table::open(*format, path, &ctx.state()).await?;
+            ctx.register_table(name.as_str(), provider)?;
+            tables.push(name.clone());
+        }
+    }
+    register_views(&ctx, &inputs.views).await?;
     let state = ctx.state();
     let logical = query_plan(&state, query).await?;
     let physical = state.create_physical_plan(&logical).await?;
-    translate(&physical)
+    translate(&physical, ctx.task_ctx(), tables)
+}
+
+/// The names of the tables, sources and views a query reads.
+pub fn relations_of(query: &Query) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = datafusion::sql::sqlparser::ast::visit_relations(query, |relation| {
+        if let Some(last) = relation.0.last() {
+            let name = match last.as_ident() {
+                Some(ident) => crate::parser::ident_value(ident),
+                None => last.to_string(),
+            };
+            let name = crate::parser::as_of_table(&name).to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    names
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! builds: any number of shards gives the same changes as one, and a
 //! checkpoint restores with its own shard count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
@@ -11,7 +11,7 @@ use fluxo_dataflow::updating_aggregate::UpdatingAggregate;
 use fluxo_dataflow::Changes;
 
 use crate::parser::{parse_statements, Statement};
-use crate::planner::{plan_dataflow, Dataflow, Stage};
+use crate::planner::{plan_dataflow, Dataflow, PlanningInputs, Stage};
 
 async fn updating_dataflow() -> Dataflow {
     let statements = parse_statements(
@@ -20,20 +20,18 @@ async fn updating_dataflow() -> Dataflow {
            SELECT k % 7 AS g, count(*) AS n, sum(v) AS total, max(v) AS hi FROM s GROUP BY k % 7",
     )
     .unwrap();
-    let mut sources = HashMap::new();
+    let mut inputs = PlanningInputs::default();
     let mut query = None;
     for s in statements {
         match s {
             Statement::CreateSource(def) => {
-                sources.insert(def.name.clone(), Arc::new(def));
+                inputs.sources.insert(def.name.clone(), Arc::new(def));
             }
             Statement::CreateView(def) => query = Some(def.query),
             _ => unreachable!(),
         }
     }
-    plan_dataflow(&sources, &Vec::new(), &query.unwrap())
-        .await
-        .unwrap()
+    plan_dataflow(&inputs, &query.unwrap()).await.unwrap()
 }
 
 fn sharded(dataflow: &Dataflow, shards: usize) -> ShardedAggregation {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::{JoinType, NullEquality};
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -22,21 +23,37 @@ use fluxo_dataflow::top_n::TopNSpec;
 use fluxo_dataflow::window::WindowSpec;
 
 use super::conditions::{rank_limit, time_bound};
-use super::{Chain, Dataflow, Stage};
+use super::{Chain, Dataflow, Stage, StaticInput};
 use crate::error::{Result, SqlError};
 use crate::source::{ScanInfo, SourceScanExec, WindowTime};
 
-pub(super) fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
+/// Where static inputs are numbered during translation, before the chains
+/// are all known: afterwards static input `j` is graph input `chains + j`.
+const STATIC_BASE: usize = 1 << 40;
+
+pub(super) fn translate(
+    root: &Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    tables: Vec<String>,
+) -> Result<Dataflow> {
     let mut translator = Translator {
         inputs: Vec::new(),
+        statics: Vec::new(),
         sorted_for_window: 0,
         lookups: Vec::new(),
     };
     let built = translator.build(root)?;
+    if let Part::Static(_) = built.part {
+        return Err(SqlError::Plan(
+            "a materialized view reads at least one source or table over a topic; \
+             query Delta and Parquet tables directly (SELECT ... FROM table)"
+                .into(),
+        ));
+    }
     let looked_up = |chain: &Chain, i: usize| !chain.scan.as_of || translator.lookups.contains(&i);
     let stray = match &built.part {
         Part::Chain(chain) => !looked_up(chain, usize::MAX),
-        Part::Node(_) => false,
+        Part::Node(_) | Part::Static(_) => false,
     } || translator
         .inputs
         .iter()
@@ -65,8 +82,22 @@ pub(super) fn translate(root: &Arc<dyn ExecutionPlan>) -> Result<Dataflow> {
         }
         part => Some(translator.finish(part, &output_schema)?),
     };
+    let graph = graph.map(|mut root| {
+        number_statics(&mut root, translator.inputs.len());
+        root
+    });
+    let statics = translator
+        .statics
+        .into_iter()
+        .map(|plan| StaticInput {
+            plan,
+            task: task.clone(),
+            tables: tables.clone(),
+        })
+        .collect();
     Ok(Dataflow {
         inputs: translator.inputs,
+        statics,
         graph,
         output_schema,
         graph_append_only: append_only,
@@ -102,10 +133,13 @@ enum Part {
     /// Still one input's chain: operators go on it.
     Chain(Chain),
     Node(Node),
+    /// A part that reads no stream: run once, as a batch.
+    Static(Arc<dyn ExecutionPlan>),
 }
 
 struct Translator {
     inputs: Vec<Chain>,
+    statics: Vec<Arc<dyn ExecutionPlan>>,
     /// Above this many top-N inputs: sorts there only order rows for the window.
     sorted_for_window: usize,
     /// The inputs that temporal joins look up.
@@ -117,6 +151,10 @@ impl Translator {
     fn finish(&mut self, part: Part, schema: &SchemaRef) -> Result<Node> {
         match part {
             Part::Node(n) => Ok(n),
+            Part::Static(plan) => {
+                self.statics.push(plan);
+                Ok(Node::Input(STATIC_BASE + self.statics.len() - 1))
+            }
             Part::Chain(mut chain) => {
                 if let (Stage::None, Some((WindowSpec::Session { .. }, _))) =
                     (&chain.stage, &chain.scan.window)
@@ -131,6 +169,14 @@ impl Translator {
     }
 
     fn build(&mut self, plan: &Arc<dyn ExecutionPlan>) -> Result<Built> {
+        if !reads_stream(plan) {
+            // A table's rows that never change while the view runs.
+            return Ok(Built {
+                part: Part::Static(plan.clone()),
+                times: Vec::new(),
+                append_only: false,
+            });
+        }
         if let Some(scan) = plan.downcast_ref::<SourceScanExec>() {
             if scan.info.source.is_table() && scan.info.window.is_some() {
                 return Err(SqlError::Plan(format!(
@@ -347,6 +393,9 @@ impl Translator {
                 input: Box::new(node),
                 ops,
             }),
+            // Whatever is above a static part reads a stream, so stateless
+            // operators never land on one: a static part is a whole subtree.
+            Part::Static(plan) => Part::Static(plan),
         };
         Built { part, ..built }
     }
@@ -525,6 +574,31 @@ impl Translator {
             times,
             append_only,
         })
+    }
+}
+
+/// Whether a plan reads a source (or a table over a topic) anywhere below.
+fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<SourceScanExec>().is_some() || plan.children().into_iter().any(reads_stream)
+}
+
+/// Gives static inputs their final numbers, after the chains'.
+fn number_statics(node: &mut Node, chains: usize) {
+    match node {
+        Node::Input(i) if *i >= STATIC_BASE => *i = chains + (*i - STATIC_BASE),
+        Node::Input(_) => {}
+        Node::Stateless { input, .. }
+        | Node::Aggregate { input, .. }
+        | Node::TopN { input, .. } => number_statics(input, chains),
+        Node::Join { left, right, .. } => {
+            number_statics(left, chains);
+            number_statics(right, chains);
+        }
+        Node::Union { inputs, .. } => {
+            for input in inputs {
+                number_statics(input, chains);
+            }
+        }
     }
 }
 
