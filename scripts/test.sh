@@ -16,7 +16,8 @@ section "cargo build"
 cargo build --workspace --bins --tests
 
 section "cargo test"
-cargo test --workspace
+# The differential test checks views against DuckDB from the test venv.
+FLUXO_DUCKDB_PYTHON="$PWD/.venv/bin/python" cargo test --workspace
 
 section "python client-compatibility tests"
 FLUXO_BIN="$PWD/target/debug/fluxo" .venv/bin/python -m pytest -q tests/python

@@ -5,9 +5,18 @@
 //! the batch query's rows, whatever the data did meanwhile (updates and
 //! tombstones in the table, rows in any order across partitions).
 //!
+//! The same queries also run in DuckDB over the same rows (the streams'
+//! records, the table's newest row per key), an engine that shares no code
+//! with fluxo: every view must hold DuckDB's answer too. DuckDB comes from
+//! the test environment's Python (`FLUXO_DUCKDB_PYTHON`, set by
+//! `scripts/test.sh`; without it and without `.venv`, that half is skipped
+//! with a note).
+//!
 //! The seed is printed; `FLUXO_DIFF_SEED=N` replays one, `FLUXO_DIFF_ROUNDS`
 //! runs more.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +95,100 @@ fn query(rng: &mut StdRng) -> String {
             "SELECT g, count(*) AS ids, sum(w) AS w FROM t WHERE w {cmp} {n} GROUP BY g"
         ),
     }
+}
+
+/// Every record appended, per topic, in order: DuckDB's input.
+#[derive(Default)]
+struct Written(HashMap<String, Vec<OutRecord>>);
+
+impl Written {
+    fn append(&mut self, store: &LogStore, topic: &str, partition: i32, records: Vec<OutRecord>) {
+        self.0
+            .entry(topic.to_string())
+            .or_default()
+            .extend(records.iter().cloned());
+        append(store, topic, partition, records);
+    }
+
+    /// The streams as JSON lines, and the table as its newest row per key.
+    fn write_json(&self, dir: &Path) {
+        let lines = |records: &[&OutRecord]| -> String {
+            records
+                .iter()
+                .filter_map(|r| r.value.as_ref())
+                .map(|v| format!("{}\n", String::from_utf8_lossy(v)))
+                .collect()
+        };
+        for topic in ["a", "b"] {
+            let records: Vec<&OutRecord> = self.0.get(topic).into_iter().flatten().collect();
+            std::fs::write(dir.join(format!("{topic}.json")), lines(&records)).unwrap();
+        }
+        let mut table: BTreeMap<Vec<u8>, &OutRecord> = BTreeMap::new();
+        for r in self.0.get("t").into_iter().flatten() {
+            let key = r.key.as_ref().unwrap().to_vec();
+            match r.value {
+                Some(_) => table.insert(key, r),
+                None => table.remove(&key),
+            };
+        }
+        let current: Vec<&OutRecord> = table.into_values().collect();
+        std::fs::write(dir.join("t.json"), lines(&current)).unwrap();
+    }
+}
+
+/// Runs `queries` in DuckDB over the rows in `dir`: each one's rows as
+/// sorted JSON arrays, like [`rows`].
+fn duckdb_rows(
+    python: &Path,
+    dir: &Path,
+    queries: &[(String, String)],
+) -> BTreeMap<String, Vec<String>> {
+    const SCRIPT: &str = r#"
+import json, sys
+import duckdb
+dir, queries = sys.argv[1], json.load(open(sys.argv[2]))
+con = duckdb.connect()
+def load(name, columns, select):
+    cols = ", ".join(f"'{c}': '{t}'" for c, t in columns)
+    con.execute(f"CREATE TABLE {name} AS SELECT {select} FROM read_json('{dir}/{name}.json', "
+                f"format = 'newline_delimited', columns = {{{cols}}})")
+stream = [("k", "BIGINT"), ("v", "BIGINT"), ("s", "VARCHAR"), ("ts", "BIGINT")]
+for name in ("a", "b"):
+    load(name, stream, "k, v, s, epoch_ms(ts) AS ts")
+load("t", [("id", "BIGINT"), ("g", "VARCHAR"), ("w", "BIGINT")], "*")
+out = {}
+for name, sql in queries:
+    rows = con.execute(sql).fetchall()
+    out[name] = sorted(json.dumps([int(x) if isinstance(x, int) else x for x in r], separators=(",", ":"))
+                       for r in rows)
+print(json.dumps(out))
+"#;
+    let script = dir.join("oracle.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let listed = dir.join("queries.json");
+    std::fs::write(&listed, serde_json::to_string(queries).unwrap()).unwrap();
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .arg(&listed)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("DuckDB's answer is JSON")
+}
+
+/// The Python with DuckDB, if this environment has one.
+fn duckdb_python() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("FLUXO_DUCKDB_PYTHON") {
+        // Set by the test script: DuckDB must be there.
+        return Some(PathBuf::from(path));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    venv.exists().then_some(venv)
 }
 
 fn append(store: &LogStore, topic: &str, partition: i32, records: Vec<OutRecord>) {
@@ -167,7 +270,8 @@ async fn run(seed: u64) {
     for statement in SETUP {
         engine.execute(statement).await.unwrap();
     }
-    append(&store, "t", 0, table_changes(&mut rng, 40));
+    let mut written = Written::default();
+    written.append(&store, "t", 0, table_changes(&mut rng, 40));
     let mut clock = 1_000_000i64;
     let mut views = Vec::new();
     for i in 0..12 {
@@ -183,17 +287,17 @@ async fn run(seed: u64) {
         // Data arrives while views are being created, too.
         if i % 3 == 0 {
             for (p, part) in events(&mut rng, 150, &mut clock).into_iter().enumerate() {
-                append(&store, ["a", "b"][i % 2], p as i32, part);
+                written.append(&store, ["a", "b"][i % 2], p as i32, part);
             }
         }
     }
     for _ in 0..4 {
         for topic in ["a", "b"] {
             for (p, part) in events(&mut rng, 200, &mut clock).into_iter().enumerate() {
-                append(&store, topic, p as i32, part);
+                written.append(&store, topic, p as i32, part);
             }
         }
-        append(&store, "t", 0, table_changes(&mut rng, 15));
+        written.append(&store, "t", 0, table_changes(&mut rng, 15));
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
     }
     let mut with_rows = 0;
@@ -228,6 +332,26 @@ async fn run(seed: u64) {
         "seed {seed}: only {with_rows} of {} views had rows",
         views.len()
     );
+    match duckdb_python() {
+        Some(python) => {
+            let oracle_dir = tempfile::tempdir().unwrap();
+            written.write_json(oracle_dir.path());
+            let expected = duckdb_rows(&python, oracle_dir.path(), &views);
+            for (name, sql) in &views {
+                let got = rows(&engine, &format!("SELECT * FROM {name}"))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    Some(&got),
+                    expected.get(name),
+                    "seed {seed}: view {name} differs from DuckDB's answer\n{sql}"
+                );
+            }
+        }
+        None => {
+            eprintln!("differential: no Python with DuckDB (.venv): the DuckDB check is skipped")
+        }
+    }
     engine.shutdown();
 }
 
