@@ -1288,3 +1288,68 @@ fn check_late_topic(topic: &str, dataflow: &Dataflow) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fluxo_log::TopicConfig;
+
+    async fn engine(dir: &Path) -> Arc<Engine> {
+        let store = Arc::new(LogStore::open(dir).unwrap());
+        store.create_topic("t", 1, TopicConfig::default()).unwrap();
+        Engine::open(store, dir).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_name_is_one_object_whatever_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path()).await;
+        engine
+            .execute(
+                "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (topic = 't');
+                 CREATE MATERIALIZED VIEW m AS SELECT k, count(*) AS n FROM s GROUP BY k",
+            )
+            .await
+            .unwrap();
+        let taken = engine
+            .execute_one("CREATE TABLE m (id BIGINT, PRIMARY KEY (id)) WITH (topic = 't')")
+            .await
+            .unwrap_err();
+        assert_eq!(taken.to_string(), "view m already exists");
+        assert_eq!(taken.sqlstate(), "42P07");
+        let again = engine
+            .execute_one("CREATE SOURCE IF NOT EXISTS s (k BIGINT) WITH (topic = 't')")
+            .await
+            .unwrap();
+        assert!(again.message.unwrap().contains("exists"));
+        // What reads an object keeps it.
+        let in_use = engine.execute_one("DROP SOURCE s").await.unwrap_err();
+        assert_eq!(in_use.sqlstate(), "2BP01", "{in_use}");
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn describing_a_statement_gives_its_columns_without_running_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path()).await;
+        engine
+            .execute("CREATE SOURCE s (k BIGINT, v TEXT) WITH (topic = 't')")
+            .await
+            .unwrap();
+        let schema = engine
+            .describe_statement("SELECT v, count(*) AS n FROM s GROUP BY v")
+            .await
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["v", "n"]);
+        // CREATE answers with a message: no columns, and nothing created.
+        let create = engine
+            .describe_statement("CREATE MATERIALIZED VIEW m AS SELECT * FROM s")
+            .await
+            .unwrap();
+        assert!(create.is_none());
+        assert!(engine.pipelines().is_empty());
+        engine.shutdown();
+    }
+}

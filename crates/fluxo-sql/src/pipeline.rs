@@ -1030,20 +1030,7 @@ impl Runner {
     /// nothing read yet while another has); the clock when every input
     /// runs on it.
     fn combined_watermark(&self) -> i64 {
-        let mut event = None::<i64>;
-        let mut empty = false;
-        for input in &self.inputs {
-            match input.time() {
-                InputTime::Clock => {}
-                InputTime::Event(w) => event = Some(event.map_or(w, |e| e.min(w))),
-                InputTime::Empty => empty = true,
-            }
-        }
-        match (event, empty) {
-            (Some(w), _) => w,
-            (None, true) => i64::MIN,
-            (None, false) => now_ms(),
-        }
+        combine_times(self.inputs.iter().map(Input::time))
     }
 
     /// Runs one decoded batch of partition `p` of input `i` through the dataflow.
@@ -1263,9 +1250,99 @@ impl Runner {
     }
 }
 
+/// The watermark of a query over several inputs: the slowest input's;
+/// inputs on the clock hold nothing back, and an event-time input that has
+/// read nothing yet holds everything back.
+fn combine_times(times: impl Iterator<Item = InputTime>) -> i64 {
+    let mut event = None::<i64>;
+    let mut empty = false;
+    for time in times {
+        match time {
+            InputTime::Clock => {}
+            InputTime::Event(w) => event = Some(event.map_or(w, |e| e.min(w))),
+            InputTime::Empty => empty = true,
+        }
+    }
+    match (event, empty) {
+        (Some(w), _) => w,
+        (None, true) => i64::MIN,
+        (None, false) => now_ms(),
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::{parse_statements, Statement};
+    use crate::planner::{plan_dataflow, PlanningInputs};
+
+    /// The input of `SELECT * FROM s`, s with a 1 s watermark delay.
+    async fn input() -> Input {
+        let mut inputs = PlanningInputs::default();
+        let statements = parse_statements(
+            "CREATE SOURCE s (k BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (topic = 't', idle_timeout = '50ms')",
+        )
+        .unwrap();
+        let Statement::CreateSource(def) = statements.into_iter().next().unwrap() else {
+            unreachable!()
+        };
+        inputs.sources.insert(def.name.clone(), Arc::new(def));
+        let query = match parse_statements("SELECT * FROM s").unwrap().remove(0) {
+            Statement::Query(q) => q,
+            _ => unreachable!(),
+        };
+        let dataflow = plan_dataflow(&inputs, &query).await.unwrap();
+        Input::new(dataflow.inputs[0].clone(), 1, 0).unwrap()
+    }
+
+    fn cursor(max_event_time: Option<i64>, idle_for_ms: u64) -> PartitionCursor {
+        PartitionCursor {
+            offset: 0,
+            max_event_time,
+            last_data: Instant::now() - Duration::from_millis(idle_for_ms),
+            caught_up: idle_for_ms > 0,
+        }
+    }
+
+    fn event(time: InputTime) -> Option<i64> {
+        match time {
+            InputTime::Event(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_input_waits_for_its_slowest_partition_unless_that_one_is_idle() {
+        let mut input = input().await;
+        assert!(matches!(input.time(), InputTime::Empty));
+        input.partitions = vec![cursor(Some(10_000), 0), cursor(Some(5_000), 0)];
+        assert_eq!(event(input.time()), Some(4_000));
+        // Caught up and silent past the idle timeout: no longer waited for.
+        input.partitions[1] = cursor(Some(5_000), 1_000);
+        assert_eq!(event(input.time()), Some(9_000));
+        // All idle: the furthest partition's time, never back.
+        input.partitions[0] = cursor(Some(10_000), 1_000);
+        assert_eq!(event(input.time()), Some(9_000));
+        // Idle partitions that never had an event tell nothing.
+        input.partitions = vec![cursor(None, 1_000)];
+        assert!(matches!(input.time(), InputTime::Empty));
+    }
+
+    #[test]
+    fn the_slowest_event_time_input_sets_the_watermark_and_the_clock_holds_nothing() {
+        use InputTime::{Clock, Empty, Event};
+        assert_eq!(combine_times([Event(7), Event(3), Clock].into_iter()), 3);
+        assert_eq!(combine_times([Empty, Event(3)].into_iter()), 3);
+        assert_eq!(combine_times([Empty, Clock].into_iter()), i64::MIN);
+        let before = now_ms();
+        assert!(combine_times([Clock].into_iter()) >= before);
+    }
 }
