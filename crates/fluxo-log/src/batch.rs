@@ -306,8 +306,20 @@ pub fn last_offset_of(buf: &[u8]) -> Option<i64> {
     last
 }
 
-/// Checks one complete batch (exactly `buf`): header sanity and CRC-32C.
+/// Checks one complete batch as a producer sends it (exactly `buf`):
+/// header sanity, CRC-32C, and offsets without gaps.
 pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader> {
+    validate(buf, true)
+}
+
+/// Checks a batch read back from a segment: the log cleaner leaves gaps
+/// between a batch's offsets (the records it removed), so its last offset
+/// delta may exceed its record count.
+pub fn validate_stored_batch(buf: &[u8]) -> Result<BatchHeader> {
+    validate(buf, false)
+}
+
+fn validate(buf: &[u8], dense: bool) -> Result<BatchHeader> {
     let header = BatchHeader::parse(buf)?;
     if header.size != buf.len() {
         return Err(LogError::CorruptBatch(format!(
@@ -329,9 +341,12 @@ pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader> {
             header.record_count
         )));
     }
-    if header.last_offset_delta < 0
-        || (header.compression() == 0 && header.last_offset_delta != header.record_count - 1)
-    {
+    let gaps = if dense {
+        header.compression() == 0 && header.last_offset_delta != header.record_count - 1
+    } else {
+        header.last_offset_delta < header.record_count - 1
+    };
+    if header.last_offset_delta < 0 || gaps {
         return Err(LogError::InvalidRecord(format!(
             "last offset delta {} does not match {} records",
             header.last_offset_delta, header.record_count

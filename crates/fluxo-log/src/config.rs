@@ -368,7 +368,13 @@ impl TopicConfig {
         config_def(name).map(|d| (d.default.to_string(), true))
     }
 
-    fn int(&self, name: &str) -> i64 {
+    pub(crate) fn float(&self, name: &str) -> f64 {
+        self.get(name)
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or(0.5)
+    }
+
+    pub(crate) fn int(&self, name: &str) -> i64 {
         // Values were validated when set; a default always parses.
         self.get(name)
             .and_then(|(v, _)| v.parse().ok())
@@ -405,6 +411,13 @@ impl TopicConfig {
 
     pub fn index_interval_bytes(&self) -> usize {
         self.int("index.interval.bytes").clamp(0, i32::MAX as i64) as usize
+    }
+
+    /// Whether `cleanup.policy` includes `delete`: a compact-only topic is
+    /// never cut by time or size, as in Kafka.
+    pub fn deletes_by_retention(&self) -> bool {
+        self.get("cleanup.policy")
+            .is_none_or(|(v, _)| v.split(',').any(|p| p.trim() == "delete"))
     }
 
     /// Whether `cleanup.policy` includes `compact` (records need keys).

@@ -29,6 +29,7 @@
 //! the topic's `max.message.bytes`.
 
 pub mod batch;
+pub mod cleaner;
 pub mod config;
 pub mod partition;
 mod producer_state;
@@ -37,6 +38,7 @@ pub mod segment;
 mod store;
 mod txn_index;
 
+pub use cleaner::{CleanerConfig, CleanerStats};
 pub use config::{TimestampType, TopicConfig, CONFIG_DEFS};
 pub use partition::{AppendInfo, AppendTotals, PartitionLog, PartitionOffsets};
 pub use records::{encode_batch, AppendedRange, OutRecord};

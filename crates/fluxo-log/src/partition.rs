@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::batch::{
     assign_offset, control_batch, control_type, split_batches, AbortedTxn, BatchHeader, ControlType,
 };
+use crate::cleaner::CleanerStats;
 use crate::config::{TimestampType, TopicConfig};
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::segment::Segment;
@@ -59,7 +60,9 @@ pub struct PartitionLog {
     pub partition: i32,
     dir: PathBuf,
     config: RwLock<Arc<TopicConfig>>,
-    segments: RwLock<Vec<Arc<Segment>>>,
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    /// What the log cleaner did (see `cleaner.rs`).
+    pub(crate) cleaner: Mutex<CleanerStats>,
     append_lock: Mutex<AppendState>,
     log_start_offset: AtomicI64,
     flushed_offset: AtomicI64,
@@ -144,6 +147,10 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),
             segments: RwLock::new(segments),
+            cleaner: Mutex::new(CleanerStats {
+                cleaned_up_to: crate::cleaner::read_checkpoint(dir),
+                ..Default::default()
+            }),
             append_lock: Mutex::new(AppendState {
                 messages_since_flush: 0,
                 producers,
@@ -160,6 +167,11 @@ impl PartitionLog {
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// What the log cleaner did to this partition.
+    pub fn cleaner_stats(&self) -> CleanerStats {
+        *self.cleaner.lock()
     }
 
     pub fn dir(&self) -> &Path {
@@ -598,6 +610,9 @@ impl PartitionLog {
     /// one. Returns the number of segments removed.
     pub fn enforce_retention(&self, now: i64) -> usize {
         let config = self.config();
+        if !config.deletes_by_retention() {
+            return 0;
+        }
         let retention_ms = config.retention_ms();
         let retention_bytes = config.retention_bytes();
         let mut removed = Vec::new();

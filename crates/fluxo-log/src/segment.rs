@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::batch::{validate_batch, BatchHeader, ControlType, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use crate::batch::{
+    validate_stored_batch, BatchHeader, ControlType, BATCH_HEADER_LEN, LOG_OVERHEAD,
+};
 use crate::{LogError, Result};
 
 /// An offset index entry: every `index.interval.bytes` of log, where a batch
@@ -164,7 +166,7 @@ impl Segment {
             }
             batch.resize(h.size, 0);
             self.file.read_exact_at(&mut batch, pos)?;
-            if let Err(e) = validate_batch(&batch) {
+            if let Err(e) = validate_stored_batch(&batch) {
                 break Some(e.to_string());
             }
             if h.base_offset < next {

@@ -9,6 +9,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cleaner::CleanerConfig;
 use crate::config::TopicConfig;
 use crate::partition::PartitionLog;
 use crate::segment::write_atomically;
@@ -364,16 +365,18 @@ impl LogStore {
         }
     }
 
-    /// Runs `flush.ms` and retention in the background until the store is
-    /// dropped by everyone else.
+    /// Runs `flush.ms`, retention and the log cleaner in the background
+    /// until the store is dropped by everyone else.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
         retention_check: Duration,
+        cleaner: CleanerConfig,
     ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             let mut last_retention = std::time::Instant::now();
+            let mut last_cleaning = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
@@ -400,6 +403,23 @@ impl LogStore {
                         }
                     })
                     .await;
+                }
+                if last_cleaning.elapsed() >= Duration::from_millis(cleaner.backoff_ms) {
+                    // Only compacted topics: a check of their config each.
+                    let ps: Vec<_> = partitions
+                        .iter()
+                        .filter(|p| p.config().is_compacted())
+                        .cloned()
+                        .collect();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for p in ps {
+                            if let Err(e) = p.clean(now, &cleaner) {
+                                tracing::warn!(topic = %p.topic, partition = p.partition, "log cleaner: {e}");
+                            }
+                        }
+                    })
+                    .await;
+                    last_cleaning = std::time::Instant::now();
                 }
             }
         })

@@ -81,6 +81,8 @@ impl std::fmt::Debug for PostgresSection {
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub retention_check_secs: Option<u64>,
+    pub log_cleaner_backoff_ms: Option<u64>,
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// How often retention is enforced, in seconds [default: 30]
     #[arg(long, env = "FLUXO_RETENTION_CHECK_SECS")]
     pub retention_check_secs: Option<u64>,
+    /// log.cleaner.backoff.ms: pause between runs of the log cleaner, which
+    /// compacts `cleanup.policy=compact` topics [default: 15000]
+    #[arg(long, env = "FLUXO_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
+    /// log.cleaner.dedupe.buffer.size: memory for one cleaner run's map of
+    /// keys to their newest offsets [default: 134217728]
+    #[arg(long, env = "FLUXO_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
     /// Also run a live demo: an online shop's orders and clicks, SQL views
     /// over them, sinks, and a dashboard in the console
     #[arg(long, env = "FLUXO_DEMO")]
@@ -70,6 +78,7 @@ pub struct ServeSettings {
     pub num_partitions: i32,
     pub max_request_bytes: usize,
     pub retention_check_secs: u64,
+    pub cleaner: fluxo_log::CleanerConfig,
     pub groups: fluxo_groups::GroupConfig,
     pub transactions: fluxo_txn::TxnConfig,
     pub demo: bool,
@@ -122,6 +131,20 @@ impl ServeSettings {
                 .retention_check_secs
                 .or(file.log.retention_check_secs)
                 .unwrap_or(30),
+            cleaner: {
+                let default = fluxo_log::CleanerConfig::default();
+                fluxo_log::CleanerConfig {
+                    backoff_ms: args
+                        .log_cleaner_backoff_ms
+                        .or(file.log.log_cleaner_backoff_ms)
+                        .unwrap_or(default.backoff_ms)
+                        .max(1),
+                    dedupe_buffer_bytes: args
+                        .log_cleaner_dedupe_buffer_size
+                        .or(file.log.log_cleaner_dedupe_buffer_size)
+                        .unwrap_or(default.dedupe_buffer_bytes),
+                }
+            },
             groups: file.group_config(),
             transactions: file.transaction_config(),
             demo: args.demo,
@@ -160,8 +183,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
     let store = Arc::new(store);
-    let maintenance =
-        store.spawn_maintenance(Duration::from_secs(args.retention_check_secs.max(1)));
+    let maintenance = store.spawn_maintenance(
+        Duration::from_secs(args.retention_check_secs.max(1)),
+        args.cleaner,
+    );
     let config = BrokerConfig {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.num_partitions,
