@@ -54,6 +54,7 @@ fn find_topic(store: &LogStore, name: &str) -> Result<Arc<Topic>, ApiError> {
 fn topic_json(state: &AppState, topic: &Topic) -> Value {
     let mut records = 0i64;
     let mut size = 0u64;
+    let compacted = topic.config().is_compacted();
     let partitions: Vec<Value> = topic
         .partitions()
         .iter()
@@ -61,12 +62,17 @@ fn topic_json(state: &AppState, topic: &Topic) -> Value {
             let o = p.offsets();
             records += o.end_offset - o.log_start_offset;
             size += o.size_bytes;
-            json!({
+            let mut partition = json!({
                 "partition": p.partition,
                 "log_start_offset": o.log_start_offset,
                 "end_offset": o.end_offset,
                 "size_bytes": o.size_bytes,
-            })
+            });
+            if compacted {
+                // What the log cleaner did since the server started.
+                partition["cleaner"] = json!(p.cleaner_stats());
+            }
+            partition
         })
         .collect();
     let rates = state.stats.topic_rates(&topic.name);
