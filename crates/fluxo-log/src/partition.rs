@@ -28,7 +28,7 @@ use crate::batch::{
 use crate::cleaner::CleanerStats;
 use crate::config::{TimestampType, TopicConfig};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::segment::Segment;
+use crate::segment::{write_atomically, Segment};
 use crate::txn_index::TxnIndex;
 use crate::{now_ms, LogError, Result};
 
@@ -53,6 +53,17 @@ struct AppendState {
     messages_since_flush: i64,
     producers: ProducerStates,
     aborted: TxnIndex,
+}
+
+/// Where DeleteRecords put the log start offset, when that is inside the
+/// first segment.
+const LOG_START_FILE: &str = "log-start-offset";
+
+fn read_log_start(dir: &Path) -> i64 {
+    std::fs::read_to_string(dir.join(LOG_START_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub struct PartitionLog {
@@ -137,7 +148,12 @@ impl PartitionLog {
         // is tolerated (offsets may have gaps after retention), but never
         // overlaps: the next segment's base wins.
         let end = segments.last().map(|s| s.next_offset()).unwrap_or(0);
-        let start = segments.first().map(|s| s.base_offset).unwrap_or(0);
+        // DeleteRecords may have moved the start inside the first segment.
+        let start = segments
+            .first()
+            .map(|s| s.base_offset)
+            .unwrap_or(0)
+            .max(read_log_start(dir).min(end));
         let (producers, aborted) = restore_producers(dir, &segments, end)?;
         let lso = producers.first_unstable_offset().unwrap_or(end);
         let (end_offset_tx, _) = watch::channel(end);
@@ -421,6 +437,30 @@ impl PartitionLog {
             return Ok(active.base_offset);
         }
         Ok(self.roll(&active, now_ms(), &mut state)?.base_offset)
+    }
+
+    /// DeleteRecords: makes `offset` the log start offset (the end offset
+    /// for -1), so nothing before it can be read again, and deletes the
+    /// segments that now hold nothing readable. The new start is on disk
+    /// before this returns: after a crash the records stay deleted. An
+    /// offset below the log start changes nothing. Returns the log start.
+    pub fn delete_records(&self, offset: i64) -> Result<i64> {
+        let end = self.end_offset();
+        let offset = if offset == -1 { end } else { offset };
+        let start = self.log_start_offset();
+        if offset < 0 || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        write_atomically(
+            &self.dir.join(LOG_START_FILE),
+            offset.to_string().as_bytes(),
+        )?;
+        self.log_start_offset.fetch_max(offset, Ordering::AcqRel);
+        self.delete_segments_before(offset);
+        Ok(self.log_start_offset())
     }
 
     /// Deletes the sealed segments that hold only offsets below `offset`
@@ -1068,6 +1108,42 @@ mod tests {
             log.append(&mut make_idempotent_batch(3, 42, 30))
                 .unwrap()
                 .duplicate
+        );
+    }
+
+    #[test]
+    fn deleted_records_stay_deleted_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        for i in 0..4 {
+            log.append(&mut make_batch(5, 20, 1000 + i)).unwrap();
+            log.roll_now().unwrap();
+        }
+        log.append(&mut make_batch(5, 20, 2000)).unwrap();
+        // Inside the second segment: the first goes, the start moves.
+        assert_eq!(log.delete_records(7).unwrap(), 7);
+        assert_eq!(log.log_start_offset(), 7);
+        assert!(matches!(
+            log.read(6, 1000),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert!(!log.read(7, 1000).unwrap().is_empty());
+        // Lower offsets change nothing; past the end is out of range.
+        assert_eq!(log.delete_records(3).unwrap(), 7);
+        assert!(matches!(
+            log.delete_records(26),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        drop(log);
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.log_start_offset(), 7, "the start is durable");
+        // -1: everything written so far.
+        assert_eq!(log.delete_records(-1).unwrap(), 25);
+        assert_eq!(log.end_offset(), 25);
+        drop(log);
+        assert_eq!(
+            open(dir.path(), TopicConfig::default()).log_start_offset(),
+            25
         );
     }
 }

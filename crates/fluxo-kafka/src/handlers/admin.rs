@@ -1,4 +1,5 @@
-//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions.
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions,
+//! DeleteRecords.
 
 use std::sync::Arc;
 
@@ -8,10 +9,14 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -119,6 +124,36 @@ fn describe_for_create(config: &TopicConfig) -> Vec<CreatableTopicConfigs> {
             Some(c)
         })
         .collect()
+}
+
+/// DeleteRecords: moves each partition's log start offset up to the
+/// requested offset (-1: the high watermark); the answer's low watermark is
+/// the new log start. An offset past the high watermark is
+/// OFFSET_OUT_OF_RANGE, as in Kafka.
+pub fn delete_records(
+    broker: &Arc<Broker>,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let mut response = DeleteRecordsResponse::default();
+    for t in request.topics {
+        let mut topic = DeleteRecordsTopicResult::default();
+        topic.name = t.name.clone();
+        for p in t.partitions {
+            let mut r = DeleteRecordsPartitionResult::default();
+            r.partition_index = p.partition_index;
+            r.low_watermark = -1;
+            match broker.store.partition(t.name.0.as_str(), p.partition_index) {
+                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(log) => match log.delete_records(p.offset) {
+                    Ok(start) => r.low_watermark = start,
+                    Err(e) => r.error_code = log_error_code(&e),
+                },
+            }
+            topic.partitions.push(r);
+        }
+        response.topics.push(topic);
+    }
+    response
 }
 
 pub fn delete_topics(

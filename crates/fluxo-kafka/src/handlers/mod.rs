@@ -65,6 +65,7 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
         ApiKey::CreatePartitions => (0, 3),
+        ApiKey::DeleteRecords => (0, 2),
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::AlterConfigs => (0, 2),
         ApiKey::IncrementalAlterConfigs => (0, 1),
@@ -140,6 +141,9 @@ pub fn dispatch(
         RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(
             admin::create_partitions(broker, r),
         )),
+        RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(admin::delete_records(
+            broker, r,
+        ))),
         RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, ctx, r),
         )),

@@ -1,12 +1,16 @@
-//! `fluxo topic create|list|describe|delete`.
+//! `fluxo topic create|list|describe|delete|trim`.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, ListOffsetsRequest, TopicName,
+    CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    ListOffsetsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -39,6 +43,17 @@ pub enum TopicCommand {
     /// Delete a topic and its data.
     Delete {
         name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Delete a partition's records before an offset (Kafka's
+    /// DeleteRecords): its log start offset moves there for good.
+    Trim {
+        /// TOPIC:PARTITION
+        target: String,
+        /// The first offset to keep; -1 deletes everything written so far.
+        #[arg(long, allow_hyphen_values = true)]
+        before: i64,
         #[command(flatten)]
         conn: Connection,
     },
@@ -180,6 +195,45 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 }
             }
             println!("deleted topic {name}");
+        }
+        TopicCommand::Trim {
+            target,
+            before,
+            conn,
+        } => {
+            let Some((name, partition)) = target
+                .rsplit_once(':')
+                .and_then(|(t, p)| Some((t.to_string(), p.parse::<i32>().ok()?)))
+            else {
+                bail!("'{target}' must look like TOPIC:PARTITION, e.g. orders:0")
+            };
+            let client = conn.connect().await?;
+            let mut p = DeleteRecordsPartition::default();
+            p.partition_index = partition;
+            p.offset = before;
+            let mut t = DeleteRecordsTopic::default();
+            t.name = TopicName(StrBytes::from_string(name.clone()));
+            t.partitions = vec![p];
+            let mut req = DeleteRecordsRequest::default();
+            req.topics = vec![t];
+            req.timeout_ms = 30_000;
+            let resp = client.send(&req).await.context("delete records")?;
+            for r in resp.topics.iter().flat_map(|t| &t.partitions) {
+                // OFFSET_OUT_OF_RANGE
+                if r.error_code == 1 {
+                    bail!("cannot trim {target}: offset {before} is out of range (past the partition's end offset)");
+                }
+                if r.error_code != 0 {
+                    bail!(
+                        "cannot trim {target}: {}",
+                        describe_error(r.error_code, None)
+                    );
+                }
+                println!(
+                    "{name}:{} now starts at offset {}",
+                    r.partition_index, r.low_watermark
+                );
+            }
         }
     }
     Ok(())
