@@ -9,6 +9,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -164,6 +167,25 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             bad.count = 1;
             r.topics = vec![t, bad];
             RequestKind::CreatePartitions(r)
+        }
+        ApiKey::DeleteRecords => {
+            // Offset 0 changes nothing, past the end is refused, an
+            // unknown topic is named.
+            let mut r = DeleteRecordsRequest::default();
+            let partition = |index: i32, offset: i64| {
+                let mut p = DeleteRecordsPartition::default();
+                p.partition_index = index;
+                p.offset = offset;
+                p
+            };
+            let mut t = DeleteRecordsTopic::default();
+            t.name = name("t");
+            t.partitions = vec![partition(0, 0), partition(0, 1 << 40)];
+            let mut missing = DeleteRecordsTopic::default();
+            missing.name = name("missing");
+            missing.partitions = vec![partition(0, 0)];
+            r.topics = vec![t, missing];
+            RequestKind::DeleteRecords(r)
         }
         ApiKey::DescribeConfigs => {
             let mut r = DescribeConfigsRequest::default();
