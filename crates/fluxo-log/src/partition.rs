@@ -527,7 +527,15 @@ impl PartitionLog {
         if self.flushed_offset() >= target {
             return Ok(());
         }
-        segment.sync()?;
+        if let Err(e) = segment.sync() {
+            // A failed fsync may have dropped the dirty pages it was to
+            // write, and a later fsync would then succeed over the loss
+            // (PostgreSQL's "fsyncgate"): nothing more is acknowledged on
+            // this partition until a restart recovers it from the file.
+            self.offline.store(true, Ordering::Release);
+            tracing::error!(topic = %self.topic, partition = self.partition, "fsync failed, the partition takes no more writes until a restart: {e}");
+            return Err(LogError::Offline(format!("fsync failed: {e}")));
+        }
         self.flushed_offset.fetch_max(target, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
         self.append_lock.lock().messages_since_flush = 0;
