@@ -10,7 +10,8 @@
 //! view fed from the root holds, at any quiescent point, what the same
 //! query run as a batch over the rows read so far would return (over the
 //! windows the watermark has closed). Within one pipeline the graph runs on
-//! the pipeline's thread, in arrival order; the watermark reaches the
+//! the pipeline's thread, in arrival order, its keyed operators as shards
+//! by key on rayon's pool (`keyed_shards.rs`); the watermark reaches the
 //! operators after the windows it closes have flowed through them.
 
 use arrow::array::RecordBatch;
@@ -18,6 +19,7 @@ use arrow::datatypes::SchemaRef;
 
 use super::aggregate::AggregateExprs;
 use super::join::{Join, JoinSpec};
+use super::keyed_shards::{Router, ShardedOperator, Shards};
 use super::stateless::StatelessOp;
 use super::top_n::{TopN, TopNSpec};
 use super::updating_aggregate::UpdatingAggregate;
@@ -166,10 +168,62 @@ impl Node {
 
 enum Operator {
     Stateless(Vec<StatelessOp>),
-    Aggregate(Box<UpdatingAggregate>),
-    Join(Box<Join>),
+    Aggregate(Shards<UpdatingAggregate>),
+    Join(Shards<Join>),
     Union(SchemaRef),
-    TopN(Box<TopN>),
+    TopN(Shards<TopN>),
+}
+
+impl ShardedOperator for UpdatingAggregate {
+    fn apply(
+        &mut self,
+        _port: usize,
+        changes: &Changes,
+        _watermark: i64,
+    ) -> Result<(Vec<Changes>, u64)> {
+        Ok((self.process_changes(changes)?, 0))
+    }
+    fn checkpoint(&mut self) -> Result<OperatorState> {
+        UpdatingAggregate::checkpoint(self)
+    }
+    fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        UpdatingAggregate::restore(self, state)
+    }
+}
+
+impl ShardedOperator for Join {
+    fn apply(
+        &mut self,
+        port: usize,
+        changes: &Changes,
+        watermark: i64,
+    ) -> Result<(Vec<Changes>, u64)> {
+        let (c, late) = self.process(port, changes, watermark)?;
+        Ok((vec![c], late))
+    }
+    fn checkpoint(&mut self) -> Result<OperatorState> {
+        Join::checkpoint(self)
+    }
+    fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        Join::restore(self, state)
+    }
+}
+
+impl ShardedOperator for TopN {
+    fn apply(
+        &mut self,
+        _port: usize,
+        changes: &Changes,
+        _watermark: i64,
+    ) -> Result<(Vec<Changes>, u64)> {
+        Ok((vec![self.process(changes)?], 0))
+    }
+    fn checkpoint(&mut self) -> Result<OperatorState> {
+        TopN::checkpoint(self)
+    }
+    fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        TopN::restore(self, state)
+    }
 }
 
 struct RunningNode {
@@ -184,14 +238,17 @@ pub struct Graph {
     /// For each input chain, the node (and port) its changes enter.
     entries: Vec<Option<(usize, usize)>>,
     late: u64,
+    /// How many shards each keyed operator runs as.
+    parallelism: usize,
 }
 
 impl Graph {
-    pub fn new(root: &Node, inputs: usize, lateness_ms: i64) -> Result<Graph> {
+    pub fn new(root: &Node, inputs: usize, lateness_ms: i64, parallelism: usize) -> Result<Graph> {
         let mut graph = Graph {
             nodes: Vec::new(),
             entries: vec![None; inputs],
             late: 0,
+            parallelism,
         };
         graph.add(root, None, lateness_ms)?;
         if graph.entries.iter().any(Option::is_none) {
@@ -214,13 +271,54 @@ impl Graph {
             }
             Node::Stateless { ops, .. } => Operator::Stateless(ops.clone()),
             Node::Aggregate { exprs, .. } => {
-                Operator::Aggregate(Box::new(UpdatingAggregate::new(exprs.clone())?))
+                let router = match exprs.has_keys() {
+                    true => Router::new(
+                        vec![exprs.key_exprs.clone()],
+                        exprs
+                            .key_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.data_type().clone())
+                            .collect(),
+                    )?,
+                    false => None,
+                };
+                let exprs = exprs.clone();
+                Operator::Aggregate(Shards::new(self.parallelism, router, move || {
+                    UpdatingAggregate::new(exprs.clone())
+                })?)
             }
             Node::Join { spec, .. } => {
-                Operator::Join(Box::new(Join::new(spec.clone(), lateness_ms)?))
+                let types = spec
+                    .on
+                    .iter()
+                    .map(|(l, _)| Ok(l.data_type(&spec.inputs[0])?))
+                    .collect::<Result<Vec<_>>>()?;
+                let router = Router::new(
+                    vec![
+                        spec.on.iter().map(|(l, _)| l.clone()).collect(),
+                        spec.on.iter().map(|(_, r)| r.clone()).collect(),
+                    ],
+                    types,
+                )?;
+                let spec = spec.clone();
+                Operator::Join(Shards::new(self.parallelism, router, move || {
+                    Join::new(spec.clone(), lateness_ms)
+                })?)
             }
             Node::Union { schema, .. } => Operator::Union(schema.clone()),
-            Node::TopN { spec, .. } => Operator::TopN(Box::new(TopN::new(spec.clone())?)),
+            Node::TopN { spec, .. } => {
+                let types = spec
+                    .partition_by
+                    .iter()
+                    .map(|e| Ok(e.data_type(&spec.input_schema)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let router = Router::new(vec![spec.partition_by.clone()], types)?;
+                let spec = spec.clone();
+                Operator::TopN(Shards::new(self.parallelism, router, move || {
+                    TopN::new(spec.clone())
+                })?)
+            }
         };
         let id = self.nodes.len();
         self.nodes.push(RunningNode { operator, parent });
@@ -247,7 +345,13 @@ impl Graph {
         let mut out = Vec::new();
         for id in 0..self.nodes.len() {
             let initial = match &mut self.nodes[id].operator {
-                Operator::Aggregate(a) => a.start()?,
+                Operator::Aggregate(a) => {
+                    let mut initial = Vec::new();
+                    for shard in a.iter_mut() {
+                        initial.extend(shard.start()?);
+                    }
+                    initial
+                }
                 _ => continue,
             };
             for changes in initial {
@@ -289,12 +393,12 @@ impl Graph {
                 }
                 vec![c]
             }
-            Operator::Aggregate(a) => a.process_changes(&changes)?,
-            Operator::TopN(t) => vec![t.process(&changes)?],
+            Operator::Aggregate(a) => a.apply(port, &changes, watermark)?.0,
+            Operator::TopN(t) => t.apply(port, &changes, watermark)?.0,
             Operator::Join(j) => {
-                let (c, late) = j.process(port, &changes, watermark)?;
+                let (c, late) = j.apply(port, &changes, watermark)?;
                 self.late += late;
-                vec![c]
+                c
             }
             Operator::Union(schema) => {
                 // The inputs' column names may differ; the union's are the first's.
@@ -341,7 +445,9 @@ impl Graph {
     pub fn advance(&mut self, watermark: i64) {
         for node in &mut self.nodes {
             if let Operator::Join(j) = &mut node.operator {
-                j.advance(watermark);
+                for shard in j.iter_mut() {
+                    shard.advance(watermark);
+                }
             }
         }
     }
@@ -358,11 +464,13 @@ impl Graph {
         for node in &self.nodes {
             match &node.operator {
                 Operator::Join(j) => {
-                    rows += j.state_rows();
-                    bytes += j.state_bytes();
+                    rows += j.iter().map(Join::state_rows).sum::<usize>();
+                    bytes += j.iter().map(Join::state_bytes).sum::<usize>();
                 }
-                Operator::Aggregate(a) => rows += a.groups(),
-                Operator::TopN(t) => rows += t.state_rows(),
+                Operator::Aggregate(a) => {
+                    rows += a.iter().map(UpdatingAggregate::groups).sum::<usize>()
+                }
+                Operator::TopN(t) => rows += t.iter().map(TopN::state_rows).sum::<usize>(),
                 _ => {}
             }
         }

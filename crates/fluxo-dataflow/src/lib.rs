@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod graph;
 pub mod join;
+pub mod keyed_shards;
 pub mod retractable_extreme;
 pub mod session_window;
 pub mod sharded;

@@ -396,7 +396,14 @@ impl Runner {
             .dataflow
             .graph
             .as_ref()
-            .map(|root| Graph::new(root, inputs.len() + spec.dataflow.statics.len(), lateness))
+            .map(|root| {
+                Graph::new(
+                    root,
+                    inputs.len() + spec.dataflow.statics.len(),
+                    lateness,
+                    spec.parallelism,
+                )
+            })
             .transpose()?;
         let late_identity = format!("{}/late", spec.name);
         Ok(Runner {

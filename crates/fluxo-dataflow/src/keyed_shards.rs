@@ -1,0 +1,230 @@
+//! A keyed operator of the graph (a join, an aggregation over changing
+//! rows, a top-N) run as shards on rayon's pool: each shard owns the keys
+//! whose hash falls to it, and a change is split by key before it reaches
+//! them. The operators keep state only per key (a join per join key, an
+//! aggregation per group, a top-N per partition), so the shards' outputs
+//! together are exactly the one operator's output; only their order across
+//! keys differs, and nothing downstream depends on that (within a key, the
+//! order is kept). An operator without keys (a global aggregate, a top-N
+//! over everything) runs as one shard.
+//!
+//! The shard count is fixed when the state is: a checkpoint keeps its own
+//! count, as `sharded.rs` does for the chains' aggregations.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use rayon::prelude::*;
+
+use crate::checkpoint::OperatorState;
+use crate::error::{DataflowError, Result};
+use crate::Changes;
+
+/// How rows find their shard: per input port, the key expressions, and
+/// the types both ports' keys are compared as.
+pub struct Router {
+    keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    types: Vec<DataType>,
+    converter: RowConverter,
+}
+
+impl Router {
+    /// `None` when there are no keys to split by.
+    pub fn new(
+        keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+        types: Vec<DataType>,
+    ) -> Result<Option<Router>> {
+        if types.is_empty() {
+            return Ok(None);
+        }
+        let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())?;
+        Ok(Some(Router {
+            keys,
+            types,
+            converter,
+        }))
+    }
+
+    /// The rows of `batch` (arriving on `port`) each of `shards` owns.
+    fn split(&self, port: usize, batch: &RecordBatch, shards: usize) -> Result<Vec<UInt32Array>> {
+        let n = batch.num_rows();
+        let exprs = self
+            .keys
+            .get(port)
+            .ok_or_else(|| DataflowError::Internal(format!("no keys for input {port}")))?;
+        let columns = exprs
+            .iter()
+            .zip(&self.types)
+            .map(|(e, t)| -> Result<ArrayRef> {
+                let c = e.evaluate(batch)?.into_array(n)?;
+                // Equal keys of two inputs of different types must meet.
+                Ok(if c.data_type() == t {
+                    c
+                } else {
+                    arrow::compute::cast(&c, t)?
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&columns)?;
+        let mut parts = vec![Vec::with_capacity(n / shards + 1); shards];
+        for (i, row) in rows.iter().enumerate() {
+            parts[crc32c::crc32c(row.as_ref()) as usize % shards].push(i as u32);
+        }
+        Ok(parts.into_iter().map(UInt32Array::from).collect())
+    }
+}
+
+/// What a graph operator must offer to run as shards.
+pub trait ShardedOperator: Send {
+    /// Applies a change arriving on input `port`: the output change, and
+    /// how many rows were too late to use.
+    fn apply(
+        &mut self,
+        port: usize,
+        changes: &Changes,
+        watermark: i64,
+    ) -> Result<(Vec<Changes>, u64)>;
+    fn checkpoint(&mut self) -> Result<OperatorState>;
+    fn restore(&mut self, state: &OperatorState) -> Result<()>;
+}
+
+pub struct Shards<T> {
+    shards: Vec<T>,
+    router: Option<Router>,
+    make: Box<dyn Fn() -> Result<T> + Send>,
+}
+
+impl<T: ShardedOperator> Shards<T> {
+    /// `count` instances of `make`, or one without a router.
+    pub fn new(
+        count: usize,
+        router: Option<Router>,
+        make: impl Fn() -> Result<T> + Send + 'static,
+    ) -> Result<Shards<T>> {
+        let count = if router.is_some() { count.max(1) } else { 1 };
+        Ok(Shards {
+            shards: (0..count).map(|_| make()).collect::<Result<_>>()?,
+            router,
+            make: Box::new(make),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.shards.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.shards.iter_mut()
+    }
+
+    pub fn apply(
+        &mut self,
+        port: usize,
+        changes: &Changes,
+        watermark: i64,
+    ) -> Result<(Vec<Changes>, u64)> {
+        let router = match &self.router {
+            Some(r) if self.shards.len() > 1 => r,
+            _ => return self.shards[0].apply(port, changes, watermark),
+        };
+        let parts = router.split(port, &changes.batch, self.shards.len())?;
+        let inputs = parts
+            .iter()
+            .map(|rows| -> Result<Changes> {
+                Ok(Changes {
+                    batch: arrow::compute::take_record_batch(&changes.batch, rows)?,
+                    signs: match &changes.signs {
+                        Some(s) => Some(
+                            arrow::compute::take(s, rows, None)?
+                                .as_any()
+                                .downcast_ref::<arrow::array::BooleanArray>()
+                                .cloned()
+                                .ok_or_else(|| {
+                                    DataflowError::Internal("signs are not booleans".into())
+                                })?,
+                        ),
+                        None => None,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let results: Vec<Result<(Vec<Changes>, u64)>> = self
+            .shards
+            .par_iter_mut()
+            .zip(inputs.par_iter())
+            .map(|(shard, part)| {
+                if part.num_rows() == 0 {
+                    Ok((Vec::new(), 0))
+                } else {
+                    shard.apply(port, part, watermark)
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut late = 0;
+        for result in results {
+            let (changes, l) = result?;
+            out.extend(changes);
+            late += l;
+        }
+        Ok((out, late))
+    }
+
+    /// Every shard's state: metadata under `shards`, batches as `<shard>/<name>`.
+    pub fn checkpoint(&mut self) -> Result<OperatorState> {
+        let mut metas = Vec::with_capacity(self.shards.len());
+        let mut batches = Vec::new();
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            let state = shard.checkpoint()?;
+            metas.push(state.meta);
+            batches.extend(
+                state
+                    .batches
+                    .into_iter()
+                    .map(|(name, b)| (format!("{i}/{name}"), b)),
+            );
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({ "shards": metas }),
+            batches,
+        })
+    }
+
+    /// Restores as many shards as the checkpoint had (one for a checkpoint
+    /// written before graph operators were sharded).
+    pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        let Some(serde_json::Value::Array(metas)) = state.meta.get("shards") else {
+            let mut one = (self.make)()?;
+            one.restore(state)?;
+            self.shards = vec![one];
+            return Ok(());
+        };
+        let mut shards = Vec::with_capacity(metas.len());
+        for (i, meta) in metas.iter().enumerate() {
+            let prefix = format!("{i}/");
+            let mut shard = (self.make)()?;
+            shard.restore(&OperatorState {
+                meta: meta.clone(),
+                batches: state
+                    .batches
+                    .iter()
+                    .filter_map(|(name, b)| {
+                        name.strip_prefix(&prefix)
+                            .map(|n| (n.to_string(), b.clone()))
+                    })
+                    .collect(),
+            })?;
+            shards.push(shard);
+        }
+        if shards.is_empty() {
+            return Err(DataflowError::Internal(
+                "a checkpoint with no shards".into(),
+            ));
+        }
+        self.shards = shards;
+        Ok(())
+    }
+}
