@@ -326,6 +326,8 @@ impl PartitionLog {
             f.write_all(bytes)?;
             f.sync_all()?;
         }
+        // Readers of the old segment keep its file, not the new one.
+        old.pin_file()?;
         old.remove_index_files();
         std::fs::rename(&tmp, &log_path)?;
         std::fs::File::open(self.dir())?.sync_all()?;

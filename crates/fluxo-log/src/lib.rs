@@ -31,6 +31,7 @@
 pub mod batch;
 pub mod cleaner;
 pub mod config;
+pub mod open_files;
 pub mod partition;
 mod producer_state;
 pub mod records;

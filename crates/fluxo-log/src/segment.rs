@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 use crate::batch::{
     validate_stored_batch, BatchHeader, ControlType, BATCH_HEADER_LEN, LOG_OVERHEAD,
 };
+use crate::open_files::SegmentFile;
 use crate::{LogError, Result};
 
 /// An offset index entry: every `index.interval.bytes` of log, where a batch
@@ -47,7 +49,7 @@ struct Indexes {
 pub struct Segment {
     pub base_offset: i64,
     log_path: PathBuf,
-    file: File,
+    file: Arc<SegmentFile>,
     /// Bytes of complete batches; readers never look past it.
     size: AtomicU64,
     /// Offset after the last batch in this segment.
@@ -77,8 +79,8 @@ impl Segment {
             .open(&log_path)?;
         Ok(Segment {
             base_offset,
+            file: SegmentFile::new(&log_path, file),
             log_path,
-            file,
             size: AtomicU64::new(0),
             next_offset: AtomicI64::new(base_offset),
             max_timestamp: AtomicI64::new(-1),
@@ -109,7 +111,7 @@ impl Segment {
         let seg = Segment {
             base_offset,
             log_path: log_path.to_path_buf(),
-            file,
+            file: SegmentFile::new(log_path, file),
             size: AtomicU64::new(meta.len()),
             next_offset: AtomicI64::new(base_offset),
             max_timestamp: AtomicI64::new(-1),
@@ -138,7 +140,7 @@ impl Segment {
     /// a bad tail. Reads one batch at a time, so memory stays bounded by
     /// the largest batch, not the segment.
     fn recover(&self, index_interval: usize) -> Result<()> {
-        let len = self.file.metadata()?.len();
+        let len = self.file.get()?.metadata()?.len();
         let mut idx = Indexes::default();
         let mut next = self.base_offset;
         let mut max_ts = -1i64;
@@ -152,7 +154,7 @@ impl Segment {
             if len - pos < BATCH_HEADER_LEN as u64 {
                 break Some(format!("torn batch header: {} bytes", len - pos));
             }
-            self.file.read_exact_at(&mut header, pos)?;
+            self.file.get()?.read_exact_at(&mut header, pos)?;
             let h = match BatchHeader::parse(&header) {
                 Ok(h) => h,
                 Err(e) => break Some(e.to_string()),
@@ -165,7 +167,7 @@ impl Segment {
                 ));
             }
             batch.resize(h.size, 0);
-            self.file.read_exact_at(&mut batch, pos)?;
+            self.file.get()?.read_exact_at(&mut batch, pos)?;
             if let Err(e) = validate_stored_batch(&batch) {
                 break Some(e.to_string());
             }
@@ -193,8 +195,8 @@ impl Segment {
                 "truncating {} bytes of torn or corrupt tail at byte {pos}: {why}",
                 len - pos
             );
-            self.file.set_len(pos)?;
-            self.file.sync_all()?;
+            self.file.get()?.set_len(pos)?;
+            self.file.get()?.sync_all()?;
         }
         self.size.store(pos, Ordering::Release);
         self.next_offset.store(next, Ordering::Release);
@@ -329,8 +331,8 @@ impl Segment {
         if start + data.len() as u64 > u32::MAX as u64 {
             return Err(LogError::SegmentFull);
         }
-        if let Err(e) = self.file.write_all_at(data, start) {
-            if let Err(cut) = self.file.set_len(start) {
+        if let Err(e) = self.file.get()?.write_all_at(data, start) {
+            if let Err(cut) = self.file.get()?.set_len(start) {
                 tracing::error!(segment = %self.log_path.display(), "could not cut a failed write back: {cut}");
                 return Err(LogError::Offline(format!(
                     "write failed ({e}) and could not be undone ({cut})"
@@ -366,7 +368,7 @@ impl Segment {
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data()?;
+        self.file.get()?.sync_data()?;
         Ok(())
     }
 
@@ -403,11 +405,11 @@ impl Segment {
         let end = self.size();
         let mut header = [0u8; BATCH_HEADER_LEN];
         while pos + (BATCH_HEADER_LEN as u64) <= end {
-            self.file.read_exact_at(&mut header, pos)?;
+            self.file.get()?.read_exact_at(&mut header, pos)?;
             let h = BatchHeader::parse(&header)?;
             let control = if h.is_control() {
                 let mut whole = vec![0u8; h.size];
-                self.file.read_exact_at(&mut whole, pos)?;
+                self.file.get()?.read_exact_at(&mut whole, pos)?;
                 crate::batch::control_type(&whole)
             } else {
                 None
@@ -446,7 +448,7 @@ impl Segment {
         let end = self.size();
         let mut header = [0u8; BATCH_HEADER_LEN];
         while pos + (BATCH_HEADER_LEN as u64) <= end {
-            self.file.read_exact_at(&mut header, pos)?;
+            self.file.get()?.read_exact_at(&mut header, pos)?;
             let h = BatchHeader::parse(&header)?;
             if found(&h) {
                 return Ok(Some(pos));
@@ -467,7 +469,7 @@ impl Segment {
         let available = (end - position) as usize;
         let want = available.min(max_bytes.max(LOG_OVERHEAD));
         let mut buf = BytesMut::zeroed(want);
-        self.file.read_exact_at(&mut buf, position)?;
+        self.file.get()?.read_exact_at(&mut buf, position)?;
         // Cut at the last whole batch.
         let mut cut = 0usize;
         let mut first_size = None;
@@ -492,15 +494,25 @@ impl Segment {
         if cut == 0 {
             let size = first_size.unwrap_or(available).min(available);
             let mut whole = BytesMut::zeroed(size);
-            self.file.read_exact_at(&mut whole, position)?;
+            self.file.get()?.read_exact_at(&mut whole, position)?;
             return Ok(whole.freeze());
         }
         buf.truncate(cut);
         Ok(buf.freeze())
     }
 
+    /// Keeps this segment's file open for as long as the segment lives,
+    /// before the file is replaced or unlinked under its name.
+    pub fn pin_file(&self) -> Result<()> {
+        self.file.pin()
+    }
+
     /// Removes the segment's files.
     pub fn delete_files(&self) {
+        // Readers still holding the segment read on from the open file.
+        if let Err(e) = self.pin_file() {
+            tracing::warn!(file = %self.log_path.display(), "could not keep open before deleting: {e}");
+        }
         for p in [
             self.log_path.clone(),
             self.index_path(),

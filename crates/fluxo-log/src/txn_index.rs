@@ -21,9 +21,12 @@ use crate::Result;
 const FILE_NAME: &str = "aborted.txnindex";
 const ENTRY_LEN: usize = 24;
 
+/// Holds no file open: aborts are rare, and a descriptor per partition
+/// would count against the process's limit with many partitions.
 pub(crate) struct TxnIndex {
     path: PathBuf,
-    file: File,
+    /// Entries written since the last sync.
+    unsynced: bool,
     /// In marker order, so `last_offset` increases.
     entries: Vec<AbortedTxn>,
 }
@@ -47,10 +50,9 @@ impl TxnIndex {
         if whole != data.len() {
             crate::segment::write_atomically(&path, &encode_all(&entries))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(TxnIndex {
             path,
-            file,
+            unsynced: false,
             entries,
         })
     }
@@ -65,13 +67,21 @@ impl TxnIndex {
         {
             return Ok(());
         }
-        self.file.write_all(&encode(&entry))?;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?
+            .write_all(&encode(&entry))?;
+        self.unsynced = true;
         self.entries.push(entry);
         Ok(())
     }
 
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data()?;
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            File::open(&self.path)?.sync_data()?;
+            self.unsynced = false;
+        }
         Ok(())
     }
 
@@ -94,7 +104,6 @@ impl TxnIndex {
         }
         self.entries.drain(..keep);
         crate::segment::write_atomically(&self.path, &encode_all(&self.entries))?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
         Ok(())
     }
 

@@ -32,9 +32,27 @@ pub enum BenchCommand {
     /// Many groups committing offsets at once (run it next to `produce`
     /// to see whether commits slow producers down).
     Commits(CommitsBench),
+    /// Many partitions: creating `--topics` x `--partitions`, Metadata for
+    /// all of them, and one produce to each (run against a fresh server;
+    /// `scripts/bench-partitions.sh` adds RSS, descriptors and restart time).
+    Partitions(PartitionsBench),
     /// Continuous SQL: Nexmark queries catching up a topic of bids, with
     /// DuckDB's batch over the same bids as the baseline (no server needed).
     Nexmark(crate::bench_nexmark::NexmarkBench),
+}
+
+#[derive(Args, Debug)]
+pub struct PartitionsBench {
+    #[arg(long, default_value_t = 100)]
+    pub topics: usize,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 1000)]
+    pub partitions: i32,
+    /// Topics are named PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "bench-parts")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub conn: Connection,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +149,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FirstRoundTrip(b) => bench_first_round_trip(b).await,
         BenchCommand::Baseline(b) => bench_baseline(b).await,
         BenchCommand::Commits(b) => bench_commits(b).await,
+        BenchCommand::Partitions(b) => bench_partitions(b).await,
         BenchCommand::Nexmark(b) => crate::bench_nexmark::run(b).await,
     }
 }
@@ -402,6 +421,100 @@ async fn bench_e2e(b: E2eBench) -> anyhow::Result<()> {
             b.rate, b.seconds, b.acks, ms(0.5), ms(0.99), ms(0.999), hist.max() as f64 / 1000.0
         ),
         serde_json::json!({"bench": "e2e", "rate": b.rate, "acks": b.acks, "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": hist.max() as f64 / 1000.0}),
+    );
+    Ok(())
+}
+
+async fn bench_partitions(b: PartitionsBench) -> anyhow::Result<()> {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{CreateTopicsRequest, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let client = b.conn.connect().await?;
+    let names: Vec<String> = (0..b.topics).map(|i| format!("{}-{i}", b.prefix)).collect();
+    let total = b.topics as u64 * b.partitions.max(0) as u64;
+    let start = Instant::now();
+    for chunk in names.chunks(10) {
+        let mut req = CreateTopicsRequest::default();
+        req.timeout_ms = 300_000;
+        for name in chunk {
+            let mut t = CreatableTopic::default();
+            t.name = TopicName(StrBytes::from_string(name.clone()));
+            t.num_partitions = b.partitions;
+            t.replication_factor = -1;
+            req.topics.push(t);
+        }
+        let resp = client.send(&req).await?;
+        if let Some(t) = resp.topics.iter().find(|t| t.error_code != 0) {
+            bail!(
+                "cannot create {}: {}",
+                t.name.0.as_str(),
+                crate::cli::describe_error(t.error_code, t.error_message.as_ref())
+            );
+        }
+    }
+    let create_s = start.elapsed().as_secs_f64();
+    report(
+        &format!(
+            "created {} topics x {} partitions ({total} partitions) in {create_s:.1} s",
+            b.topics, b.partitions
+        ),
+        serde_json::json!({"bench": "partitions_create", "partitions": total, "seconds": create_s}),
+    );
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let md = crate::cli::metadata(&client, None).await?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let seen: usize = md.topics.iter().map(|t| t.partitions.len()).sum();
+        if (seen as u64) < total {
+            bail!("Metadata shows {seen} partitions, expected at least {total}");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    report(
+        &format!("Metadata of every topic: median {:.1} ms over 5", times[2]),
+        serde_json::json!({"bench": "partitions_metadata", "median_ms": times[2]}),
+    );
+    let record = OutRecord {
+        key: None,
+        value: Some(Bytes::from_static(b"spread")),
+        headers: vec![],
+        timestamp: fluxo_log::now_ms(),
+    };
+    let batch = encode_batch(&[record], Compression::None)?;
+    let t0 = Instant::now();
+    for name in &names {
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_string(name.clone()));
+        for p in 0..b.partitions {
+            let mut pd = PartitionProduceData::default();
+            pd.index = p;
+            pd.records = Some(batch.clone());
+            td.partition_data.push(pd);
+        }
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 30_000;
+        req.topic_data = vec![td];
+        let resp = client.send(&req).await?;
+        let failed = resp
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .filter(|p| p.error_code != 0)
+            .count();
+        if failed > 0 {
+            bail!("{failed} partitions of {name} refused the produce");
+        }
+    }
+    let produce_s = t0.elapsed().as_secs_f64();
+    report(
+        &format!(
+            "one record (acks=all) to each of {total} partitions, a request per topic: {produce_s:.2} s ({:.0} partitions/s)",
+            total as f64 / produce_s
+        ),
+        serde_json::json!({"bench": "partitions_produce", "seconds": produce_s}),
     );
     Ok(())
 }

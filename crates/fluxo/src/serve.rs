@@ -176,8 +176,62 @@ impl ServeSettings {
     }
 }
 
+/// Each partition keeps its active segment open, so many partitions need
+/// many descriptors: the soft limit on open files goes up to the hard one,
+/// and the hard one up to the kernel's maximum where the process may (as a
+/// service manager's `LimitNOFILE` would), instead of failing at a few
+/// thousand partitions with "Too many open files".
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let kernel_max = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+        if let Some(max) = kernel_max.filter(|m| *m > limit.rlim_max) {
+            let raised = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!(open_files = max, "raised the limit on open files");
+                return;
+            }
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!(
+                    open_files = limit.rlim_max,
+                    "raised the limit on open files"
+                );
+            }
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let args = ServeSettings::resolve(args)?;
+    raise_open_files_limit();
+    // Half the descriptors for segment files, the rest for connections,
+    // indexes being written, sinks and the engine.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        fluxo_log::open_files::set_open_files_budget((limit.rlim_cur / 2) as usize);
+    }
     let data_dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir))
         .await?

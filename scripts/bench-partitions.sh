@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Many partitions on one node (VISION: 100,000): a fresh server, then
+# `fluxo bench partitions` (create, Metadata, one produce to each), the
+# server's RSS and open file descriptors, and the time from a kill -9 to
+# answering Metadata again. Usage:
+#   scripts/bench-partitions.sh [TOPICS] [PARTITIONS_PER_TOPIC]   (default 100 1000)
+# FLUXO_BIN picks the binary (default target/release/fluxo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${FLUXO_BIN:-target/release/fluxo}
+TOPICS=${1:-100}
+PARTS=${2:-1000}
+DIR=$(mktemp -d /tmp/fluxo-bench-partitions.XXXXXX)
+trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+
+start() {
+  "$BIN" serve --data-dir "$DIR/data" --kafka-addr "${1:-127.0.0.1:0}" \
+    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 >"$DIR/out" 2>"$DIR/err" &
+  PID=$!
+  for _ in $(seq 1 600); do
+    ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
+    [ -n "$ADDR" ] && return 0
+    sleep 0.05
+  done
+  echo "the server did not start"; tail "$DIR/err"; exit 1
+}
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$PID/status"; }
+
+start
+echo "machine: $(nproc) cores; idle RSS $(rss_mb) MB"
+"$BIN" bench partitions --bootstrap "$ADDR" --topics "$TOPICS" --partitions "$PARTS" 2>/dev/null
+echo "after: RSS $(rss_mb) MB, $(ls /proc/$PID/fd | wc -l) open file descriptors, $(du -sm "$DIR/data" | cut -f1) MB on disk"
+
+kill -9 "$PID"; wait "$PID" 2>/dev/null || true
+T0=$(date +%s.%N)
+start "$ADDR"
+until "$BIN" topic list --bootstrap "$ADDR" >/dev/null 2>&1; do sleep 0.05; done
+T1=$(date +%s.%N)
+echo "restart after kill -9: serving Metadata in $(echo "$T1 - $T0" | bc) s; RSS $(rss_mb) MB"
