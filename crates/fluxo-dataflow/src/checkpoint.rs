@@ -111,6 +111,54 @@ impl OperatorState {
         })
     }
 
+    /// Shards' states in one: their metadata as a list under `shards`,
+    /// their batches named `<shard>/<batch>`.
+    pub fn of_shards(states: Vec<OperatorState>) -> OperatorState {
+        let mut metas = Vec::with_capacity(states.len());
+        let mut batches = Vec::new();
+        for (i, state) in states.into_iter().enumerate() {
+            metas.push(state.meta);
+            batches.extend(
+                state
+                    .batches
+                    .into_iter()
+                    .map(|(name, batch)| (format!("{i}/{name}"), batch)),
+            );
+        }
+        OperatorState {
+            meta: serde_json::json!({ "shards": metas }),
+            batches,
+        }
+    }
+
+    /// The shards of [`OperatorState::of_shards`]; `None` for a state
+    /// written by one unsharded operator.
+    pub fn shards(&self) -> Option<Vec<OperatorState>> {
+        let serde_json::Value::Array(metas) = self.meta.get("shards")? else {
+            return None;
+        };
+        Some(
+            metas
+                .iter()
+                .enumerate()
+                .map(|(i, meta)| {
+                    let prefix = format!("{i}/");
+                    OperatorState {
+                        meta: meta.clone(),
+                        batches: self
+                            .batches
+                            .iter()
+                            .filter_map(|(name, b)| {
+                                name.strip_prefix(&prefix)
+                                    .map(|n| (n.to_string(), b.clone()))
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
     pub fn meta_list(&self, key: &str) -> Result<Vec<i64>> {
         match self.meta.get(key) {
             None | Some(serde_json::Value::Null) => Ok(Vec::new()),

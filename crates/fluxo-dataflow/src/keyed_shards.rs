@@ -173,50 +173,24 @@ impl<T: ShardedOperator> Shards<T> {
         Ok((out, late))
     }
 
-    /// Every shard's state: metadata under `shards`, batches as `<shard>/<name>`.
+    /// Every shard's state (see [`OperatorState::of_shards`]).
     pub fn checkpoint(&mut self) -> Result<OperatorState> {
-        let mut metas = Vec::with_capacity(self.shards.len());
-        let mut batches = Vec::new();
-        for (i, shard) in self.shards.iter_mut().enumerate() {
-            let state = shard.checkpoint()?;
-            metas.push(state.meta);
-            batches.extend(
-                state
-                    .batches
-                    .into_iter()
-                    .map(|(name, b)| (format!("{i}/{name}"), b)),
-            );
-        }
-        Ok(OperatorState {
-            meta: serde_json::json!({ "shards": metas }),
-            batches,
-        })
+        let states = self
+            .shards
+            .iter_mut()
+            .map(|s| s.checkpoint())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OperatorState::of_shards(states))
     }
 
     /// Restores as many shards as the checkpoint had (one for a checkpoint
     /// written before graph operators were sharded).
     pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
-        let Some(serde_json::Value::Array(metas)) = state.meta.get("shards") else {
-            let mut one = (self.make)()?;
-            one.restore(state)?;
-            self.shards = vec![one];
-            return Ok(());
-        };
-        let mut shards = Vec::with_capacity(metas.len());
-        for (i, meta) in metas.iter().enumerate() {
-            let prefix = format!("{i}/");
+        let parts = state.shards().unwrap_or_else(|| vec![state.clone()]);
+        let mut shards = Vec::with_capacity(parts.len());
+        for part in &parts {
             let mut shard = (self.make)()?;
-            shard.restore(&OperatorState {
-                meta: meta.clone(),
-                batches: state
-                    .batches
-                    .iter()
-                    .filter_map(|(name, b)| {
-                        name.strip_prefix(&prefix)
-                            .map(|n| (n.to_string(), b.clone()))
-                    })
-                    .collect(),
-            })?;
+            shard.restore(part)?;
             shards.push(shard);
         }
         if shards.is_empty() {

@@ -228,56 +228,22 @@ impl ShardedAggregation {
         self.shards.par_iter_mut().map(f).collect()
     }
 
-    /// Every shard's state in one: each shard's metadata under `shards`, and
-    /// its batches named `<shard>/<name>`.
+    /// Every shard's state in one (see [`OperatorState::of_shards`]).
     pub fn checkpoint(&mut self) -> Result<OperatorState> {
-        let states = self.each(Aggregation::checkpoint)?;
-        let mut metas = Vec::with_capacity(states.len());
-        let mut batches = Vec::new();
-        for (i, state) in states.into_iter().enumerate() {
-            metas.push(state.meta);
-            batches.extend(
-                state
-                    .batches
-                    .into_iter()
-                    .map(|(name, batch)| (format!("{i}/{name}"), batch)),
-            );
-        }
-        Ok(OperatorState {
-            meta: serde_json::json!({ "shards": metas }),
-            batches,
-        })
+        Ok(OperatorState::of_shards(
+            self.each(Aggregation::checkpoint)?,
+        ))
     }
 
     /// Restores the shards of [`ShardedAggregation::checkpoint`], as many as
-    /// it had. Nothing changes if it fails.
+    /// it had (one for a checkpoint written before aggregations were
+    /// sharded). Nothing changes if it fails.
     pub fn restore(&mut self, state: &OperatorState) -> Result<()> {
-        let metas = match state.meta.get("shards") {
-            Some(serde_json::Value::Array(metas)) => metas.clone(),
-            // Written before aggregations were sharded: one shard's state.
-            _ => {
-                let mut shard = (self.factory)()?;
-                shard.restore(state)?;
-                self.shards = vec![shard];
-                return Ok(());
-            }
-        };
-        let mut shards = Vec::with_capacity(metas.len());
-        for (i, meta) in metas.into_iter().enumerate() {
-            let prefix = format!("{i}/");
-            let shard_state = OperatorState {
-                meta,
-                batches: state
-                    .batches
-                    .iter()
-                    .filter_map(|(name, batch)| {
-                        name.strip_prefix(&prefix)
-                            .map(|n| (n.to_string(), batch.clone()))
-                    })
-                    .collect(),
-            };
+        let parts = state.shards().unwrap_or_else(|| vec![state.clone()]);
+        let mut shards = Vec::with_capacity(parts.len());
+        for part in &parts {
             let mut shard = (self.factory)()?;
-            shard.restore(&shard_state)?;
+            shard.restore(part)?;
             shards.push(shard);
         }
         if shards.is_empty() {
