@@ -584,4 +584,52 @@ mod tests {
         );
         assert!(both.enforce_retention(crate::now_ms() + 10_000) > 0);
     }
+
+    /// A producer's compressed batches are rewritten with their own codec.
+    #[test]
+    fn compressed_batches_are_cleaned_and_keep_their_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), &[]);
+        let record = |k: &str, v: &str| OutRecord {
+            key: Some(Bytes::from(k.to_string())),
+            value: Some(Bytes::from(v.to_string())),
+            timestamp: 1,
+            ..OutRecord::default()
+        };
+        for (codec, round) in [
+            (Compression::Zstd, 0),
+            (Compression::Gzip, 1),
+            (Compression::Lz4, 2),
+        ] {
+            let records: Vec<OutRecord> = (0..50)
+                .map(|i| record(&format!("k{}", i % 5), &format!("{round}-{i}")))
+                .collect();
+            let mut batch = crate::records::encode_batch(&records, codec)
+                .unwrap()
+                .to_vec();
+            log.append(&mut batch).unwrap();
+            log.roll_now().unwrap();
+        }
+        assert!(log
+            .clean(crate::now_ms(), &CleanerConfig::default())
+            .unwrap());
+        let after = read_all(&log);
+        let want: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = (145..150)
+            .map(|o| {
+                (
+                    o,
+                    format!("k{}", o % 5).into_bytes(),
+                    Some(format!("2-{}", o - 100).into_bytes()),
+                )
+            })
+            .collect();
+        assert_eq!(after, want);
+        // The batch that kept records is still LZ4, its offsets with gaps.
+        let bytes = log.read(0, 1 << 20).unwrap();
+        let h = BatchHeader::parse(&bytes).unwrap();
+        assert_eq!(
+            (h.compression(), h.base_offset, h.last_offset()),
+            (3, 145, 149)
+        );
+    }
 }
