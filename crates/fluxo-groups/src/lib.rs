@@ -202,11 +202,6 @@ impl GroupCoordinator {
                 if last_expiry.elapsed() > Duration::from_secs(60) {
                     last_expiry = std::time::Instant::now();
                     this.expire_offsets().await;
-                    if this.offsets.needs_compaction() {
-                        if let Err(e) = this.offsets.compact().await {
-                            tracing::warn!("compacting {OFFSETS_TOPIC} failed: {e}");
-                        }
-                    }
                 }
             }
         })
@@ -853,7 +848,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn compaction_keeps_only_live_offsets_and_replays_to_the_same_state() {
+    async fn the_log_cleaner_keeps_only_live_offsets_and_they_replay_to_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let commit = |offset| CommittedOffset {
             offset,
@@ -865,6 +860,15 @@ mod tests {
         {
             let store = Arc::new(LogStore::open(dir.path()).unwrap());
             let c = GroupCoordinator::open(store.clone(), GroupConfig::default()).unwrap();
+            let topic = store.topic(OFFSETS_TOPIC).unwrap();
+            assert!(topic.config().is_compacted());
+            // Small segments, so the commits land in closed ones.
+            let config = fluxo_log::TopicConfig::from_pairs([
+                ("cleanup.policy", "compact"),
+                ("segment.bytes", "2000"),
+            ])
+            .unwrap();
+            store.set_topic_config(OFFSETS_TOPIC, config).unwrap();
             for i in 0..300 {
                 c.offsets
                     .commit(
@@ -882,14 +886,20 @@ mod tests {
                 .map(|g| c.offsets.group_offsets(&format!("g{g}")))
                 .collect::<Vec<_>>();
             let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
-            assert_eq!(c.offsets.compact().await.unwrap(), 1);
-            assert_eq!(log.log_start_offset(), 301, "the old segment is gone");
-            // Commits after a compaction land after the snapshot.
+            let size = log.offsets().size_bytes;
+            assert!(log
+                .clean(fluxo_log::now_ms(), &fluxo_log::CleanerConfig::default())
+                .unwrap());
+            assert!(
+                log.offsets().size_bytes < size / 4,
+                "{} of {size} bytes left",
+                log.offsets().size_bytes
+            );
             c.offsets
                 .commit("g1", vec![(("t".into(), 4), Some(commit(1000)))])
                 .await
                 .unwrap();
-            store.close().unwrap();
+            // Dropped without close(): a crash.
         }
         let store = Arc::new(LogStore::open(dir.path()).unwrap());
         let c = GroupCoordinator::open(store.clone(), GroupConfig::default()).unwrap();
@@ -899,11 +909,8 @@ mod tests {
         assert_eq!(c.offsets.get("g1", "t", 4).map(|o| o.offset), Some(1000));
         assert!(
             c.offsets.get("g0", "t", 0).is_none(),
-            "a delete survives compaction"
+            "a delete survives cleaning"
         );
-        let log = store.partition(OFFSETS_TOPIC, 0).unwrap();
-        // 15 keys written, one deleted: 14 in the snapshot, plus one commit.
-        assert_eq!(log.end_offset() - log.log_start_offset(), 15);
     }
 
     #[tokio::test]

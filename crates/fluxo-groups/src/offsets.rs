@@ -3,11 +3,12 @@
 //! per partition (key: group, topic, partition; value: offset and
 //! metadata, or null to delete) and is fsynced before it is acknowledged.
 //! On start the topic is replayed into memory; the last record per key
-//! wins. [`OffsetStore::compact`] keeps the topic small: it writes every
-//! live offset into a fresh segment and then deletes the segments before
-//! it, so a replay reads about one record per live key. A crash between the
-//! two steps leaves old records followed by the same state, which replays
-//! to the same map.
+//! wins, and a null value deletes. The topic is `cleanup.policy=compact`:
+//! the log's own cleaner keeps it small (the newest record per key, deletes
+//! dropped after `delete.retention.ms`), as it does for any compacted
+//! topic, so a replay reads about one record per live key plus the active
+//! segment. Segments roll at `offsets.topic.segment.bytes` (100 MiB, as
+//! Kafka), so the cleaner has closed segments to work on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::{GroupError, Result};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// `offsets.topic.segment.bytes`: Kafka's default, small next to a user
+/// topic's 1 GiB so that commits reach the cleaner in closed segments.
+const OFFSETS_SEGMENT_BYTES: &str = "104857600";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
@@ -43,12 +48,6 @@ type OffsetMap = BTreeMap<String, BTreeMap<(String, i32), CommittedOffset>>;
 pub struct OffsetStore {
     log: Arc<PartitionLog>,
     offsets: RwLock<OffsetMap>,
-    /// Commits hold it shared (they still share fsyncs); compaction holds
-    /// it exclusively, so no commit is half-way (written, not yet in the
-    /// map) while the snapshot is taken and older segments are deleted.
-    compaction: tokio::sync::RwLock<()>,
-    /// Records appended since the last compaction (or since start).
-    appended: std::sync::atomic::AtomicU64,
     loaded: std::sync::atomic::AtomicBool,
 }
 
@@ -70,7 +69,10 @@ impl OffsetStore {
             None => store.create_topic(
                 OFFSETS_TOPIC,
                 1,
-                TopicConfig::from_pairs([("cleanup.policy", "compact")])?,
+                TopicConfig::from_pairs([
+                    ("cleanup.policy", "compact"),
+                    ("segment.bytes", OFFSETS_SEGMENT_BYTES),
+                ])?,
             )?,
         };
         let log = topic
@@ -79,8 +81,6 @@ impl OffsetStore {
         Ok(OffsetStore {
             log,
             offsets: RwLock::new(OffsetMap::new()),
-            compaction: tokio::sync::RwLock::new(()),
-            appended: std::sync::atomic::AtomicU64::new(0),
             loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -117,8 +117,6 @@ impl OffsetStore {
             offsets.len()
         );
         *self.offsets.write() = offsets;
-        self.appended
-            .store(replayed as u64, std::sync::atomic::Ordering::Relaxed);
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -157,15 +155,12 @@ impl OffsetStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let _shared = self.compaction.read().await;
         let records = records(entries.iter().map(|((topic, partition), value)| {
             (group, topic.as_str(), *partition, value.as_ref())
         }));
         // Split by the log under max.message.bytes: a commit may name
         // thousands of partitions.
         if let Some(range) = self.log.append_records(&records, None)? {
-            self.appended
-                .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.log.sync_to(range.last_offset + 1).await?;
         }
         let mut map = self.offsets.write();
@@ -185,48 +180,6 @@ impl OffsetStore {
             }
         }
         Ok(())
-    }
-
-    /// Whether the log holds many more records than live offsets.
-    pub fn needs_compaction(&self) -> bool {
-        let live: u64 = self.offsets.read().values().map(|g| g.len() as u64).sum();
-        let appended = self.appended.load(std::sync::atomic::Ordering::Relaxed);
-        appended > 10_000 && appended > 2 * live
-    }
-
-    /// Rewrites the live offsets into a new segment, then deletes every
-    /// older segment. Returns the number of segments deleted.
-    pub async fn compact(&self) -> Result<usize> {
-        let _exclusive = self.compaction.write().await;
-        let snapshot_start = self.log.roll_now()?;
-        let live: Vec<(String, String, i32, CommittedOffset)> = self
-            .offsets
-            .read()
-            .iter()
-            .flat_map(|(g, parts)| {
-                parts
-                    .iter()
-                    .map(move |((t, p), o)| (g.clone(), t.clone(), *p, o.clone()))
-            })
-            .collect();
-        let records = records(
-            live.iter()
-                .map(|(g, t, p, o)| (g.as_str(), t.as_str(), *p, Some(o))),
-        );
-        let last = match self.log.append_records(&records, None)? {
-            Some(range) => range.last_offset + 1,
-            None => snapshot_start,
-        };
-        // The snapshot must be on disk before what it replaces goes away.
-        self.log.sync_to(last).await?;
-        let deleted = self.log.delete_segments_before(snapshot_start);
-        self.appended
-            .store(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            "compacted {OFFSETS_TOPIC}: {} live offsets, {deleted} old segment(s) deleted",
-            live.len()
-        );
-        Ok(deleted)
     }
 
     /// Offsets whose commit is older than `retention_ms`, for groups

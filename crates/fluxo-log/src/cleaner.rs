@@ -48,7 +48,7 @@ use serde::Serialize;
 
 use crate::batch::{is_aborted, BatchHeader};
 use crate::partition::PartitionLog;
-use crate::segment::{write_atomically, Segment};
+use crate::segment::{write_atomically, OpenMode, Segment};
 use crate::{LogError, Result};
 
 /// Server settings of the cleaner, with Kafka's names and defaults.
@@ -332,7 +332,12 @@ impl PartitionLog {
         std::fs::rename(&tmp, &log_path)?;
         std::fs::File::open(self.dir())?.sync_all()?;
         let interval = self.config().index_interval_bytes();
-        let cleaned = Arc::new(Segment::open(&log_path, old.base_offset, true, interval)?);
+        let cleaned = Arc::new(Segment::open(
+            &log_path,
+            old.base_offset,
+            OpenMode::FullScan,
+            interval,
+        )?);
         cleaned.write_indexes()?;
         let mut segments = self.segments.write();
         match segments.iter().position(|s| Arc::ptr_eq(s, old)) {

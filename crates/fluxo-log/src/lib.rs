@@ -43,7 +43,7 @@ pub use cleaner::{CleanerConfig, CleanerStats};
 pub use config::{TimestampType, TopicConfig, CONFIG_DEFS};
 pub use partition::{AppendInfo, AppendTotals, PartitionLog, PartitionOffsets};
 pub use records::{encode_batch, AppendedRange, OutRecord};
-pub use store::{LogStore, Topic};
+pub use store::{LogStore, MaintenanceConfig, Topic};
 
 /// Errors of the log store; the Kafka front maps each to an error code.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use crate::batch::{
 use crate::cleaner::CleanerStats;
 use crate::config::{TimestampType, TopicConfig};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::segment::{write_atomically, Segment};
+use crate::segment::{write_atomically, OpenMode, Segment};
 use crate::txn_index::TxnIndex;
 use crate::{now_ms, LogError, Result};
 
@@ -136,9 +136,13 @@ impl PartitionLog {
         let interval = config.index_interval_bytes();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, base) in bases.iter().enumerate() {
-            let last = i + 1 == bases.len();
+            let mode = if i + 1 == bases.len() {
+                OpenMode::Active
+            } else {
+                OpenMode::Sealed
+            };
             let path = dir.join(crate::segment::log_file_name(*base));
-            let seg = Segment::open(&path, *base, last, interval)?;
+            let seg = Segment::open(&path, *base, mode, interval)?;
             segments.push(Arc::new(seg));
         }
         if segments.is_empty() {
@@ -698,6 +702,42 @@ impl PartitionLog {
         removed.len()
     }
 
+    /// Bytes that opening this partition had to scan and validate: what
+    /// the last recovery checkpoint did not vouch for.
+    pub fn recovered_bytes(&self) -> u64 {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| s.recovered_bytes())
+            .sum()
+    }
+
+    /// Whether the active segment holds bytes its last recovery checkpoint
+    /// does not cover.
+    pub fn needs_recovery_checkpoint(&self) -> bool {
+        let seg = self.active_segment();
+        seg.size() != seg.indexed_size()
+    }
+
+    /// Writes the active segment's recovery point: its index files up to
+    /// what is fsynced, so a restart after a crash scans only what follows
+    /// (Kafka's recovery-point checkpoint). Returns whether it wrote.
+    pub fn checkpoint_recovery_point(&self) -> Result<bool> {
+        let (segment, files) = {
+            let _appends = self.append_lock.lock();
+            let seg = self.active_segment();
+            if seg.size() == seg.indexed_size() {
+                return Ok(false);
+            }
+            let files = seg.index_files();
+            (seg, files)
+        };
+        // The files may only vouch for bytes that are on disk.
+        self.sync_now()?;
+        segment.write_index_files(&files)?;
+        Ok(true)
+    }
+
     /// Flushes and writes index files, for a clean shutdown.
     pub fn close(&self) -> Result<()> {
         self.sync_now()?;
@@ -856,6 +896,107 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let log = open(dir.path(), TopicConfig::default());
         assert_eq!(log.end_offset(), 2);
+    }
+
+    #[test]
+    fn a_restart_scans_only_what_the_recovery_point_does_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::from_pairs([("index.interval.bytes", "100")]).unwrap();
+        let (checkpointed, total);
+        {
+            let log = open(dir.path(), config.clone());
+            for i in 0..40 {
+                log.append(&mut make_batch(2, 30, 1000 + i)).unwrap();
+            }
+            assert!(log.needs_recovery_checkpoint());
+            assert!(log.checkpoint_recovery_point().unwrap());
+            assert!(!log.needs_recovery_checkpoint());
+            assert!(!log.checkpoint_recovery_point().unwrap(), "nothing new");
+            checkpointed = log.offsets().size_bytes;
+            for i in 40..50 {
+                log.append(&mut make_batch(2, 30, 1000 + i)).unwrap();
+            }
+            total = log.offsets().size_bytes;
+            // Dropped without close(): a crash.
+        }
+        let log = open(dir.path(), config.clone());
+        assert_eq!(log.recovered_bytes(), total - checkpointed);
+        assert_eq!(log.end_offset(), 100);
+        for off in [0, 33, 79, 80, 99] {
+            let h = BatchHeader::parse(&log.read(off, 10).unwrap()).unwrap();
+            assert!(
+                h.base_offset <= off && h.last_offset() >= off,
+                "offset {off}"
+            );
+        }
+        let (base, _) = log.find_batch_by_timestamp(1045).unwrap().unwrap();
+        assert_eq!(base, 90, "the time index covers the scanned tail too");
+        assert_eq!(
+            log.append(&mut make_batch(1, 30, 2000))
+                .unwrap()
+                .base_offset,
+            100
+        );
+        log.close().unwrap();
+        drop(log);
+        let log = open(dir.path(), config);
+        assert_eq!(
+            log.recovered_bytes(),
+            0,
+            "a clean close vouches for everything"
+        );
+        assert_eq!(log.end_offset(), 101);
+    }
+
+    #[test]
+    fn a_corrupt_tail_past_the_recovery_point_is_cut_and_what_it_vouches_for_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpointed;
+        {
+            let log = open(dir.path(), TopicConfig::default());
+            for i in 0..5 {
+                log.append(&mut make_batch(2, 10, i)).unwrap();
+            }
+            log.checkpoint_recovery_point().unwrap();
+            checkpointed = log.offsets().size_bytes;
+            log.append(&mut make_batch(2, 10, 5)).unwrap();
+            log.append(&mut make_batch(2, 10, 6)).unwrap();
+        }
+        let path = dir.path().join(crate::segment::log_file_name(0));
+        let mut data = std::fs::read(&path).unwrap();
+        data[checkpointed as usize + 70] ^= 0xff;
+        std::fs::write(&path, &data).unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.end_offset(), 10);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), checkpointed);
+        // The files now describe the cut log; appends and another crash
+        // must not bring back a recovery point past what is there.
+        log.append(&mut make_batch(3, 10, 7)).unwrap();
+        drop(log);
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.end_offset(), 13);
+    }
+
+    #[test]
+    fn a_recovery_point_beyond_a_shorter_file_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let first;
+        {
+            let log = open(dir.path(), TopicConfig::default());
+            log.append(&mut make_batch(2, 10, 1)).unwrap();
+            first = log.offsets().size_bytes;
+            log.append(&mut make_batch(2, 10, 2)).unwrap();
+            log.checkpoint_recovery_point().unwrap();
+        }
+        // The file lost bytes the checkpoint vouched for (a disk that lied
+        // about an fsync): the files are not trusted, the file is scanned.
+        let path = dir.path().join(crate::segment::log_file_name(0));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(first + 20).unwrap();
+        drop(f);
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.end_offset(), 2);
+        assert_eq!(log.recovered_bytes(), first);
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //! sparse offset index and time index.
 //!
 //! Index entries are kept in memory and written to `.index` / `.timeindex`
-//! when a segment is sealed (rolled) or the log is closed. The active
-//! segment's index files are never trusted: recovery rebuilds them from a
-//! full scan of the segment, which also validates every batch.
+//! when a segment is sealed (rolled), when the log is closed, and for the
+//! active segment at every recovery checkpoint. The index files end with a
+//! trailer (next offset, log size) that says how much of the log they
+//! describe:
+//! - a sealed segment's files must describe the whole file, or they are
+//!   rebuilt from a scan;
+//! - the active segment's files are its recovery point (as Kafka's
+//!   recovery-point checkpoint): they are written only after the bytes they
+//!   describe were fsynced, so after a crash only the tail past them is
+//!   scanned and validated, and a torn or corrupt tail is cut.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -61,6 +68,31 @@ pub struct Segment {
     /// are absent.
     last_modified_ms: AtomicI64,
     indexes: Mutex<Indexes>,
+    /// Log size the index files on disk describe; they are never replaced
+    /// by files describing less.
+    indexed_size: Mutex<u64>,
+    /// Bytes scanned and validated when the segment was opened.
+    recovered_bytes: AtomicU64,
+}
+
+/// How [`Segment::open`] treats the segment's index files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// A sealed segment: the index files must describe the whole file.
+    Sealed,
+    /// The active segment after a restart: the index files are a recovery
+    /// point; what follows them is scanned.
+    Active,
+    /// Ignore the index files and validate every batch.
+    FullScan,
+}
+
+/// The index files' contents at one moment, with the log size they
+/// describe.
+pub struct IndexFiles {
+    offsets: Vec<u8>,
+    times: Vec<u8>,
+    size: u64,
 }
 
 pub fn log_file_name(base_offset: i64) -> String {
@@ -71,6 +103,17 @@ impl Segment {
     /// Creates a new, empty segment file.
     pub fn create(dir: &Path, base_offset: i64, now_ms: i64) -> Result<Segment> {
         let log_path = dir.join(log_file_name(base_offset));
+        // Index files left by an earlier segment at this base would
+        // describe bytes this one does not have.
+        for stale in [
+            log_path.with_extension("index"),
+            log_path.with_extension("timeindex"),
+        ] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -87,17 +130,20 @@ impl Segment {
             created_ms: AtomicI64::new(now_ms),
             last_modified_ms: AtomicI64::new(now_ms),
             indexes: Mutex::new(Indexes::default()),
+            indexed_size: Mutex::new(0),
+            recovered_bytes: AtomicU64::new(0),
         })
     }
 
-    /// Opens an existing segment. With `full_scan`, or when its index files
-    /// are missing or inconsistent, every batch is read and validated and a
-    /// torn or corrupt tail is cut off (the only data lost is data that was
-    /// never fully written).
+    /// Opens an existing segment. What the index files do not vouch for
+    /// (see [`OpenMode`]) is read and validated batch by batch, and a torn
+    /// or corrupt tail is cut off (the only data lost is data that was
+    /// never fully written). Afterwards the index files describe the whole
+    /// file.
     pub fn open(
         log_path: &Path,
         base_offset: i64,
-        full_scan: bool,
+        mode: OpenMode,
         index_interval: usize,
     ) -> Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(log_path)?;
@@ -118,14 +164,39 @@ impl Segment {
             created_ms: AtomicI64::new(modified_ms),
             last_modified_ms: AtomicI64::new(modified_ms),
             indexes: Mutex::new(Indexes::default()),
+            indexed_size: Mutex::new(0),
+            recovered_bytes: AtomicU64::new(0),
         };
-        if full_scan || !seg.load_indexes()? {
-            seg.recover(index_interval)?;
-            if !full_scan {
+        let file_len = meta.len();
+        let trusted = match mode {
+            OpenMode::FullScan => None,
+            OpenMode::Sealed => seg.load_indexes(file_len, false)?,
+            OpenMode::Active => seg.load_indexes(file_len, true)?,
+        };
+        match trusted {
+            Some(size) if size == file_len => {
+                *seg.indexed_size.lock() = size;
+            }
+            Some(size) => {
+                seg.recover_from(size, index_interval)?;
                 seg.write_indexes()?;
+            }
+            None => {
+                *seg.indexes.lock() = Indexes::default();
+                seg.next_offset.store(base_offset, Ordering::Release);
+                seg.max_timestamp.store(-1, Ordering::Release);
+                seg.recover_from(0, index_interval)?;
+                if mode != OpenMode::FullScan {
+                    seg.write_indexes()?;
+                }
             }
         }
         Ok(seg)
+    }
+
+    /// Bytes this segment's open had to scan and validate.
+    pub fn recovered_bytes(&self) -> u64 {
+        self.recovered_bytes.load(Ordering::Relaxed)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -136,15 +207,17 @@ impl Segment {
         self.log_path.with_extension("timeindex")
     }
 
-    /// Scans the whole file batch by batch, rebuilding indexes and cutting
-    /// a bad tail. Reads one batch at a time, so memory stays bounded by
-    /// the largest batch, not the segment.
-    fn recover(&self, index_interval: usize) -> Result<()> {
+    /// Scans the file batch by batch from byte `from` (where the loaded
+    /// indexes end), extending the indexes and cutting a bad tail. Reads
+    /// one batch at a time, so memory stays bounded by the largest batch,
+    /// not the segment.
+    fn recover_from(&self, from: u64, index_interval: usize) -> Result<()> {
         let len = self.file.get()?.metadata()?.len();
-        let mut idx = Indexes::default();
-        let mut next = self.base_offset;
-        let mut max_ts = -1i64;
-        let mut pos = 0u64;
+        let mut idx = std::mem::take(&mut *self.indexes.lock());
+        idx.bytes_since_entry = 0;
+        let mut next = self.next_offset();
+        let mut max_ts = self.max_timestamp();
+        let mut pos = from;
         let mut header = [0u8; BATCH_HEADER_LEN];
         let mut batch = Vec::new();
         let stopped: Option<String> = loop {
@@ -189,7 +262,7 @@ impl Segment {
             next = h.last_offset() + 1;
             pos += h.size as u64;
         };
-        if let Some(why) = stopped {
+        if let Some(why) = &stopped {
             tracing::warn!(
                 segment = %self.log_path.display(),
                 "truncating {} bytes of torn or corrupt tail at byte {pos}: {why}",
@@ -198,6 +271,12 @@ impl Segment {
             self.file.get()?.set_len(pos)?;
             self.file.get()?.sync_all()?;
         }
+        if pos > from && stopped.is_none() {
+            // A crash may have left the scanned tail only in the page cache;
+            // a later checkpoint will vouch for it, so it goes to disk now.
+            self.file.get()?.sync_data()?;
+        }
+        self.recovered_bytes.store(pos - from, Ordering::Relaxed);
         self.size.store(pos, Ordering::Release);
         self.next_offset.store(next, Ordering::Release);
         self.max_timestamp.store(max_ts, Ordering::Release);
@@ -205,25 +284,32 @@ impl Segment {
         Ok(())
     }
 
-    /// Loads the index files of a sealed segment; false if they are missing
-    /// or do not agree with the log file.
-    fn load_indexes(&self) -> Result<bool> {
+    /// Loads the index files and returns the log size they describe, or
+    /// None if they are missing or inconsistent. A sealed segment's files
+    /// must describe all `file_len` bytes; a recovery point (`partial`) may
+    /// describe a prefix.
+    fn load_indexes(&self, file_len: u64, partial: bool) -> Result<Option<u64>> {
         let (Some(offsets), Some(times)) = (
             read_file(&self.index_path())?,
             read_file(&self.time_index_path())?,
         ) else {
-            return Ok(false);
+            return Ok(None);
         };
         // The index file ends with a trailer: the segment's next offset and
         // the log size it describes.
         if offsets.len() < 16 || (offsets.len() - 16) % 8 != 0 || times.len() % 16 != 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let (body, trailer) = offsets.split_at(offsets.len() - 16);
         let next = i64::from_be_bytes(trailer[0..8].try_into().unwrap_or_default());
         let size = u64::from_be_bytes(trailer[8..16].try_into().unwrap_or_default());
-        if size != self.size.load(Ordering::Acquire) || next < self.base_offset {
-            return Ok(false);
+        let size_fits = if partial {
+            size <= file_len
+        } else {
+            size == file_len
+        };
+        if !size_fits || next < self.base_offset {
+            return Ok(None);
         }
         let mut idx = Indexes::default();
         for e in body.chunks_exact(8) {
@@ -237,7 +323,7 @@ impl Segment {
                     .last()
                     .is_some_and(|l| l.position >= entry.position)
             {
-                return Ok(false);
+                return Ok(None);
             }
             idx.offsets.push(entry);
         }
@@ -249,7 +335,7 @@ impl Segment {
                 position: u32::from_be_bytes([e[12], e[13], e[14], e[15]]),
             };
             if entry.position as u64 >= size || entry.max_timestamp < max_ts {
-                return Ok(false);
+                return Ok(None);
             }
             max_ts = entry.max_timestamp;
             idx.times.push(entry);
@@ -258,19 +344,27 @@ impl Segment {
         self.next_offset.store(next, Ordering::Release);
         self.max_timestamp.store(max_ts, Ordering::Release);
         *self.indexes.lock() = idx;
-        Ok(true)
+        Ok(Some(size))
     }
 
-    /// Writes both index files (atomically, by rename).
+    /// Writes both index files (atomically, by rename), describing the
+    /// whole segment as it is now. Appends must be excluded by the caller.
     pub fn write_indexes(&self) -> Result<()> {
+        self.write_index_files(&self.index_files())
+    }
+
+    /// The index files' contents now, with the size they describe. Taken
+    /// while appends are excluded, so entries, next offset and size agree.
+    pub fn index_files(&self) -> IndexFiles {
         let idx = self.indexes.lock();
+        let size = self.size();
         let mut offsets = Vec::with_capacity(idx.offsets.len() * 8 + 16);
         for e in &idx.offsets {
             offsets.extend(e.relative_offset.to_be_bytes());
             offsets.extend(e.position.to_be_bytes());
         }
         offsets.extend(self.next_offset().to_be_bytes());
-        offsets.extend(self.size().to_be_bytes());
+        offsets.extend(size.to_be_bytes());
         let mut times = Vec::with_capacity(idx.times.len() * 16 + 16);
         for e in &idx.times {
             times.extend(e.max_timestamp.to_be_bytes());
@@ -288,10 +382,34 @@ impl Segment {
             times.extend(last_batch.relative_offset.to_be_bytes());
             times.extend(last_batch.position.to_be_bytes());
         }
-        drop(idx);
-        write_atomically(&self.index_path(), &offsets)?;
-        write_atomically(&self.time_index_path(), &times)?;
+        IndexFiles {
+            offsets,
+            times,
+            size,
+        }
+    }
+
+    /// Writes index files taken earlier, unless files describing more of
+    /// the log are already on disk (a checkpoint racing a roll must not
+    /// undo the roll's complete indexes). The caller makes sure the bytes
+    /// they describe are durable first.
+    pub fn write_index_files(&self, files: &IndexFiles) -> Result<()> {
+        let mut indexed = self.indexed_size.lock();
+        if files.size < *indexed {
+            return Ok(());
+        }
+        // The offset index, whose trailer vouches for the log, goes last: a
+        // crash between the renames leaves time entries past the trailer's
+        // size, which a load rejects, falling back to a full scan.
+        write_atomically(&self.time_index_path(), &files.times)?;
+        write_atomically(&self.index_path(), &files.offsets)?;
+        *indexed = files.size;
         Ok(())
+    }
+
+    /// Log size the index files on disk describe.
+    pub fn indexed_size(&self) -> u64 {
+        *self.indexed_size.lock()
     }
 
     pub fn size(&self) -> u64 {

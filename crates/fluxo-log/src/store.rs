@@ -60,6 +60,32 @@ struct MetadataFile {
     topics: Vec<TopicRecord>,
 }
 
+/// How often the store's background work runs.
+#[derive(Debug, Clone, Copy)]
+pub struct MaintenanceConfig {
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval: Duration,
+    /// `log.flush.offset.checkpoint.interval.ms`: how often active segments
+    /// record their recovery point. It bounds what a restart after a crash
+    /// scans: what was written since the last checkpoint.
+    pub recovery_checkpoint_interval: Duration,
+    pub cleaner: CleanerConfig,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> MaintenanceConfig {
+        MaintenanceConfig {
+            retention_check_interval: Duration::from_secs(30),
+            // Kafka checkpoints every 60 s; its index files are memory
+            // maps that are always current. Here a checkpoint writes two
+            // small files per partition that took writes, and a shorter
+            // interval keeps a restart after a crash within seconds.
+            recovery_checkpoint_interval: Duration::from_secs(10),
+            cleaner: CleanerConfig::default(),
+        }
+    }
+}
+
 pub struct LogStore {
     data_dir: PathBuf,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
@@ -97,17 +123,38 @@ impl LogStore {
             next_producer_id: std::sync::atomic::AtomicI64::new(crate::now_ms() << 8),
         };
         let started = std::time::Instant::now();
-        for record in meta.topics {
-            let config = Arc::new(record.config);
+        // Partitions open in parallel: after a crash each scans the tail its
+        // recovery point does not cover, and those scans are independent.
+        let jobs: Vec<(usize, i32)> = meta
+            .topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, record)| (0..record.partitions).map(move |p| (t, p)))
+            .collect();
+        let configs: Vec<Arc<TopicConfig>> = meta
+            .topics
+            .iter()
+            .map(|r| Arc::new(r.config.clone()))
+            .collect();
+        let opened = open_in_parallel(&jobs, |&(t, p)| {
+            let record = &meta.topics[t];
+            PartitionLog::open(
+                &store.partition_dir(&record.name, p),
+                &record.name,
+                p,
+                configs[t].clone(),
+            )
+        });
+        let mut opened = opened.into_iter();
+        let mut recovered = 0u64;
+        for (record, config) in meta.topics.into_iter().zip(configs) {
             let mut parts = Vec::with_capacity(record.partitions as usize);
-            for p in 0..record.partitions {
-                let dir = store.partition_dir(&record.name, p);
-                parts.push(Arc::new(PartitionLog::open(
-                    &dir,
-                    &record.name,
-                    p,
-                    config.clone(),
-                )?));
+            for _ in 0..record.partitions {
+                let part = opened.next().ok_or_else(|| {
+                    LogError::Metadata("a partition was not opened".to_string())
+                })??;
+                recovered += part.recovered_bytes();
+                parts.push(Arc::new(part));
             }
             let topic = Topic {
                 name: record.name.clone(),
@@ -118,8 +165,9 @@ impl LogStore {
             store.topics.write().insert(record.name, Arc::new(topic));
         }
         tracing::info!(
-            "opened {} topics in {:?}",
+            "opened {} topics ({} partitions) in {:?}, scanning {recovered} bytes past their recovery points",
             store.topics.read().len(),
+            jobs.len(),
             started.elapsed()
         );
         store.remove_deleted_dirs();
@@ -365,54 +413,78 @@ impl LogStore {
         }
     }
 
-    /// Runs `flush.ms`, retention and the log cleaner in the background
-    /// until the store is dropped by everyone else.
+    /// Runs `flush.ms`, recovery checkpoints, retention and the log cleaner
+    /// in the background until the store is dropped by everyone else.
+    ///
+    /// The frequent checks look at topics, not partitions: only topics with
+    /// a `flush.ms` have partitions to look at every tick, so 100,000 idle
+    /// partitions cost nothing between the rarer passes.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
-        retention_check: Duration,
-        cleaner: CleanerConfig,
+        config: MaintenanceConfig,
     ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             let mut last_retention = std::time::Instant::now();
             let mut last_cleaning = std::time::Instant::now();
+            let mut last_checkpoint = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
                 let now = now_ms();
-                let partitions: Vec<_> =
-                    store.topics().iter().flat_map(|t| t.partitions()).collect();
-                for p in &partitions {
-                    if p.flush_overdue(now) {
-                        let p = p.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
+                let timed_flush: Vec<_> = store
+                    .topics()
+                    .iter()
+                    .filter(|t| t.config().flush_ms() < i64::MAX)
+                    .flat_map(|t| t.partitions())
+                    .filter(|p| p.flush_overdue(now))
+                    .collect();
+                if !timed_flush.is_empty() {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for p in timed_flush {
                             if let Err(e) = p.sync_now() {
                                 tracing::error!(topic = %p.topic, partition = p.partition, "flush failed: {e}");
                             }
-                        })
-                        .await;
-                    }
+                        }
+                    })
+                    .await;
                 }
-                if last_retention.elapsed() >= retention_check {
-                    last_retention = std::time::Instant::now();
-                    let ps = partitions.clone();
+                if last_checkpoint.elapsed() >= config.recovery_checkpoint_interval {
+                    let partitions = store.partitions();
                     let _ = tokio::task::spawn_blocking(move || {
-                        for p in ps {
+                        for p in partitions {
+                            if !p.needs_recovery_checkpoint() {
+                                continue;
+                            }
+                            if let Err(e) = p.checkpoint_recovery_point() {
+                                tracing::warn!(topic = %p.topic, partition = p.partition, "recovery checkpoint failed: {e}");
+                            }
+                        }
+                    })
+                    .await;
+                    last_checkpoint = std::time::Instant::now();
+                }
+                if last_retention.elapsed() >= config.retention_check_interval {
+                    last_retention = std::time::Instant::now();
+                    let partitions = store.partitions();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for p in partitions {
                             p.enforce_retention(now);
                         }
                     })
                     .await;
                 }
-                if last_cleaning.elapsed() >= Duration::from_millis(cleaner.backoff_ms) {
-                    // Only compacted topics: a check of their config each.
-                    let ps: Vec<_> = partitions
+                if last_cleaning.elapsed() >= Duration::from_millis(config.cleaner.backoff_ms) {
+                    let compacted: Vec<_> = store
+                        .topics()
                         .iter()
-                        .filter(|p| p.config().is_compacted())
-                        .cloned()
+                        .filter(|t| t.config().is_compacted())
+                        .flat_map(|t| t.partitions())
                         .collect();
+                    let cleaner = config.cleaner;
                     let _ = tokio::task::spawn_blocking(move || {
-                        for p in ps {
+                        for p in compacted {
                             if let Err(e) = p.clean(now, &cleaner) {
                                 tracing::warn!(topic = %p.topic, partition = p.partition, "log cleaner: {e}");
                             }
@@ -423,6 +495,10 @@ impl LogStore {
                 }
             }
         })
+    }
+
+    fn partitions(&self) -> Vec<Arc<PartitionLog>> {
+        self.topics().iter().flat_map(|t| t.partitions()).collect()
     }
 
     /// Flushes every partition and writes index files.
@@ -438,6 +514,36 @@ impl LogStore {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Runs `open` over `jobs` on one thread per core; results in job order.
+fn open_in_parallel<J: Sync, T: Send>(
+    jobs: &[J],
+    open: impl Fn(&J) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(jobs.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<T>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                *results[i].lock() = Some(open(job));
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|| Err(LogError::Metadata("a partition was not opened".into())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

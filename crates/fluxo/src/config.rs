@@ -82,6 +82,7 @@ impl std::fmt::Debug for PostgresSection {
 pub struct LogSection {
     pub retention_check_secs: Option<u64>,
     pub log_cleaner_backoff_ms: Option<u64>,
+    pub log_flush_offset_checkpoint_interval_ms: Option<u64>,
     pub log_cleaner_dedupe_buffer_size: Option<usize>,
 }
 

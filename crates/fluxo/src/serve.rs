@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// compacts `cleanup.policy=compact` topics [default: 15000]
     #[arg(long, env = "FLUXO_LOG_CLEANER_BACKOFF_MS")]
     pub log_cleaner_backoff_ms: Option<u64>,
+    /// log.flush.offset.checkpoint.interval.ms: how often active segments
+    /// record their recovery point, which bounds what a restart after a
+    /// crash must scan [default: 10000]
+    #[arg(long, env = "FLUXO_LOG_FLUSH_OFFSET_CHECKPOINT_INTERVAL_MS")]
+    pub log_flush_offset_checkpoint_interval_ms: Option<u64>,
     /// log.cleaner.dedupe.buffer.size: memory for one cleaner run's map of
     /// keys to their newest offsets [default: 134217728]
     #[arg(long, env = "FLUXO_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
@@ -78,6 +83,7 @@ pub struct ServeSettings {
     pub num_partitions: i32,
     pub max_request_bytes: usize,
     pub retention_check_secs: u64,
+    pub recovery_checkpoint_ms: u64,
     pub cleaner: fluxo_log::CleanerConfig,
     pub groups: fluxo_groups::GroupConfig,
     pub transactions: fluxo_txn::TxnConfig,
@@ -131,6 +137,14 @@ impl ServeSettings {
                 .retention_check_secs
                 .or(file.log.retention_check_secs)
                 .unwrap_or(30),
+            recovery_checkpoint_ms: args
+                .log_flush_offset_checkpoint_interval_ms
+                .or(file.log.log_flush_offset_checkpoint_interval_ms)
+                .unwrap_or(
+                    fluxo_log::MaintenanceConfig::default()
+                        .recovery_checkpoint_interval
+                        .as_millis() as u64,
+                ),
             cleaner: {
                 let default = fluxo_log::CleanerConfig::default();
                 fluxo_log::CleanerConfig {
@@ -237,10 +251,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
     let store = Arc::new(store);
-    let maintenance = store.spawn_maintenance(
-        Duration::from_secs(args.retention_check_secs.max(1)),
-        args.cleaner,
-    );
+    let maintenance = store.spawn_maintenance(fluxo_log::MaintenanceConfig {
+        retention_check_interval: Duration::from_secs(args.retention_check_secs.max(1)),
+        recovery_checkpoint_interval: Duration::from_millis(args.recovery_checkpoint_ms.max(1)),
+        cleaner: args.cleaner,
+    });
     let config = BrokerConfig {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.num_partitions,
