@@ -7,10 +7,13 @@ after a kill -9."""
 
 from __future__ import annotations
 
+import http.client
 import random
+import subprocess
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 import fluxo_helpers as H
 from test_sql import get
@@ -90,6 +93,21 @@ def test_a_compacted_topic_keeps_the_newest_value_of_each_key(broker_factory, ne
     assert any(v is None for _, _, v in after), "tombstones stay for delete.retention.ms"
     raw = read_all(broker.bootstrap, topic, isolation="read_uncommitted")
     assert all(v != b"aborted" for o, _, v in raw if o < stats["cleaned_up_to"]), "aborted data is dropped"
+
+    # What the cleaner did is in /metrics and `fluxo topic describe`.
+    host, port = broker.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(conn.getresponse().read().decode())}
+    removed = [s.value for s in families["fluxo_log_cleaner_records_removed"].samples
+               if s.labels["topic"] == topic and s.name.endswith("_total")]
+    assert removed and removed[0] >= stats["records_removed"], removed
+    described = subprocess.run([H.fluxo_bin(), "topic", "describe", topic, "--bootstrap", broker.bootstrap,
+                                "--http-addr", broker.http_addr], capture_output=True, text=True, timeout=30)
+    assert described.returncode == 0, described.stderr
+    lines = described.stdout.splitlines()
+    row = lines[lines.index("log cleaner:") + 2].split()
+    assert row[0] == "0" and int(row[1]) >= 1 and int(row[5]) >= stats["records_removed"], described.stdout
 
     # After a kill -9 the compacted log holds the same newest values (the
     # cleaner may have gone on meanwhile: only fewer old records, never

@@ -103,7 +103,69 @@ fn scrape(services: &Services) -> prometheus::Result<String> {
         "Where read_committed consumers stop: the first offset of the oldest open transaction, or the end",
         &["topic", "partition"],
     )?;
+    let cleaner_runs = counter(
+        &r,
+        "fluxo_log_cleaner_runs_total",
+        "Log cleaner runs over the compacted topic's partitions since start",
+        &["topic"],
+    )?;
+    let cleaner_read = counter(
+        &r,
+        "fluxo_log_cleaner_bytes_read_total",
+        "Bytes the log cleaner read from the compacted topic since start",
+        &["topic"],
+    )?;
+    let cleaner_written = counter(
+        &r,
+        "fluxo_log_cleaner_bytes_written_total",
+        "Bytes of cleaned segments the log cleaner wrote since start",
+        &["topic"],
+    )?;
+    let cleaner_removed = counter(
+        &r,
+        "fluxo_log_cleaner_records_removed_total",
+        "Records the log cleaner dropped (superseded, aborted, expired tombstones) since start",
+        &["topic"],
+    )?;
+    let cleaner_tombstones = counter(
+        &r,
+        "fluxo_log_cleaner_tombstones_removed_total",
+        "Tombstones dropped after delete.retention.ms since start",
+        &["topic"],
+    )?;
+    let cleaner_last_run = gauge(
+        &r,
+        "fluxo_log_cleaner_last_run_timestamp_seconds",
+        "When the log cleaner last cleaned one of the topic's partitions (Unix seconds)",
+        &["topic"],
+    )?;
     for topic in services.store.topics() {
+        let compacted = topic.config().is_compacted();
+        if compacted {
+            let labels = [topic.name.as_str()];
+            let stats: Vec<_> = topic
+                .partitions()
+                .iter()
+                .map(|p| p.cleaner_stats())
+                .collect();
+            cleaner_runs
+                .with_label_values(&labels)
+                .inc_by(stats.iter().map(|c| c.runs).sum());
+            cleaner_read
+                .with_label_values(&labels)
+                .inc_by(stats.iter().map(|c| c.bytes_read).sum());
+            cleaner_written
+                .with_label_values(&labels)
+                .inc_by(stats.iter().map(|c| c.bytes_written).sum());
+            cleaner_removed
+                .with_label_values(&labels)
+                .inc_by(stats.iter().map(|c| c.records_removed).sum());
+            cleaner_tombstones
+                .with_label_values(&labels)
+                .inc_by(stats.iter().map(|c| c.tombstones_removed).sum());
+            let last = stats.iter().map(|c| c.last_run_ms).max().unwrap_or(0);
+            cleaner_last_run.with_label_values(&labels).set(last / 1000);
+        }
         let (mut recs, mut bytes) = (0, 0);
         for p in topic.partitions() {
             let o = p.offsets();

@@ -1,8 +1,9 @@
 //! Client verbs that talk to a running server: over the Kafka protocol,
-//! and (`sql`) over the HTTP API.
+//! and (`sql`, parts of `topic describe`) over the HTTP API.
 
 pub mod consume;
 pub mod group;
+pub mod http_api;
 pub mod produce;
 pub mod sql;
 pub mod topic;

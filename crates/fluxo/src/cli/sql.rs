@@ -10,8 +10,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
+
+use super::http_api::{connect, post_json};
 
 #[derive(clap::Args, Debug)]
 pub struct SqlArgs {
@@ -111,31 +112,6 @@ fn subscribe_target(statement: &str) -> Option<String> {
     } else {
         name.to_lowercase()
     })
-}
-
-async fn connect(
-    addr: &str,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
-        format!("cannot reach fluxo's HTTP API at {addr}; is `fluxo serve` running? (set --http-addr)")
-    })?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-async fn post_json(addr: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Bytes)> {
-    let mut sender = connect(addr).await?;
-    let req = Request::post(path)
-        .header("host", addr)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }
 
 async fn subscribe(addr: &str, view: &str) -> anyhow::Result<()> {

@@ -34,11 +34,16 @@ pub enum TopicCommand {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Show a topic's partitions, offsets and configs.
+    /// Show a topic's partitions, offsets and configs, and from fluxo's
+    /// HTTP API (when it answers for the same topic) sizes on disk and what
+    /// the log cleaner did.
     Describe {
         name: String,
         #[command(flatten)]
         conn: Connection,
+        /// fluxo's HTTP API, for what the Kafka protocol does not carry
+        #[arg(long, default_value = "127.0.0.1:8080", env = "FLUXO_HTTP_ADDR")]
+        http_addr: String,
     },
     /// Delete a topic and its data.
     Delete {
@@ -114,9 +119,18 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 println!("{name:<40} {partitions:>10}");
             }
         }
-        TopicCommand::Describe { name, conn } => {
+        TopicCommand::Describe {
+            name,
+            conn,
+            http_addr,
+        } => {
             let client = conn.connect().await?;
             let count = super::partition_count(&client, &name).await?;
+            let topic_id = super::metadata(&client, Some(&[name.clone()]))
+                .await?
+                .topics
+                .first()
+                .map(|t| t.topic_id.to_string());
             let mut lo = ListOffsetsRequest::default();
             lo.replica_id = kafka_protocol::messages::BrokerId(-1);
             let offsets_for = |ts: i64| {
@@ -178,6 +192,13 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+            // The same topic (by id) on a fluxo server: what only it knows.
+            let path = format!("/api/v1/topics/{name}");
+            if let Ok(Some(detail)) = super::http_api::get_json(&http_addr, &path).await {
+                if detail["id"].as_str().map(str::to_string) == topic_id {
+                    print_storage(&detail);
+                }
+            }
         }
         TopicCommand::Delete { name, conn } => {
             let client = conn.connect().await?;
@@ -237,4 +258,50 @@ pub async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sizes on disk and, for compacted topics, the log cleaner's work since
+/// the server started, from `GET /api/v1/topics/{name}`.
+fn print_storage(detail: &serde_json::Value) {
+    let partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
+    println!("storage:");
+    println!("{:>10} {:>15}", "PARTITION", "BYTES");
+    for p in &partitions {
+        println!("{:>10} {:>15}", p["partition"], p["size_bytes"]);
+    }
+    if partitions.iter().all(|p| p.get("cleaner").is_none()) {
+        return;
+    }
+    println!("log cleaner:");
+    println!(
+        "{:>10} {:>6} {:>15} {:>15} {:>15} {:>15} {:>12} {:>24}",
+        "PARTITION",
+        "RUNS",
+        "CLEANED UP TO",
+        "BYTES READ",
+        "BYTES WRITTEN",
+        "RECORDS DROPPED",
+        "TOMBSTONES",
+        "LAST RUN"
+    );
+    for p in &partitions {
+        let c = &p["cleaner"];
+        let last_run = c["last_run_ms"]
+            .as_i64()
+            .filter(|ms| *ms > 0)
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| "never".to_string());
+        println!(
+            "{:>10} {:>6} {:>15} {:>15} {:>15} {:>15} {:>12} {:>24}",
+            p["partition"],
+            c["runs"],
+            c["cleaned_up_to"],
+            c["bytes_read"],
+            c["bytes_written"],
+            c["records_removed"],
+            c["tombstones_removed"],
+            last_run
+        );
+    }
 }
