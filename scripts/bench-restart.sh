@@ -5,7 +5,7 @@
 # start to a produce acknowledged and the last record of a partition
 # fetched:
 #   1. kill -9 right after the last write (the tails since the last recovery
-#      checkpoint are scanned);
+#      checkpoint are scanned), and again with the page cache dropped;
 #   2. kill -9 after a recovery checkpoint has passed (nothing to scan);
 #   3. a clean shutdown (SIGTERM) and start.
 # Usage: scripts/bench-restart.sh [GB] [PARTITIONS]   (default 10 16)
@@ -18,6 +18,7 @@ GB=${1:-10}
 PARTS=${2:-16}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/fluxo-bench-restart.XXXXXX")
 PID=
+set +m
 trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
 start() {
@@ -60,6 +61,15 @@ echo "log: $(du -sm "$DIR/data" | cut -f1) MiB on disk over $PARTS partitions"
 
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 restart_and_time "kill -9 right after writing"
+
+# As after a power loss: nothing of the log in the page cache (needs root).
+if [ -w /proc/sys/vm/drop_caches ]; then
+  "$BIN" bench produce --bootstrap "$ADDR" --topic bench-restart-more --partitions "$PARTS" \
+    --records $(( RECORDS / 10 )) --record-size 1024 --acks all >/dev/null 2>&1
+  kill -9 "$PID"; wait "$PID" 2>/dev/null || true
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  restart_and_time "kill -9 right after writing, page cache dropped"
+fi
 
 sleep 12   # past the 10 s recovery checkpoint
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
