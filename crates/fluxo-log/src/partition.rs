@@ -28,7 +28,7 @@ use crate::batch::{
 use crate::cleaner::CleanerStats;
 use crate::config::{TimestampType, TopicConfig};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::segment::{write_atomically, OpenMode, Segment};
+use crate::segment::{write_atomically, Durability, OpenMode, Segment};
 use crate::txn_index::TxnIndex;
 use crate::{now_ms, LogError, Result};
 
@@ -158,6 +158,14 @@ impl PartitionLog {
             .map(|s| s.base_offset)
             .unwrap_or(0)
             .max(read_log_start(dir).min(end));
+        // A tail scanned after a crash may be only in the page cache: the
+        // next sync (an acks=all produce, the recovery checkpoint) writes
+        // it out. Syncing here would cost an fsync per partition before
+        // the broker serves anything.
+        let flushed = match segments.last() {
+            Some(active) if active.recovered_bytes() > 0 => active.base_offset,
+            _ => end,
+        };
         let (producers, aborted) = restore_producers(dir, &segments, end)?;
         let lso = producers.first_unstable_offset().unwrap_or(end);
         let (end_offset_tx, _) = watch::channel(end);
@@ -178,8 +186,7 @@ impl PartitionLog {
             }),
             last_stable_offset: AtomicI64::new(lso),
             log_start_offset: AtomicI64::new(start),
-            // What survived recovery is on disk.
-            flushed_offset: AtomicI64::new(end),
+            flushed_offset: AtomicI64::new(flushed),
             last_flush_ms: AtomicI64::new(now_ms()),
             flush_lock: tokio::sync::Mutex::new(()),
             offline: AtomicBool::new(false),
@@ -734,7 +741,7 @@ impl PartitionLog {
         };
         // The files may only vouch for bytes that are on disk.
         self.sync_now()?;
-        segment.write_index_files(&files)?;
+        segment.write_index_files(&files, Durability::Rename)?;
         Ok(true)
     }
 
@@ -975,6 +982,29 @@ mod tests {
         drop(log);
         let log = open(dir.path(), TopicConfig::default());
         assert_eq!(log.end_offset(), 13);
+    }
+
+    #[test]
+    fn torn_recovery_point_files_are_caught_by_their_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let total;
+        {
+            let log = open(dir.path(), TopicConfig::default());
+            for i in 0..20 {
+                log.append(&mut make_batch(2, 10, i)).unwrap();
+            }
+            log.checkpoint_recovery_point().unwrap();
+            total = log.offsets().size_bytes;
+        }
+        // A power loss tore the time index the checkpoint did not fsync.
+        let path = dir.path().join(crate::segment::log_file_name(0));
+        let times = path.with_extension("timeindex");
+        let mut data = std::fs::read(&times).unwrap();
+        data[3] ^= 0x40;
+        std::fs::write(&times, &data).unwrap();
+        let log = open(dir.path(), TopicConfig::default());
+        assert_eq!(log.recovered_bytes(), total, "the whole segment is scanned");
+        assert_eq!(log.end_offset(), 40);
     }
 
     #[test]

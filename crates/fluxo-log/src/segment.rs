@@ -87,6 +87,19 @@ pub enum OpenMode {
     FullScan,
 }
 
+/// How index files reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Temp file, fsync, rename, fsync of the directory: for sealed
+    /// segments, whose files are trusted whole.
+    Fsync,
+    /// Temp file and rename only: for recovery checkpoints, which run over
+    /// every partition that took writes. A power loss may leave the old
+    /// files (an earlier, still valid recovery point) or torn ones (the
+    /// trailer's CRC rejects them and the segment is scanned).
+    Rename,
+}
+
 /// The index files' contents at one moment, with the log size they
 /// describe.
 pub struct IndexFiles {
@@ -178,15 +191,25 @@ impl Segment {
                 *seg.indexed_size.lock() = size;
             }
             Some(size) => {
+                // The files stay as they are: they still vouch for `size`
+                // bytes, and the next recovery checkpoint (which fsyncs
+                // first) covers the scanned tail. Writing them here would
+                // cost fsyncs per partition on the way to serving.
+                *seg.indexed_size.lock() = size;
                 seg.recover_from(size, index_interval)?;
-                seg.write_indexes()?;
             }
             None => {
                 *seg.indexes.lock() = Indexes::default();
                 seg.next_offset.store(base_offset, Ordering::Release);
                 seg.max_timestamp.store(-1, Ordering::Release);
+                match mode {
+                    // Files that do not agree with this log must not be
+                    // trusted later, once appends have grown it past them.
+                    OpenMode::Active => seg.remove_index_files(),
+                    OpenMode::Sealed | OpenMode::FullScan => {}
+                }
                 seg.recover_from(0, index_interval)?;
-                if mode != OpenMode::FullScan {
+                if mode == OpenMode::Sealed {
                     seg.write_indexes()?;
                 }
             }
@@ -271,11 +294,6 @@ impl Segment {
             self.file.get()?.set_len(pos)?;
             self.file.get()?.sync_all()?;
         }
-        if pos > from && stopped.is_none() {
-            // A crash may have left the scanned tail only in the page cache;
-            // a later checkpoint will vouch for it, so it goes to disk now.
-            self.file.get()?.sync_data()?;
-        }
         self.recovered_bytes.store(pos - from, Ordering::Relaxed);
         self.size.store(pos, Ordering::Release);
         self.next_offset.store(next, Ordering::Release);
@@ -295,12 +313,25 @@ impl Segment {
         ) else {
             return Ok(None);
         };
-        // The index file ends with a trailer: the segment's next offset and
-        // the log size it describes.
-        if offsets.len() < 16 || (offsets.len() - 16) % 8 != 0 || times.len() % 16 != 0 {
+        // The index file ends with a trailer: the segment's next offset, the
+        // log size it describes and a CRC-32C of both files (recovery
+        // checkpoints do not fsync them, so they may be torn after a power
+        // loss). Files written before the CRC have a 16-byte trailer.
+        if times.len() % 16 != 0 {
             return Ok(None);
         }
-        let (body, trailer) = offsets.split_at(offsets.len() - 16);
+        let (body, trailer) = if offsets.len() >= 20 && (offsets.len() - 20) % 8 == 0 {
+            let (covered, crc) = offsets.split_at(offsets.len() - 4);
+            let want = u32::from_be_bytes(crc.try_into().unwrap_or_default());
+            if crc32c::crc32c_append(crc32c::crc32c(covered), &times) != want {
+                return Ok(None);
+            }
+            covered.split_at(covered.len() - 16)
+        } else if offsets.len() >= 16 && (offsets.len() - 16) % 8 == 0 {
+            offsets.split_at(offsets.len() - 16)
+        } else {
+            return Ok(None);
+        };
         let next = i64::from_be_bytes(trailer[0..8].try_into().unwrap_or_default());
         let size = u64::from_be_bytes(trailer[8..16].try_into().unwrap_or_default());
         let size_fits = if partial {
@@ -350,7 +381,7 @@ impl Segment {
     /// Writes both index files (atomically, by rename), describing the
     /// whole segment as it is now. Appends must be excluded by the caller.
     pub fn write_indexes(&self) -> Result<()> {
-        self.write_index_files(&self.index_files())
+        self.write_index_files(&self.index_files(), Durability::Fsync)
     }
 
     /// The index files' contents now, with the size they describe. Taken
@@ -358,7 +389,7 @@ impl Segment {
     pub fn index_files(&self) -> IndexFiles {
         let idx = self.indexes.lock();
         let size = self.size();
-        let mut offsets = Vec::with_capacity(idx.offsets.len() * 8 + 16);
+        let mut offsets = Vec::with_capacity(idx.offsets.len() * 8 + 20);
         for e in &idx.offsets {
             offsets.extend(e.relative_offset.to_be_bytes());
             offsets.extend(e.position.to_be_bytes());
@@ -382,6 +413,8 @@ impl Segment {
             times.extend(last_batch.relative_offset.to_be_bytes());
             times.extend(last_batch.position.to_be_bytes());
         }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&offsets), &times);
+        offsets.extend(crc.to_be_bytes());
         IndexFiles {
             offsets,
             times,
@@ -393,9 +426,15 @@ impl Segment {
     /// the log are already on disk (a checkpoint racing a roll must not
     /// undo the roll's complete indexes). The caller makes sure the bytes
     /// they describe are durable first.
-    pub fn write_index_files(&self, files: &IndexFiles) -> Result<()> {
+    pub fn write_index_files(&self, files: &IndexFiles, durability: Durability) -> Result<()> {
         let mut indexed = self.indexed_size.lock();
         if files.size < *indexed {
+            return Ok(());
+        }
+        if durability == Durability::Rename {
+            write_replacing(&self.time_index_path(), &files.times)?;
+            write_replacing(&self.index_path(), &files.offsets)?;
+            *indexed = files.size;
             return Ok(());
         }
         // The offset index, whose trailer vouches for the log, goes last: a
@@ -687,6 +726,15 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Replaces a file by rename, without fsync: a process crash leaves the
+/// old or the new content; a power loss may leave either or a torn file.
+fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Writes a small file so that it is either the old or the new content
