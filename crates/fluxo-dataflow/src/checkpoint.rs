@@ -213,6 +213,7 @@ struct Header {
 const VIEW_BATCH: &str = "$view";
 
 /// A pipeline's checkpoint file.
+#[derive(Debug, Clone)]
 pub struct CheckpointStore {
     dir: PathBuf,
 }

@@ -741,7 +741,7 @@ impl PartitionLog {
         };
         // The files may only vouch for bytes that are on disk.
         self.sync_now()?;
-        segment.write_index_files(&files, Durability::Rename)?;
+        segment.write_index_files(&files, Durability::InPlace)?;
         Ok(true)
     }
 

@@ -93,11 +93,10 @@ pub enum Durability {
     /// Temp file, fsync, rename, fsync of the directory: for sealed
     /// segments, whose files are trusted whole.
     Fsync,
-    /// Temp file and rename only: for recovery checkpoints, which run over
-    /// every partition that took writes. A power loss may leave the old
-    /// files (an earlier, still valid recovery point) or torn ones (the
-    /// trailer's CRC rejects them and the segment is scanned).
-    Rename,
+    /// Overwritten in place, no fsync: for recovery checkpoints, which run
+    /// over every partition that took writes. A crash may leave them torn;
+    /// the trailer's CRC rejects them and the segment is scanned.
+    InPlace,
 }
 
 /// The index files' contents at one moment, with the log size they
@@ -431,9 +430,9 @@ impl Segment {
         if files.size < *indexed {
             return Ok(());
         }
-        if durability == Durability::Rename {
-            write_replacing(&self.time_index_path(), &files.times)?;
-            write_replacing(&self.index_path(), &files.offsets)?;
+        if durability == Durability::InPlace {
+            write_in_place(&self.time_index_path(), &files.times)?;
+            write_in_place(&self.index_path(), &files.offsets)?;
             *indexed = files.size;
             return Ok(());
         }
@@ -728,12 +727,19 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Replaces a file by rename, without fsync: a process crash leaves the
-/// old or the new content; a power loss may leave either or a torn file.
-fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)?;
+/// Overwrites a file in place, without fsync. A crash may leave it torn,
+/// which the index trailer's CRC catches. In place, because creating a
+/// file per partition at every checkpoint (temp file and rename) costs an
+/// inode allocation each: about a millisecond on ext4, minutes of a core
+/// for 100,000 partitions.
+fn write_in_place(path: &Path, data: &[u8]) -> Result<()> {
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all_at(data, 0)?;
+    file.set_len(data.len() as u64)?;
     Ok(())
 }
 

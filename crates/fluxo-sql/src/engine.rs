@@ -170,6 +170,8 @@ pub struct PipelineStatus {
     pub state_bytes: u64,
     pub view_rows: u64,
     pub last_error: Option<String>,
+    /// Times the pipeline failed and started again from its checkpoint.
+    pub restarts: u64,
     pub last_checkpoint: Option<pipeline::CheckpointInfo>,
     pub partitions: Vec<pipeline::PartitionProgress>,
 }
@@ -1214,6 +1216,7 @@ fn status(
         state_bytes: s.state_bytes.load(Ordering::Relaxed),
         view_rows,
         last_error: s.last_error.lock().clone(),
+        restarts: s.restarts.load(Ordering::Relaxed),
         last_checkpoint: s.last_checkpoint.lock().clone(),
         partitions: s.partitions.lock().clone(),
     }

@@ -259,6 +259,10 @@ impl Sink for ParquetSink {
     }
 
     fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()> {
+        // What a failed run staged is written again by the next one.
+        self.open = None;
+        self.closed.clear();
+        self.prepared.clear();
         let staging = self.staging_dir();
         std::fs::create_dir_all(&staging).map_err(|e| self.io("create", &staging, e))?;
         let mut keep: Vec<PathBuf> = Vec::new();

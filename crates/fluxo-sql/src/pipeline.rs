@@ -64,6 +64,9 @@ pub struct PipelineStats {
     pub rate_out: AtomicU64,
     pub status: Mutex<String>,
     pub last_error: Mutex<Option<String>>,
+    /// Times the pipeline failed and was started again from its last
+    /// checkpoint.
+    pub restarts: AtomicU64,
     pub partitions: Mutex<Vec<PartitionProgress>>,
     pub last_checkpoint: Mutex<Option<CheckpointInfo>>,
 }
@@ -158,6 +161,7 @@ impl Drop for PipelineHandle {
     }
 }
 
+#[derive(Clone)]
 pub struct PipelineSpec {
     pub name: String,
     /// The statement that defines the pipeline; a checkpoint taken under
@@ -197,11 +201,24 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
         paused: AtomicBool::new(paused),
         ..Default::default()
     });
-    let runner = Runner::new(spec, store, stats.clone(), stop.clone(), control.clone())?;
+    let runner = Runner::new(
+        spec.clone(),
+        store.clone(),
+        stats.clone(),
+        stop.clone(),
+        control.clone(),
+    )?;
     let name = format!("pipeline-{}", runner.name);
+    let supervisor = Supervisor {
+        spec,
+        store,
+        stats: stats.clone(),
+        stop: stop.clone(),
+        control: control.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || runner.run())
+        .spawn(move || supervisor.run(runner))
         .map_err(|e| SqlError::Internal(format!("cannot start a pipeline thread: {e}")))?;
     Ok(PipelineHandle {
         stats,
@@ -209,6 +226,99 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
         control,
         thread: Mutex::new(Some(thread)),
     })
+}
+
+/// The first wait before a failed pipeline starts again; it doubles up to
+/// [`MAX_RESTART_DELAY`] while runs keep failing soon after their start.
+const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// Starts a failed pipeline again from its last checkpoint, as a restart of
+/// the server would, with exponential back-off (as Flink's restart
+/// strategy): a full disk, a sink's store away for a while or a bug that
+/// hits one record make the pipeline wait and say why in its status, and
+/// it goes on by itself once the cause is gone. Its outputs stay exactly
+/// once, because every run starts from a checkpoint and its sinks finish
+/// or drop the epoch that checkpoint prepared.
+struct Supervisor {
+    spec: PipelineSpec,
+    store: Arc<LogStore>,
+    stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
+}
+
+impl Supervisor {
+    fn run(self, first: Runner) {
+        let mut runner = Some(first);
+        let mut delay = FIRST_RESTART_DELAY;
+        loop {
+            let started = Instant::now();
+            let error = match runner.take() {
+                Some(r) => match r.run() {
+                    (Ok(()), _) => return,
+                    (Err(e), sinks) => {
+                        // The next run takes the sinks back first, as a
+                        // restart of the server attaches them again; their
+                        // `recover` settles what the failed run left open.
+                        let mut commands = self.control.commands.lock();
+                        let pending = std::mem::take(&mut *commands);
+                        commands.extend(sinks.into_iter().map(SinkCommand::Add));
+                        commands.extend(pending);
+                        self.control.pending.store(true, Ordering::Release);
+                        e
+                    }
+                },
+                None => match self.rebuild() {
+                    Ok(r) => {
+                        runner = Some(r);
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                },
+            };
+            if self.stop.load(Ordering::Acquire) {
+                *self.stats.status.lock() = "stopped".into();
+                *self.stats.last_error.lock() = Some(error);
+                return;
+            }
+            if started.elapsed() > MAX_RESTART_DELAY {
+                delay = FIRST_RESTART_DELAY;
+            }
+            tracing::error!(pipeline = %self.spec.name, error = %error, "pipeline failed; starting it again from its last checkpoint in {delay:?}");
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            *self.stats.status.lock() = "restarting".into();
+            *self.stats.last_error.lock() = Some(format!(
+                "{error} (starting again from the last checkpoint in {} s)",
+                delay.as_secs()
+            ));
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Acquire) {
+                    *self.stats.status.lock() = "stopped".into();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            delay = (delay * 2).min(MAX_RESTART_DELAY);
+        }
+    }
+
+    /// A new run of the pipeline. What the failed run put in the view is
+    /// dropped: the run restores the view from its checkpoint, or rebuilds
+    /// it from the start without one.
+    fn rebuild(&self) -> Result<Runner> {
+        if let Some(view) = &self.spec.view {
+            view.clear();
+        }
+        Runner::new(
+            self.spec.clone(),
+            self.store.clone(),
+            self.stats.clone(),
+            self.stop.clone(),
+            self.control.clone(),
+        )
+    }
 }
 
 struct Runner {
@@ -444,25 +554,24 @@ impl Runner {
         })
     }
 
-    fn run(mut self) {
-        let stats = self.stats.clone();
-        let name = self.name.clone();
+    /// Runs until stopped (Ok) or failed (the error, for the supervisor).
+    /// Either way it gives back its sinks.
+    fn run(mut self) -> (std::result::Result<(), String>, Vec<Box<dyn Sink>>) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
-        let error = match outcome {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(panic) => format!(
+        let sinks = std::mem::take(&mut self.sinks);
+        let result = match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(format!(
                 "internal error: the pipeline panicked ({}). This is a bug in fluxo; please report it",
                 panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("no message")
-            ),
+            )),
         };
-        tracing::error!(pipeline = %name, error = %error, "pipeline failed");
-        *stats.status.lock() = "failed".into();
-        *stats.last_error.lock() = Some(error);
+        (result, sinks)
     }
 
     fn run_loop(&mut self) -> Result<()> {

@@ -47,7 +47,9 @@ pub trait Sink: Send {
     /// Phase two: the checkpoint of `epoch` is durable.
     fn commit(&mut self, epoch: u64) -> Result<()>;
     /// Before any write after a (re)start: what `prepare` returned for the
-    /// checkpoint the pipeline resumes from, or `None` for a new sink.
+    /// checkpoint the pipeline resumes from, or `None` for a new sink. A
+    /// sink that lived through a failed run gets this too, and drops what
+    /// that run wrote but did not commit.
     fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()>;
     /// Whether a new sink first gets the rows its view already holds.
     fn wants_snapshot(&self) -> bool;
@@ -350,6 +352,9 @@ impl Sink for TopicSink {
     }
 
     fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()> {
+        // A failed run's epochs are settled below, from the log.
+        self.dirty.clear();
+        self.prepared.clear();
         // Checkpoints from before transactional sinks hold null.
         let prepared: Option<PreparedEpoch> = prepared
             .filter(|v| !v.is_null())
