@@ -95,6 +95,18 @@ pub struct ProduceBench {
     /// Batches in flight per partition.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
+    /// Key the records with this many distinct keys (`key-0`, `key-1`, ...,
+    /// then again), as updates of a compacted topic; 0 writes no keys.
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
+    /// Config of the topic the bench creates, e.g. `cleanup.policy=compact`
+    /// (repeatable).
+    #[arg(long = "topic-config", value_name = "NAME=VALUE")]
+    pub topic_config: Vec<String>,
+    /// Produce at most this many MB/s of record values over all partitions
+    /// (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_mb: f64,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -156,7 +168,17 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 /// Recreates a topic so every run starts empty.
 async fn fresh_topic(client: &Client, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    fresh_topic_with(client, topic, partitions, &[]).await
+}
+
+/// Recreates a topic with configs (`name=value`).
+async fn fresh_topic_with(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    configs: &[String],
+) -> anyhow::Result<()> {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
     use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
     let name = TopicName(StrBytes::from_string(topic.to_string()));
@@ -168,6 +190,15 @@ async fn fresh_topic(client: &Client, topic: &str, partitions: i32) -> anyhow::R
     t.name = name;
     t.num_partitions = partitions;
     t.replication_factor = -1;
+    for config in configs {
+        let Some((name, value)) = config.split_once('=') else {
+            bail!("--topic-config '{config}' must look like NAME=VALUE");
+        };
+        let mut c = CreatableTopicConfig::default();
+        c.name = StrBytes::from_string(name.to_string());
+        c.value = Some(StrBytes::from_string(value.to_string()));
+        t.configs.push(c);
+    }
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![t];
     req.timeout_ms = 30_000;
@@ -191,19 +222,33 @@ fn report(line: &str, value: serde_json::Value) {
 async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
     let acks = crate::cli::produce::parse_acks(&b.acks)?;
     let admin = b.conn.connect().await?;
-    fresh_topic(&admin, &b.topic, b.partitions).await?;
+    fresh_topic_with(&admin, &b.topic, b.partitions, &b.topic_config).await?;
     let value = Bytes::from(vec![b'x'; b.record_size]);
     let batch_records = b.batch_records.max(1);
-    let records: Vec<OutRecord> = (0..batch_records)
-        .map(|_| OutRecord {
-            key: None,
-            value: Some(value.clone()),
-            headers: vec![],
-            timestamp: fluxo_log::now_ms(),
-        })
-        .collect();
-    let batch = encode_batch(&records, Compression::None)?;
+    // With keys, enough distinct batches to cycle through every key.
+    let distinct = if b.keys == 0 {
+        1
+    } else {
+        b.keys.div_ceil(batch_records as u64).max(1)
+    };
+    let mut batches = Vec::with_capacity(distinct as usize);
+    for d in 0..distinct {
+        let records: Vec<OutRecord> = (0..batch_records as u64)
+            .map(|i| OutRecord {
+                key: (b.keys > 0)
+                    .then(|| Bytes::from(format!("key-{}", (d * batch_records as u64 + i) % b.keys))),
+                value: Some(value.clone()),
+                headers: vec![],
+                timestamp: fluxo_log::now_ms(),
+            })
+            .collect();
+        batches.push(encode_batch(&records, Compression::None)?);
+    }
+    let batches = Arc::new(batches);
     let batches_total = b.records.div_ceil(batch_records as u64);
+    let batch_value_bytes = (batch_records * b.record_size) as f64;
+    // A batch may start once the rate allows it: batch i at i / rate.
+    let seconds_per_batch = (b.rate_mb > 0.0).then(|| batch_value_bytes / (b.rate_mb * 1e6));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -212,11 +257,20 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
         // partition leader would have; several batches in flight on each.
         let client = Arc::new(b.conn.connect().await?);
         for _ in 0..b.in_flight.max(1) {
-            let (client, next, batch, topic) =
-                (client.clone(), next.clone(), batch.clone(), b.topic.clone());
+            let (client, next, batches, topic) =
+                (client.clone(), next.clone(), batches.clone(), b.topic.clone());
             tasks.spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < batches_total {
-                    produce(&client, &topic, p, batch.clone(), acks).await?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= batches_total {
+                        break;
+                    }
+                    if let Some(spb) = seconds_per_batch {
+                        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 * spb)).into())
+                            .await;
+                    }
+                    let batch = batches[(i % batches.len() as u64) as usize].clone();
+                    produce(&client, &topic, p, batch, acks).await?;
                 }
                 anyhow::Ok(())
             });
