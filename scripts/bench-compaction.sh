@@ -20,15 +20,8 @@ PID=
 set +m
 trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
-"$BIN" serve --data-dir "$DIR/data" --kafka-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-  --pg-addr 127.0.0.1:0 --log-cleaner-backoff-ms 1000 >"$DIR/out" 2>"$DIR/err" &
-PID=$!
-for _ in $(seq 1 600); do
-  ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
-  [ -n "$ADDR" ] && break
-  sleep 0.05
-done
-[ -n "$ADDR" ] || { echo "the server did not start"; exit 1; }
+source scripts/bench-server.sh
+start_server 127.0.0.1:0 --log-cleaner-backoff-ms 1000
 echo "machine: $(nproc) cores"
 
 run() {
@@ -50,7 +43,7 @@ RUN=$!
 SIZES=""
 while kill -0 "$RUN" 2>/dev/null; do
   sleep 5
-  SIZES="$SIZES $(du -sm "$DIR/data/log/bench-compaction" 2>/dev/null | cut -f1)"
+  SIZES="$SIZES $( (du -sm "$DIR/data/log/bench-compaction" 2>/dev/null || echo "0 -") | cut -f1)"
 done
 echo "50 MB/s of updates for ${SECONDS_AT_RATE} s: $(cat "$DIR/rate")"
 echo "topic size on disk every 5 s (MiB):$SIZES; $(( RATE_RECORDS / 1000 )) MB written, 100 MB live"

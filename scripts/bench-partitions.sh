@@ -13,24 +13,12 @@ PARTS=${2:-1000}
 DIR=$(mktemp -d /tmp/fluxo-bench-partitions.XXXXXX)
 trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
-start() {
-  "$BIN" serve --data-dir "$DIR/data" --kafka-addr "${1:-127.0.0.1:0}" \
-    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 >"$DIR/out" 2>"$DIR/err" &
-  PID=$!
-  for _ in $(seq 1 600); do
-    ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
-    [ -n "$ADDR" ] && return 0
-    sleep 0.05
-  done
-  echo "the server did not start"; tail "$DIR/err"; exit 1
-}
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$PID/status"; }
+source scripts/bench-server.sh
 
-start
+start_server
 echo "machine: $(nproc) cores; idle RSS $(rss_mb) MB"
 "$BIN" bench partitions --bootstrap "$ADDR" --topics "$TOPICS" --partitions "$PARTS" 2>/dev/null
 echo "after: RSS $(rss_mb) MB, $(ls /proc/$PID/fd | wc -l) open file descriptors, $(du -sm "$DIR/data" | cut -f1) MB on disk"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 C0=$(cpu_ticks); sleep 5; C1=$(cpu_ticks)
 echo "right after: $(( (C1 - C0) * 100 / $(getconf CLK_TCK) / 5 ))% of a core over 5 s (the recovery checkpoint of every partition written to)"
 sleep 10
@@ -39,7 +27,7 @@ echo "idle: $(( (C1 - C0) * 100 / $(getconf CLK_TCK) / 10 ))% of a core over 10 
 
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 T0=$(date +%s%N)
-start "$ADDR"
+start_server "$ADDR"
 until "$BIN" topic list --bootstrap "$ADDR" >/dev/null 2>&1; do sleep 0.05; done
 T1=$(date +%s%N)
 echo "restart after kill -9: serving Metadata in $(( (T1 - T0) / 1000000 )) ms; RSS $(rss_mb) MB"

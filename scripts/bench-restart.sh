@@ -21,27 +21,15 @@ PID=
 set +m
 trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
-start() {
-  "$BIN" serve --data-dir "$DIR/data" --kafka-addr "${1:-127.0.0.1:0}" \
-    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 >"$DIR/out" 2>"$DIR/err" &
-  PID=$!
-  for _ in $(seq 1 1200); do
-    ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
-    [ -n "$ADDR" ] && return 0
-    sleep 0.01
-  done
-  echo "the server did not start"; tail "$DIR/err"; exit 1
-}
+source scripts/bench-server.sh
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$PID/status"; }
 
 # Time from start to serving: a produce acknowledged (acks=all) and a fetch
 # of the newest record of partition 0.
 restart_and_time() {
   local how=$1
-  : >"$DIR/out"
   local t0; t0=$(now_ms)
-  start "$ADDR"
+  start_server "$ADDR"
   local listening; listening=$(now_ms)
   until echo '{"probe":1}' | "$BIN" produce bench-restart --bootstrap "$ADDR" >/dev/null 2>&1; do sleep 0.01; done
   local produced; produced=$(now_ms)
@@ -51,7 +39,7 @@ restart_and_time() {
   echo "$how: listening after $((listening - t0)) ms, produce acknowledged after $((produced - t0)) ms, fetch answered after $((fetched - t0)) ms; scanned $((${scanned:-0} / 1048576)) MiB of tails; RSS $(rss_mb) MB"
 }
 
-start
+start_server
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo) GiB"
 RECORDS=$(( GB * 1024 * 1024 ))
 "$BIN" bench produce --bootstrap "$ADDR" --topic bench-restart --partitions "$PARTS" \

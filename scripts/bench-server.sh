@@ -1,17 +1,21 @@
-# Sourced by the benchmark scripts: builds the release binary, installs the
-# Python clients, and starts a server on a free port in a temporary data
-# directory that is removed on exit. Sets $bin, $py, $data, $boot.
-cargo build --release -p fluxo >/dev/null
-./scripts/setup-tests.sh >/dev/null
-bin=$PWD/target/release/fluxo
-py=$PWD/.venv/bin/python
-data=$(mktemp -d "$PWD/.bench-data.XXXX")
-log=$(mktemp)
-trap 'kill $(cat "$data.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$data" "$data.pid"' EXIT
+# Sourced by the bench scripts: starts and watches a fluxo server in $DIR.
+# Needs BIN and DIR; sets PID and ADDR (its Kafka address).
 
-FLUXO_LOG=warn "$bin" serve --data-dir "$data" --kafka-addr 127.0.0.1:0 >"$log" 2>&1 &
-echo $! >"$data.pid"
-for _ in $(seq 100); do grep -q "kafka listening" "$log" && break; sleep 0.1; done
-boot=$(sed -n 's/^fluxo: kafka listening on //p' "$log")
-if [ -z "$boot" ]; then echo "the server did not start:" >&2; cat "$log" >&2; exit 1; fi
-echo "machine: $(nproc) cores, $(uname -r); server at $boot, data in $data"
+# start_server [KAFKA_ADDR] [EXTRA SERVE ARGS...]: a server on DIR/data,
+# returning once it listens (KAFKA_ADDR defaults to a free port).
+start_server() {
+  local kafka=${1:-127.0.0.1:0}
+  : >"$DIR/out"
+  "$BIN" serve --data-dir "$DIR/data" --kafka-addr "$kafka" \
+    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 "${@:2}" >"$DIR/out" 2>"$DIR/err" &
+  PID=$!
+  for _ in $(seq 1 3000); do
+    ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
+    [ -n "$ADDR" ] && return 0
+    sleep 0.01
+  done
+  echo "the server did not start"; tail "$DIR/err"; exit 1
+}
+
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$PID/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }

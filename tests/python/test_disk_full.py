@@ -50,8 +50,8 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> tuple[list[tuple
     return acked, errors
 
 
-def read_back(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
-    c = H.consumer(bootstrap, **{"enable.partition.eof": True})
+def read_back(bootstrap: str, topic: str, isolation: str = "read_uncommitted") -> list[tuple[int, bytes]]:
+    c = H.consumer(bootstrap, **{"enable.partition.eof": True, "isolation.level": isolation})
     c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     out = []
     while True:
@@ -102,21 +102,6 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_fs, tmp_pat
         broker.close()
 
 
-def read_committed_values(bootstrap: str, topic: str) -> list[bytes]:
-    c = H.consumer(bootstrap, **{"enable.partition.eof": True, "isolation.level": "read_committed"})
-    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-    out = []
-    while True:
-        m = c.poll(10)
-        assert m is not None
-        if m.error():
-            assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-            break
-        out.append(m.value())
-    c.close()
-    return out
-
-
 @pytest.mark.timeout(240)
 def test_a_pipeline_waits_out_a_full_disk_and_resumes_exactly_once(small_fs, tmp_path):
     from test_sql import get, sql
@@ -133,7 +118,7 @@ def test_a_pipeline_waits_out_a_full_disk_and_resumes_exactly_once(small_fs, tmp
         first, errors = produce(broker.bootstrap, "readings",
                                 [f'{{"id": {i}, "pad": "{"x" * 900}"}}'.encode() for i in range(100)])
         assert errors == []
-        H.wait_for(lambda: len(read_committed_values(broker.bootstrap, "readings_copy")) == 100,
+        H.wait_for(lambda: len(read_back(broker.bootstrap, "readings_copy", "read_committed")) == 100,
                    timeout=60, desc="the sink copies the first readings")
 
         # Fill the disk, then give back about 1.5 MB: the readings take it,
@@ -164,10 +149,10 @@ def test_a_pipeline_waits_out_a_full_disk_and_resumes_exactly_once(small_fs, tmp
         for path in ballast:
             path.unlink(missing_ok=True)
         want = [v for _, v in sorted(first + more)]
-        H.wait_for(lambda: len(read_committed_values(broker.bootstrap, "readings_copy")) >= len(want),
+        H.wait_for(lambda: len(read_back(broker.bootstrap, "readings_copy", "read_committed")) >= len(want),
                    timeout=120, desc="the copy catches up once space returns")
-        copied = read_committed_values(broker.bootstrap, "readings_copy")
-        ids = [json.loads(v)["id"] for v in copied]
+        copied = read_back(broker.bootstrap, "readings_copy", "read_committed")
+        ids = [json.loads(v)["id"] for _, v in copied]
         assert ids == [json.loads(v)["id"] for v in want], "each reading once, in order"
         p = get(broker, "/api/v1/pipelines/copy")["body"]
         assert p["status"] == "running" and p["restarts"] >= 1, p
