@@ -56,8 +56,11 @@ use crate::{LogError, Result};
 pub struct CleanerConfig {
     /// `log.cleaner.backoff.ms`: how long the cleaner sleeps between runs.
     pub backoff_ms: u64,
-    /// `log.cleaner.dedupe.buffer.size`: memory for one run's offset map.
+    /// `log.cleaner.dedupe.buffer.size`: memory for the offset maps of all
+    /// cleaner threads together.
     pub dedupe_buffer_bytes: usize,
+    /// `log.cleaner.threads`: partitions cleaned at once.
+    pub threads: usize,
 }
 
 impl Default for CleanerConfig {
@@ -65,6 +68,7 @@ impl Default for CleanerConfig {
         CleanerConfig {
             backoff_ms: 15_000,
             dedupe_buffer_bytes: 128 << 20,
+            threads: 1,
         }
     }
 }
@@ -193,7 +197,9 @@ impl PartitionLog {
 
         // The newest offset of every key in the dirty part, within the buffer.
         let aborted = self.aborted_transactions(self.log_start_offset(), lso);
-        let capacity = (config.dedupe_buffer_bytes / ENTRY_BYTES).max(1);
+        // As Kafka: the buffer is shared by the threads.
+        let per_thread = config.dedupe_buffer_bytes / config.threads.max(1);
+        let capacity = (per_thread / ENTRY_BYTES).max(1);
         let mut newest_offset: HashMap<u128, i64> = HashMap::new();
         let mut clean_until = first_dirty;
         for segment in &dirty {

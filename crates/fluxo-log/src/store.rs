@@ -483,14 +483,27 @@ impl LogStore {
                         .flat_map(|t| t.partitions())
                         .collect();
                     let cleaner = config.cleaner;
-                    let _ = tokio::task::spawn_blocking(move || {
-                        for p in compacted {
-                            if let Err(e) = p.clean(now, &cleaner) {
-                                tracing::warn!(topic = %p.topic, partition = p.partition, "log cleaner: {e}");
-                            }
-                        }
-                    })
-                    .await;
+                    let threads = cleaner.threads.max(1);
+                    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+                    for (i, p) in compacted.into_iter().enumerate() {
+                        shares[i % threads].push(p);
+                    }
+                    let runs: Vec<_> = shares
+                        .into_iter()
+                        .filter(|share| !share.is_empty())
+                        .map(|share| {
+                            tokio::task::spawn_blocking(move || {
+                                for p in share {
+                                    if let Err(e) = p.clean(now, &cleaner) {
+                                        tracing::warn!(topic = %p.topic, partition = p.partition, "log cleaner: {e}");
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for run in runs {
+                        let _ = run.await;
+                    }
                     last_cleaning = std::time::Instant::now();
                 }
             }

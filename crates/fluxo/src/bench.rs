@@ -235,8 +235,9 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
     for d in 0..distinct {
         let records: Vec<OutRecord> = (0..batch_records as u64)
             .map(|i| OutRecord {
-                key: (b.keys > 0)
-                    .then(|| Bytes::from(format!("key-{}", (d * batch_records as u64 + i) % b.keys))),
+                key: (b.keys > 0).then(|| {
+                    Bytes::from(format!("key-{}", (d * batch_records as u64 + i) % b.keys))
+                }),
                 value: Some(value.clone()),
                 headers: vec![],
                 timestamp: fluxo_log::now_ms(),
@@ -257,8 +258,12 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
         // partition leader would have; several batches in flight on each.
         let client = Arc::new(b.conn.connect().await?);
         for _ in 0..b.in_flight.max(1) {
-            let (client, next, batches, topic) =
-                (client.clone(), next.clone(), batches.clone(), b.topic.clone());
+            let (client, next, batches, topic) = (
+                client.clone(),
+                next.clone(),
+                batches.clone(),
+                b.topic.clone(),
+            );
             tasks.spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -266,8 +271,10 @@ async fn bench_produce(b: ProduceBench) -> anyhow::Result<()> {
                         break;
                     }
                     if let Some(spb) = seconds_per_batch {
-                        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 * spb)).into())
-                            .await;
+                        tokio::time::sleep_until(
+                            (start + Duration::from_secs_f64(i as f64 * spb)).into(),
+                        )
+                        .await;
                     }
                     let batch = batches[(i % batches.len() as u64) as usize].clone();
                     produce(&client, &topic, p, batch, acks).await?;

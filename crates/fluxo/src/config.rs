@@ -83,6 +83,7 @@ pub struct LogSection {
     pub retention_check_secs: Option<u64>,
     pub log_cleaner_backoff_ms: Option<u64>,
     pub log_flush_offset_checkpoint_interval_ms: Option<u64>,
+    pub log_cleaner_threads: Option<usize>,
     pub log_cleaner_dedupe_buffer_size: Option<usize>,
 }
 
@@ -181,6 +182,8 @@ mod tests {
             password = "s3cret"
             [log]
             retention_check_secs = 5
+            log_cleaner_threads = 2
+            log_flush_offset_checkpoint_interval_ms = 1000
             [groups]
             min_session_timeout_ms = 500
             offsets_retention_minutes = 60
@@ -194,6 +197,11 @@ mod tests {
         assert_eq!(config.kafka.auto_create_topics, Some(false));
         assert_eq!(config.kafka.num_partitions, Some(6));
         assert_eq!(config.log.retention_check_secs, Some(5));
+        assert_eq!(config.log.log_cleaner_threads, Some(2));
+        assert_eq!(
+            config.log.log_flush_offset_checkpoint_interval_ms,
+            Some(1000)
+        );
         assert_eq!(config.postgres.user.as_deref(), Some("app"));
         assert_eq!(config.postgres.password.as_deref(), Some("s3cret"));
         assert!(!format!("{config:?}").contains("s3cret"));

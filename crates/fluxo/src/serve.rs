@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// crash must scan [default: 10000]
     #[arg(long, env = "FLUXO_LOG_FLUSH_OFFSET_CHECKPOINT_INTERVAL_MS")]
     pub log_flush_offset_checkpoint_interval_ms: Option<u64>,
+    /// log.cleaner.threads: compacted partitions cleaned at once [default: 1]
+    #[arg(long, env = "FLUXO_LOG_CLEANER_THREADS")]
+    pub log_cleaner_threads: Option<usize>,
     /// log.cleaner.dedupe.buffer.size: memory for one cleaner run's map of
     /// keys to their newest offsets [default: 134217728]
     #[arg(long, env = "FLUXO_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
@@ -157,6 +160,11 @@ impl ServeSettings {
                         .log_cleaner_dedupe_buffer_size
                         .or(file.log.log_cleaner_dedupe_buffer_size)
                         .unwrap_or(default.dedupe_buffer_bytes),
+                    threads: args
+                        .log_cleaner_threads
+                        .or(file.log.log_cleaner_threads)
+                        .unwrap_or(default.threads)
+                        .max(1),
                 }
             },
             groups: file.group_config(),
