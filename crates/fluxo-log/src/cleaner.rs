@@ -22,7 +22,8 @@
 //!    see the deletion. A batch whose records all stay is copied as it is;
 //!    one that lost records is encoded again with its own compression.
 //! 4. The swap, crash-safe at every step: the cleaned segment is written
-//!    to `<base>.cleaned.tmp` and fsynced (a crash leaves the old segment
+//!    to `<base>.cleaned.tmp` as it is cleaned (memory holds one batch,
+//!    not the segment) and fsynced (a crash leaves the old segment
 //!    and a temporary file that the next open deletes); the old segment's
 //!    index files are removed and the cleaned file is renamed over the
 //!    old one, atomically (a crash leaves one of the two whole, without
@@ -39,6 +40,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+
+use std::io::Write;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -257,12 +260,19 @@ impl PartitionLog {
         drop_tombstones: bool,
         stats: &mut CleanerStats,
     ) -> Result<()> {
-        let mut out = BytesMut::new();
+        // Written as it is cleaned, so memory stays bounded by a batch, not
+        // the segment (up to 1 GiB).
+        let tmp = self
+            .dir()
+            .join(format!("{:020}.cleaned.tmp", segment.base_offset));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let mut written = 0u64;
         let mut removed = 0u64;
         let mut tombstones = 0u64;
-        for_each_batch(segment, |header, batch| {
+        let cleaned = for_each_batch(segment, |header, batch| {
             if header.is_control() {
-                out.extend_from_slice(&batch);
+                out.write_all(&batch)?;
+                written += batch.len() as u64;
                 return Ok(());
             }
             let mut whole = batch.clone();
@@ -290,7 +300,8 @@ impl PartitionLog {
                 .collect();
             removed += before - kept.len() as u64;
             if kept.len() as u64 == before {
-                out.extend_from_slice(&batch);
+                out.write_all(&batch)?;
+                written += batch.len() as u64;
             } else if !kept.is_empty() {
                 let mut encoded = BytesMut::new();
                 RecordBatchEncoder::encode(
@@ -302,40 +313,43 @@ impl PartitionLog {
                     },
                 )
                 .map_err(|e| LogError::CorruptBatch(format!("re-encoding a batch: {e}")))?;
-                out.extend_from_slice(&encoded);
+                out.write_all(&encoded)?;
+                written += encoded.len() as u64;
             }
             Ok(())
-        })?;
+        });
+        let finished = cleaned.and_then(|()| {
+            let file = out
+                .into_inner()
+                .map_err(|e| LogError::Io(e.into_error()))?;
+            if removed > 0 {
+                file.sync_all()?;
+            }
+            Ok(())
+        });
         stats.bytes_read += segment.size();
-        if removed == 0 {
+        if removed == 0 || finished.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            finished?;
             stats.bytes_written += segment.size();
             return Ok(());
         }
         stats.records_removed += removed;
         stats.tombstones_removed += tombstones;
-        stats.bytes_written += out.len() as u64;
-        self.swap_segment(segment, &out)
+        stats.bytes_written += written;
+        self.swap_segment(segment, &tmp)
     }
 
-    /// Replaces `old` by a segment of `bytes` (the module docs say why each
-    /// step is crash-safe).
-    fn swap_segment(&self, old: &Arc<Segment>, bytes: &[u8]) -> Result<()> {
+    /// Replaces `old` by the cleaned segment in `tmp`, already fsynced (the
+    /// module docs say why each step is crash-safe).
+    fn swap_segment(&self, old: &Arc<Segment>, tmp: &Path) -> Result<()> {
         let log_path = self
             .dir()
             .join(crate::segment::log_file_name(old.base_offset));
-        let tmp = self
-            .dir()
-            .join(format!("{:020}.cleaned.tmp", old.base_offset));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
         // Readers of the old segment keep its file, not the new one.
         old.pin_file()?;
         old.remove_index_files();
-        std::fs::rename(&tmp, &log_path)?;
+        std::fs::rename(tmp, &log_path)?;
         std::fs::File::open(self.dir())?.sync_all()?;
         let interval = self.config().index_interval_bytes();
         let cleaned = Arc::new(Segment::open(
