@@ -319,9 +319,7 @@ impl PartitionLog {
             Ok(())
         });
         let finished = cleaned.and_then(|()| {
-            let file = out
-                .into_inner()
-                .map_err(|e| LogError::Io(e.into_error()))?;
+            let file = out.into_inner().map_err(|e| LogError::Io(e.into_error()))?;
             if removed > 0 {
                 file.sync_all()?;
             }
