@@ -21,17 +21,21 @@
 //!    `delete.retention.ms`, so consumers that read slower than that still
 //!    see the deletion. A batch whose records all stay is copied as it is;
 //!    one that lost records is encoded again with its own compression.
-//! 4. The swap, crash-safe at every step: the cleaned segment is written
-//!    to `<base>.cleaned.tmp` as it is cleaned (memory holds one batch,
-//!    not the segment) and fsynced (a crash leaves the old segment
-//!    and a temporary file that the next open deletes); the old segment's
-//!    index files are removed and the cleaned file is renamed over the
-//!    old one, atomically (a crash leaves one of the two whole, without
-//!    index files, which the next open rebuilds from the log); then the
-//!    segment is reopened and replaces the old one in the partition.
-//!    Fetches that are reading the old segment go on reading it (its file
+//! 4. Neighbouring segments whose sizes add up to at most `segment.bytes`
+//!    are cleaned into one, named after the first, so a topic that rolls
+//!    often does not keep a small file per roll.
+//! 5. The swap, crash-safe at every step: the cleaned segment is written
+//!    to `<base>.cleaned.log` as it is cleaned (memory holds one batch,
+//!    not the segments), fsynced, validated and indexed (a crash leaves
+//!    files that the next open deletes). Then, under the segment list's
+//!    lock (so retention cannot interleave; appends and fetches wait only
+//!    for renames): it is renamed to `<base>.<end>.swap`, the commit point
+//!    (an open that finds a swap file finishes the swap); the old
+//!    segments' index files and the files of all but the first are
+//!    removed; the swap file becomes `<base>.log` and takes its indexes.
+//!    Fetches that are reading an old segment go on reading it (its file
 //!    stays open until they are done), appends never touch sealed
-//!    segments, so neither waits for the cleaner.
+//!    segments, so neither waits for the cleaning itself.
 //!
 //! Where the last run stopped is kept in `cleaner-checkpoint` in the
 //! partition's directory.
@@ -229,18 +233,37 @@ impl PartitionLog {
             cleaned_up_to: clean_until,
             ..self.cleaner_stats()
         };
-        for segment in cleanable.iter().take_while(|s| s.base_offset < clean_until) {
-            // A tombstone goes once it has been through a cleaning and its
-            // segment is older than delete.retention.ms.
-            let drop_tombstones = segment.next_offset() <= first_dirty
-                && now.saturating_sub(newest(segment)) > delete_retention;
-            self.clean_segment(
-                segment,
-                &newest_offset,
-                &aborted,
-                drop_tombstones,
-                &mut stats,
-            )?;
+        let to_clean: Vec<Arc<Segment>> = cleanable
+            .iter()
+            .take_while(|s| s.base_offset < clean_until)
+            .cloned()
+            .collect();
+        // Neighbours that fit in one segment together are cleaned into one,
+        // so a topic that rolls often does not keep a small file per roll.
+        let max_bytes = topic_config.segment_bytes().min(u32::MAX as u64);
+        let mut i = 0;
+        while i < to_clean.len() {
+            let mut bytes = to_clean[i].size();
+            let mut j = i + 1;
+            while j < to_clean.len()
+                && bytes + to_clean[j].size() <= max_bytes
+                && to_clean[j].next_offset() - to_clean[i].base_offset <= i32::MAX as i64
+            {
+                bytes += to_clean[j].size();
+                j += 1;
+            }
+            let group: Vec<(Arc<Segment>, bool)> = to_clean[i..j]
+                .iter()
+                .map(|segment| {
+                    // A tombstone goes once it has been through a cleaning
+                    // and its segment is older than delete.retention.ms.
+                    let drop_tombstones = segment.next_offset() <= first_dirty
+                        && now.saturating_sub(newest(segment)) > delete_retention;
+                    (segment.clone(), drop_tombstones)
+                })
+                .collect();
+            self.clean_group(&group, &newest_offset, &aborted, &mut stats)?;
+            i = j;
         }
         stats.runs += 1;
         stats.last_run_ms = now;
@@ -252,119 +275,231 @@ impl PartitionLog {
         Ok(true)
     }
 
-    fn clean_segment(
+    /// Cleans consecutive segments into one file, named after the first;
+    /// each comes with whether its tombstones may go.
+    fn clean_group(
         &self,
-        segment: &Arc<Segment>,
+        group: &[(Arc<Segment>, bool)],
         newest_offset: &HashMap<u128, i64>,
         aborted: &[crate::batch::AbortedTxn],
-        drop_tombstones: bool,
         stats: &mut CleanerStats,
     ) -> Result<()> {
+        let base = group[0].0.base_offset;
         // Written as it is cleaned, so memory stays bounded by a batch, not
-        // the segment (up to 1 GiB).
-        let tmp = self
-            .dir()
-            .join(format!("{:020}.cleaned.tmp", segment.base_offset));
+        // the segments (up to 1 GiB).
+        // Not `.tmp`: its index files' own temporary files are named so.
+        let tmp = self.dir().join(format!("{base:020}.cleaned.log"));
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         let mut written = 0u64;
         let mut removed = 0u64;
         let mut tombstones = 0u64;
-        let cleaned = for_each_batch(segment, |header, batch| {
-            if header.is_control() {
-                out.write_all(&batch)?;
-                written += batch.len() as u64;
-                return Ok(());
+        let mut cleaned = Ok(());
+        for (segment, drop_tombstones) in group {
+            cleaned = for_each_batch(segment, |header, batch| {
+                if header.is_control() {
+                    out.write_all(&batch)?;
+                    written += batch.len() as u64;
+                    return Ok(());
+                }
+                let mut whole = batch.clone();
+                let set = RecordBatchDecoder::decode(&mut whole)
+                    .map_err(|e| LogError::CorruptBatch(e.to_string()))?;
+                let before = set.records.len() as u64;
+                if is_aborted(header, aborted) {
+                    removed += before;
+                    return Ok(());
+                }
+                let kept: Vec<_> = set
+                    .records
+                    .into_iter()
+                    .filter(|r| {
+                        let Some(key) = &r.key else { return true };
+                        let newest = newest_offset
+                            .get(&key_hash(key))
+                            .is_none_or(|&n| n <= r.offset);
+                        if newest && r.value.is_none() && *drop_tombstones {
+                            tombstones += 1;
+                            return false;
+                        }
+                        newest
+                    })
+                    .collect();
+                removed += before - kept.len() as u64;
+                if kept.len() as u64 == before {
+                    out.write_all(&batch)?;
+                    written += batch.len() as u64;
+                } else if !kept.is_empty() {
+                    let mut encoded = BytesMut::new();
+                    RecordBatchEncoder::encode(
+                        &mut encoded,
+                        &kept,
+                        &RecordEncodeOptions {
+                            version: 2,
+                            compression: compression_of(header),
+                        },
+                    )
+                    .map_err(|e| LogError::CorruptBatch(format!("re-encoding a batch: {e}")))?;
+                    out.write_all(&encoded)?;
+                    written += encoded.len() as u64;
+                }
+                Ok(())
+            });
+            if cleaned.is_err() {
+                break;
             }
-            let mut whole = batch.clone();
-            let set = RecordBatchDecoder::decode(&mut whole)
-                .map_err(|e| LogError::CorruptBatch(e.to_string()))?;
-            let before = set.records.len() as u64;
-            if is_aborted(header, aborted) {
-                removed += before;
-                return Ok(());
-            }
-            let kept: Vec<_> = set
-                .records
-                .into_iter()
-                .filter(|r| {
-                    let Some(key) = &r.key else { return true };
-                    let newest = newest_offset
-                        .get(&key_hash(key))
-                        .is_none_or(|&n| n <= r.offset);
-                    if newest && r.value.is_none() && drop_tombstones {
-                        tombstones += 1;
-                        return false;
-                    }
-                    newest
-                })
-                .collect();
-            removed += before - kept.len() as u64;
-            if kept.len() as u64 == before {
-                out.write_all(&batch)?;
-                written += batch.len() as u64;
-            } else if !kept.is_empty() {
-                let mut encoded = BytesMut::new();
-                RecordBatchEncoder::encode(
-                    &mut encoded,
-                    &kept,
-                    &RecordEncodeOptions {
-                        version: 2,
-                        compression: compression_of(header),
-                    },
-                )
-                .map_err(|e| LogError::CorruptBatch(format!("re-encoding a batch: {e}")))?;
-                out.write_all(&encoded)?;
-                written += encoded.len() as u64;
-            }
-            Ok(())
-        });
+        }
+        let changed = removed > 0 || group.len() > 1;
         let finished = cleaned.and_then(|()| {
             let file = out.into_inner().map_err(|e| LogError::Io(e.into_error()))?;
-            if removed > 0 {
+            if changed {
                 file.sync_all()?;
             }
             Ok(())
         });
-        stats.bytes_read += segment.size();
-        if removed == 0 || finished.is_err() {
+        let read: u64 = group.iter().map(|(s, _)| s.size()).sum();
+        stats.bytes_read += read;
+        if !changed || finished.is_err() {
             let _ = std::fs::remove_file(&tmp);
             finished?;
-            stats.bytes_written += segment.size();
+            stats.bytes_written += read;
             return Ok(());
         }
         stats.records_removed += removed;
         stats.tombstones_removed += tombstones;
         stats.bytes_written += written;
-        self.swap_segment(segment, &tmp)
+        let olds: Vec<Arc<Segment>> = group.iter().map(|(s, _)| s.clone()).collect();
+        self.swap_segments(&olds, &tmp)
     }
 
-    /// Replaces `old` by the cleaned segment in `tmp`, already fsynced (the
-    /// module docs say why each step is crash-safe).
-    fn swap_segment(&self, old: &Arc<Segment>, tmp: &Path) -> Result<()> {
+    /// Replaces the consecutive segments `olds` by the cleaned segment in
+    /// `tmp` (fsynced), crash-safe at every step:
+    /// 1. `tmp` is renamed to `<base>.<end>.swap` (the commit point: an open
+    ///    that finds it finishes the swap, see [`complete_swaps`]);
+    /// 2. the old segments' index files and the files of all but the first
+    ///    are removed, and the swap file is renamed to `<base>.log`.
+    ///
+    /// It runs under the segment list's lock, so retention cannot take a
+    /// segment away half-way; readers of the old segments keep their files.
+    fn swap_segments(&self, olds: &[Arc<Segment>], tmp: &Path) -> Result<()> {
+        let first = &olds[0];
+        let end = olds.last().map_or(first.next_offset(), |s| s.next_offset());
+        // Validated and indexed before the lock: under it, appends and
+        // fetches wait only for renames, not a scan of the new file.
+        let interval = self.config().index_interval_bytes();
+        let probe = Segment::open(tmp, first.base_offset, OpenMode::FullScan, interval)?;
+        probe.write_indexes()?;
+        let (tmp_index, tmp_time_index) =
+            (tmp.with_extension("index"), tmp.with_extension("timeindex"));
+        drop(probe);
+        let give_up = || {
+            for path in [tmp, tmp_index.as_path(), tmp_time_index.as_path()] {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        let mut segments = self.segments.write();
+        let Some(at) = segments.iter().position(|s| Arc::ptr_eq(s, first)) else {
+            // Retention removed it meanwhile (compact,delete): so be it.
+            drop(segments);
+            give_up();
+            return Ok(());
+        };
+        let present = olds
+            .iter()
+            .enumerate()
+            .all(|(k, old)| segments.get(at + k).is_some_and(|s| Arc::ptr_eq(s, old)));
+        if !present {
+            drop(segments);
+            give_up();
+            return Ok(());
+        }
+        let swap = self.dir().join(swap_file_name(first.base_offset, end));
+        std::fs::rename(tmp, &swap)?;
+        std::fs::File::open(self.dir())?.sync_all()?;
+        #[cfg(test)]
+        if tests::CRASH_AFTER_SWAP_COMMIT.with(|crash| crash.get()) {
+            return Err(LogError::Offline(
+                "simulated crash after the swap's commit".into(),
+            ));
+        }
+        for old in olds {
+            // Readers of an old segment keep its file, not the new one.
+            old.pin_file()?;
+            old.remove_index_files();
+        }
+        for old in &olds[1..] {
+            old.delete_files();
+        }
         let log_path = self
             .dir()
-            .join(crate::segment::log_file_name(old.base_offset));
-        // Readers of the old segment keep its file, not the new one.
-        old.pin_file()?;
-        old.remove_index_files();
-        std::fs::rename(tmp, &log_path)?;
+            .join(crate::segment::log_file_name(first.base_offset));
+        std::fs::rename(&swap, &log_path)?;
+        std::fs::rename(&tmp_time_index, log_path.with_extension("timeindex"))?;
+        std::fs::rename(&tmp_index, log_path.with_extension("index"))?;
         std::fs::File::open(self.dir())?.sync_all()?;
-        let interval = self.config().index_interval_bytes();
+        // The index files describe the whole file: no scan here (a crash
+        // before their renames leaves a log without them, which the next
+        // open indexes).
         let cleaned = Arc::new(Segment::open(
             &log_path,
-            old.base_offset,
-            OpenMode::FullScan,
+            first.base_offset,
+            OpenMode::Sealed,
             interval,
         )?);
-        cleaned.write_indexes()?;
-        let mut segments = self.segments.write();
-        match segments.iter().position(|s| Arc::ptr_eq(s, old)) {
-            Some(i) => segments[i] = cleaned,
-            // Retention removed it meanwhile (compact,delete): so be it.
-            None => cleaned.delete_files(),
-        }
+        segments.splice(at..at + olds.len(), [cleaned]);
         Ok(())
     }
+}
+
+fn swap_file_name(base: i64, end: i64) -> String {
+    format!("{base:020}.{end:020}.swap")
+}
+
+/// Finishes swaps a crash interrupted (see `swap_segments`): every segment
+/// a swap file replaces, other than its first, is deleted, and the swap
+/// file becomes the first's log file. Runs before a partition opens.
+pub(crate) fn complete_swaps(dir: &Path) -> Result<()> {
+    let mut swaps = Vec::new();
+    let mut logs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".swap") {
+            if let Some((base, end)) = stem.split_once('.') {
+                if let (Ok(base), Ok(end)) = (base.parse::<i64>(), end.parse::<i64>()) {
+                    swaps.push((base, end, name));
+                }
+            }
+        } else if let Some(stem) = name.strip_suffix(".log") {
+            if let Ok(base) = stem.parse::<i64>() {
+                logs.push(base);
+            }
+        }
+    }
+    for (base, end, name) in swaps {
+        tracing::info!(dir = %dir.display(), "finishing the log cleaner's swap of offsets {base}..{end}");
+        for &other in logs.iter().filter(|&&b| b > base && b < end) {
+            let log = dir.join(crate::segment::log_file_name(other));
+            for path in [
+                log.with_extension("index"),
+                log.with_extension("timeindex"),
+                log,
+            ] {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        let log = dir.join(crate::segment::log_file_name(base));
+        for path in [log.with_extension("index"), log.with_extension("timeindex")] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        std::fs::rename(dir.join(&name), &log)?;
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -455,6 +590,89 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// Makes `swap_segments` stop right after its commit point, as a
+        /// kill -9 there would.
+        pub(super) static CRASH_AFTER_SWAP_COMMIT: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    fn segment_sizes(log: &PartitionLog) -> Vec<u64> {
+        log.segments.read().iter().map(|s| s.size()).collect()
+    }
+
+    #[test]
+    fn small_neighbours_are_cleaned_into_one_segment_and_a_crash_mid_swap_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut model = BTreeMap::new();
+        let pairs = [("segment.bytes", "20000"), ("delete.retention.ms", "0")];
+        let log = open(dir.path(), &pairs);
+        write(&log, &mut rng, 60, 0..30, &mut model);
+        let before = segment_sizes(&log);
+        assert!(log
+            .clean(crate::now_ms(), &CleanerConfig::default())
+            .unwrap());
+        let after = segment_sizes(&log);
+        assert!(
+            after.len() * 3 < before.len(),
+            "{} segments, from {}",
+            after.len(),
+            before.len()
+        );
+        let (sealed, _active) = after.split_at(after.len() - 1);
+        assert!(sealed.iter().all(|&s| s <= 20000), "{sealed:?}");
+        let check = |log: &PartitionLog, model: &BTreeMap<i64, (Vec<u8>, Option<Vec<u8>>)>| {
+            let all = read_all(log);
+            for (offset, key, value) in &all {
+                assert_eq!(model.get(offset), Some(&(key.clone(), value.clone())));
+            }
+            assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+            let live = |m: BTreeMap<Vec<u8>, Option<Vec<u8>>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+                m.into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect()
+            };
+            assert_eq!(
+                live(latest(all.iter().map(|(_, k, v)| (k.clone(), v.clone())))),
+                live(latest(model.values().cloned()))
+            );
+        };
+        check(&log, &model);
+
+        // More updates, and a kill -9 right after the next swap's commit
+        // point: the open finishes the swap.
+        write(&log, &mut rng, 60, 0..30, &mut model);
+        let segments_before_crash = segment_sizes(&log).len();
+        CRASH_AFTER_SWAP_COMMIT.with(|crash| crash.set(true));
+        assert!(log
+            .clean(crate::now_ms() + 1, &CleanerConfig::default())
+            .is_err());
+        CRASH_AFTER_SWAP_COMMIT.with(|crash| crash.set(false));
+        drop(log);
+        let swaps = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".swap")
+                })
+                .count()
+        };
+        assert_eq!(swaps(dir.path()), 1);
+        let log = open(dir.path(), &pairs);
+        assert_eq!(swaps(dir.path()), 0);
+        assert!(segment_sizes(&log).len() < segments_before_crash);
+        check(&log, &model);
+        // And it cleans on from there.
+        log.clean(crate::now_ms() + 2, &CleanerConfig::default())
+            .unwrap();
+        check(&log, &model);
+    }
+
     /// The newest value of each key (None: a tombstone).
     fn latest(
         records: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
@@ -532,7 +750,7 @@ mod tests {
         // rebuilt), the log reads the same, and cleaning goes on from where
         // it stopped.
         drop(log);
-        std::fs::write(dir.path().join("00000000000000000000.cleaned.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join("00000000000000000000.cleaned.log"), b"half").unwrap();
         let log = open(dir.path(), &[("delete.retention.ms", "0")]);
         assert_eq!(read_all(&log), again);
         assert_eq!(log.cleaner_stats().cleaned_up_to, {
@@ -540,7 +758,7 @@ mod tests {
             assert!(c > first_cleaning_end);
             c
         });
-        assert!(!dir.path().join("00000000000000000000.cleaned.tmp").exists());
+        assert!(!dir.path().join("00000000000000000000.cleaned.log").exists());
     }
 
     #[test]

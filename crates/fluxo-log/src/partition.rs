@@ -126,18 +126,21 @@ impl PartitionLog {
         config: Arc<TopicConfig>,
     ) -> Result<PartitionLog> {
         std::fs::create_dir_all(dir)?;
+        crate::cleaner::complete_swaps(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(stem) = name.strip_suffix(".log") {
+            if name.ends_with(".tmp") || name.contains(".cleaned.") {
+                // Half-written files, and a cleaned segment (with its
+                // indexes) that never replaced anything.
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some(stem) = name.strip_suffix(".log") {
                 match stem.parse::<i64>() {
                     Ok(base) => bases.push(base),
                     Err(_) => tracing::warn!(dir = %dir.display(), "ignoring stray file {name}"),
                 }
-            } else if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
             }
         }
         bases.sort_unstable();
