@@ -28,9 +28,10 @@ import pytest
 
 from fluxo_helpers import fluxo_bin
 
-LISTEN_RE = re.compile(r"^fluxo: kafka listening on (\S+):(\d+)\s*$")
-HTTP_RE = re.compile(r"^fluxo: http listening on (\S+:\d+)\s*$")
-PG_RE = re.compile(r"^fluxo: postgres listening on (\S+):(\d+)\s*$")
+# Every listener prints one line `fluxo: KIND listening on HOST:PORT`; the
+# broker is ready once all of LISTENERS have printed theirs.
+LISTENER_RE = re.compile(r"^fluxo: (\w+) listening on (\S+):(\d+)\s*$")
+LISTENERS = {"kafka", "http", "postgres"}
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -73,6 +74,8 @@ class Broker:
         self.http_addr: str | None = None
         self.pg_host: str | None = None
         self.pg_port: int | None = None
+        # kind -> (host, port) of every listener the last start printed.
+        self.listeners: dict[str, tuple[str, int]] = {}
         self.host: str | None = None
         self.port: int | None = None
         self.starts = 0
@@ -150,6 +153,7 @@ class Broker:
         if port is None:
             port = self.port if self.port is not None else 0
         cmd = self.command(port)
+        self.listeners = {}
         self.starts += 1
         self.note(f"start #{self.starts}: {' '.join(cmd)}")
         env = dict(os.environ)
@@ -192,21 +196,21 @@ class Broker:
                 raise BrokerStartError(
                     f"fluxo closed stdout (exit code {rc}) before listening\n"
                     f"--- log tail ---\n{self.log_tail()}")
-            m = LISTEN_RE.match(line)
-            if m:
-                host, new_port = m.group(1), int(m.group(2))
+            m = LISTENER_RE.match(line)
+            if not m:
+                continue
+            kind, host, new_port = m.group(1), m.group(2), int(m.group(3))
+            if kind == "kafka":
                 if port != 0 and new_port != port:
                     self._force_kill()
                     raise BrokerStartError(f"asked for port {port}, broker listens on {new_port}")
                 self.host, self.port = host, new_port
-                continue
-            m = HTTP_RE.match(line)
-            if m and self.port is not None:
-                self.http_addr = m.group(1)
-                continue
-            m = PG_RE.match(line)
-            if m and self.http_addr is not None:
-                self.pg_host, self.pg_port = m.group(1), int(m.group(2))
+            elif kind == "http":
+                self.http_addr = f"{host}:{new_port}"
+            elif kind == "postgres":
+                self.pg_host, self.pg_port = host, new_port
+            self.listeners[kind] = (host, new_port)
+            if LISTENERS <= self.listeners.keys():
                 break
         # Keep draining stdout in the background (the pump thread owns it; the
         # queue just fills up harmlessly).

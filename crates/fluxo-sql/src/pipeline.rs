@@ -720,7 +720,6 @@ impl Runner {
             if watermark > self.watermark || self.updated_closed_windows {
                 self.updated_closed_windows = false;
                 let watermark = watermark.max(self.watermark);
-                self.stats.watermark.store(watermark, Ordering::Relaxed);
                 for i in 0..self.inputs.len() {
                     let out = match &mut self.inputs[i].stage {
                         Some(stage) => stage.advance(watermark)?,
@@ -734,6 +733,9 @@ impl Runner {
                 if let Some(graph) = &mut self.graph {
                     graph.advance(watermark);
                 }
+                // Published only now: a reader that sees this watermark in
+                // the status finds in the view every window it closed.
+                self.stats.watermark.store(watermark, Ordering::Relaxed);
             }
             if replayed {
                 for f in &frontiers {
