@@ -22,6 +22,9 @@ pub struct ConfigFile {
     pub http: ListenerSection,
     #[serde(default)]
     pub postgres: PostgresSection,
+    /// The schema registry's listener.
+    #[serde(default)]
+    pub registry: ListenerSection,
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]

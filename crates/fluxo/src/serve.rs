@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Require this password (sent in cleartext) from Postgres clients; unset: trust, anyone connects
     #[arg(long, env = "FLUXO_PG_PASSWORD", hide_env_values = true)]
     pub pg_password: Option<String>,
+    /// Schema registry listener (Confluent's REST API) [default: 127.0.0.1:8081]
+    #[arg(long, env = "FLUXO_REGISTRY_ADDR")]
+    pub registry_addr: Option<SocketAddr>,
     /// Address given to clients in Metadata [default: the address they connected to]
     #[arg(long, env = "FLUXO_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<SocketAddr>,
@@ -81,6 +84,7 @@ pub struct ServeSettings {
     pub pg_addr: SocketAddr,
     /// Who may connect to the Postgres listener.
     pub pg: fluxo_pg::PgConfig,
+    pub registry_addr: SocketAddr,
     pub advertised_kafka_addr: Option<SocketAddr>,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
@@ -123,6 +127,10 @@ impl ServeSettings {
                     .unwrap_or_else(|| "fluxo".to_string()),
                 password: args.pg_password.or(file.postgres.password.clone()),
             },
+            registry_addr: args
+                .registry_addr
+                .or(file.registry.addr)
+                .unwrap_or(([127, 0, 0, 1], 8081).into()),
             advertised_kafka_addr: args.advertised_kafka_addr.or(file.kafka.advertised_addr),
             auto_create_topics: args
                 .auto_create_topics
@@ -306,6 +314,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let kafka = fluxo_kafka::serve(listener, broker)?;
     println!("fluxo: kafka listening on {}", kafka.local_addr);
+    // The registry is replayed before the engine opens, so what reads Avro
+    // finds every schema registered before a restart; the handle is shared.
+    let registry_store = store.clone();
+    let registry =
+        tokio::task::spawn_blocking(move || fluxo_registry::SchemaRegistry::open(&registry_store))
+            .await?
+            .context("cannot open the schema registry's topic _schemas")?;
     let engine = fluxo_sql::Engine::open(store.clone(), &args.data_dir)
         .await
         .context("cannot open the SQL engine")?;
@@ -357,6 +372,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => {}
     }
+    let registry_listener = tokio::net::TcpListener::bind(args.registry_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --registry-addr)",
+                args.registry_addr
+            )
+        })?;
+    let registry_server = fluxo_registry::serve(registry_listener, registry.clone())?;
+    println!(
+        "fluxo: registry listening on {}",
+        registry_server.local_addr
+    );
+    if !registry_server.local_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %registry_server.local_addr,
+            "registry: no authentication, so anyone who reaches this address can register and delete schemas"
+        );
+    }
     let demo = if args.demo {
         let demo = crate::demo::start(store.clone(), engine.clone(), dashboards)
             .await
@@ -395,6 +429,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = http_stop.send(());
     http.abort();
     pg.abort();
+    registry_server.abort();
     if let Some(demo) = demo {
         tokio::task::spawn_blocking(move || demo.stop()).await?;
     }
@@ -476,6 +511,32 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(ServeSettings::resolve(empty).is_err());
+    }
+
+    #[test]
+    fn registry_listener_comes_from_the_flag_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fluxo.toml");
+        std::fs::write(&path, "[registry]\naddr = \"127.0.0.1:18081\"\n").unwrap();
+        let from_file = ServeSettings::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.registry_addr, "127.0.0.1:18081".parse().unwrap());
+        let from_flag = ServeSettings::resolve(ServeArgs {
+            config: Some(path),
+            registry_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.registry_addr, "127.0.0.1:0".parse().unwrap());
+        let defaults = ServeSettings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(
+            defaults.registry_addr,
+            "127.0.0.1:8081".parse().unwrap(),
+            "Confluent's port"
+        );
     }
 
     #[test]
