@@ -53,6 +53,14 @@ if ! command -v psql >/dev/null 2>&1; then
     apt_install postgresql-client
 fi
 
+# --- mosquitto: MQTT clients for the MQTT front's tests, and the broker as
+# the MQTT benchmark's baseline and an existing broker for MQTT sources ---------
+if ! command -v mosquitto_pub >/dev/null 2>&1 || [ ! -x /usr/sbin/mosquitto ]; then
+    echo "setup-tests: installing mosquitto and mosquitto-clients"
+    apt_update
+    apt_install mosquitto mosquitto-clients
+fi
+
 # --- Chromium, for the console's browser tests ----------------------------------
 # Debian's build, driven by Playwright; a test tool's own browser download is
 # neither needed nor reachable.
@@ -85,7 +93,7 @@ req=tests/python/requirements.txt
 stamp=.venv/.requirements.sha256
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
-    ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, snappy, zstandard, pytest, pytest_timeout, playwright, prometheus_client" 2>/dev/null; then
+    ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, snappy, zstandard, pytest, pytest_timeout, playwright, prometheus_client, paho.mqtt" 2>/dev/null; then
     echo "setup-tests: installing python packages"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
     quiet .venv/bin/python -m pip install --upgrade pip

@@ -31,7 +31,7 @@ from fluxo_helpers import fluxo_bin
 # Every listener prints one line `fluxo: KIND listening on HOST:PORT`; the
 # broker is ready once all of LISTENERS have printed theirs.
 LISTENER_RE = re.compile(r"^fluxo: (\w+) listening on (\S+):(\d+)\s*$")
-LISTENERS = {"kafka", "http", "postgres", "registry"}
+LISTENERS = {"kafka", "http", "postgres", "mqtt", "registry"}
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -144,6 +144,7 @@ class Broker:
             "--http-addr", "127.0.0.1:0",
             "--pg-addr", "127.0.0.1:0",
             "--registry-addr", "127.0.0.1:0",
+            "--mqtt-addr", "127.0.0.1:0",
             *self.extra_args,
         ]
 

@@ -52,6 +52,8 @@ def test_config_file_sets_listener_data_dir_and_topic_defaults(tmp_path):
         'addr = "127.0.0.1:0"\n'
         "[postgres]\n"
         'addr = "127.0.0.1:0"\n'
+        "[mqtt]\n"
+        'addr = "127.0.0.1:0"\n'
     )
     # Run from elsewhere: the relative data_dir is taken from the file's directory.
     run_dir = tmp_path / "cwd"
@@ -80,6 +82,8 @@ def test_flags_and_env_override_the_file(tmp_path):
         "[http]\n"
         'addr = "127.0.0.1:0"\n'
         "[postgres]\n"
+        'addr = "127.0.0.1:0"\n'
+        "[mqtt]\n"
         'addr = "127.0.0.1:0"\n'
     )
     proc, bootstrap = start_serve(

@@ -42,6 +42,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// QoS 1 deliveries unacknowledged at once (MQTT 5 clients may ask for
 /// fewer with Receive Maximum).
 const MAX_INFLIGHT: usize = 64;
+/// The largest packet MQTT can frame (a remaining length of 4 bytes).
+const MAX_MQTT_PACKET: u32 = 268_435_455;
 /// Server receive maximum announced to MQTT 5 clients.
 const RECEIVE_MAXIMUM: u16 = 1024;
 
@@ -88,7 +90,7 @@ async fn run(
             Err(_) => return Err(MqttError::Protocol("no CONNECT within 10 s".into())),
             Ok(Err(MqttError::UnsupportedProtocol(level))) => {
                 // The 3.1.1 CONNACK is what older clients can read.
-                let refusal = connack(ConnAckCode::UnsupportedProtocolVersion, false, None);
+                let refusal = connack(ConnAckCode::UnsupportedProtocolVersion, false, None, max);
                 let _ = send(&mut writer, Version::V311, &refusal, None).await;
                 return Err(MqttError::UnsupportedProtocol(level));
             }
@@ -96,7 +98,7 @@ async fn run(
         };
     let version = connect.version;
     if !shared.config.accepts(&connect) {
-        let refusal = connack(ConnAckCode::BadUserNameOrPassword, false, None);
+        let refusal = connack(ConnAckCode::BadUserNameOrPassword, false, None, max);
         send(&mut writer, version, &refusal, None).await?;
         return Err(MqttError::Protocol(format!(
             "client '{}' gave a wrong user name or password",
@@ -107,7 +109,7 @@ async fn run(
     let client_id = if connect.client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
             // 3.1.1: a persistent session needs a name to come back to.
-            let refusal = connack(ConnAckCode::ClientIdRejected, false, None);
+            let refusal = connack(ConnAckCode::ClientIdRejected, false, None, max);
             send(&mut writer, version, &refusal, None).await?;
             return Err(MqttError::Protocol(
                 "an empty client id with a persistent session".into(),
@@ -157,6 +159,7 @@ async fn run(
         ConnAckCode::Accepted,
         claim.session_present,
         assigned,
+        max,
     ))?;
     conn.resume();
     let keep_alive = Duration::from_millis(connect.keep_alive_secs as u64 * 1500);
@@ -211,13 +214,22 @@ async fn publish_last_will(shared: &Shared, client_id: &str, will: Will) {
     }
 }
 
-fn connack(code: ConnAckCode, session_present: bool, assigned: Option<String>) -> Outbound {
+/// `max_packet`: the largest packet this server takes, told to MQTT 5
+/// clients (capped at what MQTT can frame).
+fn connack(
+    code: ConnAckCode,
+    session_present: bool,
+    assigned: Option<String>,
+    max_packet: usize,
+) -> Outbound {
     Outbound::ConnAck {
         session_present,
         code,
         assigned_client_id: assigned,
         receive_maximum: RECEIVE_MAXIMUM,
-        max_packet_size: u32::MAX,
+        max_packet_size: u32::try_from(max_packet)
+            .unwrap_or(MAX_MQTT_PACKET)
+            .min(MAX_MQTT_PACKET),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct ConfigFile {
     pub http: ListenerSection,
     #[serde(default)]
     pub postgres: PostgresSection,
+    #[serde(default)]
+    pub mqtt: MqttSection,
     /// The schema registry's listener.
     #[serde(default)]
     pub registry: ListenerSection,
@@ -73,6 +75,26 @@ pub struct PostgresSection {
 impl std::fmt::Debug for PostgresSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresSection")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    pub addr: Option<SocketAddr>,
+    /// The user name devices connect with when a password is set.
+    pub user: Option<String>,
+    /// Unset: any device connects.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MqttSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSection")
             .field("addr", &self.addr)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -183,6 +205,10 @@ mod tests {
             addr = "127.0.0.1:0"
             user = "app"
             password = "s3cret"
+            [mqtt]
+            addr = "127.0.0.1:1884"
+            user = "devices"
+            password = "mq-s3cret"
             [log]
             retention_check_secs = 5
             log_cleaner_threads = 2
@@ -208,6 +234,9 @@ mod tests {
         assert_eq!(config.postgres.user.as_deref(), Some("app"));
         assert_eq!(config.postgres.password.as_deref(), Some("s3cret"));
         assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(config.mqtt.addr, Some("127.0.0.1:1884".parse().unwrap()));
+        assert_eq!(config.mqtt.user.as_deref(), Some("devices"));
+        assert_eq!(config.mqtt.password.as_deref(), Some("mq-s3cret"));
         let groups = config.group_config();
         assert_eq!(groups.min_session_timeout, Duration::from_millis(500));
         assert_eq!(groups.offsets_retention, Duration::from_secs(3600));

@@ -38,6 +38,15 @@ pub struct ServeArgs {
     /// Schema registry listener (Confluent's REST API) [default: 127.0.0.1:8081]
     #[arg(long, env = "FLUXO_REGISTRY_ADDR")]
     pub registry_addr: Option<SocketAddr>,
+    /// MQTT 3.1.1/5 listener for devices [default: 127.0.0.1:1883]
+    #[arg(long, env = "FLUXO_MQTT_ADDR")]
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The user name MQTT clients connect with when --mqtt-password is set [default: fluxo]
+    #[arg(long, env = "FLUXO_MQTT_USER")]
+    pub mqtt_user: Option<String>,
+    /// Require this user name and password in MQTT CONNECT; unset: any device connects
+    #[arg(long, env = "FLUXO_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
     /// Address given to clients in Metadata [default: the address they connected to]
     #[arg(long, env = "FLUXO_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<SocketAddr>,
@@ -85,6 +94,9 @@ pub struct ServeSettings {
     /// Who may connect to the Postgres listener.
     pub pg: fluxo_pg::PgConfig,
     pub registry_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    /// Who may connect to the MQTT listener (its Debug hides the password).
+    pub mqtt: fluxo_mqtt::MqttConfig,
     pub advertised_kafka_addr: Option<SocketAddr>,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
@@ -126,6 +138,18 @@ impl ServeSettings {
                     .or(file.postgres.user.clone())
                     .unwrap_or_else(|| "fluxo".to_string()),
                 password: args.pg_password.or(file.postgres.password.clone()),
+            },
+            mqtt_addr: args
+                .mqtt_addr
+                .or(file.mqtt.addr)
+                .unwrap_or(([127, 0, 0, 1], 1883).into()),
+            mqtt: fluxo_mqtt::MqttConfig {
+                user: args
+                    .mqtt_user
+                    .or(file.mqtt.user.clone())
+                    .unwrap_or_else(|| "fluxo".to_string()),
+                password: args.mqtt_password.or(file.mqtt.password.clone()),
+                ..fluxo_mqtt::MqttConfig::default()
             },
             registry_addr: args
                 .registry_addr
@@ -188,6 +212,12 @@ impl ServeSettings {
             anyhow::bail!(
                 "the Postgres password (--pg-password, FLUXO_PG_PASSWORD) is empty; \
                  leave it unset to let anyone connect (trust)"
+            );
+        }
+        if settings.mqtt.password.as_deref() == Some("") {
+            anyhow::bail!(
+                "the MQTT password (--mqtt-password, FLUXO_MQTT_PASSWORD) is empty; \
+                 leave it unset to let any device connect"
             );
         }
         if settings.num_partitions < 1 {
@@ -372,6 +402,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => {}
     }
+    let mqtt_listener = tokio::net::TcpListener::bind(args.mqtt_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --mqtt-addr)",
+                args.mqtt_addr
+            )
+        })?;
+    let mqtt_config = fluxo_mqtt::MqttConfig {
+        auto_create_topics: args.auto_create_topics,
+        default_partitions: args.num_partitions,
+        ..args.mqtt.clone()
+    };
+    let mqtt = fluxo_mqtt::serve(mqtt_listener, store.clone(), mqtt_config)?;
+    println!("fluxo: mqtt listening on {}", mqtt.local_addr);
+    if args.mqtt.password.is_none() && !mqtt.local_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %mqtt.local_addr,
+            "mqtt: no --mqtt-password, so any device that reaches this address can publish and subscribe"
+        );
+    }
     let registry_listener = tokio::net::TcpListener::bind(args.registry_addr)
         .await
         .with_context(|| {
@@ -425,6 +476,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("connections did not close within 5 s; closing the store anyway");
+    }
+    // Devices' appends finish before the store closes.
+    if tokio::time::timeout(Duration::from_secs(5), mqtt.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("mqtt connections did not close within 5 s");
     }
     let _ = http_stop.send(());
     http.abort();
@@ -508,6 +566,37 @@ mod tests {
 
         let empty = ServeArgs {
             pg_password: Some(String::new()),
+            ..ServeArgs::default()
+        };
+        assert!(ServeSettings::resolve(empty).is_err());
+    }
+
+    #[test]
+    fn mqtt_listener_and_credentials_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fluxo.toml");
+        std::fs::write(
+            &path,
+            "[mqtt]\naddr = \"127.0.0.1:11883\"\nuser = \"devices\"\npassword = \"from-file\"\n",
+        )
+        .unwrap();
+        let settings = ServeSettings::resolve(ServeArgs {
+            config: Some(path),
+            mqtt_password: Some("mqtt-from-flag".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.mqtt_addr, "127.0.0.1:11883".parse().unwrap());
+        assert_eq!(settings.mqtt.user, "devices");
+        assert_eq!(settings.mqtt.password.as_deref(), Some("mqtt-from-flag"));
+        assert!(!format!("{settings:?}").contains("mqtt-from-flag"));
+
+        let defaults = ServeSettings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.mqtt_addr, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(defaults.mqtt.password, None, "no password: any device connects");
+
+        let empty = ServeArgs {
+            mqtt_password: Some(String::new()),
             ..ServeArgs::default()
         };
         assert!(ServeSettings::resolve(empty).is_err());
