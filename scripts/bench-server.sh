@@ -7,7 +7,7 @@ start_server() {
   local kafka=${1:-127.0.0.1:0}
   : >"$DIR/out"
   "$BIN" serve --data-dir "$DIR/data" --kafka-addr "$kafka" \
-    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 "${@:2}" >"$DIR/out" 2>"$DIR/err" &
+    --http-addr 127.0.0.1:0 --pg-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 --registry-addr 127.0.0.1:0 "${@:2}" >"$DIR/out" 2>"$DIR/err" &
   PID=$!
   for _ in $(seq 1 3000); do
     ADDR=$(sed -n 's/^fluxo: kafka listening on //p' "$DIR/out")
