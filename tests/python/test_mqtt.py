@@ -430,3 +430,18 @@ def test_mosquitto_pub_and_sub(broker, new_topic):
     got = sorted((r.key, r.value) for r in records(broker, topic))
     assert got == [(f"{topic}/dev/mqttv311".encode(), b"from 3.1.1"),
                    (f"{topic}/dev/mqttv5".encode(), b"from 5")]
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_with_devices_connected_is_clean(broker, new_topic):
+    topic = new_topic("bye")
+    dev = Device(broker, protocol=V5, will=(f"{topic}/dev/status", b"offline"))
+    dev.connected()
+    dev.subscribe(f"{topic}/#", qos=1)
+    dev.client.reconnect_delay_set(min_delay=60, max_delay=60)
+    assert broker.stop() == 0, "SIGTERM with an MQTT device connected"
+    assert dev.disconnected.wait(10), "the device was not disconnected"
+    dev.client.loop_stop()
+    broker.start()
+    # The server stopping is no fault of the device: no last will.
+    assert records(broker, topic) == []
