@@ -445,3 +445,22 @@ def test_shutdown_with_devices_connected_is_clean(broker, new_topic):
     broker.start()
     # The server stopping is no fault of the device: no last will.
     assert records(broker, topic) == []
+
+
+@pytest.mark.timeout(60)
+def test_without_auto_creation_missing_topics_are_refused(broker_factory, new_topic):
+    b = broker_factory(["--auto-create-topics", "false"])
+    missing, existing = new_topic("missing"), new_topic("existing")
+    H.create_topic(b.bootstrap, existing, partitions=2)
+    dev = Device(b, protocol=V5)
+    dev.connected()
+    info = dev.client.publish(f"{missing}/x", b"v", qos=1)
+    H.wait_for(lambda: info.mid in dev.published, timeout=10)
+    assert dev.published[info.mid].value == 0x90
+    rcs = dev.subscribe(f"{missing}/#", f"{existing}/#", qos=1)
+    assert [rc.is_failure for rc in rcs] == [True, False]
+    dev.publish(f"{existing}/dev-1", b"kept", qos=1)
+    [m] = dev.receive(1)
+    assert (m.topic, m.payload) == (f"{existing}/dev-1", b"kept")
+    dev.close()
+    assert missing not in H.all_topics(b.bootstrap)
