@@ -256,3 +256,32 @@ def test_kill9_keeps_ids_versions_and_configs(broker, new_topic):
     assert sr.get_schema(ids[(a, 1)]).schema_str == USER_V1
     assert sr.register_schema(b, Schema('"string"', "AVRO")) == ids[(b, 1)]
     assert sr.register_schema(new_topic("c"), Schema('"long"', "AVRO")) == top + 1, "ids continue"
+
+
+@pytest.mark.timeout(60)
+def test_references_and_subject_names_that_need_encoding(broker):
+    address = json.dumps({"type": "record", "name": "Address", "namespace": "shop",
+                          "fields": [{"name": "city", "type": "string"}]})
+    customer = json.dumps({"type": "record", "name": "Customer", "namespace": "shop",
+                           "fields": [{"name": "home", "type": "shop.Address"}]})
+    # A subject with a slash travels percent-encoded, as Confluent's clients send it.
+    status, _, body = http(broker, "POST", "/subjects/shop%2Faddress/versions", {"schema": address})
+    assert status == 200, body
+    address_id = body["id"]
+    assert http(broker, "GET", "/subjects")[2] == ["shop/address"]
+    # Without the reference the named type is unknown.
+    expect_error(broker, "POST", "/subjects/customer/versions", 422, 42201, {"schema": customer})
+    ref = {"name": "shop.Address", "subject": "shop/address", "version": 1}
+    status, _, body = http(broker, "POST", "/subjects/customer/versions",
+                           {"schema": customer, "references": [ref]})
+    assert status == 200, body
+    customer_id = body["id"]
+    assert customer_id != address_id
+    status, _, body = http(broker, "GET", f"/schemas/ids/{customer_id}")
+    assert body == {"schema": customer, "references": [ref]}
+    assert http(broker, "GET", "/subjects/shop%2Faddress/versions/1/referencedby")[2] == [customer_id]
+    # What others reference cannot be deleted.
+    expect_error(broker, "DELETE", "/subjects/shop%2Faddress", 422, 42206)
+    # Confluent's client resolves the reference when it reads the schema by id.
+    schema = client(broker).get_schema(customer_id)
+    assert [(r.name, r.subject, r.version) for r in schema.references] == [("shop.Address", "shop/address", 1)]

@@ -236,7 +236,7 @@ impl SchemasLog {
                 )
             })
             .collect();
-        changes.sort_by(|a, b| order(a).cmp(&order(b)));
+        changes.sort_by_key(order);
         tracing::info!(
             "loaded the schema registry from {SCHEMAS_TOPIC} ({replayed} records, {} live)",
             changes.len()
