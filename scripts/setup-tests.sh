@@ -53,6 +53,13 @@ if ! command -v psql >/dev/null 2>&1; then
     apt_install postgresql-client
 fi
 
+# --- a PostgreSQL server, which the postgres sink's tests start and write to --
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    echo "setup-tests: installing the PostgreSQL server"
+    apt_update
+    apt_install postgresql
+fi
+
 # --- mosquitto: MQTT clients for the MQTT front's tests, and the broker as
 # the MQTT benchmark's baseline and an existing broker for MQTT sources ---------
 if ! command -v mosquitto_pub >/dev/null 2>&1 || [ ! -x /usr/sbin/mosquitto ]; then

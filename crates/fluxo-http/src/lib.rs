@@ -136,6 +136,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql::sql))
         .route("/api/v1/pipelines", get(sql::pipelines))
+        .route("/api/v1/connectors", get(sql::connectors))
         .route("/api/v1/pipelines/{name}", get(sql::pipeline))
         .route("/api/v1/pipelines/{name}/stop", post(sql::stop_pipeline))
         .route("/api/v1/pipelines/{name}/start", post(sql::start_pipeline))

@@ -42,6 +42,12 @@ pub(crate) async fn pipelines(State(state): State<AppState>) -> Json<serde_json:
     Json(json!({ "pipelines": state.engine.pipelines() }))
 }
 
+/// `GET /api/v1/connectors`: every source and sink connector with its
+/// options, as `CREATE SOURCE`/`CREATE SINK ... WITH (...)` take them.
+pub(crate) async fn connectors() -> Json<serde_json::Value> {
+    Json(json!({ "connectors": fluxo_sql::connectors::CONNECTORS }))
+}
+
 pub(crate) async fn pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -16,17 +16,17 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Query;
+use fluxo_connectors::sink::{SinkStats, SinkStatus};
+use fluxo_connectors::source::SourcePlan;
+use fluxo_connectors::{Ingest, Sink, SinkContext, SinkInput};
 use fluxo_dataflow::checkpoint::{checkpoint_dir, CheckpointStore};
 use fluxo_log::LogStore;
 use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::delta_sink::{self, DeltaSink, DeltaSinkConfig};
 use crate::error::{Result, SqlError};
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
-use crate::nexmark_source::{self, GeneratorHandle, NexmarkOptions};
-use crate::parquet_sink::{ParquetSink, ParquetSinkConfig};
 use crate::parser::{
     parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
@@ -35,7 +35,6 @@ use crate::planner::{
     batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, Stage,
 };
 use crate::shared_decode::SharedDecodes;
-use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
 
@@ -124,8 +123,11 @@ struct Objects {
     sinks: HashMap<String, SinkDef>,
     /// The pipelines of sinks that read a source, by sink name.
     source_sinks: HashMap<String, Arc<SourceSinkEntry>>,
-    /// The generators of `connector = 'nexmark'` sources, by source name.
-    generators: HashMap<String, GeneratorHandle>,
+    /// The running connectors of sources that ingest into their topic
+    /// (`connector = 'nexmark'`, ...), by source name.
+    generators: HashMap<String, Box<dyn Ingest>>,
+    /// What each sink has done, by sink name, with its connector.
+    sink_stats: HashMap<String, (String, Arc<SinkStats>)>,
 }
 
 pub struct Engine {
@@ -174,6 +176,8 @@ pub struct PipelineStatus {
     pub restarts: u64,
     pub last_checkpoint: Option<pipeline::CheckpointInfo>,
     pub partitions: Vec<pipeline::PartitionProgress>,
+    /// The sinks the pipeline writes, with what each has done.
+    pub sinks: Vec<SinkStatus>,
 }
 
 impl Engine {
@@ -320,25 +324,14 @@ impl Engine {
                 def.name
             )));
         }
-        let generator = match def.options.get("connector").unwrap_or("topic") {
-            "topic" => {
-                def.options.check_known(
-                    "a source",
-                    &["connector", "topic", "format", "idle_timeout"],
-                )?;
-                let topic = def.options.required("a source", "topic")?;
-                LogStore::validate_topic_name(topic)
-                    .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
-                None
-            }
-            "nexmark" => Some(NexmarkOptions::from_options(&def.name, &mut def.options)?),
-            other => {
-                return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sources; use connector = 'topic' or 'nexmark'"
-                )))
-            }
-        };
-        crate::format::Format::parse(def.options.get("format").unwrap_or("json"))?;
+        let plan = SourcePlan::configure(&def.name, &mut def.options)?;
+        let format = crate::format::Format::parse(def.options.get("format").unwrap_or("json"))?;
+        if format == crate::format::Format::Lines && def.schema().fields().len() != 1 {
+            return Err(SqlError::Plan(format!(
+                "format 'lines' gives each record as one text column; declare source {} with exactly one column, e.g. (line TEXT)",
+                def.name
+            )));
+        }
         def.options.duration_ms("idle_timeout")?;
         if persist {
             self.catalog.lock().add(CatalogEntry {
@@ -348,9 +341,7 @@ impl Engine {
             })?;
         }
         let name = def.name.clone();
-        let generator = generator
-            .map(|options| nexmark_source::start(options, self.store.clone()))
-            .transpose()?;
+        let generator = plan.start(self.store.clone(), &self.sql_dir.join("sources"))?;
         let mut objects = self.objects.write();
         objects.sources.insert(name.clone(), Arc::new(def));
         if let Some(g) = generator {
@@ -560,6 +551,7 @@ impl Engine {
                 append_only,
             )
             .await?;
+        let stats = sink.stats();
         def.from = view
             .as_ref()
             .map(|v| v.def.name.clone())
@@ -621,7 +613,10 @@ impl Engine {
             );
         }
         let name = def.name.clone();
-        self.objects.write().sinks.insert(name.clone(), def);
+        let connector = def.options.get("connector").unwrap_or("topic").to_string();
+        let mut objects = self.objects.write();
+        objects.sink_stats.insert(name.clone(), (connector, stats));
+        objects.sinks.insert(name.clone(), def);
         Ok(QueryResult::message(format!("CREATE SINK {name}")))
     }
 
@@ -632,58 +627,16 @@ impl Engine {
         schema: &SchemaRef,
         append_only: bool,
     ) -> Result<Box<dyn Sink>> {
-        Ok(match def.options.get("connector").unwrap_or("topic") {
-            "topic" => {
-                let config = TopicSinkConfig::from_def(def, schema)?;
-                if config.key.is_empty() && !append_only {
-                    return Err(SqlError::Plan(format!(
-                        "view {} is updating (its rows change as events arrive), so a sink needs a key to \
-                         write updates as upserts and deletes as tombstones: add key = '<columns>' to WITH",
-                        def.from
-                    )));
-                }
-                Box::new(TopicSink::new(
-                    def.name.clone(),
-                    &def.name,
-                    config,
-                    self.store.clone(),
-                ))
-            }
-            "parquet" => {
-                let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);
-                let config = ParquetSinkConfig::from_def(def, data_dir)?;
-                if !append_only {
-                    return Err(SqlError::Plan(format!(
-                        "view {} is updating (its rows change as events arrive), and Parquet files \
-                         cannot take rows back; a parquet sink needs an append-only view: windows \
-                         without allowed_lateness, or no aggregation",
-                        def.from
-                    )));
-                }
-                Box::new(ParquetSink::new(def.name.clone(), config, schema.clone()))
-            }
-            "delta" => {
-                let data_dir = self.sql_dir.parent().unwrap_or(&self.sql_dir);
-                let config = DeltaSinkConfig::from_def(def, data_dir, schema)?;
-                if !append_only {
-                    return Err(SqlError::Plan(format!(
-                        "view {} is updating (its rows change as events arrive), and the delta sink \
-                         writes appends only; it needs an append-only view: windows without \
-                         allowed_lateness, or no aggregation",
-                        def.from
-                    )));
-                }
-                // Made (or checked against the view) now, so that a wrong
-                // path or schema fails the statement, not the pipeline.
-                delta_sink::open_or_create(&config, schema, &def.name).await?;
-                Box::new(DeltaSink::new(def.name.clone(), config, schema.clone()))
-            }
-            other => {
-                return Err(SqlError::Plan(format!(
-                    "connector '{other}' is not supported for sinks yet; use connector = 'topic', 'parquet' or 'delta'"
-                )))
-            }
-        })
+        let context = SinkContext {
+            store: self.store.clone(),
+            data_dir: self.sql_dir.parent().unwrap_or(&self.sql_dir).to_path_buf(),
+        };
+        let input = SinkInput {
+            from: &def.from,
+            schema,
+            append_only,
+        };
+        Ok(fluxo_connectors::open_sink(&context, &def.name, &def.options, input).await?)
     }
 
     fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
@@ -753,6 +706,15 @@ impl Engine {
                 if let Some(g) = objects.generators.remove(name) {
                     g.stop();
                 }
+                // A source made again under this name starts afresh.
+                let positions =
+                    fluxo_connectors::source::positions_path(&self.sql_dir.join("sources"), name);
+                match std::fs::remove_file(&positions) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(SqlError::io(positions.display(), e))
+                    }
+                    _ => {}
+                }
             }
             ObjectKind::Table => {
                 self.catalog.lock().remove(name)?;
@@ -792,6 +754,7 @@ impl Engine {
             }
             ObjectKind::Sink => {
                 self.catalog.lock().remove(name)?;
+                objects.sink_stats.remove(name);
                 if let Some(sink) = objects.sinks.remove(name) {
                     if let Some(view) = objects.views.get(&sink.from) {
                         view.pipeline.remove_sink(name);
@@ -821,7 +784,7 @@ impl Engine {
                 .map(|s| {
                     (
                         s.name.clone(),
-                        s.options.get("topic").unwrap_or("").to_string(),
+                        s.log_topic().unwrap_or("").to_string(),
                         s.options.get("format").unwrap_or("json").to_string(),
                     )
                 })
@@ -1131,6 +1094,19 @@ impl Engine {
             )
         });
         let mut out: Vec<PipelineStatus> = views.chain(sinks).collect();
+        for p in &mut out {
+            // A view's sinks name it in FROM; a source's sink is its own pipeline.
+            p.sinks = objects
+                .sinks
+                .values()
+                .filter(|d| d.from == p.name || d.name == p.name)
+                .filter_map(|d| {
+                    let (connector, stats) = objects.sink_stats.get(&d.name)?;
+                    Some(stats.status(&d.name, connector))
+                })
+                .collect();
+            p.sinks.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -1219,6 +1195,7 @@ fn status(
         restarts: s.restarts.load(Ordering::Relaxed),
         last_checkpoint: s.last_checkpoint.lock().clone(),
         partitions: s.partitions.lock().clone(),
+        sinks: Vec::new(),
     }
 }
 
@@ -1284,7 +1261,7 @@ fn check_late_topic(topic: &str, dataflow: &Dataflow) -> Result<()> {
             ))
         }
     };
-    if chain.scan.source.options.get("topic") == Some(topic) {
+    if chain.scan.source.log_topic().ok() == Some(topic) {
         return Err(SqlError::Plan(format!(
             "late_topic = '{topic}' is the view's source topic; late events would come back as input"
         )));

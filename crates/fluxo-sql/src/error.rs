@@ -103,6 +103,18 @@ impl From<fluxo_dataflow::error::DataflowError> for SqlError {
     }
 }
 
+impl From<fluxo_connectors::ConnectorError> for SqlError {
+    fn from(e: fluxo_connectors::ConnectorError) -> SqlError {
+        use fluxo_connectors::ConnectorError;
+        match e {
+            ConnectorError::Config(m) => SqlError::Plan(m),
+            ConnectorError::Execution(m) => SqlError::Execution(m),
+            ConnectorError::Io { path, source } => SqlError::Io { path, source },
+            ConnectorError::Internal(m) => SqlError::Internal(m),
+        }
+    }
+}
+
 impl From<arrow::error::ArrowError> for SqlError {
     fn from(e: arrow::error::ArrowError) -> SqlError {
         SqlError::Execution(e.to_string())

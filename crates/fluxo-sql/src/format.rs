@@ -14,6 +14,8 @@ use crate::error::{Result, SqlError};
 pub enum Format {
     Json,
     Csv,
+    /// The whole value is the text of the source's one column (log lines).
+    Lines,
 }
 
 impl Format {
@@ -21,8 +23,9 @@ impl Format {
         match name.to_ascii_lowercase().as_str() {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
+            "lines" => Ok(Format::Lines),
             other => Err(SqlError::Plan(format!(
-                "format '{other}' is not supported; use 'json' or 'csv'"
+                "format '{other}' is not supported; use 'json', 'csv' or 'lines'"
             ))),
         }
     }
@@ -127,6 +130,14 @@ impl RecordDecoder {
                 Ok(decoder
                     .flush()?
                     .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
+            }
+            Format::Lines => {
+                let text: arrow::array::StringArray = values
+                    .iter()
+                    .map(|v| Some(String::from_utf8_lossy(v).into_owned()))
+                    .collect();
+                let column = arrow::compute::cast(&text, self.schema.field(0).data_type())?;
+                Ok(RecordBatch::try_new(self.schema.clone(), vec![column])?)
             }
             Format::Csv => {
                 let mut decoder = arrow::csv::ReaderBuilder::new(self.schema.clone())

@@ -86,7 +86,7 @@ struct Windowing {
 
 impl HistoryTable {
     pub fn new(source: Arc<SourceDef>, store: Arc<LogStore>) -> Result<HistoryTable> {
-        let topic = source.options.required("a source", "topic")?.to_string();
+        let topic = source.log_topic()?.to_string();
         let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
         Ok(HistoryTable {
             schema: Arc::new(source.schema()),

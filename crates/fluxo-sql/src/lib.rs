@@ -32,25 +32,23 @@
 //!   each exactly once, in order.
 
 pub mod catalog;
-pub mod delta_sink;
 pub mod engine;
 pub mod error;
 pub mod format;
 pub mod history;
-pub mod json;
-pub mod nexmark_source;
-pub mod parquet_sink;
 pub mod parser;
 pub mod pipeline;
 pub mod planner;
 pub mod reader;
 pub mod shared_decode;
-pub mod sink;
 pub mod source;
 pub mod table;
 pub mod view;
 
 pub use engine::{Engine, PipelineStatus, QueryResult};
 pub use error::{Result, SqlError};
+/// The connectors sources and sinks are made of.
+pub use fluxo_connectors as connectors;
 /// What subscribers of a view receive.
+pub use fluxo_connectors::json;
 pub use fluxo_dataflow::Changes;

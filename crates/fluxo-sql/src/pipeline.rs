@@ -35,8 +35,9 @@ use crate::error::{Result, SqlError};
 use crate::planner::{Chain, Dataflow, Stage, StaticInput};
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
-use crate::sink::{Sink, TopicSink, TopicSinkConfig};
 use crate::view::ViewStore;
+use fluxo_connectors::topic_sink::{TopicSink, TopicSinkConfig};
+use fluxo_connectors::Sink;
 
 /// How many reader chunks one round takes before it looks at the
 /// watermark, checkpoints and commands again.

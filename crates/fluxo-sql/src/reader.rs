@@ -103,7 +103,7 @@ impl SourceReading {
             _ => schema,
         };
         Ok(SourceReading {
-            topic: source.options.required("a source", "topic")?.to_string(),
+            topic: source.log_topic()?.to_string(),
             decoder: RecordDecoder::new(decode_schema, format),
             tombstones: Tombstones::of(source),
         })

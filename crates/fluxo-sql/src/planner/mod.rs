@@ -91,7 +91,7 @@ impl Chain {
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         let mut source = format!("Source: {}", self.scan.source.name);
-        if let Some(topic) = self.scan.source.options.get("topic") {
+        if let Ok(topic) = self.scan.source.log_topic() {
             source.push_str(&format!(" (topic {topic})"));
         }
         match (&self.scan.source.watermark, self.processing_time()) {

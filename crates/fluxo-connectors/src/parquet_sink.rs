@@ -22,6 +22,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use fluxo_dataflow::Changes;
@@ -29,12 +30,25 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::error::{Result, SqlError};
-use crate::parser::{Options, SinkDef};
-use crate::sink::Sink;
+use crate::error::{ConnectorError, Result};
+use crate::options::Options;
+use crate::sink::{Sink, SinkStats};
+use crate::{opt, ConnectorInfo, ConnectorKind};
 
 const STAGING: &str = "_staging";
 const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+
+pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
+    name: "parquet",
+    kind: ConnectorKind::Sink,
+    description: "writes an append-only view as Parquet files, each file committed (renamed into place) at a checkpoint",
+    options: &[
+        opt("connector", true, "'parquet'"),
+        opt("path", true, "the directory written; relative paths are under the data directory"),
+        opt("target_file_size", false, "a file is closed at about this size, e.g. '64MB' (default 128MB)"),
+        opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
+    ],
+};
 
 /// How the options of `CREATE SINK ... WITH (connector = 'parquet', ...)` read.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,14 +60,9 @@ pub struct ParquetSinkConfig {
 }
 
 impl ParquetSinkConfig {
-    pub const OPTIONS: &'static [&'static str] =
-        &["connector", "path", "target_file_size", "snapshot"];
-
     /// Reads a sink definition; a relative `path` is under `data_dir`.
-    pub fn from_def(def: &SinkDef, data_dir: &Path) -> Result<ParquetSinkConfig> {
-        let options: &Options = &def.options;
-        options.check_known("a parquet sink", Self::OPTIONS)?;
-        let path = PathBuf::from(options.required("a parquet sink", "path")?);
+    pub fn from_options(options: &Options, data_dir: &Path) -> Result<ParquetSinkConfig> {
+        let path = PathBuf::from(options.required(&CONNECTOR.what(), "path")?);
         let path = if path.is_absolute() {
             path
         } else {
@@ -62,7 +71,7 @@ impl ParquetSinkConfig {
         let target_file_size = match options.get("target_file_size") {
             None => DEFAULT_TARGET_FILE_SIZE,
             Some(s) => parse_size(s).ok_or_else(|| {
-                SqlError::Plan(format!(
+                ConnectorError::Config(format!(
                     "target_file_size must be a size such as '64MB' or '1048576', got '{s}'"
                 ))
             })?,
@@ -102,6 +111,7 @@ struct OpenFile {
 
 pub struct ParquetSink {
     name: String,
+    stats: Arc<SinkStats>,
     config: ParquetSinkConfig,
     schema: SchemaRef,
     open: Option<OpenFile>,
@@ -116,6 +126,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     pub fn new(name: String, config: ParquetSinkConfig, schema: SchemaRef) -> ParquetSink {
         ParquetSink {
+            stats: Arc::default(),
             name,
             config,
             schema,
@@ -130,8 +141,8 @@ impl ParquetSink {
         self.config.path.join(STAGING)
     }
 
-    fn io(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> SqlError {
-        SqlError::Execution(format!(
+    fn io(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Execution(format!(
             "parquet sink {} cannot {what} {}: {e}",
             self.name,
             path.display()
@@ -154,7 +165,7 @@ impl ParquetSink {
         }
         self.open
             .as_mut()
-            .ok_or_else(|| SqlError::Internal("no open parquet file".into()))
+            .ok_or_else(|| ConnectorError::Internal("no open parquet file".into()))
     }
 
     /// Writes the footer and fsyncs the file.
@@ -218,9 +229,10 @@ impl Sink for ParquetSink {
         if changes.num_rows() == 0 {
             return Ok(());
         }
+        self.stats.add_rows(changes.num_rows());
         if let Some(signs) = &changes.signs {
             if signs.false_count() > 0 {
-                return Err(SqlError::Execution(format!(
+                return Err(ConnectorError::Execution(format!(
                     "parquet sink {} received a retraction, which Parquet files cannot take back; \
                      write an append-only view (windows without allowed_lateness)",
                     self.name
@@ -294,6 +306,10 @@ impl Sink for ParquetSink {
 
     fn wants_snapshot(&self) -> bool {
         self.config.snapshot
+    }
+
+    fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
     }
 }
 

@@ -1,14 +1,4 @@
-//! Sinks: where a pipeline's results go besides its view.
-//!
-//! A sink is driven by its pipeline's thread and follows the pipeline's
-//! checkpoints in two phases, the shape transactional outputs need:
-//! [`Sink::prepare`] at a checkpoint makes everything written so far durable
-//! (or staged) and returns what is needed to finish it after a crash, which
-//! goes into the checkpoint; [`Sink::commit`] runs once the checkpoint is on
-//! disk and makes the epoch visible; [`Sink::recover`] on a restart gets the
-//! prepared state of the checkpoint the pipeline resumes from.
-//!
-//! The topic sink is exactly once. Each checkpoint epoch is one Kafka
+//! The `topic` sink, exactly once. Each checkpoint epoch is one Kafka
 //! transaction on the sink's topic: records are written as transactional
 //! batches of the sink's own producer id as they come (read_committed
 //! readers, pipelines among them, do not see them yet), `prepare` fsyncs
@@ -33,27 +23,25 @@ use fluxo_log::batch::ControlType;
 use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 
-use crate::error::{Result, SqlError};
+use crate::error::{ConnectorError, Result};
 use crate::json::objects_json;
-use crate::parser::{Options, SinkDef};
+use crate::options::Options;
+use crate::sink::{Sink, SinkStats};
+use crate::{opt, ConnectorInfo, ConnectorKind};
 
-pub trait Sink: Send {
-    fn name(&self) -> &str;
-    /// Writes one set of changes, in order.
-    fn write(&mut self, changes: &Changes) -> Result<()>;
-    /// Phase one of checkpoint `epoch`: what was written is durable or
-    /// staged. The returned value is stored in the checkpoint.
-    fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value>;
-    /// Phase two: the checkpoint of `epoch` is durable.
-    fn commit(&mut self, epoch: u64) -> Result<()>;
-    /// Before any write after a (re)start: what `prepare` returned for the
-    /// checkpoint the pipeline resumes from, or `None` for a new sink. A
-    /// sink that lived through a failed run gets this too, and drops what
-    /// that run wrote but did not commit.
-    fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()>;
-    /// Whether a new sink first gets the rows its view already holds.
-    fn wants_snapshot(&self) -> bool;
-}
+pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
+    name: "topic",
+    kind: ConnectorKind::Sink,
+    description: "writes the view's changes as JSON records to a topic, exactly once (a Kafka transaction per checkpoint)",
+    options: &[
+        opt("connector", false, "'topic' (the default)"),
+        opt("topic", true, "the topic written, created when missing"),
+        opt("format", false, "'json' (default)"),
+        opt("key", false, "columns forming the record key; with a key, updates are upserts and deletes tombstones"),
+        opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
+        opt("partitions", false, "partitions of the topic when the sink creates it (default 1)"),
+    ],
+};
 
 /// How the options of `CREATE SINK ... WITH (connector = 'topic', ...)` read.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,36 +57,29 @@ pub struct TopicSinkConfig {
 }
 
 impl TopicSinkConfig {
-    pub const OPTIONS: &'static [&'static str] = &[
-        "connector",
-        "topic",
-        "format",
-        "key",
-        "snapshot",
-        "partitions",
-    ];
-
     /// Checks a sink definition against the schema of what it reads.
-    pub fn from_def(def: &SinkDef, schema: &arrow::datatypes::Schema) -> Result<TopicSinkConfig> {
-        let options: &Options = &def.options;
-        options.check_known("a topic sink", Self::OPTIONS)?;
-        let topic = options.required("a topic sink", "topic")?.to_string();
+    pub fn from_options(
+        options: &Options,
+        from: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<TopicSinkConfig> {
+        let topic = options.required(&CONNECTOR.what(), "topic")?.to_string();
         LogStore::validate_topic_name(&topic)
-            .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+            .map_err(|e| ConnectorError::Config(format!("topic = '{topic}': {e}")))?;
         match options.get("format").unwrap_or("json") {
             "json" => {}
             other => {
-                return Err(SqlError::Plan(format!(
+                return Err(ConnectorError::Config(format!(
                     "format '{other}' is not supported by topic sinks; use format = 'json'"
                 )))
             }
         }
-        let key = options.columns("key", schema, &def.from)?;
+        let key = options.columns("key", schema, from)?;
         let snapshot = options.flag("snapshot", true)?;
         let partitions = match options.get("partitions") {
             None => 1,
             Some(p) => p.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                SqlError::Plan(format!("partitions must be a positive integer, got '{p}'"))
+                ConnectorError::Config(format!("partitions must be a positive integer, got '{p}'"))
             })?,
         };
         Ok(TopicSinkConfig {
@@ -114,6 +95,7 @@ impl TopicSinkConfig {
 /// one transaction per checkpoint epoch.
 pub struct TopicSink {
     name: String,
+    stats: Arc<SinkStats>,
     config: TopicSinkConfig,
     store: Arc<LogStore>,
     /// The producer id of the sink's transactions.
@@ -163,6 +145,7 @@ impl TopicSink {
         store: Arc<LogStore>,
     ) -> TopicSink {
         TopicSink {
+            stats: Arc::default(),
             name,
             config,
             store,
@@ -177,7 +160,7 @@ impl TopicSink {
         log.append_marker(self.producer_id, SINK_EPOCH, marker, 0)
             .and_then(|_| log.sync_now())
             .map_err(|e| {
-                SqlError::Execution(format!(
+                ConnectorError::Execution(format!(
                     "sink {} cannot end its transaction on {}/{p}: {e}",
                     self.name, self.config.topic
                 ))
@@ -198,7 +181,7 @@ impl TopicSink {
                 .or_else(|e| {
                     // Someone else may have created it meanwhile.
                     self.store.topic(&self.config.topic).ok_or_else(|| {
-                        SqlError::Execution(format!(
+                        ConnectorError::Execution(format!(
                             "sink {} cannot create topic {}: {e}",
                             self.name, self.config.topic
                         ))
@@ -207,7 +190,7 @@ impl TopicSink {
         };
         let partitions = topic.partitions();
         if partitions.is_empty() {
-            return Err(SqlError::Execution(format!(
+            return Err(ConnectorError::Execution(format!(
                 "topic {} has no partitions",
                 self.config.topic
             )));
@@ -218,7 +201,7 @@ impl TopicSink {
     /// The records for `changes`: inserts as rows, and with a key, deletes
     /// whose key gets no new row in the same changes as tombstones.
     fn records(&self, changes: &Changes) -> Result<Vec<OutRecord>> {
-        let now = crate::pipeline::now_ms();
+        let now = crate::now_ms();
         let values = objects_json(&changes.batch);
         let keys: Option<Vec<Bytes>> = if self.config.key.is_empty() {
             None
@@ -244,7 +227,7 @@ impl TopicSink {
                 continue;
             }
             let Some(key) = key else {
-                return Err(SqlError::Execution(format!(
+                return Err(ConnectorError::Execution(format!(
                     "sink {} received a retraction but has no key to write it as a tombstone; \
                      recreate it with key = '<columns>'",
                     self.name
@@ -272,7 +255,7 @@ fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
         .map(|c| {
             schema
                 .index_of(c)
-                .map_err(|_| SqlError::Internal(format!("sink key column {c} vanished")))
+                .map_err(|_| ConnectorError::Internal(format!("sink key column {c} vanished")))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(batch.project(&indices)?)
@@ -287,6 +270,7 @@ impl Sink for TopicSink {
         if changes.num_rows() == 0 {
             return Ok(());
         }
+        self.stats.add_rows(changes.num_rows());
         let records = self.records(changes)?;
         if records.is_empty() {
             return Ok(());
@@ -309,7 +293,7 @@ impl Sink for TopicSink {
             // view's first write (its whole snapshot) may be large.
             log.append_records(&records, Some((self.producer_id, SINK_EPOCH)))
                 .map_err(|e| {
-                    SqlError::Execution(format!(
+                    ConnectorError::Execution(format!(
                         "sink {} cannot write to {}/{p}: {e}",
                         self.name, self.config.topic
                     ))
@@ -322,7 +306,7 @@ impl Sink for TopicSink {
     fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {
         for (p, log) in std::mem::take(&mut self.dirty) {
             log.sync_now().map_err(|e| {
-                SqlError::Execution(format!(
+                ConnectorError::Execution(format!(
                     "sink {} cannot sync {}/{p}: {e}",
                     self.name, self.config.topic
                 ))
@@ -341,7 +325,9 @@ impl Sink for TopicSink {
             producer_id: self.producer_id,
             ends,
         })
-        .map_err(|e| SqlError::Internal(format!("cannot record sink {}'s epoch: {e}", self.name)))
+        .map_err(|e| {
+            ConnectorError::Internal(format!("cannot record sink {}'s epoch: {e}", self.name))
+        })
     }
 
     fn commit(&mut self, _epoch: u64) -> Result<()> {
@@ -361,7 +347,7 @@ impl Sink for TopicSink {
             .map(|v| serde_json::from_value(v.clone()))
             .transpose()
             .map_err(|e| {
-                SqlError::Execution(format!(
+                ConnectorError::Execution(format!(
                     "sink {}: the checkpoint's prepared epoch is unreadable: {e}",
                     self.name
                 ))
@@ -397,6 +383,10 @@ impl Sink for TopicSink {
 
     fn wants_snapshot(&self) -> bool {
         self.config.snapshot
+    }
+
+    fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
     }
 }
 

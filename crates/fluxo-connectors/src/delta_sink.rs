@@ -46,13 +46,28 @@ use fluxo_dataflow::Changes;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::error::{Result, SqlError};
+use crate::error::{ConnectorError, Result};
+use crate::options::Options;
 use crate::parquet_sink::parse_size;
-use crate::parser::{Options, SinkDef};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkStats};
+use crate::{opt, ConnectorInfo, ConnectorKind};
 
 const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 const DEFAULT_COMPACT_AFTER: u64 = 64;
+
+pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
+    name: "delta",
+    kind: ConnectorKind::Sink,
+    description: "writes an append-only view as a Delta Lake table, one Delta commit per checkpoint carrying the sink's application transaction (exactly once)",
+    options: &[
+        opt("connector", true, "'delta'"),
+        opt("path", true, "the table's directory; relative paths are under the data directory"),
+        opt("partition_by", false, "columns the table is partitioned by"),
+        opt("target_file_size", false, "a data file is closed at about this size (default 128MB)"),
+        opt("compact_after", false, "compact once this many small files were committed; 0 never"),
+        opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
+    ],
+};
 
 /// How the options of `CREATE SINK ... WITH (connector = 'delta', ...)` read.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,26 +81,16 @@ pub struct DeltaSinkConfig {
 }
 
 impl DeltaSinkConfig {
-    pub const OPTIONS: &'static [&'static str] = &[
-        "connector",
-        "path",
-        "partition_by",
-        "target_file_size",
-        "compact_after",
-        "snapshot",
-    ];
-
     /// Reads a sink definition; a relative `path` is under `data_dir`.
-    pub fn from_def(
-        def: &SinkDef,
+    pub fn from_options(
+        options: &Options,
+        from: &str,
         data_dir: &Path,
         schema: &arrow::datatypes::Schema,
     ) -> Result<DeltaSinkConfig> {
-        let options: &Options = &def.options;
-        options.check_known("a delta sink", Self::OPTIONS)?;
-        let given = options.required("a delta sink", "path")?;
+        let given = options.required(&CONNECTOR.what(), "path")?;
         if given.contains("://") && !given.starts_with("file://") {
-            return Err(SqlError::Plan(format!(
+            return Err(ConnectorError::Config(format!(
                 "path = '{given}': this build of fluxo writes Delta tables on the local file system; \
                  give a directory path"
             )));
@@ -96,20 +101,20 @@ impl DeltaSinkConfig {
         } else {
             data_dir.join(path)
         };
-        let path = std::path::absolute(&path).map_err(|e| SqlError::Io {
+        let path = std::path::absolute(&path).map_err(|e| ConnectorError::Io {
             path: path.display().to_string(),
             source: e,
         })?;
-        let partition_by = options.columns("partition_by", schema, &def.from)?;
+        let partition_by = options.columns("partition_by", schema, from)?;
         if !partition_by.is_empty() && partition_by.len() == schema.fields().len() {
-            return Err(SqlError::Plan(
+            return Err(ConnectorError::Config(
                 "partition_by names every column; a Delta table needs at least one column that is not a partition column".into(),
             ));
         }
         let target_file_size = match options.get("target_file_size") {
             None => DEFAULT_TARGET_FILE_SIZE,
             Some(s) => parse_size(s).ok_or_else(|| {
-                SqlError::Plan(format!(
+                ConnectorError::Config(format!(
                     "target_file_size must be a size such as '64MB' or '1048576', got '{s}'"
                 ))
             })?,
@@ -117,7 +122,7 @@ impl DeltaSinkConfig {
         let compact_after = match options.get("compact_after") {
             None => DEFAULT_COMPACT_AFTER,
             Some(s) => s.trim().parse::<u64>().map_err(|_| {
-                SqlError::Plan(format!(
+                ConnectorError::Config(format!(
                     "compact_after must be a number of small files (0 never compacts), got '{s}'"
                 ))
             })?,
@@ -133,7 +138,7 @@ impl DeltaSinkConfig {
 
     fn url(&self) -> Result<url::Url> {
         url::Url::from_directory_path(&self.path).map_err(|()| {
-            SqlError::Plan(format!(
+            ConnectorError::Config(format!(
                 "{} is not an absolute directory path",
                 self.path.display()
             ))
@@ -141,8 +146,8 @@ impl DeltaSinkConfig {
     }
 }
 
-fn delta_error(what: &str, path: &Path, e: impl std::fmt::Display) -> SqlError {
-    SqlError::Execution(format!(
+fn delta_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Execution(format!(
         "Delta table {}: cannot {what}: {e}",
         path.display()
     ))
@@ -156,16 +161,16 @@ fn delta_columns(schema: &SchemaRef) -> Result<StructType> {
         let single = arrow::datatypes::Schema::new(vec![field.as_ref().clone()]);
         let converted: std::result::Result<StructType, _> = (&single).try_into_kernel();
         if let Err(e) = converted {
-            return Err(SqlError::Plan(format!(
+            return Err(ConnectorError::Config(format!(
                 "column {} has type {}, which a Delta table cannot hold ({e}); cast it in the view",
                 field.name(),
                 field.data_type()
             )));
         }
     }
-    (&*normalized)
-        .try_into_kernel()
-        .map_err(|e| SqlError::Plan(format!("the columns cannot become a Delta schema: {e}")))
+    (&*normalized).try_into_kernel().map_err(|e| {
+        ConnectorError::Config(format!("the columns cannot become a Delta schema: {e}"))
+    })
 }
 
 /// Opens the Delta table at `config.path`, creating it with `schema`'s
@@ -177,7 +182,7 @@ pub async fn open_or_create(
     table_name: &str,
 ) -> Result<DeltaTable> {
     let columns = delta_columns(schema)?;
-    std::fs::create_dir_all(&config.path).map_err(|e| SqlError::Io {
+    std::fs::create_dir_all(&config.path).map_err(|e| ConnectorError::Io {
         path: config.path.display().to_string(),
         source: e,
     })?;
@@ -210,7 +215,7 @@ pub async fn open_or_create(
             .zip(columns.fields())
             .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
     if !same {
-        return Err(SqlError::Plan(format!(
+        return Err(ConnectorError::Config(format!(
             "the Delta table at {} has columns ({}) but the sink writes ({}); \
              write to a new path or make the view's columns match",
             config.path.display(),
@@ -220,7 +225,7 @@ pub async fn open_or_create(
     }
     let existing_partitions = state.metadata().partition_columns().to_vec();
     if existing_partitions != config.partition_by {
-        return Err(SqlError::Plan(format!(
+        return Err(ConnectorError::Config(format!(
             "the Delta table at {} is partitioned by ({}) but the sink asks for ({})",
             config.path.display(),
             existing_partitions.join(", "),
@@ -240,6 +245,7 @@ struct Prepared {
 
 pub struct DeltaSink {
     name: String,
+    stats: Arc<SinkStats>,
     config: DeltaSinkConfig,
     schema: SchemaRef,
     /// Identifies this sink's commits in the table's `txn` actions; new for
@@ -260,6 +266,7 @@ pub struct DeltaSink {
 impl DeltaSink {
     pub fn new(name: String, config: DeltaSinkConfig, schema: SchemaRef) -> DeltaSink {
         DeltaSink {
+            stats: Arc::default(),
             app_id: new_app_id(&name),
             name,
             config,
@@ -273,8 +280,8 @@ impl DeltaSink {
         }
     }
 
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> SqlError {
-        SqlError::Execution(format!(
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Execution(format!(
             "delta sink {} ({}): cannot {what}: {e}",
             self.name,
             self.config.path.display()
@@ -291,7 +298,7 @@ impl DeltaSink {
         }
         self.runtime
             .clone()
-            .ok_or_else(|| SqlError::Internal("no delta runtime".into()))
+            .ok_or_else(|| ConnectorError::Internal("no delta runtime".into()))
     }
 
     fn writer_properties() -> WriterProperties {
@@ -303,7 +310,7 @@ impl DeltaSink {
     fn table(&mut self) -> Result<&mut DeltaTable> {
         self.table
             .as_mut()
-            .ok_or_else(|| SqlError::Internal("delta sink used before recover".into()))
+            .ok_or_else(|| ConnectorError::Internal("delta sink used before recover".into()))
     }
 
     /// Closes the open data files and takes their actions.
@@ -313,7 +320,7 @@ impl DeltaSink {
             return Ok(());
         };
         let adds = runtime.block_on(writer.flush()).map_err(|e| {
-            SqlError::Execution(format!("delta sink: cannot write data files: {e}"))
+            ConnectorError::Execution(format!("delta sink: cannot write data files: {e}"))
         })?;
         self.sync_files(&adds)?;
         self.pending.extend(adds);
@@ -488,9 +495,10 @@ impl Sink for DeltaSink {
         if changes.num_rows() == 0 {
             return Ok(());
         }
+        self.stats.add_rows(changes.num_rows());
         if let Some(signs) = &changes.signs {
             if signs.false_count() > 0 {
-                return Err(SqlError::Execution(format!(
+                return Err(ConnectorError::Execution(format!(
                     "delta sink {} received a retraction, which it cannot write yet; \
                      write an append-only view (windows without allowed_lateness)",
                     self.name
@@ -502,10 +510,10 @@ impl Sink for DeltaSink {
         let writer = self
             .writer
             .as_mut()
-            .ok_or_else(|| SqlError::Internal("delta sink written before recover".into()))?;
+            .ok_or_else(|| ConnectorError::Internal("delta sink written before recover".into()))?;
         runtime
             .block_on(writer.write(batch))
-            .map_err(|e| SqlError::Execution(format!("delta sink: cannot write rows: {e}")))
+            .map_err(|e| ConnectorError::Execution(format!("delta sink: cannot write rows: {e}")))
     }
 
     fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value> {
@@ -516,7 +524,7 @@ impl Sink for DeltaSink {
             adds: std::mem::take(&mut self.pending),
         };
         let value = serde_json::to_value(&prepared)
-            .map_err(|e| SqlError::Internal(format!("delta sink state: {e}")))?;
+            .map_err(|e| ConnectorError::Internal(format!("delta sink state: {e}")))?;
         self.prepared = Some(prepared);
         Ok(value)
     }
@@ -543,6 +551,10 @@ impl Sink for DeltaSink {
 
     fn wants_snapshot(&self) -> bool {
         self.config.snapshot
+    }
+
+    fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
     }
 }
 
@@ -605,8 +617,11 @@ mod tests {
     fn committed(dir: &Path) -> Vec<i64> {
         runtime().block_on(async {
             let ctx = SessionContext::new();
-            let (provider, _) = crate::table::delta_table(dir, &ctx.state()).await.unwrap();
-            ctx.register_table("t", provider).unwrap();
+            let url = url::Url::from_directory_path(dir).unwrap();
+            let table = deltalake::open_table(url).await.unwrap();
+            table.update_datafusion_session(&ctx.state()).unwrap();
+            ctx.register_table("t", table.table_provider().await.unwrap())
+                .unwrap();
             let batches = ctx
                 .sql("SELECT n FROM t ORDER BY n")
                 .await

@@ -21,20 +21,24 @@ use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 use fluxo_nexmark::{EventKind, Generator, GeneratorConfig};
 use parking_lot::Mutex;
 
-use crate::error::{Result, SqlError};
-use crate::parser::Options;
+use crate::error::{ConnectorError, Result};
+use crate::options::Options;
+use crate::source::Ingest;
+use crate::{opt, ConnectorInfo, ConnectorKind};
 
-pub const OPTIONS: &[&str] = &[
-    "connector",
-    "stream",
-    "rate",
-    "max_events",
-    "seed",
-    "start_time",
-    "topic",
-    "format",
-    "idle_timeout",
-];
+pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
+    name: "nexmark",
+    kind: ConnectorKind::Source,
+    description: "generates the Nexmark benchmark's bids, auctions or persons as JSON into the source's topic",
+    options: &[
+        opt("stream", false, "'bid' (default), 'auction' or 'person'"),
+        opt("rate", false, "events per second; 0 (default): as fast as possible"),
+        opt("max_events", false, "stop after this many events"),
+        opt("seed", false, "the generator's seed (default 0)"),
+        opt("start_time", false, "event time of the first event, epoch milliseconds (default: now)"),
+        opt("topic", false, "the topic written (default nexmark-<source>)"),
+    ],
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NexmarkOptions {
@@ -53,19 +57,18 @@ impl NexmarkOptions {
     /// filling in the topic and the start time when missing (the caller
     /// stores them, so that a restart continues the same stream).
     pub fn from_options(source: &str, options: &mut Options) -> Result<NexmarkOptions> {
-        options.check_known("a nexmark source", OPTIONS)?;
         let stream = match options.get("stream").unwrap_or("bid") {
             "bid" | "bids" => EventKind::Bid,
             "auction" | "auctions" => EventKind::Auction,
             "person" | "persons" | "people" => EventKind::Person,
             other => {
-                return Err(SqlError::Plan(format!(
+                return Err(ConnectorError::Config(format!(
                     "stream = '{other}': a nexmark source generates 'bid', 'auction' or 'person'"
                 )))
             }
         };
         if options.get("format").is_some_and(|f| f != "json") {
-            return Err(SqlError::Plan(
+            return Err(ConnectorError::Config(
                 "a nexmark source generates JSON: leave out format or use format = 'json'".into(),
             ));
         }
@@ -74,7 +77,7 @@ impl NexmarkOptions {
                 .get(key)
                 .map(|v| {
                     v.trim().parse::<u64>().map_err(|_| {
-                        SqlError::Plan(format!(
+                        ConnectorError::Config(format!(
                             "{key} must be a non-negative whole number, got '{v}'"
                         ))
                     })
@@ -86,18 +89,18 @@ impl NexmarkOptions {
         let seed = number("seed")?.unwrap_or(0);
         let start_time_ms = match options.get("start_time") {
             Some(v) => v.trim().parse::<i64>().map_err(|_| {
-                SqlError::Plan(format!(
+                ConnectorError::Config(format!(
                     "start_time is the first event's time in epoch milliseconds, got '{v}'"
                 ))
             })?,
-            None => crate::pipeline::now_ms(),
+            None => crate::now_ms(),
         };
         let topic = options
             .get("topic")
             .map(str::to_string)
             .unwrap_or_else(|| format!("nexmark-{source}"));
         LogStore::validate_topic_name(&topic)
-            .map_err(|e| SqlError::Plan(format!("topic = '{topic}': {e}")))?;
+            .map_err(|e| ConnectorError::Config(format!("topic = '{topic}': {e}")))?;
         options
             .0
             .insert("start_time".into(), start_time_ms.to_string());
@@ -149,6 +152,12 @@ impl GeneratorHandle {
     }
 }
 
+impl Ingest for GeneratorHandle {
+    fn stop(&self) {
+        GeneratorHandle::stop(self)
+    }
+}
+
 impl Drop for GeneratorHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
@@ -162,13 +171,12 @@ pub fn start(options: NexmarkOptions, store: Arc<LogStore>) -> Result<GeneratorH
         None => store
             .create_topic(&options.topic, 1, TopicConfig::default())
             .map_err(|e| {
-                SqlError::Execution(format!("cannot create topic {}: {e}", options.topic))
+                ConnectorError::Execution(format!("cannot create topic {}: {e}", options.topic))
             })?,
     };
-    let log =
-        topic.partitions().into_iter().next().ok_or_else(|| {
-            SqlError::Execution(format!("topic {} has no partitions", options.topic))
-        })?;
+    let log = topic.partitions().into_iter().next().ok_or_else(|| {
+        ConnectorError::Execution(format!("topic {} has no partitions", options.topic))
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -178,7 +186,7 @@ pub fn start(options: NexmarkOptions, store: Arc<LogStore>) -> Result<GeneratorH
                 tracing::error!(topic = %options.topic, error = %e, "nexmark generator stopped");
             }
         })
-        .map_err(|e| SqlError::Internal(format!("cannot start a generator thread: {e}")))?;
+        .map_err(|e| ConnectorError::Internal(format!("cannot start a generator thread: {e}")))?;
     Ok(GeneratorHandle {
         stop,
         thread: Mutex::new(Some(thread)),
@@ -223,8 +231,9 @@ fn generate(options: &NexmarkOptions, log: &PartitionLog, stop: &AtomicBool) -> 
                 ..Default::default()
             });
         }
-        log.append_records(&records, None)
-            .map_err(|e| SqlError::Execution(format!("cannot append to {}: {e}", options.topic)))?;
+        log.append_records(&records, None).map_err(|e| {
+            ConnectorError::Execution(format!("cannot append to {}: {e}", options.topic))
+        })?;
         k += n;
     }
     Ok(())
