@@ -593,7 +593,10 @@ mod tests {
 
         let defaults = ServeSettings::resolve(ServeArgs::default()).unwrap();
         assert_eq!(defaults.mqtt_addr, "127.0.0.1:1883".parse().unwrap());
-        assert_eq!(defaults.mqtt.password, None, "no password: any device connects");
+        assert_eq!(
+            defaults.mqtt.password, None,
+            "no password: any device connects"
+        );
 
         let empty = ServeArgs {
             mqtt_password: Some(String::new()),

@@ -30,7 +30,12 @@ impl Server {
             // Tests run side by side: the HTTP, Postgres, MQTT and registry
             // listeners must never fight over their fixed default ports.
             .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
-            .args(["--mqtt-addr", "127.0.0.1:0", "--registry-addr", "127.0.0.1:0"])
+            .args([
+                "--mqtt-addr",
+                "127.0.0.1:0",
+                "--registry-addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("FLUXO_LOG", "warn")
             .stdout(Stdio::piped())
