@@ -464,3 +464,18 @@ def test_without_auto_creation_missing_topics_are_refused(broker_factory, new_to
     assert (m.topic, m.payload) == (f"{existing}/dev-1", b"kept")
     dev.close()
     assert missing not in H.all_topics(b.bootstrap)
+
+
+@pytest.mark.timeout(60)
+def test_mqtt5_sessions_expire_after_their_interval(broker, new_topic):
+    topic = new_topic("expiry")
+    client_id = f"short-{uuid.uuid4().hex[:6]}"
+    dev = Device(broker, client_id=client_id, protocol=V5, clean=False, session_expiry=1)
+    dev.connected()
+    dev.subscribe(f"{topic}/#", qos=1)
+    dev.close()
+    time.sleep(1.5)
+    back = Device(broker, client_id=client_id, protocol=V5, clean=False, session_expiry=60)
+    flags = back.connected()
+    assert not flags.session_present, "the session outlived its 1 s expiry interval"
+    back.close()

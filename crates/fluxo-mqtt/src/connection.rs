@@ -123,9 +123,11 @@ async fn run(
     } else {
         connect.client_id.clone()
     };
-    let claim = shared
-        .sessions
-        .claim(&client_id, connect.clean_start, connect.keep_session);
+    let claim = shared.sessions.claim(
+        &client_id,
+        connect.clean_start,
+        connect.keep_session.then_some(connect.session_expiry),
+    );
     let session =
         match tokio::time::timeout(TAKEOVER_TIMEOUT, claim.state.clone().lock_owned()).await {
             Ok(guard) => guard,

@@ -39,9 +39,10 @@
 //! - Sessions: a persistent session (3.1.1 clean session 0; 5 with a
 //!   session expiry interval above 0) keeps its subscriptions, its read
 //!   position in every partition and its unacknowledged QoS 1 deliveries
-//!   (sent again with DUP on reconnect) while the server runs, whatever
-//!   expiry was asked for. Sessions are in memory: **they do not survive a
-//!   server restart**. A second CONNECT with the same client id closes the
+//!   (sent again with DUP on reconnect) while the server runs, for MQTT 5
+//!   until its session expiry interval has passed (checked every 10 s),
+//!   for 3.1.1 until the server stops. Sessions are in memory: **they do
+//!   not survive a server restart**. A second CONNECT with the same client id closes the
 //!   first connection and takes its session over.
 //! - Last will: published (written to its topic like a PUBLISH) when a
 //!   connection ends without DISCONNECT: socket lost, keep-alive (1.5 ×
@@ -183,6 +184,8 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    // Kept sessions whose expiry interval passed are dropped at this pace.
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
@@ -201,6 +204,7 @@ async fn accept_loop(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
+            _ = expiry.tick() => shared.sessions.expire(std::time::Instant::now()),
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }

@@ -32,6 +32,9 @@ pub struct ConnectRequest {
     /// Whether the session outlives this connection (3.1.1: not clean; 5:
     /// a session expiry interval above zero).
     pub keep_session: bool,
+    /// How long a kept session waits for its client after a disconnect:
+    /// None for ever (3.1.1, and 5's 0xFFFFFFFF).
+    pub session_expiry: Option<std::time::Duration>,
     pub keep_alive_secs: u16,
     /// MQTT 5: the most unacknowledged QoS 1 PUBLISHes the client takes.
     pub receive_maximum: Option<u16>,
@@ -210,6 +213,7 @@ fn connect_v4(c: v4::Connect) -> ConnectRequest {
         client_id: c.client_id,
         clean_start: c.clean_session,
         keep_session: !c.clean_session,
+        session_expiry: None,
         keep_alive_secs: c.keep_alive,
         receive_maximum: None,
         max_packet_size: None,
@@ -241,6 +245,10 @@ fn connect_v5(
         client_id: c.client_id,
         clean_start: c.clean_start,
         keep_session: props.session_expiry_interval.unwrap_or(0) > 0,
+        session_expiry: match props.session_expiry_interval {
+            Some(u32::MAX) => None,
+            interval => Some(std::time::Duration::from_secs(interval.unwrap_or(0) as u64)),
+        },
         keep_alive_secs: c.keep_alive,
         receive_maximum: props.receive_maximum,
         max_packet_size: props.max_packet_size,
@@ -599,6 +607,7 @@ mod tests {
         let c = read_connect(&mut buf, 1 << 20).unwrap().unwrap();
         assert_eq!(c.version, Version::V5);
         assert!(c.clean_start && c.keep_session);
+        assert_eq!(c.session_expiry, Some(std::time::Duration::from_secs(60)));
         assert_eq!(c.receive_maximum, Some(7));
     }
 

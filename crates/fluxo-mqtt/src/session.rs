@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -56,6 +57,19 @@ struct Entry {
     kick: Option<oneshot::Sender<()>>,
     /// Whether the state outlives its connection.
     keep: bool,
+    /// How long a kept session waits for its client (None: until the
+    /// server stops), and since when it waits.
+    expiry: Option<Duration>,
+    released_at: Option<Instant>,
+}
+
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        match (self.expiry, self.released_at) {
+            (Some(expiry), Some(released)) => now.duration_since(released) >= expiry,
+            _ => false,
+        }
+    }
 }
 
 /// A connection's hold on a session.
@@ -77,9 +91,15 @@ pub struct Sessions {
 impl Sessions {
     /// Takes the session of `client_id` for a new connection, kicking the
     /// connection that holds it. With `clean_start`, or when the previous
-    /// state was not to be kept, the session starts empty. `keep`: the
-    /// state outlives this connection.
-    pub fn claim(&self, client_id: &str, clean_start: bool, keep: bool) -> Claim {
+    /// state was not to be kept, the session starts empty. `keep`: Some
+    /// when the state outlives this connection, with how long it waits
+    /// for the client to come back (None inside: for ever).
+    pub fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        keep: Option<Option<Duration>>,
+    ) -> Claim {
         let generation = {
             let mut g = self.generations.lock();
             *g += 1;
@@ -95,7 +115,7 @@ impl Sessions {
                 // listens, which is fine.
                 let _ = kick.send(());
             }
-            if !clean_start && previous.keep {
+            if !clean_start && previous.keep && !previous.expired(Instant::now()) {
                 resumed = Some(previous.state);
             }
         }
@@ -107,7 +127,9 @@ impl Sessions {
                 state: state.clone(),
                 generation,
                 kick: Some(kick),
-                keep,
+                keep: keep.is_some(),
+                expiry: keep.flatten(),
+                released_at: None,
             },
         );
         Claim {
@@ -131,9 +153,16 @@ impl Sessions {
         }
         if entry.keep {
             entry.kick = None;
+            entry.released_at = Some(Instant::now());
         } else {
             entries.remove(client_id);
         }
+    }
+
+    /// Forgets kept sessions whose client stayed away longer than their
+    /// expiry interval (MQTT 5's Session Expiry Interval).
+    pub fn expire(&self, now: Instant) {
+        self.entries.lock().retain(|_, e| !e.expired(now));
     }
 
     /// Sessions known, connected or kept for a client's return.
@@ -152,15 +181,35 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    const FOREVER: Option<Option<Duration>> = Some(None);
+
+    #[tokio::test]
+    async fn kept_sessions_expire_after_their_interval() {
+        let sessions = Sessions::default();
+        let c = sessions.claim("dev", false, Some(Some(Duration::from_secs(60))));
+        sessions.release("dev", c.generation);
+        let forever = sessions.claim("old-device", false, FOREVER);
+        sessions.release("old-device", forever.generation);
+        sessions.expire(Instant::now() + Duration::from_secs(30));
+        assert_eq!(sessions.len(), 2, "within the interval");
+        sessions.expire(Instant::now() + Duration::from_secs(61));
+        assert_eq!(sessions.len(), 1, "only the session without expiry is left");
+        assert!(!sessions.claim("dev", false, FOREVER).session_present);
+        // A connected session never expires.
+        let _connected = sessions.claim("busy", false, Some(Some(Duration::ZERO)));
+        sessions.expire(Instant::now() + Duration::from_secs(3600));
+        assert!(sessions.claim("busy", false, FOREVER).session_present);
+    }
+
     #[tokio::test]
     async fn a_second_connect_kicks_the_first_and_waits_for_its_state() {
         let sessions = Sessions::default();
-        let mut first = sessions.claim("dev", false, true);
+        let mut first = sessions.claim("dev", false, FOREVER);
         assert!(!first.session_present);
         let mut held = first.state.clone().lock_owned().await;
         held.positions.insert(("t".into(), 0), 5);
 
-        let second = sessions.claim("dev", false, true);
+        let second = sessions.claim("dev", false, FOREVER);
         assert!(second.session_present, "the kept state is resumed");
         assert!(
             first.kicked.try_recv().is_ok(),
@@ -186,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn a_clean_start_drops_what_was_kept() {
         let sessions = Sessions::default();
-        let first = sessions.claim("dev", false, true);
+        let first = sessions.claim("dev", false, FOREVER);
         first
             .state
             .lock()
@@ -194,7 +243,7 @@ mod tests {
             .subscriptions
             .insert("t/#".into(), 1);
         sessions.release("dev", first.generation);
-        let clean = sessions.claim("dev", true, true);
+        let clean = sessions.claim("dev", true, FOREVER);
         assert!(!clean.session_present);
         assert!(clean.state.lock().await.subscriptions.is_empty());
     }
@@ -202,23 +251,23 @@ mod tests {
     #[tokio::test]
     async fn sessions_not_kept_end_with_their_connection() {
         let sessions = Sessions::default();
-        let c = sessions.claim("dev", true, false);
+        let c = sessions.claim("dev", true, None);
         sessions.release("dev", c.generation);
         assert!(sessions.is_empty());
-        let again = sessions.claim("dev", false, true);
+        let again = sessions.claim("dev", false, FOREVER);
         assert!(!again.session_present);
 
         // A persistent client that reconnects finds its session.
         sessions.release("dev", again.generation);
         assert_eq!(sessions.len(), 1);
-        assert!(sessions.claim("dev", false, true).session_present);
+        assert!(sessions.claim("dev", false, FOREVER).session_present);
     }
 
     #[tokio::test]
     async fn a_not_kept_session_is_not_resumed_by_a_takeover() {
         let sessions = Sessions::default();
-        let _clean = sessions.claim("dev", true, false);
-        let next = sessions.claim("dev", false, true);
+        let _clean = sessions.claim("dev", true, None);
+        let next = sessions.claim("dev", false, FOREVER);
         assert!(!next.session_present);
     }
 
