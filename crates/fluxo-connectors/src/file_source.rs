@@ -27,17 +27,16 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo_log::{LogStore, OutRecord, PartitionLog, TopicConfig};
-use parking_lot::Mutex;
+use fluxo_log::{LogStore, OutRecord, PartitionLog};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
-use crate::source::Ingest;
+use crate::source::{ingest_partition, IngestThread};
 use crate::{opt, ConnectorInfo, ConnectorKind};
 
 pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
@@ -81,9 +80,11 @@ impl FileSourceOptions {
             .map_err(|e| ConnectorError::Config(format!("path = '{pattern}': {e}")))?;
         match options.get("format").unwrap_or("json") {
             "json" | "csv" | "lines" => {}
-            other => return Err(ConnectorError::Config(format!(
+            other => {
+                return Err(ConnectorError::Config(format!(
                 "format '{other}' is not supported by file sources; use 'json', 'csv' or 'lines'"
-            ))),
+            )))
+            }
         }
         let topic = options
             .get("topic")
@@ -143,47 +144,14 @@ struct Followed {
     position: u64,
 }
 
-/// The running tail.
-pub struct FileIngest {
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Ingest for FileIngest {
-    fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for FileIngest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
 /// Creates the topic if needed, recovers the positions and starts tailing.
 pub fn start(
     options: FileSourceOptions,
     store: Arc<LogStore>,
     positions_path: PathBuf,
-) -> Result<FileIngest> {
-    let topic = match store.topic(&options.topic) {
-        Some(t) => t,
-        None => store
-            .create_topic(&options.topic, 1, TopicConfig::default())
-            .map_err(|e| {
-                ConnectorError::Execution(format!("cannot create topic {}: {e}", options.topic))
-            })?,
-    };
-    let log = topic.partitions().into_iter().next().ok_or_else(|| {
-        ConnectorError::Execution(format!("topic {} has no partitions", options.topic))
-    })?;
+) -> Result<IngestThread> {
+    let log = ingest_partition(&store, &options.topic)?;
     let positions = recover_positions(&positions_path, &log)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
     let mut tail = Tail {
         options,
         log,
@@ -191,25 +159,18 @@ pub fn start(
         known: positions.files,
         followed: HashMap::new(),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("file-{}", tail.options.topic))
-        .spawn(move || {
-            while !flag.load(Ordering::Acquire) {
-                match tail.round() {
-                    // Caught up: wait for more.
-                    Ok(false) => std::thread::sleep(tail.options.poll_interval),
-                    Ok(true) => {}
-                    Err(e) => {
-                        tracing::error!(topic = %tail.options.topic, error = %e, "file source: retrying after an error");
-                        std::thread::sleep(tail.options.poll_interval.max(Duration::from_secs(1)));
-                    }
+    IngestThread::spawn(format!("file-{}", tail.options.topic), move |stop| {
+        while !stop.load(Ordering::Acquire) {
+            match tail.round() {
+                // Caught up: wait for more.
+                Ok(false) => std::thread::sleep(tail.options.poll_interval),
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::error!(topic = %tail.options.topic, error = %e, "file source: retrying after an error");
+                    std::thread::sleep(tail.options.poll_interval.max(Duration::from_secs(1)));
                 }
             }
-        })
-        .map_err(|e| ConnectorError::Internal(format!("cannot start a file source thread: {e}")))?;
-    Ok(FileIngest {
-        stop,
-        thread: Mutex::new(Some(thread)),
+        }
     })
 }
 

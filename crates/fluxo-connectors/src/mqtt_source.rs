@@ -20,13 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo_log::{LogStore, OutRecord, PartitionLog, TopicConfig};
-use parking_lot::Mutex;
+use fluxo_log::{LogStore, OutRecord, PartitionLog};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
-use crate::source::Ingest;
+use crate::source::{ingest_partition, IngestThread};
 use crate::{opt, ConnectorInfo, ConnectorKind};
 
 pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
@@ -119,64 +118,22 @@ fn valid_filter(filter: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
-/// The running subscription.
-pub struct MqttIngest {
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Ingest for MqttIngest {
-    fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MqttIngest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
 /// Creates the topic if needed and starts the subscription on a thread of
 /// its own, reconnecting with back-off while the broker is away.
-pub fn start(options: MqttSourceOptions, store: Arc<LogStore>) -> Result<MqttIngest> {
-    let topic = match store.topic(&options.log_topic) {
-        Some(t) => t,
-        None => store
-            .create_topic(&options.log_topic, 1, TopicConfig::default())
-            .map_err(|e| {
-                ConnectorError::Execution(format!("cannot create topic {}: {e}", options.log_topic))
-            })?,
-    };
-    let log = topic.partitions().into_iter().next().ok_or_else(|| {
-        ConnectorError::Execution(format!("topic {} has no partitions", options.log_topic))
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("mqtt-{}", options.log_topic))
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "mqtt source: cannot start its runtime");
-                    return;
-                }
-            };
-            runtime.block_on(subscribe(options, log, flag));
-        })
-        .map_err(|e| {
-            ConnectorError::Internal(format!("cannot start an MQTT source thread: {e}"))
-        })?;
-    Ok(MqttIngest {
-        stop,
-        thread: Mutex::new(Some(thread)),
+pub fn start(options: MqttSourceOptions, store: Arc<LogStore>) -> Result<IngestThread> {
+    let log = ingest_partition(&store, &options.log_topic)?;
+    IngestThread::spawn(format!("mqtt-{}", options.log_topic), move |stop| {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt source: cannot start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(subscribe(options, log, stop));
     })
 }
 

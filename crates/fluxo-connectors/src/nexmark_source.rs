@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fluxo_log::OutRecord;
-use fluxo_log::{LogStore, PartitionLog, TopicConfig};
+use fluxo_log::{LogStore, PartitionLog};
 use fluxo_nexmark::{EventKind, Generator, GeneratorConfig};
-use parking_lot::Mutex;
 
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
-use crate::source::Ingest;
+use crate::source::{ingest_partition, IngestThread};
 use crate::{opt, ConnectorInfo, ConnectorKind};
 
 pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
@@ -137,59 +136,13 @@ impl NexmarkOptions {
     }
 }
 
-/// A running generator; stops when dropped or asked.
-pub struct GeneratorHandle {
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl GeneratorHandle {
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Ingest for GeneratorHandle {
-    fn stop(&self) {
-        GeneratorHandle::stop(self)
-    }
-}
-
-impl Drop for GeneratorHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
 /// Creates the topic if needed and starts appending to it.
-pub fn start(options: NexmarkOptions, store: Arc<LogStore>) -> Result<GeneratorHandle> {
-    let topic = match store.topic(&options.topic) {
-        Some(t) => t,
-        None => store
-            .create_topic(&options.topic, 1, TopicConfig::default())
-            .map_err(|e| {
-                ConnectorError::Execution(format!("cannot create topic {}: {e}", options.topic))
-            })?,
-    };
-    let log = topic.partitions().into_iter().next().ok_or_else(|| {
-        ConnectorError::Execution(format!("topic {} has no partitions", options.topic))
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("nexmark-{}", options.topic))
-        .spawn(move || {
-            if let Err(e) = generate(&options, &log, &flag) {
-                tracing::error!(topic = %options.topic, error = %e, "nexmark generator stopped");
-            }
-        })
-        .map_err(|e| ConnectorError::Internal(format!("cannot start a generator thread: {e}")))?;
-    Ok(GeneratorHandle {
-        stop,
-        thread: Mutex::new(Some(thread)),
+pub fn start(options: NexmarkOptions, store: Arc<LogStore>) -> Result<IngestThread> {
+    let log = ingest_partition(&store, &options.topic)?;
+    IngestThread::spawn(format!("nexmark-{}", options.topic), move |stop| {
+        if let Err(e) = generate(&options, &log, &stop) {
+            tracing::error!(topic = %options.topic, error = %e, "nexmark generator stopped");
+        }
     })
 }
 
@@ -285,7 +238,7 @@ mod tests {
             assert!(Instant::now() < deadline, "generator too slow");
             std::thread::sleep(Duration::from_millis(10));
         }
-        handle.stop();
+        crate::Ingest::stop(&handle);
         assert_eq!(log.end_offset(), 2500, "max_events is respected");
         // The 1234th bid is the generator's 1234th bid, whatever the batches.
         let mut g = Generator::new(opts.generator_config());

@@ -11,9 +11,11 @@
 //! the records it appends, so that a restart neither skips nor repeats.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fluxo_log::LogStore;
+use fluxo_log::{LogStore, PartitionLog, TopicConfig};
+use parking_lot::Mutex;
 
 use crate::error::{ConnectorError, Result};
 use crate::file_source::{self, FileSourceOptions};
@@ -26,6 +28,69 @@ use crate::{connector, ConnectorKind, SOURCE_OPTIONS};
 pub trait Ingest: Send + Sync {
     /// Stops, waiting until what was read is appended or dropped unread.
     fn stop(&self);
+}
+
+/// The thread an ingesting source runs on, and the flag that stops it:
+/// what every such source's handle is.
+pub struct IngestThread {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl IngestThread {
+    /// Runs `body` on a thread named `name`; `body` returns once the flag
+    /// it gets is set.
+    pub(crate) fn spawn(
+        name: String,
+        body: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> Result<IngestThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(flag))
+            .map_err(|e| ConnectorError::Internal(format!("cannot start a source thread: {e}")))?;
+        Ok(IngestThread {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl Ingest for IngestThread {
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for IngestThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The partition an ingesting source appends to: the first of `topic`,
+/// which is created with one partition when missing.
+pub(crate) fn ingest_partition(store: &LogStore, topic: &str) -> Result<Arc<PartitionLog>> {
+    let created = match store.topic(topic) {
+        Some(t) => t,
+        None => store
+            .create_topic(topic, 1, TopicConfig::default())
+            .or_else(|e| {
+                // Someone else may have created it meanwhile.
+                store.topic(topic).ok_or_else(|| {
+                    ConnectorError::Execution(format!("cannot create topic {topic}: {e}"))
+                })
+            })?,
+    };
+    created
+        .partitions()
+        .into_iter()
+        .next()
+        .ok_or_else(|| ConnectorError::Execution(format!("topic {topic} has no partitions")))
 }
 
 /// A source's connector with its options checked, ready to start.

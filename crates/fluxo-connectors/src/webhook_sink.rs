@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxo_dataflow::Changes;
-use fluxo_log::{LogStore, OutRecord, TopicConfig};
+use fluxo_log::{LogStore, OutRecord};
 
 use crate::error::{ConnectorError, Result};
 use crate::json::objects_json;
@@ -428,16 +428,8 @@ impl Delivery {
                 self.sink
             ))
         };
-        let topic = match self.store.topic(topic_name) {
-            Some(t) => t,
-            None => self
-                .store
-                .create_topic(topic_name, 1, TopicConfig::default())
-                .or_else(|e| self.store.topic(topic_name).ok_or_else(|| failed(&e)))?,
-        };
-        let Some(log) = topic.partitions().into_iter().next() else {
-            return Err(failed(&"the topic has no partitions"));
-        };
+        let log =
+            crate::source::ingest_partition(&self.store, topic_name).map_err(|e| failed(&e))?;
         let now = crate::now_ms();
         let headers = vec![
             ("webhook_error".to_string(), Bytes::from(reason.to_string())),
