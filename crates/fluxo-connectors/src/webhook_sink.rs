@@ -22,7 +22,7 @@
 //! flight; a receiver that is slow or down holds the pipeline back at the
 //! next checkpoint (back-pressure), never loses rows.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +150,9 @@ pub struct WebhookSink {
 struct SenderThread {
     jobs: SyncSender<Job>,
     thread: std::thread::JoinHandle<()>,
+    /// Set when the sink goes away: retries stop, so that dropping a sink
+    /// whose receiver is down does not wait out the back-off.
+    stopping: Arc<AtomicBool>,
 }
 
 impl WebhookSink {
@@ -180,7 +183,9 @@ impl WebhookSink {
                 })?;
             // Two batches in flight at most: one sending, one waiting.
             let (jobs, queue) = sync_channel(1);
+            let stopping = Arc::new(AtomicBool::new(false));
             let delivery = Delivery {
+                stopping: stopping.clone(),
                 sink: self.name.clone(),
                 config: self.config.clone(),
                 store: self.store.clone(),
@@ -193,7 +198,11 @@ impl WebhookSink {
                 .map_err(|e| {
                     ConnectorError::Internal(format!("cannot start a webhook thread: {e}"))
                 })?;
-            self.sender = Some(SenderThread { jobs, thread });
+            self.sender = Some(SenderThread {
+                jobs,
+                thread,
+                stopping,
+            });
         }
         match &self.sender {
             Some(s) => Ok(&s.jobs),
@@ -297,7 +306,8 @@ impl Sink for WebhookSink {
 impl Drop for WebhookSink {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
-            // Closing the queue ends the thread after the batch in flight.
+            // Closing the queue ends the thread after the attempt in flight.
+            sender.stopping.store(true, Ordering::Release);
             drop(sender.jobs);
             let _ = sender.thread.join();
         }
@@ -306,6 +316,7 @@ impl Drop for WebhookSink {
 
 /// The sender thread's side: POSTs, retries, dead letters.
 struct Delivery {
+    stopping: Arc<AtomicBool>,
     sink: String,
     config: WebhookSinkConfig,
     store: Arc<LogStore>,
@@ -379,6 +390,11 @@ impl Delivery {
                 }
                 Attempt::Retry(reason) => {
                     self.stats.failed(reason.clone());
+                    if self.stopping.load(Ordering::Acquire) {
+                        // Neither delivered nor dead-lettered: the sink is
+                        // going away, and no checkpoint will cover it.
+                        return Ok(());
+                    }
                     if retries >= self.config.max_retries {
                         break format!("{reason} (after {retries} retries)");
                     }
