@@ -22,6 +22,7 @@
 //! SINK` into calls here) and beside the dataflow (whose [`Changes`] the
 //! sinks write).
 
+pub mod avro;
 pub mod delta_sink;
 pub mod error;
 pub mod file_source;
@@ -166,6 +167,8 @@ pub struct SinkContext {
     pub store: Arc<LogStore>,
     /// Where relative paths of file sinks are resolved.
     pub data_dir: PathBuf,
+    /// The schema registry Avro sinks register their schemas in.
+    pub schemas: Option<Arc<dyn avro::AvroSchemas>>,
 }
 
 /// What a sink reads: the view's name, its columns, and whether its rows
@@ -207,11 +210,29 @@ pub async fn open_sink(
                      tombstones: add key = '<columns>' to WITH",
                 ));
             }
+            let avro = match config.avro {
+                false => None,
+                true => {
+                    let schemas = context.schemas.as_ref().ok_or_else(|| {
+                        ConnectorError::Config(
+                            "format 'avro' needs the schema registry, which this server does not run"
+                                .into(),
+                        )
+                    })?;
+                    // Registered now, so that a schema the subject's
+                    // compatibility level refuses fails the statement.
+                    let text = avro::schema_for(input.from, input.schema)?;
+                    let subject = avro::value_subject(&config.topic);
+                    let id = schemas.register(&subject, &text).await?;
+                    Some(avro::AvroEncoder::new(id, &text)?)
+                }
+            };
             Box::new(topic_sink::TopicSink::new(
                 name.to_string(),
                 name,
                 config,
                 context.store.clone(),
+                avro,
             ))
         }
         "parquet" => {

@@ -23,6 +23,7 @@ use fluxo_log::batch::ControlType;
 use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 
+use crate::avro::AvroEncoder;
 use crate::error::{ConnectorError, Result};
 use crate::json::objects_json;
 use crate::options::Options;
@@ -32,11 +33,11 @@ use crate::{opt, ConnectorInfo, ConnectorKind};
 pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
     name: "topic",
     kind: ConnectorKind::Sink,
-    description: "writes the view's changes as JSON records to a topic, exactly once (a Kafka transaction per checkpoint)",
+    description: "writes the view's changes as JSON or Avro records to a topic, exactly once (a Kafka transaction per checkpoint)",
     options: &[
         opt("connector", false, "'topic' (the default)"),
         opt("topic", true, "the topic written, created when missing"),
-        opt("format", false, "'json' (default)"),
+        opt("format", false, "'json' (default) or 'avro' (Confluent's format; the schema is registered as '<topic>-value')"),
         opt("key", false, "columns forming the record key; with a key, updates are upserts and deletes tombstones"),
         opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
         opt("partitions", false, "partitions of the topic when the sink creates it (default 1)"),
@@ -54,6 +55,8 @@ pub struct TopicSinkConfig {
     /// Whether a new sink first writes the view's current rows.
     pub snapshot: bool,
     pub partitions: i32,
+    /// Whether values are Avro (registered as `<topic>-value`) rather than JSON.
+    pub avro: bool,
 }
 
 impl TopicSinkConfig {
@@ -66,14 +69,13 @@ impl TopicSinkConfig {
         let topic = options.required(&CONNECTOR.what(), "topic")?.to_string();
         LogStore::validate_topic_name(&topic)
             .map_err(|e| ConnectorError::Config(format!("topic = '{topic}': {e}")))?;
-        match options.get("format").unwrap_or("json") {
-            "json" => {}
-            other => {
-                return Err(ConnectorError::Config(format!(
-                    "format '{other}' is not supported by topic sinks; use format = 'json'"
-                )))
-            }
-        }
+        let avro = match options.get("format").unwrap_or("json") {
+            "json" => false,
+            "avro" => true,
+            other => return Err(ConnectorError::Config(format!(
+                "format '{other}' is not supported by topic sinks; use format = 'json' or 'avro'"
+            ))),
+        };
         let key = options.columns("key", schema, from)?;
         let snapshot = options.flag("snapshot", true)?;
         let partitions = match options.get("partitions") {
@@ -87,6 +89,7 @@ impl TopicSinkConfig {
             key,
             snapshot,
             partitions,
+            avro,
         })
     }
 }
@@ -108,6 +111,8 @@ pub struct TopicSink {
     prepared: BTreeMap<i32, (Arc<PartitionLog>, i64)>,
     /// Spreads unkeyed records over partitions, one batch at a time.
     next_partition: i32,
+    /// Writes values as Avro, when the sink's format is avro.
+    avro: Option<AvroEncoder>,
 }
 
 /// The sink's transactions use epoch 0 and no sequence numbers: the sink is
@@ -143,8 +148,10 @@ impl TopicSink {
         identity: &str,
         config: TopicSinkConfig,
         store: Arc<LogStore>,
+        avro: Option<AvroEncoder>,
     ) -> TopicSink {
         TopicSink {
+            avro,
             stats: Arc::default(),
             name,
             config,
@@ -202,7 +209,17 @@ impl TopicSink {
     /// whose key gets no new row in the same changes as tombstones.
     fn records(&self, changes: &Changes) -> Result<Vec<OutRecord>> {
         let now = crate::now_ms();
-        let values = objects_json(&changes.batch);
+        let values: Vec<Bytes> = match &self.avro {
+            Some(encoder) => encoder
+                .encode(&changes.batch)?
+                .into_iter()
+                .map(Bytes::from)
+                .collect(),
+            None => objects_json(&changes.batch)
+                .iter()
+                .map(|v| Bytes::from(v.to_string()))
+                .collect(),
+        };
         let keys: Option<Vec<Bytes>> = if self.config.key.is_empty() {
             None
         } else {
@@ -220,7 +237,7 @@ impl TopicSink {
             if changes.is_insert(i) {
                 out.push(OutRecord {
                     key,
-                    value: Some(Bytes::from(value.to_string())),
+                    value: Some(value.clone()),
                     headers: Vec::new(),
                     timestamp: now,
                 });
@@ -423,8 +440,9 @@ mod tests {
             key: key.iter().map(|k| k.to_string()).collect(),
             snapshot: true,
             partitions: 1,
+            avro: false,
         };
-        (TopicSink::new("s".into(), "s", config, store), dir)
+        (TopicSink::new("s".into(), "s", config, store, None), dir)
     }
 
     #[test]
@@ -476,7 +494,7 @@ mod tests {
         let store = sink.store.clone();
         let config = sink.config.clone();
         drop(sink);
-        let mut again = TopicSink::new("s".into(), "s", config.clone(), store.clone());
+        let mut again = TopicSink::new("s".into(), "s", config.clone(), store.clone(), None);
         again.recover(Some(&prepared)).unwrap();
         let log = store.partition("out", 0).unwrap();
         assert_eq!(log.last_stable_offset(), log.end_offset(), "committed once");
@@ -485,7 +503,7 @@ mod tests {
         // restart resumes from epoch 1's checkpoint and aborts epoch 2.
         again.write(&changes(&["b"], &[2], None)).unwrap();
         drop(again);
-        let mut third = TopicSink::new("s".into(), "s", config.clone(), store.clone());
+        let mut third = TopicSink::new("s".into(), "s", config.clone(), store.clone(), None);
         third.recover(Some(&prepared)).unwrap();
         assert_eq!(log.last_stable_offset(), log.end_offset());
         let aborted = log.aborted_transactions(0, 10);
@@ -497,7 +515,7 @@ mod tests {
         // A rebuilt pipeline (no checkpoint) aborts what is left open too.
         third.write(&changes(&["c"], &[3], None)).unwrap();
         drop(third);
-        TopicSink::new("s".into(), "s", config, store.clone())
+        TopicSink::new("s".into(), "s", config, store.clone(), None)
             .recover(None)
             .unwrap();
         assert_eq!(log.aborted_transactions(0, 20).len(), 2);

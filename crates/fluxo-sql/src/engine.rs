@@ -16,6 +16,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Query;
+use fluxo_connectors::avro::AvroSchemas;
 use fluxo_connectors::sink::{SinkStats, SinkStatus};
 use fluxo_connectors::source::SourcePlan;
 use fluxo_connectors::{Ingest, Sink, SinkContext, SinkInput};
@@ -26,9 +27,10 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::error::{Result, SqlError};
+use crate::format::Registry;
 use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::parser::{
-    parse_statements, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
+    parse_statements, ColumnDef, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
 use crate::pipeline::{self, PipelineHandle, PipelineSpec};
 use crate::planner::{
@@ -139,6 +141,8 @@ pub struct Engine {
     ddl: tokio::sync::Mutex<()>,
     /// What pipelines over the same source share of their reading.
     shared_decodes: Arc<SharedDecodes>,
+    /// The schema registry Avro sources and sinks use, when the server runs one.
+    registry: Option<Registry>,
 }
 
 /// A pipeline as the status API shows it.
@@ -183,6 +187,16 @@ pub struct PipelineStatus {
 impl Engine {
     /// Opens the engine over `store`, replaying the catalog in `data_dir/sql`.
     pub async fn open(store: Arc<LogStore>, data_dir: &Path) -> Result<Arc<Engine>> {
+        Engine::open_with_registry(store, data_dir, None).await
+    }
+
+    /// Opens the engine with the schema registry that Avro sources decode
+    /// through and Avro sinks register their schemas in.
+    pub async fn open_with_registry(
+        store: Arc<LogStore>,
+        data_dir: &Path,
+        registry: Option<Arc<dyn AvroSchemas>>,
+    ) -> Result<Arc<Engine>> {
         let sql_dir = data_dir.join("sql");
         let catalog = Catalog::open(&sql_dir)?;
         let entries = catalog.entries().to_vec();
@@ -193,6 +207,7 @@ impl Engine {
             objects: RwLock::new(Objects::default()),
             ddl: tokio::sync::Mutex::new(()),
             shared_decodes: SharedDecodes::new(),
+            registry: registry.map(Registry),
         });
         for entry in entries {
             let restored = async {
@@ -325,7 +340,12 @@ impl Engine {
             )));
         }
         let plan = SourcePlan::configure(&def.name, &mut def.options)?;
-        let format = crate::format::Format::parse(def.options.get("format").unwrap_or("json"))?;
+        let format = def.format()?;
+        def.registry = self.registry.clone();
+        if def.columns.is_empty() {
+            def.columns = self.columns_from_registry(&def)?;
+        }
+        def.check()?;
         if format == crate::format::Format::Lines && def.schema().fields().len() != 1 {
             return Err(SqlError::Plan(format!(
                 "format 'lines' gives each record as one text column; declare source {} with exactly one column, e.g. (line TEXT)",
@@ -353,6 +373,34 @@ impl Engine {
             "SOURCE"
         };
         Ok(QueryResult::message(format!("CREATE {what} {name}")))
+    }
+
+    /// The columns of an Avro source declared without them: one per field
+    /// of the latest value schema of its topic, fixed in the catalog from
+    /// then on (later versions decode into them by field name).
+    fn columns_from_registry(&self, def: &SourceDef) -> Result<Vec<ColumnDef>> {
+        let registry = def.registry.as_ref().ok_or_else(|| {
+            SqlError::Plan(format!(
+                "source {} has no columns, and there is no schema registry to take them from; declare them",
+                def.name
+            ))
+        })?;
+        let subject = fluxo_connectors::avro::value_subject(def.log_topic()?);
+        let (_, schema) = registry.0.latest(&subject).ok_or_else(|| {
+            SqlError::Plan(format!(
+                "source {} has no columns and the schema registry has no schema under {subject}; register one (producers with Confluent's AvroSerializer do) or declare the columns",
+                def.name
+            ))
+        })?;
+        Ok(fluxo_connectors::avro::columns_of(&schema, &subject)?
+            .into_iter()
+            .map(|c| ColumnDef {
+                sql_type: sql_type_name(&c.data_type),
+                name: c.name,
+                data_type: c.data_type,
+                nullable: c.nullable,
+            })
+            .collect())
     }
 
     async fn create_view(&self, def: ViewDef, persist: bool) -> Result<QueryResult> {
@@ -630,6 +678,7 @@ impl Engine {
         let context = SinkContext {
             store: self.store.clone(),
             data_dir: self.sql_dir.parent().unwrap_or(&self.sql_dir).to_path_buf(),
+            schemas: self.registry.as_ref().map(|r| r.0.clone()),
         };
         let input = SinkInput {
             from: &def.from,

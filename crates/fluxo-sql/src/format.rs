@@ -1,5 +1,6 @@
-//! Turning record values into Arrow rows: JSON (one object per record) and
-//! CSV (one line per record). A record that does not fit the source's
+//! Turning record values into Arrow rows: JSON (one object per record),
+//! CSV (one line per record), lines (the whole value as text) and Avro in
+//! Confluent's format (through the schema registry). A record that does not fit the source's
 //! schema is skipped and counted, never allowed to stop the pipeline; the
 //! first error is kept so that the pipeline's status can say what was wrong.
 
@@ -7,6 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use fluxo_connectors::avro::{AvroDecoder, AvroSchemas};
 
 use crate::error::{Result, SqlError};
 
@@ -16,6 +18,8 @@ pub enum Format {
     Csv,
     /// The whole value is the text of the source's one column (log lines).
     Lines,
+    /// Confluent's Avro: a schema id, then the datum of that schema.
+    Avro,
 }
 
 impl Format {
@@ -24,8 +28,9 @@ impl Format {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
             "lines" => Ok(Format::Lines),
+            "avro" => Ok(Format::Avro),
             other => Err(SqlError::Plan(format!(
-                "format '{other}' is not supported; use 'json', 'csv' or 'lines'"
+                "format '{other}' is not supported; use 'json', 'csv', 'lines' or 'avro'"
             ))),
         }
     }
@@ -40,15 +45,53 @@ pub struct Decoded {
     pub first_error: Option<String>,
 }
 
+/// The schema registry that Avro sources decode through, as the engine
+/// hands it to the sources it creates.
+#[derive(Clone)]
+pub struct Registry(pub Arc<dyn AvroSchemas>);
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Registry) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 #[derive(Clone)]
 pub struct RecordDecoder {
     schema: SchemaRef,
     format: Format,
+    avro: Option<AvroDecoder>,
 }
 
 impl RecordDecoder {
-    pub fn new(schema: SchemaRef, format: Format) -> RecordDecoder {
-        RecordDecoder { schema, format }
+    /// A decoder of `format`; Avro needs the `registry` its writers
+    /// registered their schemas in.
+    pub fn new(
+        schema: SchemaRef,
+        format: Format,
+        registry: Option<&Registry>,
+    ) -> Result<RecordDecoder> {
+        let avro = match (format, registry) {
+            (Format::Avro, Some(r)) => Some(AvroDecoder::new(r.0.clone())),
+            (Format::Avro, None) => {
+                return Err(SqlError::Plan(
+                    "format 'avro' needs the schema registry, which this server does not run"
+                        .into(),
+                ))
+            }
+            _ => None,
+        };
+        Ok(RecordDecoder {
+            schema,
+            format,
+            avro,
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -106,6 +149,12 @@ impl RecordDecoder {
 
     fn decode_all(&self, values: &[&[u8]]) -> Result<RecordBatch> {
         match self.format {
+            Format::Avro => {
+                let decoder = self.avro.as_ref().ok_or_else(|| {
+                    SqlError::Internal("an Avro decoder without a registry".into())
+                })?;
+                Ok(decoder.decode(values, &self.schema)?)
+            }
             Format::Json => {
                 let mut decoder = arrow::json::ReaderBuilder::new(self.schema.clone())
                     .with_batch_size(values.len().max(1))
@@ -188,7 +237,7 @@ mod tests {
 
     #[test]
     fn json_timestamps_as_rfc3339_or_epoch_millis() {
-        let d = RecordDecoder::new(schema(), Format::Json);
+        let d = RecordDecoder::new(schema(), Format::Json, None).unwrap();
         let out = d
             .decode(&[
                 br#"{"id": 1, "ts": "2024-01-01T00:00:01Z"}"#,
@@ -208,7 +257,7 @@ mod tests {
 
     #[test]
     fn bad_records_are_skipped_and_counted() {
-        let d = RecordDecoder::new(schema(), Format::Json);
+        let d = RecordDecoder::new(schema(), Format::Json, None).unwrap();
         let out = d
             .decode(&[
                 br#"{"id": 1}"#,
@@ -232,7 +281,7 @@ mod tests {
 
     #[test]
     fn csv_lines() {
-        let d = RecordDecoder::new(schema(), Format::Csv);
+        let d = RecordDecoder::new(schema(), Format::Csv, None).unwrap();
         let out = d
             .decode(&[b"1,2024-01-01T00:00:01Z", b"2,2024-01-01T00:00:02Z\n"])
             .unwrap();

@@ -87,7 +87,7 @@ struct Windowing {
 impl HistoryTable {
     pub fn new(source: Arc<SourceDef>, store: Arc<LogStore>) -> Result<HistoryTable> {
         let topic = source.log_topic()?.to_string();
-        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
+        let format = source.format()?;
         Ok(HistoryTable {
             schema: Arc::new(source.schema()),
             source,
@@ -198,10 +198,14 @@ impl TableProvider for HistoryTable {
         let pieces = split_ranges(ranges, state.config().target_partitions());
         Ok(Arc::new(HistoryExec::new(
             self.source.name.clone(),
-            Arc::new(self.source.schema()),
+            // Every column is decoded, even those the query does not use,
+            // so that the same records are skipped as bad whatever the
+            // query reads (and as in the source's views).
+            self.source
+                .decoder(Arc::new(self.source.schema()))
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
             self.schema.clone(),
             self.window,
-            self.format,
             projection,
             pieces,
             limit,
@@ -519,20 +523,15 @@ impl HistoryExec {
     #[allow(clippy::too_many_arguments)]
     fn new(
         source: String,
-        source_schema: SchemaRef,
+        decoder: RecordDecoder,
         full: SchemaRef,
         window: Option<Windowing>,
-        format: Format,
         projection: Vec<usize>,
         pieces: Vec<Piece>,
         limit: Option<usize>,
         time: Option<TimeColumn>,
     ) -> DfResult<HistoryExec> {
         let schema = Arc::new(full.project(&projection)?);
-        // Every column is decoded, even those the query does not use, so
-        // that the same records are skipped as bad whatever the query reads
-        // (and as in the source's views).
-        let decoder = RecordDecoder::new(source_schema, format);
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(pieces.len().max(1)),

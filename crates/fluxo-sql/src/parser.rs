@@ -90,6 +90,9 @@ pub struct SourceDef {
     /// its rows are the newest record per key, and a tombstone (a record
     /// with a key and no value) deletes the key's row.
     pub primary_key: Vec<String>,
+    /// Not part of the statement: the schema registry the engine gives an
+    /// Avro source to decode through.
+    pub registry: Option<crate::format::Registry>,
 }
 
 impl SourceDef {
@@ -111,6 +114,61 @@ impl SourceDef {
     pub fn log_topic(&self) -> Result<&str> {
         fluxo_connectors::source::log_topic(&self.options)
             .ok_or_else(|| SqlError::Plan(format!("source {} names no topic", self.name)))
+    }
+
+    /// What must hold of a source's columns, key and watermark.
+    pub fn check(&self) -> Result<()> {
+        let name = &self.name;
+        let (table, what) = match self.is_table() {
+            true => (true, "table"),
+            false => (false, "source"),
+        };
+        let columns = &self.columns;
+        if columns.is_empty() {
+            return Err(SqlError::Plan(format!(
+                "{what} {name} has no columns; declare them, or with format = 'avro' leave them out to take them from the schema registry"
+            )));
+        }
+        if table && self.watermark.is_some() {
+            return Err(SqlError::Plan(format!(
+            "table {name} holds the newest row per key and has no WATERMARK; event time belongs to sources"
+        )));
+        }
+        for key in &self.primary_key {
+            if !columns.iter().any(|c| &c.name == key) {
+                return Err(SqlError::Plan(format!(
+                    "PRIMARY KEY ({key}): table {name} has no column {key}"
+                )));
+            }
+        }
+        if let Some(w) = &self.watermark {
+            let column = columns.iter().find(|c| c.name == w.column).ok_or_else(|| {
+                SqlError::Plan(format!(
+                    "WATERMARK FOR {}: source {name} has no column {}",
+                    w.column, w.column
+                ))
+            })?;
+            if !matches!(column.data_type, DataType::Timestamp(_, _)) {
+                return Err(SqlError::Plan(format!(
+                    "WATERMARK FOR {}: the column must be a TIMESTAMP, not {}",
+                    w.column, column.sql_type
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The source's format, from its options.
+    pub fn format(&self) -> Result<crate::format::Format> {
+        crate::format::Format::parse(self.options.get("format").unwrap_or("json"))
+    }
+
+    /// A decoder of the source's records into rows of `schema`.
+    pub fn decoder(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<crate::format::RecordDecoder> {
+        crate::format::RecordDecoder::new(schema, self.format()?, self.registry.as_ref())
     }
 
     pub fn schema(&self) -> Schema {
@@ -469,11 +527,12 @@ fn parse_source_body(
     table: bool,
 ) -> Result<SourceDef> {
     let what = if table { "table" } else { "source" };
-    p.expect_token(&Token::LParen)?;
     let mut columns: Vec<ColumnDef> = Vec::new();
     let mut watermark = None;
     let mut primary_key: Vec<String> = Vec::new();
-    loop {
+    // Without a list, an Avro source takes its columns from the registry.
+    let listed = p.consume_token(&Token::LParen);
+    while listed {
         if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
             if !table {
                 return Err(SqlError::Plan(format!(
@@ -530,44 +589,22 @@ fn parse_source_body(
         p.expect_token(&Token::RParen)?;
         break;
     }
-    if columns.is_empty() {
-        return Err(SqlError::Plan(format!("{what} {name} has no columns")));
-    }
-    if table && watermark.is_some() {
-        return Err(SqlError::Plan(format!(
-            "table {name} holds the newest row per key and has no WATERMARK; event time belongs to sources"
-        )));
-    }
-    for key in &primary_key {
-        if !columns.iter().any(|c| &c.name == key) {
-            return Err(SqlError::Plan(format!(
-                "PRIMARY KEY ({key}): table {name} has no column {key}"
-            )));
-        }
-    }
-    if let Some(w) = &watermark {
-        let column = columns.iter().find(|c| c.name == w.column).ok_or_else(|| {
-            SqlError::Plan(format!(
-                "WATERMARK FOR {}: source {name} has no column {}",
-                w.column, w.column
-            ))
-        })?;
-        if !matches!(column.data_type, DataType::Timestamp(_, _)) {
-            return Err(SqlError::Plan(format!(
-                "WATERMARK FOR {}: the column must be a TIMESTAMP, not {}",
-                w.column, column.sql_type
-            )));
-        }
-    }
     let options = parse_with_options(p)?;
-    Ok(SourceDef {
+    let def = SourceDef {
         name,
         if_not_exists,
         columns,
         watermark,
         options,
         primary_key,
-    })
+        registry: None,
+    };
+    if def.columns.is_empty() && def.format().ok() == Some(crate::format::Format::Avro) {
+        // Checked once the engine has the columns from the registry.
+        return Ok(def);
+    }
+    def.check()?;
+    Ok(def)
 }
 
 fn parse_watermark(column: &str, expr: &Expr) -> Result<WatermarkDef> {

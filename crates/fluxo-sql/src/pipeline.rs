@@ -546,8 +546,10 @@ impl Runner {
                         key: Vec::new(),
                         snapshot: false,
                         partitions: 1,
+                        avro: false,
                     },
                     store,
+                    None,
                 )
             }),
             restored_sinks: serde_json::Map::new(),

@@ -96,15 +96,14 @@ impl SourceReading {
     /// a nullable value and a deletion flag, so that tombstones reach its
     /// upsert as deletions.
     pub fn of(source: &SourceDef) -> Result<SourceReading> {
-        let format = Format::parse(source.options.get("format").unwrap_or("json"))?;
         let schema = Arc::new(source.schema());
-        let decode_schema = match (source.is_table(), format) {
+        let decode_schema = match (source.is_table(), source.format()?) {
             (true, Format::Json) => decode_schema(&schema, &source.key_indices()),
             _ => schema,
         };
         Ok(SourceReading {
             topic: source.log_topic()?.to_string(),
-            decoder: RecordDecoder::new(decode_schema, format),
+            decoder: source.decoder(decode_schema)?,
             tombstones: Tombstones::of(source),
         })
     }
