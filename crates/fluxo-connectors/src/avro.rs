@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use apache_avro::schema::{DecimalSchema, RecordSchema};
+use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value;
 pub use apache_avro::Schema;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -25,9 +25,12 @@ use arrow::datatypes::{
     Int64Type, Int8Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt8Type,
 };
+use arrow_avro::reader::{Decoder, ReaderBuilder};
+use arrow_avro::schema::{
+    AvroSchema as ArrowAvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore,
+};
 use futures::future::BoxFuture;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use parking_lot::Mutex;
 
 use crate::error::{ConnectorError, Result};
 
@@ -66,10 +69,14 @@ pub fn split_frame(value: &[u8]) -> Result<(i32, &[u8])> {
     }
 }
 
-/// Decodes framed Avro values into rows of `target`'s columns.
+/// Decodes framed Avro values into rows of `target`'s columns with
+/// arrow-avro, straight into Arrow arrays.
 #[derive(Clone)]
 pub struct AvroDecoder {
     schemas: Arc<dyn AvroSchemas>,
+    /// Decoders ready for use, per writer schema id (each reader thread
+    /// takes one out while it decodes).
+    idle: Arc<Mutex<HashMap<i32, Vec<Decoder>>>>,
 }
 
 impl std::fmt::Debug for AvroDecoder {
@@ -78,276 +85,124 @@ impl std::fmt::Debug for AvroDecoder {
     }
 }
 
-/// A writer schema and where each target column is among its fields.
-struct Writer {
-    schema: Arc<Schema>,
-    positions: Vec<Option<usize>>,
-}
+/// Rows a decoder gathers before it hands a batch over.
+const DECODER_BATCH: usize = 8192;
 
 impl AvroDecoder {
     pub fn new(schemas: Arc<dyn AvroSchemas>) -> AvroDecoder {
-        AvroDecoder { schemas }
+        AvroDecoder {
+            schemas,
+            idle: Arc::default(),
+        }
     }
 
-    /// Decodes every value into one batch of `target`'s columns; the first
-    /// value that cannot be read fails the whole call (callers retry one
-    /// value at a time to skip the bad ones).
+    /// Decodes every value into one batch of `target`'s columns, matching
+    /// fields by name; the first value that cannot be read fails the whole
+    /// call (callers retry one value at a time to skip the bad ones).
     pub fn decode(&self, values: &[&[u8]], target: &SchemaRef) -> Result<RecordBatch> {
-        let mut writers: HashMap<i32, Writer> = HashMap::new();
-        let mut frames = Vec::with_capacity(values.len());
-        for v in values {
-            let (id, datum) = split_frame(v)?;
-            if let std::collections::hash_map::Entry::Vacant(e) = writers.entry(id) {
-                let schema = self.schemas.schema(id).ok_or_else(|| {
-                    ConnectorError::Execution(format!(
-                        "schema id {id} is not in the schema registry"
-                    ))
-                })?;
-                let Schema::Record(record) = schema.as_ref() else {
-                    return Err(ConnectorError::Execution(format!(
-                        "schema id {id} is not a record schema; a source's values must be Avro records"
-                    )));
-                };
-                let positions = target
-                    .fields()
-                    .iter()
-                    .map(|f| record.fields.iter().position(|w| w.name == *f.name()))
-                    .collect();
-                e.insert(Writer {
-                    schema: schema.clone(),
-                    positions,
-                });
+        let mut batches = Vec::new();
+        let mut start = 0;
+        while start < values.len() {
+            let (id, _) = split_frame(values[start])?;
+            let mut end = start + 1;
+            while end < values.len() && split_frame(values[end]).is_ok_and(|(i, _)| i == id) {
+                end += 1;
             }
-            frames.push((id, datum));
-        }
-        let readers = writers
-            .iter()
-            .map(|(id, w)| {
-                apache_avro::reader::datum::GenericDatumReader::builder(&w.schema)
-                    .build()
-                    .map(|r| (*id, r))
-            })
-            .collect::<std::result::Result<HashMap<_, _>, _>>()
-            .map_err(|e| ConnectorError::Execution(format!("an unusable Avro schema: {e}")))?;
-        let mut records = Vec::with_capacity(frames.len());
-        for (id, mut datum) in frames {
-            let value = readers[&id].read_value(&mut datum).map_err(|e| {
-                ConnectorError::Execution(format!(
-                    "cannot decode an Avro record of schema {id}: {e}"
-                ))
-            })?;
-            if !datum.is_empty() {
-                return Err(ConnectorError::Execution(format!(
-                    "{} bytes left after an Avro record of schema {id}",
-                    datum.len()
-                )));
+            let mut decoder = self.take(id)?;
+            // A decoder that failed may be mid-record: it is not put back.
+            let decoded = decode_run(&mut decoder, &values[start..end], id)?;
+            self.idle.lock().entry(id).or_default().push(decoder);
+            for batch in decoded {
+                batches.push(to_target(&batch, target)?);
             }
-            let Value::Record(fields) = value else {
-                return Err(ConnectorError::Execution(format!(
-                    "schema {id} did not decode to a record"
-                )));
-            };
-            records.push((id, fields));
+            start = end;
         }
-        let rows: Vec<Row> = records
-            .iter()
-            .map(|(id, fields)| Row {
-                fields,
-                writer: &writers[id],
-                target,
-            })
-            .collect();
-        let mut decoder = arrow::json::ReaderBuilder::new(target.clone())
-            .with_batch_size(rows.len().max(1))
-            .build_decoder()?;
-        decoder.serialize(&rows)?;
-        Ok(decoder
-            .flush()?
-            .unwrap_or_else(|| RecordBatch::new_empty(target.clone())))
+        Ok(arrow::compute::concat_batches(target, &batches)?)
     }
-}
 
-/// One decoded record, serialized as the JSON object of the target's
-/// columns that Arrow's JSON decoder builds rows from.
-struct Row<'a> {
-    fields: &'a [(String, Value)],
-    writer: &'a Writer,
-    target: &'a SchemaRef,
-}
-
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let Schema::Record(record) = self.writer.schema.as_ref() else {
-            return Err(serde::ser::Error::custom("not a record schema"));
+    /// A decoder of writer schema `id`: an idle one, or a new one.
+    fn take(&self, id: i32) -> Result<Decoder> {
+        if let Some(d) = self.idle.lock().get_mut(&id).and_then(Vec::pop) {
+            return Ok(d);
+        }
+        let schema = self.schemas.schema(id).ok_or_else(|| {
+            ConnectorError::Execution(format!("schema id {id} is not in the schema registry"))
+        })?;
+        if !matches!(schema.as_ref(), Schema::Record(_)) {
+            return Err(ConnectorError::Execution(format!(
+                "schema id {id} is not a record schema; a source's values must be Avro records"
+            )));
+        }
+        let text = serde_json::to_string(schema.as_ref())
+            .map_err(|e| ConnectorError::Internal(format!("schema id {id} as JSON: {e}")))?;
+        let unusable = |e: &dyn std::fmt::Display| {
+            ConnectorError::Execution(format!("schema id {id} cannot be decoded: {e}"))
         };
-        let mut map = s.serialize_map(None)?;
-        for (field, position) in self.target.fields().iter().zip(&self.writer.positions) {
-            let Some(p) = *position else { continue };
-            let (Some((_, value)), Some(schema)) = (self.fields.get(p), record.fields.get(p))
-            else {
-                continue;
-            };
-            map.serialize_entry(
-                field.name(),
-                &Datum {
-                    value,
-                    schema: Some(&schema.schema),
-                    target: Some(field.data_type()),
-                },
-            )?;
-        }
-        map.end()
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        store
+            .set(Fingerprint::Id(id as u32), ArrowAvroSchema::new(text))
+            .map_err(|e| unusable(&e))?;
+        ReaderBuilder::new()
+            .with_batch_size(DECODER_BATCH)
+            .with_writer_schema_store(store)
+            .build_decoder()
+            .map_err(|e| unusable(&e))
     }
 }
 
-/// An Avro value as JSON, converted to what the target column holds where
-/// the two differ in units (timestamps) or need the schema (decimals).
-struct Datum<'a> {
-    value: &'a Value,
-    schema: Option<&'a Schema>,
-    target: Option<&'a DataType>,
-}
-
-impl Datum<'_> {
-    fn inner<'b>(&self, value: &'b Value) -> Datum<'b>
-    where
-        Self: 'b,
-    {
-        Datum {
-            value,
-            schema: None,
-            target: None,
+/// Decodes `values`, all framed with schema `id`, into batches of the
+/// writer schema's own columns.
+fn decode_run(decoder: &mut Decoder, values: &[&[u8]], id: i32) -> Result<Vec<RecordBatch>> {
+    let failed = |e: &dyn std::fmt::Display| {
+        ConnectorError::Execution(format!("cannot decode an Avro record of schema {id}: {e}"))
+    };
+    let mut out = Vec::new();
+    for v in values {
+        if decoder.batch_is_full() {
+            out.extend(decoder.flush().map_err(|e| failed(&e))?);
+        }
+        let room = decoder.capacity();
+        let used = decoder.decode(v).map_err(|e| failed(&e))?;
+        if used != v.len() || decoder.capacity() + 1 != room {
+            return Err(failed(&format_args!(
+                "the record of {} bytes is truncated or has trailing bytes",
+                v.len()
+            )));
         }
     }
+    out.extend(decoder.flush().map_err(|e| failed(&e))?);
+    Ok(out)
 }
 
-impl Serialize for Datum<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.value {
-            Value::Null => s.serialize_none(),
-            Value::Boolean(b) => s.serialize_bool(*b),
-            Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => s.serialize_i32(*i),
-            Value::Long(l) | Value::TimeMicros(l) => s.serialize_i64(*l),
-            Value::Float(f) => s.serialize_f32(*f),
-            Value::Double(d) => s.serialize_f64(*d),
-            Value::String(t) | Value::Enum(_, t) => s.serialize_str(t),
-            Value::Uuid(u) => s.serialize_str(&u.to_string()),
-            Value::Bytes(b) | Value::Fixed(_, b) => s.serialize_str(&String::from_utf8_lossy(b)),
-            Value::TimestampMillis(v) | Value::LocalTimestampMillis(v) => {
-                timestamp(s, *v, 1_000, self.target)
-            }
-            Value::TimestampMicros(v) | Value::LocalTimestampMicros(v) => {
-                timestamp(s, *v, 1_000_000, self.target)
-            }
-            Value::TimestampNanos(v) | Value::LocalTimestampNanos(v) => {
-                timestamp(s, *v, 1_000_000_000, self.target)
-            }
-            Value::Union(index, inner) => {
-                let schema = match self.schema {
-                    Some(Schema::Union(u)) => u.variants().get(*index as usize),
-                    _ => None,
-                };
-                Datum {
-                    value: inner,
-                    schema,
-                    target: self.target,
-                }
-                .serialize(s)
-            }
-            Value::Decimal(d) => {
-                let scale = match self.schema {
-                    Some(Schema::Decimal(DecimalSchema { scale, .. })) => *scale,
-                    _ => 0,
-                };
-                let bytes = <Vec<u8>>::try_from(d).map_err(serde::ser::Error::custom)?;
-                s.serialize_str(&decimal_text(&bytes, scale).map_err(serde::ser::Error::custom)?)
-            }
-            Value::BigDecimal(d) => s.serialize_str(&d.to_string()),
-            Value::Duration(d) => s.serialize_str(&format!(
-                "P{}M{}DT{}S",
-                u32::from(d.months()),
-                u32::from(d.days()),
-                f64::from(u32::from(d.millis())) / 1000.0
+/// The target's columns from a batch of the writer's columns: by name,
+/// cast to the column's type; a column the writer lacks is NULL.
+fn to_target(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                ConnectorError::Execution(format!(
+                    "field {} ({}) does not fit column {} {}: {e}",
+                    f.name(),
+                    c.data_type(),
+                    f.name(),
+                    f.data_type()
+                ))
+            }),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
             )),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&self.inner(item))?;
-                }
-                seq.end()
-            }
-            Value::Map(entries) => {
-                let mut map = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    map.serialize_entry(k, &self.inner(v))?;
-                }
-                map.end()
-            }
-            Value::Record(fields) => {
-                let mut map = s.serialize_map(Some(fields.len()))?;
-                for (k, v) in fields {
-                    map.serialize_entry(k, &self.inner(v))?;
-                }
-                map.end()
-            }
-        }
-    }
-}
-
-/// A timestamp of `per_second` units in the target column's unit (or as
-/// RFC 3339 text for a text column).
-fn timestamp<S: Serializer>(
-    s: S,
-    v: i64,
-    per_second: i64,
-    target: Option<&DataType>,
-) -> std::result::Result<S::Ok, S::Error> {
-    match target {
-        Some(DataType::Timestamp(unit, _)) => {
-            let target = match unit {
-                TimeUnit::Second => 1,
-                TimeUnit::Millisecond => 1_000,
-                TimeUnit::Microsecond => 1_000_000,
-                TimeUnit::Nanosecond => 1_000_000_000,
-            };
-            let converted = if target >= per_second {
-                v.saturating_mul(target / per_second)
-            } else {
-                v.div_euclid(per_second / target)
-            };
-            s.serialize_i64(converted)
-        }
-        Some(DataType::Utf8) => {
-            let nanos = v.saturating_mul(1_000_000_000 / per_second);
-            s.serialize_str(
-                &chrono::DateTime::from_timestamp_nanos(nanos)
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            )
-        }
-        _ => s.serialize_i64(v),
-    }
-}
-
-/// A decimal's big-endian two's-complement unscaled bytes as text.
-fn decimal_text(bytes: &[u8], scale: usize) -> std::result::Result<String, String> {
-    if bytes.len() > 16 {
-        return Err(format!(
-            "a decimal of {} bytes is wider than 38 digits",
-            bytes.len()
-        ));
-    }
-    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
-    let mut buf = [if negative { 0xFF } else { 0 }; 16];
-    buf[16 - bytes.len()..].copy_from_slice(bytes);
-    let unscaled = i128::from_be_bytes(buf);
-    let digits = unscaled.unsigned_abs().to_string();
-    let sign = if unscaled < 0 { "-" } else { "" };
-    if scale == 0 {
-        return Ok(format!("{sign}{digits}"));
-    }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    Ok(format!("{sign}{int}.{frac}"))
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(target.clone(), columns, &options).map_err(|e| {
+        ConnectorError::Execution(format!(
+            "an Avro record does not fit the source's columns: {e}"
+        ))
+    })
 }
 
 /// A column a record schema's field maps to.
@@ -655,7 +510,6 @@ fn column_values(array: &ArrayRef, nullable: bool) -> Result<Vec<Value>> {
 mod tests {
     use super::*;
     use arrow::array::{Decimal128Array, Int64Array, StringArray, TimestampMillisecondArray};
-    use parking_lot::Mutex;
 
     /// Schemas by id, in memory, as the registry would hand them out.
     #[derive(Default)]
@@ -867,13 +721,5 @@ mod tests {
             e.contains("raw (bytes)") && e.contains("tags (array)"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn decimals_print_with_their_scale() {
-        assert_eq!(decimal_text(&[0x30, 0x39], 2).unwrap(), "123.45");
-        assert_eq!(decimal_text(&[0xFF, 0x38], 2).unwrap(), "-2.00");
-        assert_eq!(decimal_text(&[0x05], 3).unwrap(), "0.005");
-        assert_eq!(decimal_text(&[0x05], 0).unwrap(), "5");
     }
 }

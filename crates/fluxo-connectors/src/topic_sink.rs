@@ -72,9 +72,11 @@ impl TopicSinkConfig {
         let avro = match options.get("format").unwrap_or("json") {
             "json" => false,
             "avro" => true,
-            other => return Err(ConnectorError::Config(format!(
+            other => {
+                return Err(ConnectorError::Config(format!(
                 "format '{other}' is not supported by topic sinks; use format = 'json' or 'avro'"
-            ))),
+            )))
+            }
         };
         let key = options.columns("key", schema, from)?;
         let snapshot = options.flag("snapshot", true)?;

@@ -17,11 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use clap::Args;
 use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, TopicConfig};
 use fluxo_nexmark::{Generator, GeneratorConfig};
+use fluxo_sql::connectors::avro::AvroEncoder;
 use fluxo_sql::Engine;
 
 #[derive(Args, Debug)]
@@ -74,6 +77,11 @@ pub struct NexmarkBench {
     /// decoding, so a second view should cost its operators only.
     #[arg(long, default_value_t = 1, conflicts_with_all = ["batch", "sinks"])]
     pub views: usize,
+    /// How the bids are written to the topic: `json`, or `avro` in
+    /// Confluent's format (schema id prefix) through the schema registry,
+    /// decoded by an Avro source. DuckDB always reads the JSON copy.
+    #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
+    pub format: String,
 }
 
 const SOURCE: &str =
@@ -357,18 +365,45 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
             .with_context(|| format!("cannot clear {}", log_dir.display()))?;
     }
     let store = Arc::new(LogStore::open(&log_dir)?);
+    let avro = match b.format.as_str() {
+        "avro" => {
+            let registry = fluxo_registry::SchemaRegistry::open(&store)?;
+            let text = fluxo_sql::connectors::avro::schema_for("bid", &bid_columns())?;
+            let id = registry.register("bids-value", &text).await?;
+            let encoder = fluxo_sql::connectors::avro::AvroEncoder::new(id, &text)?;
+            Some((registry, encoder))
+        }
+        _ => None,
+    };
     let loaded = Instant::now();
-    let bytes = load(&store, &json_path, b.events, b.partitions)?;
+    let (bytes, topic_bytes) = load(
+        &store,
+        &json_path,
+        b.events,
+        b.partitions,
+        avro.as_ref().map(|(_, e)| e),
+    )?;
     println!(
-        "loaded {} bids ({:.0} MB of JSON, {:.0} bytes per bid) in {:.1} s",
+        "loaded {} bids ({:.0} MB of JSON, {:.0} bytes per bid; {:.0} bytes per bid as {} in the topic) in {:.1} s",
         b.events,
         bytes as f64 / 1e6,
         bytes as f64 / b.events as f64,
+        topic_bytes as f64 / b.events as f64,
+        b.format,
         loaded.elapsed().as_secs_f64()
     );
 
-    let engine = Engine::open(store.clone(), &log_dir).await?;
-    engine.execute(SOURCE).await?;
+    let engine = Engine::open_with_registry(
+        store.clone(),
+        &log_dir,
+        avro.map(|(registry, _)| {
+            Arc::new(crate::registry_schemas::RegistrySchemas::new(registry)) as Arc<_>
+        }),
+    )
+    .await?;
+    engine
+        .execute(&SOURCE.replace("format = 'json'", &format!("format = '{}'", b.format)))
+        .await?;
     let mut full = None;
     if queries.iter().any(|q| !q.reads.is_empty()) {
         let loaded = Instant::now();
@@ -663,8 +698,16 @@ fn dir_size(path: &Path) -> u64 {
 }
 
 /// Appends `events` bids round-robin to the partitions of a new `bids`
-/// topic and writes the same JSON lines to `json_path`. Returns the JSON size.
-fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> anyhow::Result<u64> {
+/// topic (as JSON, or as Avro with `avro`) and writes the same bids as
+/// JSON lines to `json_path`. Returns the JSON size and the topic's
+/// values' size.
+fn load(
+    store: &LogStore,
+    json_path: &Path,
+    events: u64,
+    partitions: i32,
+    avro: Option<&AvroEncoder>,
+) -> anyhow::Result<(u64, u64)> {
     if store.topic("bids").is_some() {
         store.delete_topic("bids")?;
     }
@@ -680,6 +723,7 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
     );
     let mut generator = Generator::new(GeneratorConfig::default());
     let mut total = 0u64;
+    let mut topic_total = 0u64;
     let mut line = Vec::with_capacity(512);
     const BATCH: u64 = 1000;
     let mut done = 0u64;
@@ -696,6 +740,7 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
     while done < events {
         let n = BATCH.min(events - done);
         let mut records = Vec::with_capacity(n as usize);
+        let mut bids = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let bid = generator.next_bid();
             line.clear();
@@ -708,7 +753,17 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
                 timestamp: bid.date_time,
                 ..Default::default()
             });
+            bids.push(bid);
         }
+        if let Some(encoder) = avro {
+            for (record, value) in records.iter_mut().zip(encoder.encode(&bid_batch(&bids)?)?) {
+                record.value = Some(Bytes::from(value));
+            }
+        }
+        topic_total += records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
+            .sum::<u64>();
         logs[partition].append_records(&records, None)?;
         partition = (partition + 1) % logs.len();
         done += n;
@@ -716,7 +771,44 @@ fn load(store: &LogStore, json_path: &Path, events: u64, partitions: i32) -> any
     }
     progress.finish_and_clear();
     file.flush()?;
-    Ok(total)
+    Ok((total, topic_total))
+}
+
+/// The bids source's columns, as Arrow sees them.
+fn bid_columns() -> Schema {
+    Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("url", DataType::Utf8, true),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("extra", DataType::Utf8, true),
+    ])
+}
+
+/// Bids as rows of the source's columns, for the Avro encoder.
+fn bid_batch(bids: &[fluxo_nexmark::Bid]) -> anyhow::Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        Arc::new(bid_columns()),
+        vec![
+            Arc::new(Int64Array::from_iter_values(bids.iter().map(|b| b.auction))),
+            Arc::new(Int64Array::from_iter_values(bids.iter().map(|b| b.bidder))),
+            Arc::new(Int64Array::from_iter_values(bids.iter().map(|b| b.price))),
+            Arc::new(StringArray::from_iter_values(
+                bids.iter().map(|b| &b.channel),
+            )),
+            Arc::new(StringArray::from_iter_values(bids.iter().map(|b| &b.url))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                bids.iter().map(|b| b.date_time),
+            )),
+            Arc::new(StringArray::from_iter_values(bids.iter().map(|b| &b.extra))),
+        ],
+    )?)
 }
 
 /// Writes `events` events of the full Nexmark mix, each kind to its own

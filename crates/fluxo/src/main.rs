@@ -10,6 +10,7 @@ mod bench_nexmark;
 mod cli;
 mod config;
 mod demo;
+mod registry_schemas;
 mod serve;
 
 use clap::{Parser, Subcommand};

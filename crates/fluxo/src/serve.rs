@@ -1,6 +1,5 @@
 //! `fluxo serve`: open the store, start the listeners, stop cleanly.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +9,6 @@ use anyhow::Context;
 use clap::Args;
 use fluxo_kafka::{Broker, BrokerConfig};
 use fluxo_log::LogStore;
-use fluxo_sql::connectors::avro::{AvroSchemas, Schema as AvroSchema};
 
 use crate::config::ConfigFile;
 
@@ -356,7 +354,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine = fluxo_sql::Engine::open_with_registry(
         store.clone(),
         &args.data_dir,
-        Some(Arc::new(RegistrySchemas::new(registry.clone()))),
+        Some(Arc::new(crate::registry_schemas::RegistrySchemas::new(
+            registry.clone(),
+        ))),
     )
     .await
     .context("cannot open the SQL engine")?;
@@ -644,52 +644,5 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(ServeSettings::resolve(args).is_err());
-    }
-}
-
-/// The schema registry as the SQL engine's Avro sources and sinks see it.
-struct RegistrySchemas {
-    registry: fluxo_registry::SchemaRegistry,
-    /// Parsed schemas by id: an id's schema never changes, and readers ask
-    /// for it once per chunk of records.
-    by_id: parking_lot::Mutex<HashMap<i32, Arc<AvroSchema>>>,
-}
-
-impl RegistrySchemas {
-    fn new(registry: fluxo_registry::SchemaRegistry) -> RegistrySchemas {
-        RegistrySchemas {
-            registry,
-            by_id: Default::default(),
-        }
-    }
-}
-
-impl AvroSchemas for RegistrySchemas {
-    fn schema(&self, id: i32) -> Option<Arc<AvroSchema>> {
-        if let Some(s) = self.by_id.lock().get(&id) {
-            return Some(s.clone());
-        }
-        let schema = Arc::new(self.registry.schema_by_id(id)?.resolved.clone());
-        self.by_id.lock().insert(id, schema.clone());
-        Some(schema)
-    }
-
-    fn latest(&self, subject: &str) -> Option<(i32, Arc<AvroSchema>)> {
-        let latest = self.registry.latest(subject)?;
-        Some((latest.schema.id, Arc::new(latest.schema.resolved.clone())))
-    }
-
-    fn register<'a>(
-        &'a self,
-        subject: &'a str,
-        text: &'a str,
-    ) -> futures::future::BoxFuture<'a, fluxo_sql::connectors::Result<i32>> {
-        Box::pin(async move {
-            self.registry.register(subject, text).await.map_err(|e| {
-                fluxo_sql::connectors::ConnectorError::Config(format!(
-                    "the schema registry refused the schema for {subject}: {e}"
-                ))
-            })
-        })
     }
 }
