@@ -174,38 +174,63 @@ def pg_bin(name: str) -> str:
     pytest.fail("no PostgreSQL server: scripts/setup-tests.sh installs Debian's postgresql")
 
 
-@pytest.fixture(scope="module")
-def postgres():
+class PgServer:
     """A PostgreSQL server of its own on a free port, as the `postgres` user
-    when run as root (PostgreSQL refuses root). Yields its URL."""
-    # Not under pytest's tmp dir: the postgres user cannot enter root's.
-    home = Path(tempfile.mkdtemp(prefix="fluxo-pg-"))
-    data = home / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "fluxo"],
-                   check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen([*as_user, pg_bin("postgres"), "-D", str(data), "-p", str(port),
-                             "-c", "listen_addresses=127.0.0.1", "-k", str(data), "-c", "fsync=on"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"postgresql://fluxo@127.0.0.1:{port}/postgres"
+    when run as root (PostgreSQL refuses root); it can be stopped and
+    started again on the same port and data."""
 
-    def ready():
-        try:
-            with psycopg.connect(url, connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
-            return None
-    try:
+    def __init__(self) -> None:
+        # Not under pytest's tmp dir: the postgres user cannot enter root's.
+        self.home = Path(tempfile.mkdtemp(prefix="fluxo-pg-"))
+        self.data = self.home / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*self.as_user, pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "fluxo"],
+                       check=True, capture_output=True)
+        self.port = free_port()
+        self.url = f"postgresql://fluxo@127.0.0.1:{self.port}/postgres"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*self.as_user, pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-k", str(self.data), "-c", "fsync=on"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def ready():
+            try:
+                with psycopg.connect(self.url, connect_timeout=2):
+                    return True
+            except psycopg.OperationalError:
+                return None
         H.wait_for(ready, timeout=30, desc="PostgreSQL accepting connections")
-        yield url
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are cut, as when the server goes away."""
+        if self.proc is not None:
+            # pg_ctl, since runuser does not pass SIGINT on.
+            subprocess.run([*self.as_user, pg_bin("pg_ctl"), "-D", str(self.data), "stop", "-m", "fast"],
+                           check=True, capture_output=True, timeout=60)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    server = PgServer()
+    server.start()
+    try:
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(home, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.home, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server) -> str:
+    return postgres_server.url
 
 
 def pg_rows(url: str, query: str) -> list[tuple]:
@@ -222,7 +247,8 @@ def table_windows(url: str, table: str) -> Counter:
 
 
 @pytest.mark.timeout(300)
-def test_postgres_tables_equal_the_views_exactly_once_across_kill_9(broker, new_topic, postgres):
+def test_postgres_tables_equal_the_views_exactly_once_across_kill_9(broker, new_topic, postgres_server):
+    postgres = postgres_server.url
     topic = topic_with(broker, new_topic, 2)
     bids = make_bids(30_000, seed=43)
     clean = [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
@@ -235,6 +261,12 @@ def test_postgres_tables_equal_the_views_exactly_once_across_kill_9(broker, new_
                        f"url = '{postgres}', table = 'windows')")["message"] == "CREATE SINK pg_windows"
     sql(broker, f"CREATE SINK pg_auctions FROM per_auction WITH (connector = 'postgres', url = '{postgres}', "
                 "table = 'public.auctions', key = 'auction')")
+    # Rows that come and go: each group is in the view while its count is
+    # even, so its row is deleted and inserted again epoch after epoch.
+    sql(broker, "CREATE MATERIALIZED VIEW even_groups WITH (checkpoint_interval = '200ms') AS "
+                "SELECT auction, channel, count(*) AS n FROM bids GROUP BY auction, channel HAVING count(*) % 2 = 0")
+    sql(broker, f"CREATE SINK pg_even FROM even_groups WITH (connector = 'postgres', url = '{postgres}', "
+                "table = 'even_groups', key = 'auction,channel')")
     # The tables exist at once, typed from the views.
     types = dict(pg_rows(postgres, "SELECT column_name, data_type FROM information_schema.columns "
                                    "WHERE table_name = 'windows'"))
@@ -242,11 +274,22 @@ def test_postgres_tables_equal_the_views_exactly_once_across_kill_9(broker, new_
                      "window_end": "timestamp without time zone", "bids": "bigint", "total": "bigint"}, types
     H.wait_for(lambda: table_windows(postgres, "windows") or None, timeout=60, desc="rows in windows")
 
-    for part, delay in ((clean[10_000:20_000], 0.5), (clean[20_000:], 0.0)):
+    for part, delay in ((clean[10_000:17_000], 0.5), (clean[17_000:24_000], 0.0)):
         produce_bids(broker, topic, part)
         time.sleep(delay)
         broker.kill9()
         broker.start(port=broker.port)
+    # PostgreSQL goes away while bids keep coming: the sinks fail, their
+    # pipelines start again from their checkpoints until it is back.
+    postgres_server.stop()
+    produce_bids(broker, topic, clean[24_000:])
+    try:
+        H.wait_for(lambda: any(s["failures"] > 0 for p in get(broker, "/api/v1/pipelines")["body"]["pipelines"]
+                               for s in p["sinks"]), timeout=30, desc="a sink failing without PostgreSQL")
+    except AssertionError:
+        raise AssertionError(json.dumps([{k: p[k] for k in ("name", "status", "sinks", "last_error", "events_in", "restarts")}
+                                         for p in get(broker, "/api/v1/pipelines")["body"]["pipelines"]], indent=1))
+    postgres_server.start()
 
     watermark = source_watermark(bids)
     wait_watermark(broker, VIEW_NAME, watermark)
@@ -269,9 +312,13 @@ def test_postgres_tables_equal_the_views_exactly_once_across_kill_9(broker, new_
     want_auctions = sorted((a, n, top) for a, (n, top) in per_auction.items())
     H.wait_for(lambda: pg_rows(postgres, "SELECT auction, bids, top FROM auctions ORDER BY auction")
                == want_auctions or None, timeout=60, desc="the upserted auctions table equal to the view")
+    groups = Counter((b["auction"], b["channel"]) for b in bids)
+    want_even = sorted((a, c, n) for (a, c), n in groups.items() if n % 2 == 0)
+    H.wait_for(lambda: pg_rows(postgres, "SELECT auction, channel, n FROM even_groups ORDER BY auction, channel")
+               == want_even or None, timeout=60, desc="the even_groups table equal to the view (upserts and deletes)")
     staged = pg_rows(postgres, "SELECT count(*) FROM fluxo_sink_staging")[0][0]
     progress = dict(pg_rows(postgres, "SELECT sink, epoch FROM fluxo_sink_progress"))
-    assert set(progress) == {"pg_windows", "pg_auctions"} and all(e >= 1 for e in progress.values()), progress
+    assert set(progress) == {"pg_windows", "pg_auctions", "pg_even"} and all(e >= 1 for e in progress.values()), progress
     assert staged >= 0
 
     # A wrong password or table fails the statement itself.

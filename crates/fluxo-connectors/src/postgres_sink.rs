@@ -22,10 +22,11 @@
 //!   and drops staged changes of later epochs, which the pipeline
 //!   recomputes from the checkpoint's source offsets.
 //!
-//! Changes are applied with `jsonb_populate_recordset`, so PostgreSQL itself
-//! converts each JSON value into the column's type.
+//! Staged changes are applied inside PostgreSQL (`INSERT ... SELECT` from
+//! staging, reduced to the last change per key), so rows cross the wire
+//! once; `jsonb_populate_record` makes PostgreSQL itself convert each JSON
+//! value into the column's type.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
@@ -238,8 +239,9 @@ pub struct PostgresSink {
     client: Option<Client>,
     /// Changes of the open epoch.
     pending: Vec<Change>,
-    /// Epochs staged in PostgreSQL whose commit has not come yet.
-    prepared: Vec<(u64, Vec<Change>)>,
+    /// Epochs staged in PostgreSQL whose commit has not come yet, with
+    /// how many changes each staged.
+    prepared: Vec<(u64, usize)>,
 }
 
 impl PostgresSink {
@@ -273,13 +275,22 @@ impl PostgresSink {
             &'c Self,
         ) -> futures::future::LocalBoxFuture<'c, Result<T>>,
     ) -> Result<T> {
-        let mut client = match self.client.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => self.runtime.block_on(connect(&self.config.url))?,
+        let connected = match self.client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => self.runtime.block_on(connect(&self.config.url)),
         };
-        let result = self.runtime.block_on(f(&mut client, self));
+        let result = match connected {
+            Ok(mut client) => {
+                let result = self.runtime.block_on(f(&mut client, self));
+                if result.is_ok() {
+                    self.client = Some(client);
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
         match &result {
-            Ok(_) => self.client = Some(client),
+            Ok(_) => {}
             Err(e) => {
                 *self.stats.last_error.lock() = Some(e.to_string());
                 self.stats
@@ -299,14 +310,48 @@ impl PostgresSink {
             .join(", ")
     }
 
-    /// The SQL that applies a JSON array of rows to the target table.
+    /// The staged changes of epochs up to `$2` reduced to what the table
+    /// must end with: without a key, every insert in order; with one, the
+    /// last change of each key (a retraction followed by its row's new
+    /// version leaves the new version; an insert then its retraction, a
+    /// delete).
+    fn net_staged(&self) -> String {
+        let staged = format!("FROM {STAGING} AS s WHERE s.sink = $1 AND s.epoch <= $2");
+        if self.config.key.is_empty() {
+            return format!("SELECT s.insert, s.row {staged} AND s.insert ORDER BY s.epoch, s.seq");
+        }
+        let keys: Vec<String> = self
+            .config
+            .key
+            .iter()
+            .map(|k| format!("s.row -> '{}'", k.replace('\'', "''")))
+            .collect();
+        let keys = keys.join(", ");
+        format!(
+            "SELECT DISTINCT ON ({keys}) s.insert, s.row {staged} ORDER BY {keys}, s.epoch DESC, s.seq DESC"
+        )
+    }
+
+    /// The SQL that writes the net inserts of the staged epochs up to `$2`
+    /// into the table, inside PostgreSQL: the rows cross the wire once, at
+    /// staging.
     fn upsert_sql(&self) -> String {
         let columns = self.columns();
+        let populated: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("p.{}", quote(f.name())))
+            .collect();
         let table = &self.config.table;
+        let insert = format!(
+            "WITH net AS ({}) INSERT INTO {table} ({columns}) SELECT {} \
+             FROM net, jsonb_populate_record(NULL::{table}, net.row) AS p WHERE net.insert",
+            self.net_staged(),
+            populated.join(", ")
+        );
         if self.config.key.is_empty() {
-            return format!(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)"
-            );
+            return insert;
         }
         let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
         let updates: Vec<String> = self
@@ -321,13 +366,11 @@ impl PostgresSink {
         } else {
             format!("UPDATE SET {}", updates.join(", "))
         };
-        format!(
-            "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
-             ON CONFLICT ({}) DO {action}",
-            key.join(", ")
-        )
+        format!("{insert} ON CONFLICT ({}) DO {action}", key.join(", "))
     }
 
+    /// The SQL that deletes the rows of keys whose last staged change (up
+    /// to epoch `$2`) is a retraction.
     fn delete_sql(&self) -> String {
         let table = &self.config.table;
         let on: Vec<String> = self
@@ -337,101 +380,40 @@ impl PostgresSink {
             .map(|k| format!("t.{0} = d.{0}", quote(k)))
             .collect();
         format!(
-            "DELETE FROM {table} AS t USING jsonb_populate_recordset(NULL::{table}, $1::jsonb) AS d WHERE {}",
+            "WITH net AS ({}) DELETE FROM {table} AS t \
+             USING net, jsonb_populate_record(NULL::{table}, net.row) AS d \
+             WHERE NOT net.insert AND {}",
+            self.net_staged(),
             on.join(" AND ")
         )
     }
-
-    /// Reduces changes in order to what the table must end with: without a
-    /// key, every insert; with one, the last change of each key.
-    fn net_changes(&self, changes: impl IntoIterator<Item = Change>) -> (Vec<Value>, Vec<Value>) {
-        if self.config.key.is_empty() {
-            let inserts = changes
-                .into_iter()
-                .filter(|(i, _)| *i)
-                .map(|(_, r)| r)
-                .collect();
-            return (inserts, Vec::new());
-        }
-        let mut last: HashMap<String, (bool, Value)> = HashMap::new();
-        let mut order: Vec<String> = Vec::new();
-        for (insert, row) in changes {
-            let key: Vec<&Value> = self
-                .config
-                .key
-                .iter()
-                .map(|k| row.get(k).unwrap_or(&Value::Null))
-                .collect();
-            let key = serde_json::to_string(&key).unwrap_or_default();
-            match last.get_mut(&key) {
-                // A retraction followed by its row's new version: the new
-                // version wins; an insert followed by a retraction: gone.
-                Some(slot) => *slot = (insert, row),
-                None => {
-                    order.push(key.clone());
-                    last.insert(key, (insert, row));
-                }
-            }
-        }
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        for key in order {
-            if let Some((insert, row)) = last.remove(&key) {
-                if insert {
-                    upserts.push(row);
-                } else {
-                    deletes.push(row);
-                }
-            }
-        }
-        (upserts, deletes)
-    }
 }
 
-/// Applies staged epochs `(after, up_to]` of `sink` and records `up_to`,
-/// in the transaction `tx`. `changes` are the epochs' changes when the
-/// caller still holds them; otherwise they are read back from staging.
+/// Applies the staged epochs up to `up_to` of `sink` and records `up_to`
+/// as its progress, in the transaction `tx`; returns the rows written.
 async fn apply_and_record(
     tx: &tokio_postgres::Transaction<'_>,
     sink: &PostgresSink,
     up_to: u64,
-    changes: Option<Vec<Change>>,
-) -> Result<usize> {
-    let changes = match changes {
-        Some(c) => c,
-        None => {
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT insert, row FROM {STAGING} WHERE sink = $1 AND epoch <= $2 ORDER BY epoch, seq"
-                    ),
-                    &[&sink.name, &(up_to as i64)],
-                )
-                .await
-                .map_err(pg_error("cannot read staged changes"))?;
-            rows.iter()
-                .map(|r| (r.get::<_, bool>(0), r.get::<_, Value>(1)))
-                .collect()
-        }
-    };
-    let (upserts, deletes) = sink.net_changes(changes);
-    let n = upserts.len() + deletes.len();
-    if !deletes.is_empty() {
-        tx.execute(&sink.delete_sql(), &[&Value::Array(deletes)])
+) -> Result<u64> {
+    let epoch = up_to as i64;
+    let mut n = 0;
+    if !sink.config.key.is_empty() {
+        n += tx
+            .execute(&sink.delete_sql(), &[&sink.name, &epoch])
             .await
             .map_err(pg_error(&format!(
                 "cannot delete from {}",
                 sink.config.table
             )))?;
     }
-    if !upserts.is_empty() {
-        tx.execute(&sink.upsert_sql(), &[&Value::Array(upserts)])
-            .await
-            .map_err(pg_error(&format!("cannot write to {}", sink.config.table)))?;
-    }
+    n += tx
+        .execute(&sink.upsert_sql(), &[&sink.name, &epoch])
+        .await
+        .map_err(pg_error(&format!("cannot write to {}", sink.config.table)))?;
     tx.execute(
         &format!("DELETE FROM {STAGING} WHERE sink = $1 AND epoch <= $2"),
-        &[&sink.name, &(up_to as i64)],
+        &[&sink.name, &epoch],
     )
     .await
     .map_err(pg_error("cannot clear staged changes"))?;
@@ -440,7 +422,7 @@ async fn apply_and_record(
             "INSERT INTO {PROGRESS} (sink, epoch, updated_at) VALUES ($1, $2, now()) \
              ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, updated_at = now()"
         ),
-        &[&sink.name, &(up_to as i64)],
+        &[&sink.name, &epoch],
     )
     .await
     .map_err(pg_error("cannot record the sink's progress"))?;
@@ -489,14 +471,16 @@ impl Sink for PostgresSink {
                 return Err(e);
             }
         }
-        self.prepared.push((epoch, changes));
+        self.prepared.push((epoch, changes.len()));
         Ok(serde_json::json!({ "epoch": epoch }))
     }
 
     fn commit(&mut self, epoch: u64) -> Result<()> {
-        let covered: Vec<(u64, Vec<Change>)> = std::mem::take(&mut self.prepared);
-        let changes: Vec<Change> = covered.into_iter().flat_map(|(_, c)| c).collect();
-        if changes.is_empty() {
+        let staged: usize = std::mem::take(&mut self.prepared)
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        if staged == 0 {
             // Nothing staged: an idle pipeline's checkpoints cost the
             // database nothing (a recovery finds no staged rows either).
             return Ok(());
@@ -507,7 +491,7 @@ impl Sink for PostgresSink {
                     .transaction()
                     .await
                     .map_err(pg_error("cannot begin a transaction"))?;
-                let n = apply_and_record(&tx, sink, epoch, Some(changes)).await?;
+                let n = apply_and_record(&tx, sink, epoch).await?;
                 tx.commit()
                     .await
                     .map_err(pg_error("cannot commit the epoch"))?;
@@ -516,7 +500,7 @@ impl Sink for PostgresSink {
         });
         match applied {
             Ok(n) => {
-                self.stats.add_rows(n);
+                self.stats.add_rows(n as usize);
                 Ok(())
             }
             // Staged in PostgreSQL: the recovery after this failure
@@ -550,7 +534,7 @@ impl Sink for PostgresSink {
                     .map(|r| r.get(0));
                 if let Some(epoch) = checkpointed {
                     if done.is_none_or(|d| d < epoch as i64) {
-                        let n = apply_and_record(&tx, sink, epoch, None).await?;
+                        let n = apply_and_record(&tx, sink, epoch).await?;
                         tracing::info!(sink = %sink.name, epoch, rows = n, "applied the checkpoint's staged changes that a crash kept from their commit");
                     }
                 }
@@ -624,24 +608,25 @@ mod tests {
     }
 
     #[test]
-    fn with_a_key_only_the_last_change_of_each_key_is_applied() {
-        let s = sink("id");
-        let row = |id: i64, n: i64| serde_json::json!({"id": id, "name": "x", "n": n});
-        let (upserts, deletes) = s.net_changes(vec![
-            (true, row(1, 1)),
-            (true, row(2, 1)),
-            (false, row(1, 1)),
-            (true, row(1, 2)),
-            (false, row(2, 1)),
-        ]);
-        assert_eq!(upserts, vec![row(1, 2)]);
-        assert_eq!(deletes, vec![row(2, 1)]);
-        assert!(s
+    fn staged_changes_reduce_to_the_last_change_per_key() {
+        let keyed = sink("id");
+        let net = keyed.net_staged();
+        assert!(
+            net.contains("DISTINCT ON (s.row -> 'id')")
+                && net.contains("ORDER BY s.row -> 'id', s.epoch DESC, s.seq DESC"),
+            "{net}"
+        );
+        assert!(keyed
             .upsert_sql()
-            .contains("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\""));
+            .ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\", \"n\" = EXCLUDED.\"n\""));
+        assert!(keyed
+            .delete_sql()
+            .contains("WHERE NOT net.insert AND t.\"id\" = d.\"id\""));
         let plain = sink("");
-        let (upserts, deletes) = plain.net_changes(vec![(true, row(1, 1)), (true, row(1, 1))]);
-        assert_eq!((upserts.len(), deletes.len()), (2, 0));
+        assert!(plain
+            .net_staged()
+            .ends_with("AND s.insert ORDER BY s.epoch, s.seq"));
+        assert!(!plain.upsert_sql().contains("ON CONFLICT"));
     }
 
     #[test]

@@ -775,20 +775,32 @@ impl Runner {
         if !self.control.pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let commands = std::mem::take(&mut *self.control.commands.lock());
-        for command in commands {
+        let mut commands = std::mem::take(&mut *self.control.commands.lock()).into_iter();
+        while let Some(command) = commands.next() {
             match command {
                 SinkCommand::Add(mut sink) => {
-                    match self.restored_sinks.get(sink.name()) {
-                        Some(prepared) => sink.recover(Some(prepared))?,
-                        None => {
-                            sink.recover(None)?;
-                            if sink.wants_snapshot() {
-                                if let Some(view) = &self.view {
-                                    sink.write(&Changes::inserts(view.snapshot()?))?;
+                    let settled = match self.restored_sinks.get(sink.name()) {
+                        Some(prepared) => sink.recover(Some(prepared)).map_err(SqlError::from),
+                        None => sink.recover(None).map_err(SqlError::from).and_then(|()| {
+                            match (&self.view, sink.wants_snapshot()) {
+                                (Some(view), true) => {
+                                    Ok(sink.write(&Changes::inserts(view.snapshot()?))?)
                                 }
+                                _ => Ok(()),
                             }
-                        }
+                        }),
+                    };
+                    if let Err(e) = settled {
+                        // A sink whose peer is down now is kept, with the
+                        // commands after it, for the next run: dropping it
+                        // would lose its output for good.
+                        let mut queue = self.control.commands.lock();
+                        let newer = std::mem::take(&mut *queue);
+                        queue.push(SinkCommand::Add(sink));
+                        queue.extend(commands);
+                        queue.extend(newer);
+                        self.control.pending.store(true, Ordering::Release);
+                        return Err(e);
                     }
                     self.sinks.retain(|s| s.name() != sink.name());
                     self.sinks.push(sink);
