@@ -257,6 +257,18 @@ def test_kill9_keeps_ids_versions_and_configs(broker, new_topic):
     assert sr.register_schema(b, Schema('"string"', "AVRO")) == ids[(b, 1)]
     assert sr.register_schema(new_topic("c"), Schema('"long"', "AVRO")) == top + 1, "ids continue"
 
+    # The registry's topic is fluxo's own: the HTTP API lists it as internal
+    # and refuses to delete it.
+    host, port = broker.http_addr.rsplit(":", 1)
+    topics = json.loads(urllib.request.urlopen(f"http://{host}:{port}/api/v1/topics", timeout=10).read())
+    listed = topics["topics"] if isinstance(topics, dict) else topics
+    assert next(t for t in listed if t["name"] == "_schemas")["internal"] is True
+    req = urllib.request.Request(f"http://{host}:{port}/api/v1/topics/_schemas", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 403
+    assert sr.get_versions(a) == [2]
+
 
 @pytest.mark.timeout(60)
 def test_references_and_subject_names_that_need_encoding(broker):

@@ -79,7 +79,7 @@ fn topic_json(state: &AppState, topic: &Topic) -> Value {
     json!({
         "name": topic.name,
         "id": topic.id.to_string(),
-        "internal": topic.name.starts_with("__"),
+        "internal": fluxo_log::is_internal_topic(&topic.name),
         "partition_count": partitions.len(),
         "records": records,
         "size_bytes": size,
@@ -146,7 +146,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     find_topic(&state.store, &name)?;
-    if name.starts_with("__") {
+    if fluxo_log::is_internal_topic(&name) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!("{name} is an internal topic and cannot be deleted"),

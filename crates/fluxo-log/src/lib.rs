@@ -87,6 +87,17 @@ pub enum LogError {
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// The topic the schema registry keeps its schemas in (Confluent's name).
+pub const SCHEMA_REGISTRY_TOPIC: &str = "_schemas";
+
+/// Whether `name` is a topic of fluxo's own services: the broker's
+/// (`__consumer_offsets`, `__transaction_state`, ...) and the schema
+/// registry's. The fronts other than Kafka's (HTTP, MQTT) neither write
+/// nor delete them, and list them as internal.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__") || name == SCHEMA_REGISTRY_TOPIC
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

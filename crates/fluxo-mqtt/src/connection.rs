@@ -559,7 +559,7 @@ impl Connection {
                             .topics()
                             .iter()
                             .map(|t| t.name.clone())
-                            .filter(|n| !n.starts_with("__")),
+                            .filter(|n| !fluxo_log::is_internal_topic(n)),
                     );
                 }
                 Err(_) => {}

@@ -24,9 +24,9 @@ pub fn fluxo_topic_of(mqtt_topic: &str) -> Result<&str, MqttError> {
     }
     let first = first_level(mqtt_topic);
     LogStore::validate_topic_name(first).map_err(|e| refuse(e.to_string()))?;
-    if first.starts_with("__") {
-        // __consumer_offsets and friends are the broker's own.
-        return Err(refuse("topics starting with '__' are internal".into()));
+    if fluxo_log::is_internal_topic(first) {
+        // __consumer_offsets, _schemas and friends are fluxo's own.
+        return Err(refuse(format!("topic {first} is internal")));
     }
     Ok(first)
 }
@@ -58,8 +58,8 @@ pub fn filter_target(filter: &str) -> Result<FilterTarget, MqttError> {
         return Ok(FilterTarget::AllTopics);
     }
     LogStore::validate_topic_name(first).map_err(|e| refuse(e.to_string()))?;
-    if first.starts_with("__") {
-        return Err(refuse("topics starting with '__' are internal".into()));
+    if fluxo_log::is_internal_topic(first) {
+        return Err(refuse(format!("topic {first} is internal")));
     }
     Ok(FilterTarget::Topic(first.to_string()))
 }
@@ -102,6 +102,7 @@ mod tests {
             "sp ace/x",
             "$SYS/broker",
             "__consumer_offsets/x",
+            "_schemas/x",
             "wild/+/card",
             "wild/#",
             "ünïcode/x",

@@ -32,7 +32,7 @@ use crate::compat::CompatibilityLevel;
 use crate::error::{RegistryError, Result};
 use crate::schema::{SchemaReference, SchemaType};
 
-pub const SCHEMAS_TOPIC: &str = "_schemas";
+pub const SCHEMAS_TOPIC: &str = fluxo_log::SCHEMA_REGISTRY_TOPIC;
 
 /// Small segments so the cleaner (which only compacts closed segments) gets
 /// to a registry's history, which grows slowly.
