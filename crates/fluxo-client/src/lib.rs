@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod group;
-pub mod partitioner;
+/// Kafka's default partitioner belongs to the log, beside the record format.
+pub use fluxo_log::partitioner;
 pub mod records;
 
 pub use records::{encode_batch, fetch, list_offset, produce, Fetched, Isolation, OutRecord};

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use fluxo_client::partitioner::partition_for_key;
 use fluxo_dataflow::Changes;
 use fluxo_log::batch::ControlType;
+use fluxo_log::partitioner::partition_for_key;
 use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 

@@ -33,6 +33,7 @@ pub mod cleaner;
 pub mod config;
 pub mod open_files;
 pub mod partition;
+pub mod partitioner;
 mod producer_state;
 pub mod records;
 pub mod segment;

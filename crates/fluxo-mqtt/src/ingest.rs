@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fluxo_client::partitioner::partition_for_key;
+use fluxo_log::partitioner::partition_for_key;
 use fluxo_log::{LogError, LogStore, OutRecord, PartitionLog, Topic, TopicConfig};
 
 use crate::mapping::fluxo_topic_of;

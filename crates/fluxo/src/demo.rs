@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use fluxo_client::partitioner::partition_for_key;
 use fluxo_http::dashboards::{Chart, Dashboard};
 use fluxo_http::DashboardStore;
+use fluxo_log::partitioner::partition_for_key;
 use fluxo_log::OutRecord;
 use fluxo_log::{LogStore, TopicConfig};
 use fluxo_sql::Engine;
