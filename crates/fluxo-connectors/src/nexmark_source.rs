@@ -196,30 +196,21 @@ fn generate(options: &NexmarkOptions, log: &PartitionLog, stop: &AtomicBool) -> 
 mod tests {
     use super::*;
 
-    fn options(pairs: &[(&str, &str)]) -> Options {
-        Options(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn options_are_checked_and_completed() {
-        let mut o = options(&[("connector", "nexmark"), ("rate", "100")]);
+        let mut o = Options::from_pairs(&[("connector", "nexmark"), ("rate", "100")]);
         let n = NexmarkOptions::from_options("bids", &mut o).unwrap();
         assert_eq!(n.stream, EventKind::Bid);
         assert_eq!(n.topic, "nexmark-bids");
         assert_eq!(o.get("topic"), Some("nexmark-bids"));
         assert!(o.get("start_time").is_some());
-        let mut bad = options(&[("stream", "trades")]);
+        let mut bad = Options::from_pairs(&[("stream", "trades")]);
         let err = NexmarkOptions::from_options("x", &mut bad).unwrap_err();
         assert!(
             err.to_string().contains("'bid', 'auction' or 'person'"),
             "{err}"
         );
-        let mut bad = options(&[("rate", "-1")]);
+        let mut bad = Options::from_pairs(&[("rate", "-1")]);
         assert!(NexmarkOptions::from_options("x", &mut bad).is_err());
     }
 
@@ -227,7 +218,8 @@ mod tests {
     fn the_generator_fills_its_topic_and_resumes_the_same_stream() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LogStore::open(dir.path()).unwrap());
-        let mut o = options(&[("max_events", "2500"), ("start_time", "0"), ("seed", "7")]);
+        let mut o =
+            Options::from_pairs(&[("max_events", "2500"), ("start_time", "0"), ("seed", "7")]);
         let opts = NexmarkOptions::from_options("bids", &mut o).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let log = store.partition("nexmark-bids", 0);

@@ -14,6 +14,16 @@ use crate::error::{ConnectorError, Result};
 pub struct Options(pub BTreeMap<String, String>);
 
 impl Options {
+    /// Options from `(name, value)` pairs, as `WITH (...)` gives them.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Options {
+        Options(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }

@@ -565,7 +565,6 @@ impl Sink for PostgresSink {
 mod tests {
     use super::*;
     use arrow::datatypes::Field;
-    use std::collections::BTreeMap;
 
     fn schema() -> Schema {
         Schema::new(vec![
@@ -573,15 +572,6 @@ mod tests {
             Field::new("name", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
         ])
-    }
-
-    fn options(pairs: &[(&str, &str)]) -> Options {
-        Options(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        )
     }
 
     fn sink(key: &str) -> PostgresSink {
@@ -593,17 +583,19 @@ mod tests {
         if !key.is_empty() {
             o.push(("key", key));
         }
-        let config = PostgresSinkConfig::from_options(&options(&o), "v", &schema(), true).unwrap();
+        let config =
+            PostgresSinkConfig::from_options(&Options::from_pairs(&o), "v", &schema(), true)
+                .unwrap();
         PostgresSink::new("s".into(), config, Arc::new(schema())).unwrap()
     }
 
     #[test]
     fn an_updating_view_needs_a_key_and_names_are_quoted() {
-        let o = options(&[("url", "postgresql://u@h/db"), ("table", "t")]);
+        let o = Options::from_pairs(&[("url", "postgresql://u@h/db"), ("table", "t")]);
         let e = PostgresSinkConfig::from_options(&o, "v", &schema(), false).unwrap_err();
         assert!(e.to_string().contains("needs key"), "{e}");
         assert_eq!(sink("id").config.table, "\"public\".\"Totals\"");
-        let bad = options(&[("url", "postgresql://u@h/db"), ("table", "a.b.c")]);
+        let bad = Options::from_pairs(&[("url", "postgresql://u@h/db"), ("table", "a.b.c")]);
         assert!(PostgresSinkConfig::from_options(&bad, "v", &schema(), true).is_err());
     }
 

@@ -481,22 +481,12 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn options(pairs: &[(&str, &str)]) -> Options {
-        Options(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    }
 
     #[test]
     fn options_read_with_defaults_and_refuse_what_cannot_work() {
         let c = WebhookSinkConfig::from_options(
             "alerts",
-            &options(&[("connector", "webhook"), ("url", "http://127.0.0.1:9/hook")]),
+            &Options::from_pairs(&[("connector", "webhook"), ("url", "http://127.0.0.1:9/hook")]),
         )
         .unwrap();
         assert_eq!(c.batch_rows, 500);
@@ -509,7 +499,7 @@ mod tests {
             ("batch_rows", "0", "batch_rows must be"),
             ("retry_backoff", "soon", "retry_backoff"),
         ] {
-            let mut o = options(&[("connector", "webhook"), ("url", "http://h/")]);
+            let mut o = Options::from_pairs(&[("connector", "webhook"), ("url", "http://h/")]);
             o.0.insert(key.into(), value.into());
             let e = WebhookSinkConfig::from_options("s", &o)
                 .unwrap_err()
