@@ -159,6 +159,35 @@ def test_webhook_batches_are_retried_under_one_key_and_dead_lettered_when_refuse
         refusing.close()
 
 
+@pytest.mark.timeout(240)
+def test_webhook_loses_nothing_across_kill_9(broker, new_topic):
+    """At least once: after a kill -9 the pipeline resends what came after
+    its last checkpoint, so every window reaches the receiver; a row sent
+    twice can only be one of the last checkpoint interval's."""
+    topic = topic_with(broker, new_topic, 2)
+    bids = make_bids(20_000, seed=45)
+    clean = [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
+    receiver = Receiver(503, fail_first=0)
+    try:
+        sql(broker, SOURCE.format(topic=topic))
+        sql(broker, VIEW)
+        sql(broker, f"CREATE SINK hook FROM {VIEW_NAME} WITH (connector = 'webhook', url = '{receiver.url}', "
+                    "batch_rows = '100')")
+        produce_bids(broker, topic, clean[:10_000])
+        H.wait_for(lambda: receiver.rows() or None, timeout=60, desc="a first batch at the receiver")
+        broker.kill9()
+        broker.start(port=broker.port)
+        produce_bids(broker, topic, clean[10_000:])
+        watermark = source_watermark(bids)
+        wait_watermark(broker, VIEW_NAME, watermark)
+        want = expected_windows(bids, watermark)
+        H.wait_for(lambda: set(receiver.rows()) == set(want) or None, timeout=60,
+                   desc=f"every window at the receiver: {describe(receiver.rows(), want)}")
+        assert not set(receiver.rows()) - set(want), "nothing the view does not hold"
+    finally:
+        receiver.close()
+
+
 # -- PostgreSQL --------------------------------------------------------------
 
 def free_port() -> int:

@@ -6,7 +6,10 @@
 //! array of row objects (an updating view's rows carry `"_op": "insert"` or
 //! `"_op": "delete"`), with an `Idempotency-Key` header that stays the same
 //! across the batch's retries, so a receiver can drop a retry of a batch it
-//! already took.
+//! already took. The key also names the sink's run: after a crash the rows
+//! since the last checkpoint are recomputed and may be cut into batches
+//! differently, so they go out under new keys (a receiver may see such rows
+//! twice, but never takes a new batch for a retry and drops it).
 //!
 //! Delivery is at least once. A connection error, a timeout, 408, 429 and
 //! 5xx are retried with exponential back-off (`retry_backoff`, doubling, up
@@ -140,8 +143,10 @@ pub struct WebhookSink {
     stats: Arc<SinkStats>,
     /// Rows of the batch being gathered.
     pending: Vec<serde_json::Value>,
-    /// The epoch the rows now written belong to, and the number of the
-    /// next batch in it: together the batch's idempotency key.
+    /// This run of the sink (new at every recovery), the epoch the rows
+    /// now written belong to, and the number of the next batch in it:
+    /// together the batch's idempotency key.
+    run: String,
     epoch: u64,
     batch_in_epoch: u64,
     sender: Option<SenderThread>,
@@ -155,6 +160,11 @@ struct SenderThread {
     stopping: Arc<AtomicBool>,
 }
 
+/// A short id of its own for each run of a sink.
+fn new_run() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
 impl WebhookSink {
     pub fn new(name: String, config: WebhookSinkConfig, store: Arc<LogStore>) -> WebhookSink {
         WebhookSink {
@@ -163,6 +173,7 @@ impl WebhookSink {
             store,
             stats: Arc::default(),
             pending: Vec::new(),
+            run: new_run(),
             epoch: 1,
             batch_in_epoch: 0,
             sender: None,
@@ -216,7 +227,10 @@ impl WebhookSink {
             return Ok(());
         }
         let batch = Batch {
-            key: format!("{}-{}-{}", self.name, self.epoch, self.batch_in_epoch),
+            key: format!(
+                "{}-{}-{}-{}",
+                self.name, self.run, self.epoch, self.batch_in_epoch
+            ),
             rows: std::mem::take(&mut self.pending),
         };
         self.batch_in_epoch += 1;
@@ -282,8 +296,9 @@ impl Sink for WebhookSink {
 
     fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()> {
         // Rows a failed run gathered but did not send are recomputed from
-        // the checkpoint.
+        // the checkpoint, into batches of a new run.
         self.pending.clear();
+        self.run = new_run();
         if let Some(epoch) = prepared
             .and_then(|p| p.get("epoch"))
             .and_then(|e| e.as_u64())
