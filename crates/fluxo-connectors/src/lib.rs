@@ -108,7 +108,7 @@ pub const SOURCE_OPTIONS: &[OptionInfo] = &[
     opt(
         "format",
         false,
-        "how records decode: 'json' (default), 'csv', or 'lines' (each record's value is the one text column)",
+        "how records decode: 'json' (default), 'csv', 'lines' (each record's value is the one text column), or 'avro' (Confluent's format through the schema registry; columns may be left out to take the latest schema of '<topic>-value')",
     ),
     opt(
         "idle_timeout",
