@@ -9,7 +9,7 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::Record;
 
 use crate::{Client, ClientError, Result};
 
@@ -185,7 +185,8 @@ pub async fn fetch(
         Isolation::ReadUncommitted => Vec::new(),
     };
     let (records, next_offset) = match &p.records {
-        Some(bytes) => decode_records(bytes, offset, &aborted)?,
+        Some(bytes) => decode_records(bytes, offset, &aborted)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?,
         None => (Vec::new(), offset),
     };
     let end_offset = match isolation {
@@ -200,181 +201,5 @@ pub async fn fetch(
     })
 }
 
-/// Decodes the whole v2 batches at the start of `bytes` (what a fetch or a
-/// log read returns) into their records at offset `from` and after,
-/// without control records; a LogAppendTime record gets its batch's time.
-/// `aborted` lists the aborted transactions a read_committed fetch
-/// reported, as (producer id, first offset): a transactional batch of such
-/// a producer from that offset on, up to its ABORT marker, is left out, as
-/// Kafka's consumers do. Returns the records with the offset after the
-/// last batch decoded (never before `from`), so a batch of only control
-/// records is still passed. A partial batch at the end, as a size-limited
-/// read may return, is left for the next read.
-pub fn decode_records(
-    bytes: &Bytes,
-    from: i64,
-    aborted: &[(i64, i64)],
-) -> Result<(Vec<Record>, i64)> {
-    let mut records = Vec::new();
-    let mut next = from;
-    let mut buf = bytes.clone();
-    let mut pending: Vec<(i64, i64)> = aborted.to_vec();
-    pending.sort_by_key(|(_, first)| std::cmp::Reverse(*first));
-    let mut aborting = std::collections::HashSet::new();
-    while let Some(header) = BatchExtent::parse(&buf) {
-        if header.size > buf.len() {
-            break;
-        }
-        // One whole batch at a time: the decoder would go on into the
-        // next batch, under this batch's header.
-        let mut one = buf.split_to(header.size);
-        next = next.max(header.last_offset + 1);
-        while pending
-            .last()
-            .is_some_and(|(_, first)| *first <= header.base_offset)
-        {
-            if let Some((producer, _)) = pending.pop() {
-                aborting.insert(producer);
-            }
-        }
-        if header.transactional && !header.control && aborting.contains(&header.producer_id) {
-            continue;
-        }
-        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| {
-            ClientError::Protocol(format!(
-                "bad record batch at offset {}: {e}",
-                header.base_offset
-            ))
-        })?;
-        for mut r in set.records {
-            if r.control {
-                // An ABORT marker (type 0 in the key) ends the producer's
-                // aborted range.
-                if r.key
-                    .as_ref()
-                    .is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 0])
-                {
-                    aborting.remove(&header.producer_id);
-                }
-                continue;
-            }
-            if r.offset < from {
-                continue;
-            }
-            if matches!(r.timestamp_type, TimestampType::LogAppend) {
-                r.timestamp = header.max_timestamp;
-            }
-            records.push(r);
-        }
-    }
-    Ok((records, next))
-}
-
-/// Where a v2 batch ends and what its header says of offsets and time.
-struct BatchExtent {
-    base_offset: i64,
-    last_offset: i64,
-    /// The whole batch, with its offset and length fields.
-    size: usize,
-    max_timestamp: i64,
-    transactional: bool,
-    control: bool,
-    producer_id: i64,
-}
-
-impl BatchExtent {
-    /// Reads the fixed v2 header fields: base offset (0..8), length
-    /// (8..12), attributes (21..23), last offset delta (23..27), max
-    /// timestamp (35..43), producer id (43..51).
-    fn parse(buf: &[u8]) -> Option<BatchExtent> {
-        const HEADER: usize = 61;
-        if buf.len() < HEADER {
-            return None;
-        }
-        let i64_at = |at: usize| i64::from_be_bytes(buf[at..at + 8].try_into().unwrap_or_default());
-        let i32_at = |at: usize| i32::from_be_bytes(buf[at..at + 4].try_into().unwrap_or_default());
-        let base_offset = i64_at(0);
-        let length = i32_at(8);
-        if length < (HEADER - 12) as i32 {
-            return None;
-        }
-        Some(BatchExtent {
-            base_offset,
-            last_offset: base_offset + i32_at(23) as i64,
-            size: length as usize + 12,
-            max_timestamp: i64_at(35),
-            transactional: buf[22] & 0x10 != 0,
-            control: buf[22] & 0x20 != 0,
-            producer_id: i64_at(43),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::records::Compression;
-
-    fn record(value: &str) -> OutRecord {
-        OutRecord {
-            value: Some(Bytes::from(value.to_string())),
-            timestamp: 7,
-            ..OutRecord::default()
-        }
-    }
-
-    #[test]
-    fn decode_skips_records_before_from_and_leaves_a_partial_tail() {
-        let batch =
-            encode_batch(&[record("a"), record("b"), record("c")], Compression::None).unwrap();
-        let mut two = BytesMut::from(&batch[..]);
-        // A batch at offset 3 after them, cut short.
-        let mut next =
-            BytesMut::from(&encode_batch(&[record("d")], Compression::None).unwrap()[..]);
-        next[0..8].copy_from_slice(&3i64.to_be_bytes());
-        two.extend_from_slice(&next[..next.len() - 1]);
-        let (records, after) = decode_records(&two.freeze(), 1, &[]).unwrap();
-        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
-        assert_eq!(values, vec![Bytes::from("b"), Bytes::from("c")]);
-        assert_eq!(after, 3, "the cut-off batch is read again later");
-        assert!(records.iter().all(|r| r.timestamp == 7));
-    }
-
-    #[test]
-    fn decode_leaves_out_aborted_transactions_until_their_marker() {
-        let txn = |values: &[&str], base: i64, pid: i64| {
-            let recs: Vec<OutRecord> = values.iter().map(|v| record(v)).collect();
-            let mut b = BytesMut::from(&encode_batch(&recs, Compression::None).unwrap()[..]);
-            b[0..8].copy_from_slice(&base.to_be_bytes());
-            b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
-            b[43..51].copy_from_slice(&pid.to_be_bytes());
-            let crc = crc32c::crc32c(&b[21..]);
-            b[17..21].copy_from_slice(&crc.to_be_bytes());
-            b
-        };
-        let marker = |base: i64, pid: i64| {
-            let mut r = record("");
-            r.key = Some(Bytes::from_static(&[0, 0, 0, 0]));
-            let mut b = BytesMut::from(&encode_batch(&[r], Compression::None).unwrap()[..]);
-            b[0..8].copy_from_slice(&base.to_be_bytes());
-            b[21..23].copy_from_slice(&0x30i16.to_be_bytes());
-            b[43..51].copy_from_slice(&pid.to_be_bytes());
-            let crc = crc32c::crc32c(&b[21..]);
-            b[17..21].copy_from_slice(&crc.to_be_bytes());
-            b
-        };
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&txn(&["x1", "x2"], 0, 5)); // aborted
-        buf.extend_from_slice(&txn(&["c1"], 2, 6)); // committed
-        buf.extend_from_slice(&marker(3, 5));
-        buf.extend_from_slice(&txn(&["c2"], 4, 5)); // a later transaction of 5
-        let bytes = buf.freeze();
-        let (records, after) = decode_records(&bytes, 0, &[(5, 0)]).unwrap();
-        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
-        assert_eq!(values, vec![Bytes::from("c1"), Bytes::from("c2")]);
-        assert_eq!(after, 5);
-        let (all, _) = decode_records(&bytes, 0, &[]).unwrap();
-        assert_eq!(all.len(), 4, "read_uncommitted sees the aborted records");
-    }
-}
+/// Decoding belongs to the log, beside the batch format.
+pub use fluxo_log::records::decode_records;

@@ -190,7 +190,7 @@ fn recover_positions(path: &Path, log: &PartitionLog) -> Result<Positions> {
         let bytes = log
             .read(offset, 1 << 20)
             .map_err(|e| ConnectorError::Execution(format!("cannot read back the topic: {e}")))?;
-        let (records, next) = fluxo_client::records::decode_records(&bytes, offset, &[])
+        let (records, next) = fluxo_log::records::decode_records(&bytes, offset, &[])
             .map_err(|e| ConnectorError::Execution(format!("cannot read back the topic: {e}")))?;
         for r in &records {
             let header = |name: &str| {

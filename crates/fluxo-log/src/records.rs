@@ -10,7 +10,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use crate::batch::{mark_transactional, BATCH_HEADER_LEN};
+use crate::batch::{mark_transactional, BatchHeader, BATCH_HEADER_LEN};
 use crate::{LogError, PartitionLog, Result};
 
 /// A record to write.
@@ -148,6 +148,79 @@ impl PartitionLog {
     }
 }
 
+/// Decodes the whole v2 batches at the start of `bytes` (what a fetch or a
+/// log read returns) into their records at offset `from` and after,
+/// without control records; a LogAppendTime record gets its batch's time.
+/// `aborted` lists the aborted transactions a read_committed fetch
+/// reported, as (producer id, first offset): a transactional batch of such
+/// a producer from that offset on, up to its ABORT marker, is left out, as
+/// Kafka's consumers do. Returns the records with the offset after the
+/// last batch decoded (never before `from`), so a batch of only control
+/// records is still passed. A partial batch at the end, as a size-limited
+/// read may return, is left for the next read.
+pub fn decode_records(
+    bytes: &Bytes,
+    from: i64,
+    aborted: &[(i64, i64)],
+) -> Result<(Vec<Record>, i64)> {
+    let mut records = Vec::new();
+    let mut next = from;
+    let mut buf = bytes.clone();
+    let mut pending: Vec<(i64, i64)> = aborted.to_vec();
+    pending.sort_by_key(|(_, first)| std::cmp::Reverse(*first));
+    let mut aborting = std::collections::HashSet::new();
+    while let Ok(header) = BatchHeader::parse(&buf) {
+        if header.size > buf.len() {
+            break;
+        }
+        // One whole batch at a time: the decoder would go on into the
+        // next batch, under this batch's header.
+        let mut one = buf.split_to(header.size);
+        next = next.max(header.last_offset() + 1);
+        while pending
+            .last()
+            .is_some_and(|(_, first)| *first <= header.base_offset)
+        {
+            if let Some((producer, _)) = pending.pop() {
+                aborting.insert(producer);
+            }
+        }
+        if header.is_transactional()
+            && !header.is_control()
+            && aborting.contains(&header.producer_id)
+        {
+            continue;
+        }
+        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| {
+            LogError::CorruptBatch(format!(
+                "bad record batch at offset {}: {e}",
+                header.base_offset
+            ))
+        })?;
+        for mut r in set.records {
+            if r.control {
+                // An ABORT marker (type 0 in the key) ends the producer's
+                // aborted range.
+                if r.key
+                    .as_ref()
+                    .is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 0])
+                {
+                    aborting.remove(&header.producer_id);
+                }
+                continue;
+            }
+            if r.offset < from {
+                continue;
+            }
+            if matches!(r.timestamp_type, TimestampType::LogAppend) {
+                r.timestamp = header.max_timestamp;
+            }
+            records.push(r);
+        }
+    }
+    Ok((records, next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +277,70 @@ mod tests {
             .unwrap();
         assert_eq!(log.open_transaction(1 << 62), Some(0));
         assert_eq!(log.last_stable_offset(), 0);
+    }
+
+    fn text_record(value: &str) -> OutRecord {
+        OutRecord {
+            value: Some(Bytes::from(value.to_string())),
+            timestamp: 7,
+            ..OutRecord::default()
+        }
+    }
+
+    #[test]
+    fn decode_skips_records_before_from_and_leaves_a_partial_tail() {
+        let batch = encode_batch(
+            &[text_record("a"), text_record("b"), text_record("c")],
+            Compression::None,
+        )
+        .unwrap();
+        let mut two = BytesMut::from(&batch[..]);
+        // A batch at offset 3 after them, cut short.
+        let mut next =
+            BytesMut::from(&encode_batch(&[text_record("d")], Compression::None).unwrap()[..]);
+        next[0..8].copy_from_slice(&3i64.to_be_bytes());
+        two.extend_from_slice(&next[..next.len() - 1]);
+        let (records, after) = decode_records(&two.freeze(), 1, &[]).unwrap();
+        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, vec![Bytes::from("b"), Bytes::from("c")]);
+        assert_eq!(after, 3, "the cut-off batch is read again later");
+        assert!(records.iter().all(|r| r.timestamp == 7));
+    }
+
+    #[test]
+    fn decode_leaves_out_aborted_transactions_until_their_marker() {
+        let txn = |values: &[&str], base: i64, pid: i64| {
+            let recs: Vec<OutRecord> = values.iter().map(|v| text_record(v)).collect();
+            let mut b = BytesMut::from(&encode_batch(&recs, Compression::None).unwrap()[..]);
+            b[0..8].copy_from_slice(&base.to_be_bytes());
+            b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+            b[43..51].copy_from_slice(&pid.to_be_bytes());
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            b
+        };
+        let marker = |base: i64, pid: i64| {
+            let mut r = text_record("");
+            r.key = Some(Bytes::from_static(&[0, 0, 0, 0]));
+            let mut b = BytesMut::from(&encode_batch(&[r], Compression::None).unwrap()[..]);
+            b[0..8].copy_from_slice(&base.to_be_bytes());
+            b[21..23].copy_from_slice(&0x30i16.to_be_bytes());
+            b[43..51].copy_from_slice(&pid.to_be_bytes());
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            b
+        };
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&txn(&["x1", "x2"], 0, 5)); // aborted
+        buf.extend_from_slice(&txn(&["c1"], 2, 6)); // committed
+        buf.extend_from_slice(&marker(3, 5));
+        buf.extend_from_slice(&txn(&["c2"], 4, 5)); // a later transaction of 5
+        let bytes = buf.freeze();
+        let (records, after) = decode_records(&bytes, 0, &[(5, 0)]).unwrap();
+        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, vec![Bytes::from("c1"), Bytes::from("c2")]);
+        assert_eq!(after, 5);
+        let (all, _) = decode_records(&bytes, 0, &[]).unwrap();
+        assert_eq!(all.len(), 4, "read_uncommitted sees the aborted records");
     }
 }

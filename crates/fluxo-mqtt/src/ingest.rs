@@ -101,7 +101,7 @@ pub fn append_publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxo_client::records::decode_records;
+    use fluxo_log::records::decode_records;
 
     fn config(auto_create: bool) -> MqttConfig {
         MqttConfig {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fluxo_client::records::{encode_batch, OutRecord};
+use fluxo_log::records::{encode_batch, OutRecord};
 use fluxo_log::{LogStore, TopicConfig};
 use fluxo_sql::Engine;
 use kafka_protocol::records::Compression;
