@@ -165,6 +165,11 @@ def test_avro_mistakes_are_refused_or_counted(broker, new_topic):
     assert "not an Avro record" in (status["last_error"] or ""), status
     assert sorted(sql(broker, "SELECT item, c FROM n ORDER BY item")["rows"]) == [["cake", 1], ["pie", 1], ["tea", 1]]
 
+    # A table over Avro would miss its deletes (tombstones with Avro keys).
+    e = sql(broker, f"CREATE TABLE t (id BIGINT, item TEXT, PRIMARY KEY (id)) WITH (topic = '{topic}', format = 'avro')",
+            expect_status=400)["error"]
+    assert "tombstones" in e and "source" in e, e
+
     # A column that is no Avro name cannot be written as Avro.
     sql(broker, "CREATE MATERIALIZED VIEW m AS SELECT id, count(*) FROM s GROUP BY id")
     e = sql(broker, f"""CREATE SINK bad FROM m WITH (topic = '{new_topic("x")}', format = 'avro', key = 'id')""",
