@@ -626,6 +626,10 @@ impl Runner {
                 &self.name,
             )?);
         }
+        let has_tables = self.inputs.iter().any(|i| i.upsert.is_some());
+        // A stream chunk taken while tables lag behind their topics' ends,
+        // with those ends: it waits until the tables got there.
+        let mut waiting: Option<(usize, Chunk, Vec<Vec<i64>>)> = None;
         let mut rate_at = Instant::now();
         let (mut last_in, mut last_out) = (
             self.stats.events_in.load(Ordering::Relaxed),
@@ -695,9 +699,29 @@ impl Runner {
             for _ in 0..MAX_CHUNKS_PER_ROUND {
                 let mut any = false;
                 for (i, r) in readers.iter().enumerate() {
-                    if let Some(chunk) = r.next(wait)? {
-                        self.take_chunk(i, chunk)?;
-                        any = true;
+                    // A stream row meets every table record appended before
+                    // the row was read (what a temporal join promises): its
+                    // chunk is taken without waiting, so it was read before
+                    // the tables' ends are looked at, and goes through only
+                    // once the tables reached those ends.
+                    let ordered = has_tables && self.inputs[i].upsert.is_none();
+                    if ordered && waiting.is_some() {
+                        continue;
+                    }
+                    let chunk = match r.next(if ordered { Duration::ZERO } else { wait })? {
+                        Some(chunk) => chunk,
+                        None => continue,
+                    };
+                    any = true;
+                    match ordered {
+                        true => waiting = Some((i, chunk, self.table_ends())),
+                        false => self.take_chunk(i, chunk)?,
+                    }
+                    if let Some((i, chunk, ends)) = waiting.take() {
+                        match self.tables_reached(&ends) {
+                            true => self.take_chunk(i, chunk)?,
+                            false => waiting = Some((i, chunk, ends)),
+                        }
                     }
                 }
                 wait = Duration::ZERO;
@@ -1098,6 +1122,41 @@ impl Runner {
             .iter()
             .map(|f| Frontier::at(f.clone()))
             .collect()
+    }
+
+    /// Per input, for tables only: where each partition's committed records
+    /// end now, or the replay's cut where that is earlier (readers stop
+    /// there until the replay is done).
+    fn table_ends(&self) -> Vec<Vec<i64>> {
+        let cuts = self.replay.as_ref().map(|r| &r.frontiers);
+        self.inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let (Some(_), Some(topic)) = (&input.upsert, self.store.topic(&input.topic)) else {
+                    return Vec::new();
+                };
+                let cut = cuts.and_then(|c| c.get(i));
+                topic
+                    .partitions()
+                    .iter()
+                    .enumerate()
+                    .map(|(p, log)| {
+                        let end = log.last_stable_offset();
+                        cut.and_then(|c| c.get(p)).map_or(end, |c| end.min(*c))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Whether every table input's partitions reached `ends`.
+    fn tables_reached(&self, ends: &[Vec<i64>]) -> bool {
+        self.inputs.iter().zip(ends).all(|(input, ends)| {
+            ends.iter()
+                .enumerate()
+                .all(|(p, end)| input.partitions.get(p).is_some_and(|c| c.offset >= *end))
+        })
     }
 
     /// While replaying: whether every partition reached the cut. Partitions
