@@ -61,6 +61,9 @@ class Broker:
     Attributes: bootstrap ("127.0.0.1:PORT"), host, port, data_dir, proc, log_path.
     """
 
+    # The listeners whose lines say the process is ready.
+    expected_listeners = LISTENERS
+
     def __init__(self, workdir: Path, extra_args: list[str] | None = None, name: str = "broker"):
         self.bin = fluxo_bin()
         self.name = name
@@ -183,7 +186,7 @@ class Broker:
             if remaining <= 0:
                 self._force_kill()
                 raise BrokerStartError(
-                    f"no 'fluxo: kafka listening on' line within {START_TIMEOUT_S}s\n"
+                    f"not every listener printed its line within {START_TIMEOUT_S}s\n"
                     f"--- log tail ---\n{self.log_tail()}")
             try:
                 line = lines.get(timeout=min(remaining, 0.5))
@@ -212,7 +215,7 @@ class Broker:
             elif kind == "postgres":
                 self.pg_host, self.pg_port = host, new_port
             self.listeners[kind] = (host, new_port)
-            if LISTENERS <= self.listeners.keys():
+            if self.expected_listeners <= self.listeners.keys():
                 break
         # Keep draining stdout in the background (the pump thread owns it; the
         # queue just fills up harmlessly).
@@ -271,6 +274,29 @@ class Broker:
             with self._log_lock:
                 if not self._log.closed:
                     self._log.close()
+
+
+class EngineWorker(Broker):
+    """A `fluxo serve --engine-only` process: the SQL engine, HTTP and
+    Postgres fronts on the Kafka cluster at `cluster_bootstrap`, with no
+    broker of its own."""
+
+    expected_listeners = {"http", "postgres"}
+
+    def __init__(self, workdir: Path, cluster_bootstrap: str, extra_args: list[str] | None = None,
+                 name: str = "engine"):
+        super().__init__(workdir, extra_args=extra_args, name=name)
+        self.cluster_bootstrap = cluster_bootstrap
+
+    def command(self, port: int) -> list[str]:
+        return [
+            self.bin, "serve", "--engine-only",
+            "--kafka-bootstrap", self.cluster_bootstrap,
+            "--data-dir", str(self.data_dir),
+            "--http-addr", "127.0.0.1:0",
+            "--pg-addr", "127.0.0.1:0",
+            *self.extra_args,
+        ]
 
 
 @atexit.register
@@ -336,6 +362,40 @@ def broker_factory(request, tmp_path):
 @pytest.fixture
 def broker(broker_factory) -> Broker:
     return broker_factory(name="broker")
+
+
+@pytest.fixture
+def engine_factory(request, tmp_path, broker_factory):
+    """Return start(cluster_bootstrap, extra_args=None, name=None) -> a
+    running EngineWorker. Engines stop (SIGTERM, exit code 0) before the
+    brokers they read."""
+    engines: list[EngineWorker] = []
+
+    def start(cluster_bootstrap: str, extra_args: list[str] | None = None,
+              name: str | None = None) -> EngineWorker:
+        name = name or f"engine{len(engines)}"
+        e = EngineWorker(tmp_path / name, cluster_bootstrap, extra_args=extra_args, name=name)
+        engines.append(e)
+        # Their log tails show with the brokers' when a test fails.
+        request.node._fluxo_brokers.append(e)
+        e.start()
+        return e
+
+    yield start
+
+    problems = []
+    for e in engines:
+        try:
+            if e.is_alive():
+                rc = e.stop()
+                if rc != 0:
+                    problems.append(f"{e.name}: exit code {rc} after SIGTERM")
+        except AssertionError as err:
+            problems.append(f"{e.name}: {err}")
+        finally:
+            e.close()
+    if problems and not _failed(request.node):
+        pytest.fail("engine shutdown problems:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

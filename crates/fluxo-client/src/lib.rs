@@ -1,4 +1,6 @@
-//! A small async Kafka-protocol client, used by fluxo's CLI and benchmarks.
+//! A small async Kafka-protocol client: fluxo's CLI and benchmarks use it,
+//! and the SQL engine reads and writes a Kafka cluster through it in
+//! engine-only mode ([`remote::RemoteLog`], [`txn::TransactionalProducer`]).
 //!
 //! One [`Client`] is one TCP connection. Requests are pipelined: any number
 //! may be in flight, and responses are matched to callers by correlation
@@ -20,10 +22,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod cluster;
 pub mod group;
 /// Kafka's default partitioner belongs to the log, beside the record format.
 pub use fluxo_log::partitioner;
 pub mod records;
+pub mod remote;
+pub mod txn;
 
 pub use records::{encode_batch, fetch, list_offset, produce, Fetched, Isolation, OutRecord};
 
@@ -153,6 +158,11 @@ impl Client {
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
         Ok(client)
+    }
+
+    /// Whether the connection is gone (a request on it fails at once).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// The version to use for `key`, if the broker speaks one we do.

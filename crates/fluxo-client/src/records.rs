@@ -128,8 +128,23 @@ pub enum Isolation {
     ReadUncommitted,
 }
 
-/// Fetches from one partition at `offset`, waiting up to `max_wait_ms` for data.
-pub async fn fetch(
+/// What one fetch of one partition returned, as the broker sent it.
+pub struct RawFetch {
+    /// Whole record batches (the last one may be cut short by the size limit).
+    pub records: Bytes,
+    /// Aborted transactions overlapping the records (read_committed only),
+    /// as (producer id, first offset).
+    pub aborted: Vec<(i64, i64)>,
+    pub high_watermark: i64,
+    /// -1 when the broker does not say.
+    pub last_stable_offset: i64,
+    /// -1 when the broker does not say.
+    pub log_start_offset: i64,
+}
+
+/// Fetches from one partition at `offset`, waiting up to `max_wait_ms` for
+/// data, and returns the broker's answer undecoded.
+pub async fn fetch_raw(
     client: &Client,
     topic: &str,
     partition: i32,
@@ -137,7 +152,7 @@ pub async fn fetch(
     max_wait_ms: i32,
     max_bytes: i32,
     isolation: Isolation,
-) -> Result<Fetched> {
+) -> Result<RawFetch> {
     let mut fp = FetchPartition::default();
     fp.partition = partition;
     fp.fetch_offset = offset;
@@ -165,8 +180,9 @@ pub async fn fetch(
     }
     let p = resp
         .responses
-        .first()
-        .and_then(|t| t.partitions.first())
+        .into_iter()
+        .next()
+        .and_then(|t| t.partitions.into_iter().next())
         .ok_or_else(|| ClientError::Protocol("empty fetch response".into()))?;
     if p.error_code != 0 {
         return Err(broker_error(
@@ -175,7 +191,7 @@ pub async fn fetch(
             None,
         ));
     }
-    let aborted: Vec<(i64, i64)> = match isolation {
+    let aborted = match isolation {
         Isolation::ReadCommitted => p
             .aborted_transactions
             .iter()
@@ -184,18 +200,44 @@ pub async fn fetch(
             .collect(),
         Isolation::ReadUncommitted => Vec::new(),
     };
-    let (records, next_offset) = match &p.records {
-        Some(bytes) => decode_records(bytes, offset, &aborted)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?,
-        None => (Vec::new(), offset),
-    };
+    Ok(RawFetch {
+        records: p.records.unwrap_or_default(),
+        aborted,
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.last_stable_offset,
+        log_start_offset: p.log_start_offset,
+    })
+}
+
+/// Fetches from one partition at `offset`, waiting up to `max_wait_ms` for data.
+pub async fn fetch(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    isolation: Isolation,
+) -> Result<Fetched> {
+    let raw = fetch_raw(
+        client,
+        topic,
+        partition,
+        offset,
+        max_wait_ms,
+        max_bytes,
+        isolation,
+    )
+    .await?;
+    let (records, next_offset) = decode_records(&raw.records, offset, &raw.aborted)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let end_offset = match isolation {
-        Isolation::ReadCommitted if p.last_stable_offset >= 0 => p.last_stable_offset,
-        _ => p.high_watermark,
+        Isolation::ReadCommitted if raw.last_stable_offset >= 0 => raw.last_stable_offset,
+        _ => raw.high_watermark,
     };
     Ok(Fetched {
         records,
-        high_watermark: p.high_watermark,
+        high_watermark: raw.high_watermark,
         end_offset,
         next_offset,
     })

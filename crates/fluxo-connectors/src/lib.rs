@@ -32,9 +32,11 @@ pub mod nexmark_source;
 pub mod options;
 pub mod parquet_sink;
 pub mod postgres_sink;
+pub mod remote_topic_sink;
 pub mod sink;
 pub mod source;
 pub mod topic_sink;
+pub mod topics;
 pub mod webhook_sink;
 
 use std::path::PathBuf;
@@ -43,10 +45,10 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 pub use error::{ConnectorError, Result};
 pub use fluxo_dataflow::Changes;
-use fluxo_log::LogStore;
 pub use options::Options;
 pub use sink::Sink;
 pub use source::Ingest;
+pub use topics::Topics;
 
 /// Which way a connector moves events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -164,7 +166,8 @@ pub fn connector(kind: ConnectorKind, name: &str) -> Result<&'static ConnectorIn
 /// What sinks may need from the server they run in.
 #[derive(Clone)]
 pub struct SinkContext {
-    pub store: Arc<LogStore>,
+    /// Where topic sinks write (and webhook sinks their dead letters).
+    pub topics: Topics,
     /// Where relative paths of file sinks are resolved.
     pub data_dir: PathBuf,
     /// The schema registry Avro sinks register their schemas in.
@@ -227,13 +230,9 @@ pub async fn open_sink(
                     Some(avro::AvroEncoder::new(id, &text)?)
                 }
             };
-            Box::new(topic_sink::TopicSink::new(
-                name.to_string(),
-                name,
-                config,
-                context.store.clone(),
-                avro,
-            ))
+            context
+                .topics
+                .topic_sink(name.to_string(), name, config, avro)
         }
         "parquet" => {
             let config = parquet_sink::ParquetSinkConfig::from_options(options, &context.data_dir)?;
@@ -294,7 +293,10 @@ pub async fn open_sink(
             Box::new(webhook_sink::WebhookSink::new(
                 name.to_string(),
                 config,
-                context.store.clone(),
+                context
+                    .topics
+                    .require_local("a webhook sink (its dead letters)")?
+                    .clone(),
             ))
         }
         other => {

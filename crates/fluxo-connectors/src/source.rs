@@ -22,6 +22,7 @@ use crate::file_source::{self, FileSourceOptions};
 use crate::mqtt_source::{self, MqttSourceOptions};
 use crate::nexmark_source::{self, NexmarkOptions};
 use crate::options::Options;
+use crate::topics::Topics;
 use crate::{connector, ConnectorKind, SOURCE_OPTIONS};
 
 /// A running source connector, appending to its topic until stopped.
@@ -107,6 +108,16 @@ pub enum SourcePlan {
 }
 
 impl SourcePlan {
+    /// The connector's name, as `connector = '...'` gives it.
+    pub fn connector(&self) -> &'static str {
+        match self {
+            SourcePlan::Topic => "topic",
+            SourcePlan::Nexmark(_) => "nexmark",
+            SourcePlan::File { .. } => "file",
+            SourcePlan::Mqtt(_) => "mqtt",
+        }
+    }
+
     /// Checks the options of the source `name`, filling in what a restart
     /// must find the same (a generated topic name, a start time): the caller
     /// stores `options` after this.
@@ -141,7 +152,13 @@ impl SourcePlan {
 
     /// Starts what the source runs, if anything; `state_dir` keeps what
     /// a source must remember across restarts (a file source's positions).
-    pub fn start(self, store: Arc<LogStore>, state_dir: &Path) -> Result<Option<Box<dyn Ingest>>> {
+    pub fn start(self, topics: &Topics, state_dir: &Path) -> Result<Option<Box<dyn Ingest>>> {
+        if let SourcePlan::Topic = self {
+            return Ok(None);
+        }
+        let store = topics
+            .require_local(&format!("the {} connector", self.connector()))?
+            .clone();
         Ok(match self {
             SourcePlan::Topic => None,
             SourcePlan::Nexmark(options) => Some(Box::new(nexmark_source::start(options, store)?)),

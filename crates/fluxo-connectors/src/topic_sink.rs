@@ -206,65 +206,88 @@ impl TopicSink {
         }
         Ok(partitions)
     }
+}
 
-    /// The records for `changes`: inserts as rows, and with a key, deletes
-    /// whose key gets no new row in the same changes as tombstones.
-    fn records(&self, changes: &Changes) -> Result<Vec<OutRecord>> {
-        let now = crate::now_ms();
-        let values: Vec<Bytes> = match &self.avro {
-            Some(encoder) => encoder
-                .encode(&changes.batch)?
-                .into_iter()
-                .map(Bytes::from)
-                .collect(),
-            None => objects_json(&changes.batch)
+/// The records for `changes`: inserts as rows, and with a key, deletes
+/// whose key gets no new row in the same changes as tombstones.
+pub(crate) fn records_for(
+    sink: &str,
+    config: &TopicSinkConfig,
+    avro: Option<&AvroEncoder>,
+    changes: &Changes,
+) -> Result<Vec<OutRecord>> {
+    let now = crate::now_ms();
+    let values: Vec<Bytes> = match avro {
+        Some(encoder) => encoder
+            .encode(&changes.batch)?
+            .into_iter()
+            .map(Bytes::from)
+            .collect(),
+        None => objects_json(&changes.batch)
+            .iter()
+            .map(|v| Bytes::from(v.to_string()))
+            .collect(),
+    };
+    let keys: Option<Vec<Bytes>> = if config.key.is_empty() {
+        None
+    } else {
+        let projected = project(&changes.batch, &config.key)?;
+        Some(
+            objects_json(&projected)
                 .iter()
-                .map(|v| Bytes::from(v.to_string()))
+                .map(|k| Bytes::from(k.to_string()))
                 .collect(),
-        };
-        let keys: Option<Vec<Bytes>> = if self.config.key.is_empty() {
-            None
-        } else {
-            let projected = project(&changes.batch, &self.config.key)?;
-            Some(
-                objects_json(&projected)
-                    .iter()
-                    .map(|k| Bytes::from(k.to_string()))
-                    .collect(),
-            )
-        };
-        let mut out = Vec::with_capacity(values.len());
-        for (i, value) in values.iter().enumerate() {
-            let key = keys.as_ref().map(|k| k[i].clone());
-            if changes.is_insert(i) {
-                out.push(OutRecord {
-                    key,
-                    value: Some(value.clone()),
-                    headers: Vec::new(),
-                    timestamp: now,
-                });
-                continue;
-            }
-            let Some(key) = key else {
-                return Err(ConnectorError::Execution(format!(
-                    "sink {} received a retraction but has no key to write it as a tombstone; \
-                     recreate it with key = '<columns>'",
-                    self.name
-                )));
-            };
-            let replaced = (i + 1..values.len())
-                .any(|j| changes.is_insert(j) && keys.as_ref().is_some_and(|k| k[j] == key));
-            if !replaced {
-                out.push(OutRecord {
-                    key: Some(key),
-                    value: None,
-                    headers: Vec::new(),
-                    timestamp: now,
-                });
-            }
+        )
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let key = keys.as_ref().map(|k| k[i].clone());
+        if changes.is_insert(i) {
+            out.push(OutRecord {
+                key,
+                value: Some(value.clone()),
+                headers: Vec::new(),
+                timestamp: now,
+            });
+            continue;
         }
-        Ok(out)
+        let Some(key) = key else {
+            return Err(ConnectorError::Execution(format!(
+                "sink {} received a retraction but has no key to write it as a tombstone; \
+                 recreate it with key = '<columns>'",
+                sink
+            )));
+        };
+        let replaced = (i + 1..values.len())
+            .any(|j| changes.is_insert(j) && keys.as_ref().is_some_and(|k| k[j] == key));
+        if !replaced {
+            out.push(OutRecord {
+                key: Some(key),
+                value: None,
+                headers: Vec::new(),
+                timestamp: now,
+            });
+        }
     }
+    Ok(out)
+}
+
+/// Which partition each record goes to: by its key as Kafka's default
+/// partitioner does, unkeyed ones all to `unkeyed`.
+pub(crate) fn spread(
+    records: Vec<OutRecord>,
+    partitions: i32,
+    unkeyed: i32,
+) -> BTreeMap<i32, Vec<OutRecord>> {
+    let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+    for r in records {
+        let p = match &r.key {
+            Some(k) => partition_for_key(k, partitions),
+            None => unkeyed,
+        };
+        by_partition.entry(p).or_default().push(r);
+    }
+    by_partition
 }
 
 fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch> {
@@ -290,23 +313,15 @@ impl Sink for TopicSink {
             return Ok(());
         }
         self.stats.add_rows(changes.num_rows());
-        let records = self.records(changes)?;
+        let records = records_for(&self.name, &self.config, self.avro.as_ref(), changes)?;
         if records.is_empty() {
             return Ok(());
         }
         let partitions = self.partitions()?;
         let n = partitions.len() as i32;
-        let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
         let unkeyed = self.next_partition % n;
         self.next_partition = (self.next_partition + 1) % n;
-        for r in records {
-            let p = match &r.key {
-                Some(k) => partition_for_key(k, n),
-                None => unkeyed,
-            };
-            by_partition.entry(p).or_default().push(r);
-        }
-        for (p, records) in by_partition {
+        for (p, records) in spread(records, n, unkeyed) {
             let log = &partitions[p as usize];
             // Split under the topic's max.message.bytes by the log: a
             // view's first write (its whole snapshot) may be large.
@@ -451,7 +466,7 @@ mod tests {
     fn an_update_becomes_one_record_and_a_delete_a_tombstone() {
         let (sink, _dir) = sink(&["k"]);
         let c = changes(&["a", "a", "b"], &[1, 2, 5], Some(vec![false, true, false]));
-        let records = sink.records(&c).unwrap();
+        let records = records_for(&sink.name, &sink.config, None, &c).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].key.as_deref(), Some(&br#"{"k":"a"}"#[..]));
         assert_eq!(
@@ -466,7 +481,9 @@ mod tests {
     fn a_retraction_without_a_key_is_an_error_not_a_silent_drop() {
         let (sink, _dir) = sink(&[]);
         let c = changes(&["a"], &[1], Some(vec![false]));
-        let err = sink.records(&c).unwrap_err().to_string();
+        let err = records_for(&sink.name, &sink.config, None, &c)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("key = "), "{err}");
     }
 

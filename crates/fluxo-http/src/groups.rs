@@ -10,17 +10,16 @@ use serde_json::{json, Value};
 
 use crate::{ApiError, AppState};
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
-    let groups: Vec<Value> = state
-        .groups
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let coordinator = &state.broker()?.groups;
+    let groups: Vec<Value> = coordinator
         .list()
         .into_iter()
         .map(|g| {
-            let members = state
-                .groups
+            let members = coordinator
                 .describe(&g.group_id)
                 .map_or(0, |d| d.members.len());
-            let lag: i64 = state.groups.lag(&g.group_id).iter().map(|l| l.lag).sum();
+            let lag: i64 = coordinator.lag(&g.group_id).iter().map(|l| l.lag).sum();
             json!({
                 "group_id": g.group_id,
                 "state": g.state,
@@ -31,19 +30,18 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "groups": groups }))
+    Ok(Json(json!({ "groups": groups })))
 }
 
 pub(crate) async fn describe(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let group = state
-        .groups
+    let coordinator = &state.broker()?.groups;
+    let group = coordinator
         .describe(&id)
         .ok_or_else(|| ApiError::not_found(format!("group {id} does not exist")))?;
-    let group_type = state
-        .groups
+    let group_type = coordinator
         .list()
         .into_iter()
         .find(|g| g.group_id == id)
@@ -66,7 +64,7 @@ pub(crate) async fn describe(
             })
         })
         .collect();
-    let partitions = state.groups.lag(&id);
+    let partitions = coordinator.lag(&id);
     let lag: i64 = partitions.iter().map(|l| l.lag).sum();
     let partitions: Vec<Value> = partitions
         .into_iter()

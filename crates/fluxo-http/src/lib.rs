@@ -15,6 +15,10 @@
 //!
 //! Errors are always JSON with an `error` field, including for unknown
 //! routes and malformed bodies; a request the user got wrong is a 4xx.
+//!
+//! In engine-only mode (no local broker) the topic and group endpoints
+//! answer 404 saying where those live; the overview and `/metrics` show
+//! the engine's part only.
 
 mod console;
 pub mod dashboards;
@@ -107,11 +111,34 @@ impl From<HttpError> for ApiError {
 #[derive(Clone)]
 pub struct Services {
     pub engine: Arc<Engine>,
+    /// The broker's parts; None in engine-only mode, where topics and
+    /// groups live on a remote cluster.
+    pub broker: Option<BrokerServices>,
+    pub dashboards: Arc<DashboardStore>,
+}
+
+/// The local broker: its log, groups, transactions and request metrics.
+#[derive(Clone)]
+pub struct BrokerServices {
     pub store: Arc<LogStore>,
     pub groups: Arc<GroupCoordinator>,
     pub broker_metrics: Arc<BrokerMetrics>,
     pub transactions: Arc<fluxo_txn::TxnCoordinator>,
-    pub dashboards: Arc<DashboardStore>,
+}
+
+impl Services {
+    /// The broker, for the topic and group endpoints. Without one they
+    /// answer 404 as endpoints this server does not have, with a message
+    /// saying where to look instead; it is no fault of the server, so not
+    /// a 5xx.
+    pub fn broker(&self) -> Result<&BrokerServices, ApiError> {
+        self.broker.as_ref().ok_or_else(|| {
+            ApiError::not_found(
+                "this server runs the SQL engine only (engine-only mode): topics and consumer \
+                 groups live on the Kafka cluster it reads; use that cluster's tools",
+            )
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -226,4 +253,69 @@ fn json_body<T: serde::de::DeserializeOwned>(
     let bytes = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("expected a JSON body {expected}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request over a fresh connection: the status and the body.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+
+    #[tokio::test]
+    async fn engine_only_mode_refuses_topics_and_groups_but_serves_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(dir.path()).unwrap());
+        let engine = Engine::open(store, dir.path()).await.unwrap();
+        let services = Services {
+            engine,
+            broker: None,
+            dashboards: Arc::new(DashboardStore::open(dir.path()).unwrap()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = serve(listener, services, std::future::pending()).unwrap();
+        let addr = server.local_addr;
+
+        for (method, path) in [
+            ("GET", "/api/v1/topics"),
+            ("POST", "/api/v1/topics"),
+            ("GET", "/api/v1/topics/orders/records"),
+            ("GET", "/api/v1/groups"),
+        ] {
+            let (status, body) = request(addr, method, path).await;
+            assert_eq!(status, 404, "{method} {path}: {body}");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("engine-only mode"), "{error}");
+            assert!(error.contains("Kafka cluster"), "{error}");
+        }
+
+        let (status, body) = request(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("fluxo_topic_"), "{body}");
+        let (status, body) = request(addr, "GET", "/api/v1/pipelines").await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = request(addr, "GET", "/api/v1/overview").await;
+        assert_eq!(status, 200, "{body}");
+        let overview: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(overview["topics"], 0);
+        assert_eq!(overview["groups"], 0);
+        server.abort();
+    }
 }

@@ -110,15 +110,18 @@ impl Stats {
     /// Takes one sample; None for the very first, which only sets the base.
     fn sample(&self, services: &Services, now: Instant) -> Option<Sample> {
         let totals = topic_totals(services);
-        let lags: Vec<(String, i64)> = services
-            .groups
-            .list()
-            .into_iter()
-            .map(|g| {
-                let lag = services.groups.lag(&g.group_id).iter().map(|l| l.lag).sum();
-                (g.group_id, lag)
-            })
-            .collect();
+        let lags: Vec<(String, i64)> = match &services.broker {
+            Some(broker) => broker
+                .groups
+                .list()
+                .into_iter()
+                .map(|g| {
+                    let lag = broker.groups.lag(&g.group_id).iter().map(|l| l.lag).sum();
+                    (g.group_id, lag)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let t = fluxo_log::now_ms();
         let mut inner = self.inner.lock();
         for (group, lag) in &lags {
@@ -182,10 +185,14 @@ impl Stats {
     }
 }
 
-/// Per topic, what the log took in and consumers fetched since start.
+/// Per topic, what the log took in and consumers fetched since start;
+/// nothing in engine-only mode, whose topics are on the remote cluster.
 fn topic_totals(services: &Services) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
-    for topic in services.store.topics() {
+    let Some(broker) = &services.broker else {
+        return out;
+    };
+    for topic in broker.store.topics() {
         let t = out.entry(topic.name.clone()).or_default();
         for p in topic.partitions() {
             let a = p.append_totals();
@@ -193,7 +200,7 @@ fn topic_totals(services: &Services) -> HashMap<String, Totals> {
             t.bytes_in += a.bytes;
         }
     }
-    for (topic, bytes, records) in services.broker_metrics.fetched_per_topic() {
+    for (topic, bytes, records) in broker.broker_metrics.fetched_per_topic() {
         if let Some(t) = out.get_mut(&topic) {
             t.bytes_out += bytes;
             t.records_out += records;
@@ -202,24 +209,30 @@ fn topic_totals(services: &Services) -> HashMap<String, Totals> {
     out
 }
 
-/// The counters the overview shows beside its charts.
+/// The counters the overview shows beside its charts; the broker's are 0
+/// in engine-only mode, so the overview keeps its shape.
 fn counters(services: &Services) -> serde_json::Value {
-    let topics = services.store.topics();
-    let mut partitions = 0usize;
-    let mut log_bytes = 0u64;
-    for t in &topics {
-        for p in t.partitions() {
-            partitions += 1;
-            log_bytes += p.offsets().size_bytes;
+    let (mut topics, mut partitions, mut log_bytes) = (0usize, 0usize, 0u64);
+    let (mut connections, mut groups) = (0, 0usize);
+    if let Some(broker) = &services.broker {
+        let all = broker.store.topics();
+        topics = all.len();
+        for t in &all {
+            for p in t.partitions() {
+                partitions += 1;
+                log_bytes += p.offsets().size_bytes;
+            }
         }
+        connections = broker.broker_metrics.connections();
+        groups = broker.groups.list().len();
     }
     json!({
         "now_ms": fluxo_log::now_ms(),
-        "topics": topics.len(),
+        "topics": topics,
         "partitions": partitions,
         "log_bytes": log_bytes,
-        "connections": services.broker_metrics.connections(),
-        "groups": services.groups.list().len(),
+        "connections": connections,
+        "groups": groups,
         "pipelines": services.engine.pipelines().len(),
     })
 }

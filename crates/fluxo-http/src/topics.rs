@@ -92,21 +92,22 @@ fn topic_json(state: &AppState, topic: &Topic) -> Value {
     })
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let topics: Vec<Value> = state
+        .broker()?
         .store
         .topics()
         .iter()
         .map(|t| topic_json(&state, t))
         .collect();
-    Json(json!({ "topics": topics }))
+    Ok(Json(json!({ "topics": topics })))
 }
 
 pub(crate) async fn describe(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = find_topic(&state.store, &name)?;
+    let topic = find_topic(&state.broker()?.store, &name)?;
     Ok(Json(topic_json(&state, &topic)))
 }
 
@@ -127,12 +128,13 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let broker = state.broker()?;
     let req: NewTopic = json_body(
         body,
         r#"{"name": "...", "partitions": N, "config": {"key": "value"}}"#,
     )?;
     let config = TopicConfig::from_pairs(req.config).map_err(log_error)?;
-    let store = state.store.clone();
+    let store = broker.store.clone();
     let topic =
         tokio::task::spawn_blocking(move || store.create_topic(&req.name, req.partitions, config))
             .await
@@ -145,20 +147,21 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    find_topic(&state.store, &name)?;
+    let broker = state.broker()?;
+    find_topic(&broker.store, &name)?;
     if fluxo_log::is_internal_topic(&name) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!("{name} is an internal topic and cannot be deleted"),
         ));
     }
-    let store = state.store.clone();
+    let store = broker.store.clone();
     let deleted = name.clone();
     tokio::task::spawn_blocking(move || store.delete_topic(&deleted))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(log_error)?;
-    state.broker_metrics.forget_topic(&name);
+    broker.broker_metrics.forget_topic(&name);
     Ok(Json(json!({ "deleted": name })))
 }
 
@@ -175,7 +178,7 @@ pub(crate) async fn browse(
     Path(name): Path<String>,
     Query(q): Query<BrowseQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = find_topic(&state.store, &name)?;
+    let topic = find_topic(&state.broker()?.store, &name)?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_BROWSE);
     let partitions = match q.partition {
         Some(p) => vec![topic.partition(p).ok_or_else(|| {
@@ -388,8 +391,9 @@ pub(crate) async fn ingest(
     Query(q): Query<IngestQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let broker = state.broker()?;
     let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    let topic = find_topic(&state.store, &name)?;
+    let topic = find_topic(&broker.store, &name)?;
     if q.key.is_some() && q.key_field.is_some() {
         return Err(ApiError::bad_request("give key or key_field, not both"));
     }

@@ -115,15 +115,30 @@ impl BatchHeader {
 /// `producer_id`: sets the transactional bit, the producer id and epoch,
 /// and no sequence numbers, and recomputes the CRC.
 pub fn mark_transactional(batch: &mut [u8], producer_id: i64, producer_epoch: i16) {
+    stamp_producer(batch, producer_id, producer_epoch, -1, true);
+}
+
+/// Writes a producer's id, epoch and first sequence number into an encoded
+/// batch (and the transactional flag, if `transactional`), then its CRC.
+pub fn stamp_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+) {
     if batch.len() < BATCH_HEADER_LEN {
         return;
     }
-    let attributes = be_i16(batch, ATTRIBUTES_OFFSET) | TRANSACTIONAL_BIT;
-    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    if transactional {
+        let attributes = be_i16(batch, ATTRIBUTES_OFFSET) | TRANSACTIONAL_BIT;
+        batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    }
     batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
     batch[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
         .copy_from_slice(&producer_epoch.to_be_bytes());
-    batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+        .copy_from_slice(&base_sequence.to_be_bytes());
     let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }

@@ -35,6 +35,7 @@ pub mod open_files;
 pub mod partition;
 pub mod partitioner;
 mod producer_state;
+pub mod reading;
 pub mod records;
 pub mod segment;
 mod store;
@@ -43,6 +44,7 @@ mod txn_index;
 pub use cleaner::{CleanerConfig, CleanerStats};
 pub use config::{TimestampType, TopicConfig, CONFIG_DEFS};
 pub use partition::{AppendInfo, AppendTotals, PartitionLog, PartitionOffsets};
+pub use reading::{EventLog, PartitionReading, TopicReading};
 pub use records::{encode_batch, AppendedRange, OutRecord};
 pub use store::{LogStore, MaintenanceConfig, Topic};
 

@@ -38,6 +38,26 @@ impl OutRecord {
     }
 }
 
+/// `records` as one batch of a producer: its id and epoch, sequence numbers
+/// from `base_sequence`, and the transactional flag if `transactional`.
+pub fn encode_producer_batch(
+    records: &[OutRecord],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+) -> Result<Bytes> {
+    let mut batch = encode_batch(records, Compression::None)?.to_vec();
+    crate::batch::stamp_producer(
+        &mut batch,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        transactional,
+    );
+    Ok(Bytes::from(batch))
+}
+
 /// Encodes records as one v2 batch.
 pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<Bytes> {
     let recs: Vec<Record> = records
@@ -234,6 +254,22 @@ mod tests {
             timestamp: 5,
             ..OutRecord::default()
         }
+    }
+
+    #[test]
+    fn a_producer_batch_carries_its_producer_and_a_valid_crc() {
+        let batch = encode_producer_batch(&[record(1), record(2)], 42, 7, 100, true).unwrap();
+        let h = crate::batch::validate_batch(&batch).unwrap();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 7, 100)
+        );
+        assert!(h.is_transactional() && !h.is_control());
+        assert_eq!(h.record_count, 2);
+        let plain = encode_producer_batch(&[record(1)], 42, 7, 0, false).unwrap();
+        assert!(!crate::batch::validate_batch(&plain)
+            .unwrap()
+            .is_transactional());
     }
 
     #[test]

@@ -19,9 +19,9 @@ use datafusion::sql::sqlparser::ast::Query;
 use fluxo_connectors::avro::AvroSchemas;
 use fluxo_connectors::sink::{SinkStats, SinkStatus};
 use fluxo_connectors::source::SourcePlan;
-use fluxo_connectors::{Ingest, Sink, SinkContext, SinkInput};
+use fluxo_connectors::{Ingest, Sink, SinkContext, SinkInput, Topics};
 use fluxo_dataflow::checkpoint::{checkpoint_dir, CheckpointStore};
-use fluxo_log::LogStore;
+use fluxo_log::{EventLog, LogStore};
 use parking_lot::RwLock;
 use serde::Serialize;
 
@@ -133,7 +133,10 @@ struct Objects {
 }
 
 pub struct Engine {
-    store: Arc<LogStore>,
+    /// Where sources and topic sinks live: fluxo's own log, or a cluster.
+    topics: Topics,
+    /// The same, as readers see it.
+    log: Arc<dyn EventLog>,
     /// `data_dir/sql`: the catalog and the pipelines' checkpoints.
     sql_dir: PathBuf,
     catalog: parking_lot::Mutex<Catalog>,
@@ -187,13 +190,14 @@ pub struct PipelineStatus {
 impl Engine {
     /// Opens the engine over `store`, replaying the catalog in `data_dir/sql`.
     pub async fn open(store: Arc<LogStore>, data_dir: &Path) -> Result<Arc<Engine>> {
-        Engine::open_with_registry(store, data_dir, None).await
+        Engine::open_with_registry(Topics::Local(store), data_dir, None).await
     }
 
     /// Opens the engine with the schema registry that Avro sources decode
-    /// through and Avro sinks register their schemas in.
+    /// through and Avro sinks register their schemas in, over `topics`
+    /// (fluxo's own log, or a Kafka cluster in engine-only mode).
     pub async fn open_with_registry(
-        store: Arc<LogStore>,
+        topics: Topics,
         data_dir: &Path,
         registry: Option<Arc<dyn AvroSchemas>>,
     ) -> Result<Arc<Engine>> {
@@ -201,7 +205,8 @@ impl Engine {
         let catalog = Catalog::open(&sql_dir)?;
         let entries = catalog.entries().to_vec();
         let engine = Arc::new(Engine {
-            store,
+            log: topics.reading(),
+            topics,
             sql_dir,
             catalog: parking_lot::Mutex::new(catalog),
             objects: RwLock::new(Objects::default()),
@@ -362,15 +367,24 @@ impl Engine {
             )));
         }
         def.options.duration_ms("idle_timeout")?;
+        // Started before the catalog keeps the statement: a source that
+        // cannot start (an ingest connector on an engine-only server) must
+        // not come back at every restart.
+        let generator = plan.start(&self.topics, &self.sql_dir.join("sources"))?;
         if persist {
-            self.catalog.lock().add(CatalogEntry {
+            let added = self.catalog.lock().add(CatalogEntry {
                 kind: "source".into(),
                 name: def.name.clone(),
                 sql: Statement::CreateSource(def.clone()).to_string(),
-            })?;
+            });
+            if let Err(e) = added {
+                if let Some(g) = generator {
+                    g.stop();
+                }
+                return Err(e);
+            }
         }
         let name = def.name.clone();
-        let generator = plan.start(self.store.clone(), &self.sql_dir.join("sources"))?;
         let mut objects = self.objects.write();
         objects.sources.insert(name.clone(), Arc::new(def));
         if let Some(g) = generator {
@@ -481,7 +495,7 @@ impl Engine {
                 parallelism,
                 shared_decodes: self.shared_decodes.clone(),
             },
-            self.store.clone(),
+            self.topics.clone(),
             !persist,
         )?;
         let name = def.name.clone();
@@ -528,7 +542,7 @@ impl Engine {
         def.options.check_known("a table", table::OPTIONS)?;
         let format = TableFormat::from_connector(def.options.get("connector"))?;
         let path = self.resolve_path(def.options.required("a table", "path")?);
-        let state = batch_context(&HashMap::new(), &self.store)?.state();
+        let state = batch_context(&HashMap::new(), &self.log)?.state();
         let (_, schema) = table::open(format, &path, &state).await?;
         if persist {
             self.catalog.lock().add(CatalogEntry {
@@ -656,7 +670,7 @@ impl Engine {
                     late_topic: None,
                     shared_decodes: self.shared_decodes.clone(),
                 },
-                self.store.clone(),
+                self.topics.clone(),
                 !persist,
             )?;
             pipeline.add_sink(sink);
@@ -685,7 +699,7 @@ impl Engine {
         append_only: bool,
     ) -> Result<Box<dyn Sink>> {
         let context = SinkContext {
-            store: self.store.clone(),
+            topics: self.topics.clone(),
             data_dir: self.sql_dir.parent().unwrap_or(&self.sql_dir).to_path_buf(),
             schemas: self.registry.as_ref().map(|r| r.0.clone()),
         };
@@ -1086,7 +1100,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
             )
         };
-        let ctx = batch_context(&sources, &self.store)?;
+        let ctx = batch_context(&sources, &self.log)?;
         for (name, store) in views {
             ctx.register_table(name.as_str(), Arc::new(ViewTable { store }))?;
         }

@@ -52,7 +52,7 @@ use datafusion::physical_plan::{
 use datafusion::scalar::ScalarValue;
 use fluxo_dataflow::upsert::Upsert;
 use fluxo_dataflow::window::{self, WindowSpec};
-use fluxo_log::{LogStore, PartitionLog};
+use fluxo_log::{EventLog, PartitionReading};
 use parking_lot::Mutex;
 
 use crate::error::{Result, SqlError};
@@ -67,7 +67,7 @@ const READ_BYTES: usize = 1 << 20;
 /// A source as a bounded table over its topic's records.
 pub struct HistoryTable {
     source: Arc<SourceDef>,
-    store: Arc<LogStore>,
+    store: Arc<dyn EventLog>,
     topic: String,
     format: Format,
     /// The source's columns, then `window_start` and `window_end` if windowed.
@@ -85,7 +85,7 @@ struct Windowing {
 }
 
 impl HistoryTable {
-    pub fn new(source: Arc<SourceDef>, store: Arc<LogStore>) -> Result<HistoryTable> {
+    pub fn new(source: Arc<SourceDef>, store: Arc<dyn EventLog>) -> Result<HistoryTable> {
         let topic = source.log_topic()?.to_string();
         let format = source.format()?;
         Ok(HistoryTable {
@@ -102,7 +102,7 @@ impl HistoryTable {
     /// (TUMBLE or HOP).
     pub fn windowed(
         source: Arc<SourceDef>,
-        store: Arc<LogStore>,
+        store: Arc<dyn EventLog>,
         spec: WindowSpec,
         time_index: usize,
     ) -> Result<HistoryTable> {
@@ -184,9 +184,9 @@ impl TableProvider for HistoryTable {
         let logs = self
             .store
             .topic(&self.topic)
-            .map(|t| t.partitions())
+            .map(|t| t.partitions)
             .unwrap_or_default();
-        let ranges: Vec<(Arc<PartitionLog>, i64, i64)> = logs
+        let ranges: Vec<(Arc<dyn PartitionReading>, i64, i64)> = logs
             .into_iter()
             .map(|log| {
                 // A batch query reads what is committed when it starts.
@@ -219,12 +219,12 @@ impl TableProvider for HistoryTable {
 /// query starts (tombstones delete).
 pub struct TableState {
     source: Arc<SourceDef>,
-    store: Arc<LogStore>,
+    store: Arc<dyn EventLog>,
     schema: SchemaRef,
 }
 
 impl TableState {
-    pub fn new(source: Arc<SourceDef>, store: Arc<LogStore>) -> TableState {
+    pub fn new(source: Arc<SourceDef>, store: Arc<dyn EventLog>) -> TableState {
         TableState {
             schema: Arc::new(source.schema()),
             source,
@@ -240,13 +240,13 @@ impl TableState {
         let logs = self
             .store
             .topic(topic)
-            .map(|t| t.partitions())
+            .map(|t| t.partitions)
             .unwrap_or_default();
         for log in logs {
             let (mut offset, end) = (log.log_start_offset(), log.last_stable_offset());
             while offset < end {
                 let (bytes, aborted) = log.read_committed(offset, READ_BYTES).map_err(|e| {
-                    SqlError::Execution(format!("reading {topic}/{}: {e}", log.partition))
+                    SqlError::Execution(format!("reading {topic}/{}: {e}", log.partition()))
                 })?;
                 let (values, next) =
                     decode_record_range(bytes, offset, end, &aborted, reading.tombstones.as_ref())?;
@@ -396,7 +396,7 @@ fn filter_range(filter: &Expr, column: &str) -> Option<TimeRange> {
 /// The least and greatest event time each stretch of a partition held, by
 /// the stretch's first offset: `(end offset, times)`.
 struct PartitionZones {
-    log: Weak<PartitionLog>,
+    log: Weak<dyn PartitionReading>,
     zones: BTreeMap<i64, (i64, Option<(i64, i64)>)>,
 }
 
@@ -418,17 +418,17 @@ struct TimeColumn {
     range: TimeRange,
 }
 
-fn zone_key(log: &PartitionLog, column: &TimeColumn) -> ZoneKey {
-    (log.topic.clone(), log.partition, column.id.clone())
+fn zone_key(log: &dyn PartitionReading, column: &TimeColumn) -> ZoneKey {
+    (log.topic().to_string(), log.partition(), column.id.clone())
 }
 
 /// Where a stream at `offset` can go on reading if the stretch there
 /// cannot hold a row in `range`.
-fn skip_to(log: &Arc<PartitionLog>, column: &TimeColumn, offset: i64) -> Option<i64> {
+fn skip_to(log: &Arc<dyn PartitionReading>, column: &TimeColumn, offset: i64) -> Option<i64> {
     if column.range == TimeRange::ALL {
         return None;
     }
-    let key = zone_key(log, column);
+    let key = zone_key(log.as_ref(), column);
     let mut all = TIME_ZONES.lock();
     let zones = all.get(&key)?;
     if !zones.log.upgrade().is_some_and(|l| Arc::ptr_eq(&l, log)) {
@@ -441,7 +441,7 @@ fn skip_to(log: &Arc<PartitionLog>, column: &TimeColumn, offset: i64) -> Option<
 }
 
 fn note_zone(
-    log: &Arc<PartitionLog>,
+    log: &Arc<dyn PartitionReading>,
     column: &TimeColumn,
     start: i64,
     end: i64,
@@ -449,7 +449,7 @@ fn note_zone(
 ) {
     let mut all = TIME_ZONES.lock();
     let entry = all
-        .entry(zone_key(log, column))
+        .entry(zone_key(log.as_ref(), column))
         .or_insert_with(|| PartitionZones {
             log: Arc::downgrade(log),
             zones: BTreeMap::new(),
@@ -474,7 +474,7 @@ fn time_span(batch: &RecordBatch, index: usize) -> Result<Option<(i64, i64)>> {
     Ok(arrow::compute::min(times).zip(arrow::compute::max(times)))
 }
 
-type Piece = (Arc<PartitionLog>, i64, i64);
+type Piece = (Arc<dyn PartitionReading>, i64, i64);
 
 /// Cuts offset ranges into at least `streams` pieces (as evenly as offsets
 /// allow), so that one long partition still decodes on every core.
@@ -586,7 +586,7 @@ impl DisplayAs for HistoryExec {
 
 /// Where one stream stands.
 struct Cursor {
-    log: Arc<PartitionLog>,
+    log: Arc<dyn PartitionReading>,
     offset: i64,
     end: i64,
     remaining: Option<usize>,
@@ -689,7 +689,9 @@ impl Read {
             let (bytes, aborted) = c.log.read_committed(c.offset, READ_BYTES).map_err(|e| {
                 SqlError::Execution(format!(
                     "reading {}/{} at offset {}: {e}",
-                    c.log.topic, c.log.partition, c.offset
+                    c.log.topic(),
+                    c.log.partition(),
+                    c.offset
                 ))
             })?;
             let (values, next) = decode_record_range(bytes, c.offset, c.end, &aborted, None)?;
@@ -753,19 +755,21 @@ mod tests {
     #[test]
     fn ranges_are_cut_into_enough_pieces_and_cover_every_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
+        let store = fluxo_log::LogStore::open(dir.path()).unwrap();
         let topic = store
             .create_topic("t", 2, fluxo_log::TopicConfig::default())
             .unwrap();
         let logs = topic.partitions();
-        let ranges = vec![(logs[0].clone(), 0, 1000), (logs[1].clone(), 10, 13)];
+        let (a, b): (Arc<dyn PartitionReading>, Arc<dyn PartitionReading>) =
+            (logs[0].clone(), logs[1].clone());
+        let ranges = vec![(a, 0, 1000), (b, 10, 13)];
         // Four pieces each, except that three offsets make only three.
         let pieces = split_ranges(ranges.clone(), 8);
         assert_eq!(pieces.len(), 7);
         for (p, (_, start, end)) in ranges.iter().enumerate() {
             let mut mine: Vec<(i64, i64)> = pieces
                 .iter()
-                .filter(|(log, _, _)| log.partition == p as i32)
+                .filter(|(log, _, _)| log.partition() == p as i32)
                 .map(|(_, from, to)| (*from, *to))
                 .collect();
             mine.sort();

@@ -51,4 +51,5 @@ pub use error::{Result, SqlError};
 pub use fluxo_connectors as connectors;
 /// What subscribers of a view receive.
 pub use fluxo_connectors::json;
+pub use fluxo_connectors::Topics;
 pub use fluxo_dataflow::Changes;

@@ -27,7 +27,7 @@ use fluxo_dataflow::upsert::Upsert;
 use fluxo_dataflow::window::{self, Assign, WindowSpec};
 use fluxo_dataflow::window_aggregate::WindowAggregate;
 use fluxo_dataflow::Changes;
-use fluxo_log::{LogStore, PartitionLog};
+use fluxo_log::{EventLog, PartitionReading};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -36,8 +36,8 @@ use crate::planner::{Chain, Dataflow, Stage, StaticInput};
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
 use crate::view::ViewStore;
-use fluxo_connectors::topic_sink::{TopicSink, TopicSinkConfig};
-use fluxo_connectors::Sink;
+use fluxo_connectors::topic_sink::TopicSinkConfig;
+use fluxo_connectors::{Sink, Topics};
 
 /// How many reader chunks one round takes before it looks at the
 /// watermark, checkpoints and commands again.
@@ -191,7 +191,7 @@ const LATE_OUTPUT: &str = "(late events)";
 
 /// Starts a pipeline's thread; with `paused` it waits for
 /// [`PipelineHandle::resume`] before reading anything.
-pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<PipelineHandle> {
+pub fn start(spec: PipelineSpec, topics: Topics, paused: bool) -> Result<PipelineHandle> {
     let stats = Arc::new(PipelineStats {
         watermark: AtomicI64::new(i64::MIN),
         ..Default::default()
@@ -204,7 +204,7 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
     });
     let runner = Runner::new(
         spec.clone(),
-        store.clone(),
+        topics.clone(),
         stats.clone(),
         stop.clone(),
         control.clone(),
@@ -212,7 +212,7 @@ pub fn start(spec: PipelineSpec, store: Arc<LogStore>, paused: bool) -> Result<P
     let name = format!("pipeline-{}", runner.name);
     let supervisor = Supervisor {
         spec,
-        store,
+        topics,
         stats: stats.clone(),
         stop: stop.clone(),
         control: control.clone(),
@@ -243,7 +243,7 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 /// or drop the epoch that checkpoint prepared.
 struct Supervisor {
     spec: PipelineSpec,
-    store: Arc<LogStore>,
+    topics: Topics,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     control: Arc<Control>,
@@ -314,7 +314,7 @@ impl Supervisor {
         }
         Runner::new(
             self.spec.clone(),
-            self.store.clone(),
+            self.topics.clone(),
             self.stats.clone(),
             self.stop.clone(),
             self.control.clone(),
@@ -331,7 +331,7 @@ struct Runner {
     /// Parts of the query that read no stream, for the graph's last inputs.
     statics: Vec<StaticInput>,
     view: Option<Arc<ViewStore>>,
-    store: Arc<LogStore>,
+    log: Arc<dyn EventLog>,
     shared_decodes: Arc<SharedDecodes>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
@@ -349,7 +349,7 @@ struct Runner {
     updated_closed_windows: bool,
     lateness_ms: i64,
     /// The side output for late events, when the view has `late_topic`.
-    late_output: Option<TopicSink>,
+    late_output: Option<Box<dyn Sink>>,
     /// Sink states of the checkpoint the pipeline resumed from.
     restored_sinks: serde_json::Map<String, serde_json::Value>,
     /// Set while a rebuilt pipeline replays what an earlier run's last
@@ -491,7 +491,7 @@ struct Replay {
 impl Runner {
     fn new(
         spec: PipelineSpec,
-        store: Arc<LogStore>,
+        topics: Topics,
         stats: Arc<PipelineStats>,
         stop: Arc<AtomicBool>,
         control: Arc<Control>,
@@ -523,7 +523,7 @@ impl Runner {
             graph,
             statics: spec.dataflow.statics.clone(),
             view: spec.view,
-            store: store.clone(),
+            log: topics.reading(),
             shared_decodes: spec.shared_decodes,
             stats,
             stop,
@@ -538,7 +538,7 @@ impl Runner {
             updated_closed_windows: false,
             lateness_ms: lateness,
             late_output: spec.late_topic.map(|topic| {
-                TopicSink::new(
+                topics.topic_sink(
                     LATE_OUTPUT.to_string(),
                     &late_identity,
                     TopicSinkConfig {
@@ -548,7 +548,6 @@ impl Runner {
                         partitions: 1,
                         avro: false,
                     },
-                    store,
                     None,
                 )
             }),
@@ -617,7 +616,7 @@ impl Runner {
         let mut readers = Vec::with_capacity(self.inputs.len());
         for (input, frontier) in self.inputs.iter().zip(&frontiers) {
             readers.push(Readers::start(
-                self.store.clone(),
+                self.log.clone(),
                 input.reading.clone(),
                 input.partitions.iter().map(|c| c.offset).collect(),
                 frontier.clone(),
@@ -666,12 +665,12 @@ impl Runner {
             let mut all_logs = Vec::with_capacity(self.inputs.len());
             let mut missing = None;
             for input in &mut self.inputs {
-                let Some(topic) = self.store.topic(&input.topic) else {
+                let Some(topic) = self.log.topic(&input.topic) else {
                     missing.get_or_insert_with(|| input.topic.clone());
                     all_logs.push(Vec::new());
                     continue;
                 };
-                let logs = topic.partitions();
+                let logs = topic.partitions;
                 while input.partitions.len() < logs.len() {
                     let start = logs[input.partitions.len()].log_start_offset();
                     input.partitions.push(PartitionCursor {
@@ -1109,8 +1108,8 @@ impl Runner {
         };
         replay.frontiers.resize(self.inputs.len(), Vec::new());
         for (input, frontier) in self.inputs.iter().zip(replay.frontiers.iter_mut()) {
-            if let Some(topic) = self.store.topic(&input.topic) {
-                let logs = topic.partitions();
+            if let Some(topic) = self.log.topic(&input.topic) {
+                let logs = topic.partitions;
                 frontier.truncate(logs.len());
                 for (offset, log) in frontier.iter_mut().zip(logs) {
                     *offset = (*offset).min(log.last_stable_offset());
@@ -1133,12 +1132,12 @@ impl Runner {
             .iter()
             .enumerate()
             .map(|(i, input)| {
-                let (Some(_), Some(topic)) = (&input.upsert, self.store.topic(&input.topic)) else {
+                let (Some(_), Some(topic)) = (&input.upsert, self.log.topic(&input.topic)) else {
                     return Vec::new();
                 };
                 let cut = cuts.and_then(|c| c.get(i));
                 topic
-                    .partitions()
+                    .partitions
                     .iter()
                     .enumerate()
                     .map(|(p, log)| {
@@ -1180,7 +1179,7 @@ impl Runner {
         all
     }
 
-    fn publish_progress(&self, all_logs: &[Vec<Arc<PartitionLog>>]) {
+    fn publish_progress(&self, all_logs: &[Vec<Arc<dyn PartitionReading>>]) {
         let mut progress = Vec::new();
         for (input, logs) in self.inputs.iter().zip(all_logs) {
             for (i, (c, log)) in input.partitions.iter().zip(logs).enumerate() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fluxo_dataflow::upsert::{decode_schema, DELETED_COLUMN};
 use fluxo_log::batch::{is_aborted, AbortedTxn, BatchHeader};
-use fluxo_log::LogStore;
+use fluxo_log::EventLog;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
 
@@ -126,7 +126,7 @@ impl Readers {
     /// `start_offsets` (per partition; partitions beyond it start at their
     /// log start).
     pub fn start(
-        store: Arc<LogStore>,
+        log: Arc<dyn EventLog>,
         reading: SourceReading,
         start_offsets: Vec<i64>,
         frontier: Arc<Frontier>,
@@ -140,7 +140,7 @@ impl Readers {
         let mut threads = Vec::with_capacity(readers);
         for index in 0..readers {
             let reader = Reader {
-                store: store.clone(),
+                log: log.clone(),
                 topic: reading.topic.clone(),
                 decoder: reading.decoder.clone(),
                 tombstones: reading.tombstones.clone(),
@@ -200,7 +200,7 @@ impl Drop for Readers {
 }
 
 struct Reader {
-    store: Arc<LogStore>,
+    log: Arc<dyn EventLog>,
     topic: String,
     decoder: RecordDecoder,
     tombstones: Option<Tombstones>,
@@ -236,11 +236,11 @@ impl Reader {
         let mut cursors: Vec<Option<i64>> = Vec::new();
         let mut watches: Vec<Option<watch::Receiver<i64>>> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
-            let Some(topic) = self.store.topic(&self.topic) else {
+            let Some(topic) = self.log.topic(&self.topic) else {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             };
-            let logs = topic.partitions();
+            let logs = &topic.partitions;
             cursors.resize(logs.len(), None);
             watches.resize_with(logs.len(), || None);
             let mut progressed = false;

@@ -236,7 +236,7 @@ pub struct WindowTableFunction {
     pub kind: WindowKind,
     pub sources: Arc<HashMap<String, Arc<SourceDef>>>,
     /// In a batch query: the log, whose history the window reads.
-    pub history: Option<Arc<fluxo_log::LogStore>>,
+    pub history: Option<Arc<dyn fluxo_log::EventLog>>,
 }
 
 impl fmt::Debug for WindowTableFunction {

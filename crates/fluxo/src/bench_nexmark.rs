@@ -394,7 +394,7 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
     );
 
     let engine = Engine::open_with_registry(
-        store.clone(),
+        fluxo_sql::Topics::Local(store.clone()),
         &log_dir,
         avro.map(|(registry, _)| {
             Arc::new(crate::registry_schemas::RegistrySchemas::new(registry)) as Arc<_>

@@ -82,6 +82,17 @@ pub struct ServeArgs {
     /// over them, sinks, and a dashboard in the console
     #[arg(long, env = "FLUXO_DEMO")]
     pub demo: bool,
+    /// Run only the SQL engine, HTTP API, console and Postgres front, on the
+    /// Kafka cluster at --kafka-bootstrap instead of a broker of its own
+    #[arg(long, env = "FLUXO_ENGINE_ONLY", requires = "kafka_bootstrap")]
+    pub engine_only: bool,
+    /// The cluster an engine-only server reads and writes: HOST:PORT[,HOST:PORT]
+    #[arg(long, env = "FLUXO_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+    /// Names this engine's work on the cluster (its sinks' transactional ids
+    /// start with fluxo-<ID>-) [default: fluxo]
+    #[arg(long, env = "FLUXO_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
 }
 
 /// What `serve` runs with once flags, environment and config file are merged.
@@ -107,6 +118,15 @@ pub struct ServeSettings {
     pub groups: fluxo_groups::GroupConfig,
     pub transactions: fluxo_txn::TxnConfig,
     pub demo: bool,
+    /// In engine-only mode: the cluster's bootstrap brokers.
+    pub engine_only: Option<EngineOnly>,
+}
+
+/// Where an engine-only server's topics live.
+#[derive(Debug, Clone)]
+pub struct EngineOnly {
+    pub bootstrap: String,
+    pub cluster_id: String,
 }
 
 impl ServeSettings {
@@ -202,7 +222,33 @@ impl ServeSettings {
             groups: file.group_config(),
             transactions: file.transaction_config(),
             demo: args.demo,
+            engine_only: match (args.engine_only, args.kafka_bootstrap) {
+                (true, Some(bootstrap)) => Some(EngineOnly {
+                    bootstrap,
+                    cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
+                }),
+                (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
+                (false, Some(_)) => anyhow::bail!(
+                    "--kafka-bootstrap is for --engine-only servers; without it fluxo runs its own broker"
+                ),
+                (false, None) => None,
+            },
         };
+        if let Some(e) = &settings.engine_only {
+            if settings.demo {
+                anyhow::bail!(
+                    "--demo writes into fluxo's own log; it cannot run with --engine-only"
+                );
+            }
+            if e.cluster_id.is_empty()
+                || !e
+                    .cluster_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                anyhow::bail!("--cluster-id takes letters, digits, '.', '_' and '-'");
+            }
+        }
         if settings.pg.user.is_empty() {
             anyhow::bail!("the Postgres user (--pg-user) is empty");
         }
@@ -281,6 +327,9 @@ fn raise_open_files_limit() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let args = ServeSettings::resolve(args)?;
+    if let Some(cluster) = args.engine_only.clone() {
+        return run_engine_only(args, cluster).await;
+    }
     raise_open_files_limit();
     // Half the descriptors for segment files, the rest for connections,
     // indexes being written, sinks and the engine.
@@ -352,7 +401,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await?
             .context("cannot open the schema registry's topic _schemas")?;
     let engine = fluxo_sql::Engine::open_with_registry(
-        store.clone(),
+        fluxo_sql::Topics::Local(store.clone()),
         &args.data_dir,
         Some(Arc::new(crate::registry_schemas::RegistrySchemas::new(
             registry.clone(),
@@ -373,10 +422,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let services = fluxo_http::Services {
         engine: engine.clone(),
-        store: store.clone(),
-        groups,
-        broker_metrics,
-        transactions,
+        broker: Some(fluxo_http::BrokerServices {
+            store: store.clone(),
+            groups,
+            broker_metrics,
+            transactions,
+        }),
         dashboards: dashboards.clone(),
     };
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -503,6 +554,77 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     group_timers.abort();
     txn_timers.abort();
     tokio::task::spawn_blocking(move || store.close()).await??;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `serve --engine-only`: the SQL engine on a Kafka cluster, with the
+/// HTTP API, console and Postgres front; no broker, MQTT listener or
+/// schema registry of its own. Catalog and checkpoints stay in the data
+/// directory.
+async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let remote = fluxo_client::cluster::Cluster::connect(&cluster.bootstrap)
+        .await
+        .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;
+    let log = fluxo_client::remote::RemoteLog::start(remote, tokio::runtime::Handle::current());
+    println!("fluxo: engine on kafka cluster {}", cluster.bootstrap);
+    let engine = fluxo_sql::Engine::open_with_registry(
+        fluxo_sql::Topics::Remote {
+            log,
+            cluster_id: cluster.cluster_id.clone(),
+        },
+        &args.data_dir,
+        None,
+    )
+    .await
+    .context("cannot open the SQL engine")?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --http-addr)",
+                args.http_addr
+            )
+        })?;
+    let dashboards = Arc::new(
+        fluxo_http::DashboardStore::open(&args.data_dir).context("cannot open the dashboards")?,
+    );
+    let services = fluxo_http::Services {
+        engine: engine.clone(),
+        broker: None,
+        dashboards,
+    };
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = fluxo_http::serve(http_listener, services, async {
+        let _ = http_stopped.await;
+    })?;
+    println!("fluxo: http listening on {}", http.local_addr);
+    let pg_listener = tokio::net::TcpListener::bind(args.pg_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server using it? pick another with --pg-addr)",
+                args.pg_addr
+            )
+        })?;
+    let pg = fluxo_pg::serve(pg_listener, engine.clone(), args.pg.clone())?;
+    println!("fluxo: postgres listening on {}", pg.local_addr);
+    tracing::info!(cluster = %cluster.bootstrap, cluster_id = %cluster.cluster_id, "fluxo is serving (engine only)");
+    let failure = wait_for_signal().await.err();
+    tracing::info!("shutting down");
+    let _ = http_stop.send(());
+    http.abort();
+    pg.abort();
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -26,7 +26,7 @@ use fluxo_dataflow::aggregate::AggregateExprs;
 use fluxo_dataflow::graph::Node;
 use fluxo_dataflow::stateless::StatelessOp;
 use fluxo_dataflow::window::WindowSpec;
-use fluxo_log::LogStore;
+use fluxo_log::EventLog;
 
 use crate::error::{Result, SqlError};
 use crate::history::{HistoryTable, TableState};
@@ -286,7 +286,7 @@ const BATCH_MEMORY_BYTES: usize = 1 << 30;
 /// history ([`HistoryTable`]), on every core, within a memory budget.
 pub fn batch_context(
     sources: &HashMap<String, Arc<SourceDef>>,
-    store: &Arc<LogStore>,
+    store: &Arc<dyn EventLog>,
 ) -> Result<SessionContext> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config = SessionConfig::new()
@@ -323,7 +323,7 @@ pub fn batch_context(
 fn register_functions(
     ctx: &SessionContext,
     sources: &HashMap<String, Arc<SourceDef>>,
-    history: Option<&Arc<LogStore>>,
+    history: Option<&Arc<dyn EventLog>>,
 ) {
     ctx.register_udf(crate::source::proctime_udf());
     let shared = Arc::new(sources.clone());

@@ -1,0 +1,81 @@
+//! Where the engine's topics live: this process's log (the default, read
+//! and written in process), or an existing Kafka cluster reached through
+//! fluxo's client (engine-only mode). Sources read either through the same
+//! [`EventLog`] trait; topic sinks write either exactly once, with the
+//! log's own transactions or with the cluster's.
+
+use std::sync::Arc;
+
+use fluxo_client::remote::RemoteLog;
+use fluxo_log::{EventLog, LogStore};
+
+use crate::avro::AvroEncoder;
+use crate::error::{ConnectorError, Result};
+use crate::remote_topic_sink::RemoteTopicSink;
+use crate::sink::Sink;
+use crate::topic_sink::{TopicSink, TopicSinkConfig};
+
+#[derive(Clone)]
+pub enum Topics {
+    /// This process's log.
+    Local(Arc<LogStore>),
+    /// A Kafka cluster. `cluster_id` prefixes the transactional ids of
+    /// sinks, so that engines sharing a cluster for different purposes
+    /// never fence each other.
+    Remote {
+        log: Arc<RemoteLog>,
+        cluster_id: String,
+    },
+}
+
+impl Topics {
+    /// The topics as sources read them.
+    pub fn reading(&self) -> Arc<dyn EventLog> {
+        match self {
+            Topics::Local(store) => store.clone(),
+            Topics::Remote { log, .. } => log.clone(),
+        }
+    }
+
+    /// This process's log, when the engine runs on it.
+    pub fn local(&self) -> Option<&Arc<LogStore>> {
+        match self {
+            Topics::Local(store) => Some(store),
+            Topics::Remote { .. } => None,
+        }
+    }
+
+    /// This process's log, or an error saying that `what` needs it.
+    pub fn require_local(&self, what: &str) -> Result<&Arc<LogStore>> {
+        self.local().ok_or_else(|| {
+            ConnectorError::Config(format!(
+                "{what} writes into fluxo's own log, which an engine-only server does not \
+                 have: bring the data into a topic of the cluster and read it with \
+                 connector = 'topic'"
+            ))
+        })
+    }
+
+    /// A sink writing `config.topic` exactly once; `identity` names it
+    /// uniquely (its producer, or transactional id, comes from it).
+    pub fn topic_sink(
+        &self,
+        name: String,
+        identity: &str,
+        config: TopicSinkConfig,
+        avro: Option<AvroEncoder>,
+    ) -> Box<dyn Sink> {
+        match self {
+            Topics::Local(store) => {
+                Box::new(TopicSink::new(name, identity, config, store.clone(), avro))
+            }
+            Topics::Remote { log, cluster_id } => Box::new(RemoteTopicSink::new(
+                name,
+                &format!("fluxo-{cluster_id}-{identity}"),
+                config,
+                log.clone(),
+                avro,
+            )),
+        }
+    }
+}

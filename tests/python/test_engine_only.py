@@ -1,0 +1,84 @@
+"""Engine-only mode: `fluxo serve --engine-only --kafka-bootstrap ...` runs
+the SQL engine on an existing Kafka-protocol cluster, here a separate fluxo
+broker process. Sources are read from the cluster with read_committed
+fetches, topic sinks write to it in Kafka transactions, and a kill -9 of
+the engine (or a restart of the cluster's broker) neither loses nor
+doubles a sink's rows."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import psycopg
+
+import fluxo_helpers as H
+from test_sql import (SOURCE, VIEW, expected_windows, get, make_bids, produce_bids, sink_rows,
+                      source_watermark, sql, topic_with, view_rows, wait_watermark)
+
+
+def strip(bids: list[dict]) -> list[dict]:
+    return [{k: v for k, v in b.items() if k != "_ts"} for b in bids]
+
+
+def test_views_batch_queries_and_sinks_run_on_a_remote_cluster_exactly_once(
+        broker, engine_factory, new_topic):
+    topic = topic_with(broker, new_topic, 2)
+    out = new_topic("remote-out")
+    bids = make_bids(24_000, seed=21)
+    clean = strip(bids)
+    produce_bids(broker, topic, clean[:4_000])
+    engine = engine_factory(broker.bootstrap)
+    sql(engine, SOURCE.format(topic=topic))
+    # A batch query reads the cluster's topic as it is now.
+    assert sql(engine, "SELECT count(*) FROM bids")["rows"] == [[4_000]]
+    sql(engine, VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
+    sql(engine, f"CREATE SINK hot FROM per_auction WITH (connector = 'topic', topic = '{out}')")
+    # The engine has no log of its own to ingest into.
+    err = sql(engine, "CREATE SOURCE nx (auction BIGINT) WITH (connector = 'nexmark', stream = 'bid')",
+              expect_status=400)["error"]
+    assert "engine-only" in err and "connector = 'topic'" in err, err
+    rng = random.Random(3)
+    for k in range(4):
+        produce_bids(broker, topic, clean[4_000 + k * 5_000: 9_000 + k * 5_000])
+        time.sleep(rng.uniform(0.2, 1.2))
+        engine.kill9()
+        engine.start()
+    # The cluster's broker restarts under the engine: it reconnects.
+    broker.kill9()
+    broker.start(port=broker.port)
+    watermark = source_watermark(bids)
+    wait_watermark(engine, "per_auction", watermark, timeout=120)
+    want = expected_windows(bids, watermark)
+    assert view_rows(engine) == want
+
+    def complete():
+        got = sink_rows(broker, out)
+        return got if len({(a, s, e) for a, s, e, _, _ in got}) >= len(want) else None
+    got = H.wait_for(complete, timeout=60, desc="every window in the cluster's sink topic")
+    # Exactly once: every window row once, with the view's values.
+    assert sorted(got) == sorted((a, s, e, n, top) for (a, s, e), (n, top) in want.items())
+    # The sink wrote through the cluster's transaction coordinator.
+    uncommitted = H.consume_all(broker.bootstrap, out, **{"isolation.level": "read_uncommitted"})
+    assert sum(len(v) for v in uncommitted.values()) >= len(got)
+    # Postgres clients query the engine as they would a full server.
+    with psycopg.connect(host=engine.pg_host, port=engine.pg_port, user="fluxo",
+                         dbname="fluxo", autocommit=True) as conn:
+        n = conn.execute("SELECT count(*) FROM per_auction").fetchone()[0]
+    assert n == len(want)
+
+
+def test_an_engine_only_server_says_what_it_does_not_have(broker, engine_factory, new_topic):
+    engine = engine_factory(broker.bootstrap)
+    topics = get(engine, "/api/v1/topics")
+    assert topics["status"] >= 400 and "engine-only" in json.dumps(topics["body"]), topics
+    assert get(engine, "/api/v1/pipelines")["status"] == 200
+    # A source over a topic the cluster does not have waits for it.
+    missing = new_topic("later")
+    sql(engine, SOURCE.format(topic=missing).replace("bids", "later_bids", 1))
+    sql(engine, "CREATE MATERIALIZED VIEW n_later AS SELECT count(*) AS n FROM later_bids")
+    H.create_topic(broker.bootstrap, missing, partitions=2)
+    produce_bids(broker, missing, strip(make_bids(500, seed=2)))
+    H.wait_for(lambda: sql(engine, "SELECT n FROM n_later")["rows"] == [[500]], timeout=60,
+               desc="the view counts the topic created after it")
