@@ -82,6 +82,12 @@ pub struct NexmarkBench {
     /// decoded by an Avro source. DuckDB always reads the JSON copy.
     #[arg(long, default_value = "json", value_parser = ["json", "avro"])]
     pub format: String,
+    /// Also run each continuous query on a second engine that reads the
+    /// same topic over the Kafka protocol, from a broker on loopback over
+    /// the same log (as `serve --engine-only` reads a cluster), and report
+    /// its rate beside the in-process engine's: the cost of the remote path.
+    #[arg(long, conflicts_with_all = ["batch", "sinks"])]
+    pub remote: bool,
 }
 
 const SOURCE: &str =
@@ -404,6 +410,21 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
     engine
         .execute(&SOURCE.replace("format = 'json'", &format!("format = '{}'", b.format)))
         .await?;
+    let remote = match b.remote {
+        false => None,
+        true => {
+            if b.format != "json" {
+                bail!("--remote runs with --format json (the remote engine has no registry)");
+            }
+            let remote = RemoteEngine::start(store.clone(), &dir.join("remote-engine")).await?;
+            remote.engine.execute(SOURCE).await?;
+            println!(
+                "remote engine: reading over the Kafka protocol from {}",
+                remote.addr
+            );
+            Some(remote)
+        }
+    };
     let mut full = None;
     if queries.iter().any(|q| !q.reads.is_empty()) {
         let loaded = Instant::now();
@@ -442,9 +463,23 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
     } else if b.batch {
         run_batch(&b, &engine, &queries, &json_path, bytes, cores, &inputs).await?;
     } else {
-        run_continuous(&b, &engine, &queries, &json_path, bytes, cores, &inputs).await?;
+        let remote_engine = remote.as_ref().map(|r| r.engine.as_ref());
+        run_continuous(
+            &b,
+            &engine,
+            remote_engine,
+            &queries,
+            &json_path,
+            bytes,
+            cores,
+            &inputs,
+        )
+        .await?;
     }
     engine.shutdown();
+    if let Some(remote) = remote {
+        remote.stop().await;
+    }
     println!(
         "\n(median of {} run(s) per query; ratio = fluxo / DuckDB)",
         b.runs
@@ -455,9 +490,11 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
 /// Each query as a fresh materialized view catching up the whole topic.
 /// `inputs` gives, per query, the rows its pipeline takes in and the
 /// distinct events they are (the rate's numerator).
+#[allow(clippy::too_many_arguments)]
 async fn run_continuous(
     b: &NexmarkBench,
     engine: &Engine,
+    remote: Option<&Engine>,
     queries: &[&Query],
     json_path: &Path,
     bytes: u64,
@@ -468,9 +505,13 @@ async fn run_continuous(
         0 | 1 => String::new(),
         n => format!("{n} views ev/s"),
     };
+    let remote_header = match remote {
+        Some(_) => "remote ev/s",
+        None => "",
+    };
     println!(
-        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10} {:>16}",
-        "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio", together
+        "\n{:<8} {:>14} {:>14} {:>12} {:>14} {:>10} {:>16} {:>20}",
+        "query", "events/s", "per core", "MB/s", "duckdb ev/s", "ratio", together, remote_header
     );
     let with = match b.parallelism {
         Some(p) => format!(" WITH (parallelism = '{p}')"),
@@ -497,6 +538,31 @@ async fn run_continuous(
                 .await?;
         }
         let rate = median(&mut rates);
+        let remote_rate = match remote {
+            None => String::new(),
+            Some(remote) => {
+                let mut rates = Vec::with_capacity(b.runs);
+                for run in 0..b.runs {
+                    let view = format!("bench_{}_{run}", q.name);
+                    let started = Instant::now();
+                    remote
+                        .execute(&format!(
+                            "CREATE MATERIALIZED VIEW {view}{with} AS {}",
+                            q.sql
+                        ))
+                        .await
+                        .with_context(|| format!("query {} on the remote engine", q.name))?;
+                    let (taken, events) = inputs(q);
+                    wait_for(remote, &view, taken).await?;
+                    rates.push(events as f64 / started.elapsed().as_secs_f64());
+                    remote
+                        .execute(&format!("DROP MATERIALIZED VIEW {view}"))
+                        .await?;
+                }
+                let r = median(&mut rates);
+                format!("{r:.0} ({:.2}x)", r / rate)
+            }
+        };
         let mut together_rates = Vec::with_capacity(b.runs);
         for run in 0..b.runs {
             if b.views < 2 {
@@ -539,7 +605,7 @@ async fn run_continuous(
             _ => None,
         };
         println!(
-            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10} {:>16}",
+            "{:<8} {:>14.0} {:>14.0} {:>12.1} {:>14} {:>10} {:>16} {:>20}",
             q.name,
             rate,
             rate / cores as f64,
@@ -547,6 +613,7 @@ async fn run_continuous(
             baseline.map_or("-".into(), |d| format!("{d:.0}")),
             baseline.map_or("-".into(), |d| format!("{:.2}x", rate / d)),
             together,
+            remote_rate,
         );
     }
     Ok(())
@@ -682,6 +749,64 @@ async fn run_sinks(
         );
     }
     Ok(())
+}
+
+/// A broker on loopback over the benchmark's log, and an engine that reads
+/// it only through the Kafka protocol.
+struct RemoteEngine {
+    engine: Arc<Engine>,
+    addr: std::net::SocketAddr,
+    server: fluxo_kafka::ServerHandle,
+}
+
+impl RemoteEngine {
+    async fn start(store: Arc<LogStore>, dir: &Path) -> anyhow::Result<RemoteEngine> {
+        let groups = fluxo_groups::GroupCoordinator::open_unloaded(
+            store.clone(),
+            fluxo_groups::GroupConfig::default(),
+        )?;
+        groups.load()?;
+        let transactions = fluxo_txn::TxnCoordinator::open(
+            store.clone(),
+            groups.clone(),
+            fluxo_txn::TxnConfig::default(),
+        )?;
+        let broker = Arc::new(fluxo_kafka::Broker::new(
+            store,
+            groups,
+            transactions,
+            fluxo_kafka::BrokerConfig::default(),
+        )?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let server = fluxo_kafka::serve(listener, broker)?;
+        let addr = server.local_addr;
+        let cluster = fluxo_client::cluster::Cluster::connect(&addr.to_string()).await?;
+        let log =
+            fluxo_client::remote::RemoteLog::start(cluster, tokio::runtime::Handle::current());
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        let engine = Engine::open_with_registry(
+            fluxo_sql::Topics::Remote {
+                log,
+                cluster_id: "bench".into(),
+            },
+            dir,
+            None,
+        )
+        .await?;
+        Ok(RemoteEngine {
+            engine,
+            addr,
+            server,
+        })
+    }
+
+    async fn stop(self) {
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server.shutdown()).await;
+    }
 }
 
 fn dir_size(path: &Path) -> u64 {
