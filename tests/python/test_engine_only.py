@@ -82,3 +82,24 @@ def test_an_engine_only_server_says_what_it_does_not_have(broker, engine_factory
     produce_bids(broker, missing, strip(make_bids(500, seed=2)))
     H.wait_for(lambda: sql(engine, "SELECT n FROM n_later")["rows"] == [[500]], timeout=60,
                desc="the view counts the topic created after it")
+
+
+def test_avro_through_the_clusters_own_schema_registry(broker, engine_factory, new_topic):
+    """An engine-only server decodes Avro through a registry it reaches over
+    HTTP (here the cluster broker's), and its Avro sink registers there."""
+    from test_avro import ORDER_V1, ORDER_V2, order, produce_avro, read_avro
+    host, port = broker.listeners["registry"]
+    engine = engine_factory(broker.bootstrap,
+                            extra_args=["--schema-registry-url", f"http://{host}:{port}"])
+    topic, out = new_topic("orders"), new_topic("orders-out")
+    H.create_topic(broker.bootstrap, topic, partitions=1)
+    produce_avro(broker, topic, ORDER_V1, [order(i) for i in range(50)])
+    # Columns come from the remote registry's latest schema of <topic>-value.
+    sql(engine, f"CREATE SOURCE orders WITH (topic = '{topic}', format = 'avro')")
+    produce_avro(broker, topic, ORDER_V2, [order(i, v2=True) for i in range(50, 80)])
+    H.wait_for(lambda: sql(engine, "SELECT count(*), sum(qty) FROM orders")["rows"]
+               == [[80, sum(1 + i % 4 for i in range(80))]], timeout=30, desc="80 orders decoded")
+    sql(engine, "CREATE MATERIALIZED VIEW teas AS SELECT id, qty FROM orders WHERE item = 'tea'")
+    sql(engine, f"CREATE SINK teas_out FROM teas WITH (topic = '{out}', format = 'avro')")
+    got = read_avro(broker, out, want=sum(1 for i in range(80) if i % 3 == 0))
+    assert sorted((r["id"], r["qty"]) for r in got) == [(i, 1 + i % 4) for i in range(0, 80, 3)]

@@ -29,9 +29,11 @@ pub mod file_source;
 pub mod json;
 pub mod mqtt_source;
 pub mod nexmark_source;
+pub mod object_storage;
 pub mod options;
 pub mod parquet_sink;
 pub mod postgres_sink;
+pub mod registry_client;
 pub mod remote_topic_sink;
 pub mod sink;
 pub mod source;
@@ -241,6 +243,9 @@ pub async fn open_sink(
                     "Parquet files cannot take rows back; a parquet sink needs an append-only \
                      view: windows without allowed_lateness, or no aggregation",
                 ));
+            }
+            if let object_storage::Location::S3(s3) = &config.location {
+                s3.check().await?;
             }
             Box::new(parquet_sink::ParquetSink::new(
                 name.to_string(),

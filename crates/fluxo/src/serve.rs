@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// start with fluxo-<ID>-) [default: fluxo]
     #[arg(long, env = "FLUXO_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+    /// The Confluent-compatible schema registry an engine-only server's
+    /// Avro sources and sinks use: http://HOST:PORT
+    #[arg(long, env = "FLUXO_SCHEMA_REGISTRY_URL", requires = "engine_only")]
+    pub schema_registry_url: Option<String>,
 }
 
 /// What `serve` runs with once flags, environment and config file are merged.
@@ -127,6 +131,7 @@ pub struct ServeSettings {
 pub struct EngineOnly {
     pub bootstrap: String,
     pub cluster_id: String,
+    pub schema_registry_url: Option<String>,
 }
 
 impl ServeSettings {
@@ -226,6 +231,7 @@ impl ServeSettings {
                 (true, Some(bootstrap)) => Some(EngineOnly {
                     bootstrap,
                     cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
+                    schema_registry_url: args.schema_registry_url,
                 }),
                 (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
                 (false, Some(_)) => anyhow::bail!(
@@ -577,13 +583,22 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
         .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;
     let log = fluxo_client::remote::RemoteLog::start(remote, tokio::runtime::Handle::current());
     println!("fluxo: engine on kafka cluster {}", cluster.bootstrap);
+    let registry = match &cluster.schema_registry_url {
+        None => None,
+        Some(url) => Some(
+            Arc::new(fluxo_sql::connectors::registry_client::HttpSchemas::new(
+                url,
+                tokio::runtime::Handle::current(),
+            )?) as Arc<dyn fluxo_sql::connectors::avro::AvroSchemas>,
+        ),
+    };
     let engine = fluxo_sql::Engine::open_with_registry(
         fluxo_sql::Topics::Remote {
             log,
             cluster_id: cluster.cluster_id.clone(),
         },
         &args.data_dir,
-        None,
+        registry,
     )
     .await
     .context("cannot open the SQL engine")?;
