@@ -25,13 +25,18 @@
 //! per partition per checkpoint) are compacted by `OPTIMIZE` in the sink's
 //! own thread once `compact_after` of them have been committed.
 //!
+//! The table may be on S3 (`path = 's3://bucket/prefix'`, see
+//! [`crate::object_storage`]): there a data file is durable once its upload
+//! returns, and a commit is a put-if-absent of the next `_delta_log` entry,
+//! so the same exactly-once argument holds without fsyncs.
+//!
 //! A Delta table could take retractions as deletes, but that needs a key
 //! and a merge per checkpoint; for now updating views are refused with an
 //! error instead of being written wrongly.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -47,6 +52,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{ConnectorError, Result};
+use crate::object_storage::{self, Location, S3_OPTIONS};
 use crate::options::Options;
 use crate::parquet_sink::parse_size;
 use crate::sink::{Sink, SinkStats};
@@ -61,18 +67,23 @@ pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
     description: "writes an append-only view as a Delta Lake table, one Delta commit per checkpoint carrying the sink's application transaction (exactly once)",
     options: &[
         opt("connector", true, "'delta'"),
-        opt("path", true, "the table's directory; relative paths are under the data directory"),
+        opt("path", true, "the table's directory, or s3://bucket/prefix; relative paths are under the data directory"),
         opt("partition_by", false, "columns the table is partitioned by"),
         opt("target_file_size", false, "a data file is closed at about this size (default 128MB)"),
         opt("compact_after", false, "compact once this many small files were committed; 0 never"),
         opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
+        S3_OPTIONS[0],
+        S3_OPTIONS[1],
+        S3_OPTIONS[2],
+        S3_OPTIONS[3],
+        S3_OPTIONS[4],
     ],
 };
 
 /// How the options of `CREATE SINK ... WITH (connector = 'delta', ...)` read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeltaSinkConfig {
-    pub path: PathBuf,
+    pub location: Location,
     pub partition_by: Vec<String>,
     pub target_file_size: u64,
     /// Compact once this many small files were committed; 0 never.
@@ -88,23 +99,7 @@ impl DeltaSinkConfig {
         data_dir: &Path,
         schema: &arrow::datatypes::Schema,
     ) -> Result<DeltaSinkConfig> {
-        let given = options.required(&CONNECTOR.what(), "path")?;
-        if given.contains("://") && !given.starts_with("file://") {
-            return Err(ConnectorError::Config(format!(
-                "path = '{given}': this build of fluxo writes Delta tables on the local file system; \
-                 give a directory path"
-            )));
-        }
-        let path = PathBuf::from(given.trim_start_matches("file://"));
-        let path = if path.is_absolute() {
-            path
-        } else {
-            data_dir.join(path)
-        };
-        let path = std::path::absolute(&path).map_err(|e| ConnectorError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let location = Location::from_options(options, &CONNECTOR.what(), data_dir)?;
         let partition_by = options.columns("partition_by", schema, from)?;
         if !partition_by.is_empty() && partition_by.len() == schema.fields().len() {
             return Err(ConnectorError::Config(
@@ -128,7 +123,7 @@ impl DeltaSinkConfig {
             })?,
         };
         Ok(DeltaSinkConfig {
-            path,
+            location,
             partition_by,
             target_file_size,
             compact_after,
@@ -136,21 +131,18 @@ impl DeltaSinkConfig {
         })
     }
 
-    fn url(&self) -> Result<url::Url> {
-        url::Url::from_directory_path(&self.path).map_err(|()| {
-            ConnectorError::Config(format!(
-                "{} is not an absolute directory path",
-                self.path.display()
-            ))
-        })
+    /// The table's directory, when it is on the local disk (which, unlike
+    /// S3, needs fsyncs for a file to be durable).
+    fn local_dir(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Local(path) => Some(path),
+            Location::S3(_) => None,
+        }
     }
 }
 
-fn delta_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Execution(format!(
-        "Delta table {}: cannot {what}: {e}",
-        path.display()
-    ))
+fn delta_error(what: &str, location: &Location, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Execution(format!("Delta table {location}: cannot {what}: {e}"))
 }
 
 /// The Delta columns of `schema`, or a precise error for a column Delta
@@ -173,7 +165,7 @@ fn delta_columns(schema: &SchemaRef) -> Result<StructType> {
     })
 }
 
-/// Opens the Delta table at `config.path`, creating it with `schema`'s
+/// Opens the Delta table at `config.location`, creating it with `schema`'s
 /// columns if there is none. An existing table must have the same columns,
 /// in order, with the same types, and the same partition columns.
 pub async fn open_or_create(
@@ -182,13 +174,21 @@ pub async fn open_or_create(
     table_name: &str,
 ) -> Result<DeltaTable> {
     let columns = delta_columns(schema)?;
-    std::fs::create_dir_all(&config.path).map_err(|e| ConnectorError::Io {
-        path: config.path.display().to_string(),
-        source: e,
-    })?;
-    let table = DeltaTable::try_from_url(config.url()?)
+    let location = &config.location;
+    let storage_options = match location {
+        Location::Local(path) => {
+            std::fs::create_dir_all(path).map_err(|e| ConnectorError::io(path.display(), e))?;
+            Default::default()
+        }
+        Location::S3(s3) => {
+            object_storage::register_delta_s3();
+            s3.check().await?;
+            s3.storage_options()
+        }
+    };
+    let table = DeltaTable::try_from_url_with_storage_options(location.url()?, storage_options)
         .await
-        .map_err(|e| delta_error("open it", &config.path, e))?;
+        .map_err(|e| delta_error("open it", location, e))?;
     if table.version().is_none() {
         return table
             .create()
@@ -197,11 +197,11 @@ pub async fn open_or_create(
             .with_partition_columns(config.partition_by.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
             .await
-            .map_err(|e| delta_error("create it", &config.path, e));
+            .map_err(|e| delta_error("create it", location, e));
     }
     let state = table
         .snapshot()
-        .map_err(|e| delta_error("read its state", &config.path, e))?;
+        .map_err(|e| delta_error("read its state", location, e))?;
     let existing = state.schema();
     let describe = |s: &StructType| {
         s.fields()
@@ -216,9 +216,8 @@ pub async fn open_or_create(
             .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
     if !same {
         return Err(ConnectorError::Config(format!(
-            "the Delta table at {} has columns ({}) but the sink writes ({}); \
+            "the Delta table at {location} has columns ({}) but the sink writes ({}); \
              write to a new path or make the view's columns match",
-            config.path.display(),
             describe(&existing),
             describe(&columns)
         )));
@@ -226,8 +225,7 @@ pub async fn open_or_create(
     let existing_partitions = state.metadata().partition_columns().to_vec();
     if existing_partitions != config.partition_by {
         return Err(ConnectorError::Config(format!(
-            "the Delta table at {} is partitioned by ({}) but the sink asks for ({})",
-            config.path.display(),
+            "the Delta table at {location} is partitioned by ({}) but the sink asks for ({})",
             existing_partitions.join(", "),
             config.partition_by.join(", ")
         )));
@@ -283,8 +281,7 @@ impl DeltaSink {
     fn error(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
         ConnectorError::Execution(format!(
             "delta sink {} ({}): cannot {what}: {e}",
-            self.name,
-            self.config.path.display()
+            self.name, self.config.location
         ))
     }
 
@@ -330,17 +327,20 @@ impl DeltaSink {
     /// fsyncs the data files and the directories that name them: a commit
     /// must never name a file a power loss could take back.
     fn sync_files(&self, adds: &[Add]) -> Result<()> {
+        let Some(table_dir) = self.config.local_dir() else {
+            return Ok(());
+        };
         let mut dirs = BTreeSet::new();
         for add in adds {
             // `add.path` is a URI path: decoded once it names the file, whose
             // partition directory may itself hold escapes (`kind=k%200`).
             // Writers differ in how many times they escape, so the file is
             // looked for under the decoded name, then as written.
-            let decoded = self.config.path.join(percent_decode(&add.path));
+            let decoded = table_dir.join(percent_decode(&add.path));
             let path = if decoded.exists() {
                 decoded
             } else {
-                self.config.path.join(&add.path)
+                table_dir.join(&add.path)
             };
             sync_path(&path).map_err(|e| self.error(&format!("sync data file {}", add.path), e))?;
             if let Some(dir) = path.parent() {
@@ -356,7 +356,7 @@ impl DeltaSink {
     /// Commits `prepared` unless the table already holds its transaction.
     fn commit_prepared(&mut self, prepared: Prepared) -> Result<()> {
         let runtime = self.runtime()?;
-        let path = self.config.path.clone();
+        let path = self.config.location.clone();
         let partition_by = self.config.partition_by.clone();
         let table = self.table()?;
         let done = runtime
@@ -396,10 +396,12 @@ impl DeltaSink {
                 Ok::<_, deltalake::DeltaTableError>(finalized.version())
             })
             .map_err(|e| delta_error("commit", &path, e))?;
-        let log = path.join("_delta_log");
-        sync_path(&log.join(format!("{version:020}.json")))
-            .and_then(|()| sync_path(&log))
-            .map_err(|e| self.error("sync the commit", e))?;
+        if let Some(dir) = self.config.local_dir() {
+            let log = dir.join("_delta_log");
+            sync_path(&log.join(format!("{version:020}.json")))
+                .and_then(|()| sync_path(&log))
+                .map_err(|e| self.error("sync the commit", e))?;
+        }
         self.small_files += small;
         if self.config.compact_after > 0 && self.small_files >= self.config.compact_after {
             self.compact()?;
@@ -591,7 +593,7 @@ mod tests {
 
     fn config(dir: &Path) -> DeltaSinkConfig {
         DeltaSinkConfig {
-            path: dir.to_path_buf(),
+            location: Location::Local(dir.to_path_buf()),
             partition_by: Vec::new(),
             target_file_size: 1 << 30,
             compact_after: 0,

@@ -17,20 +17,36 @@
 //! staged file: those hold rows from after that checkpoint, which the
 //! pipeline, resuming from the checkpoint's offsets, produces again.
 //!
+//! On S3 (`path = 's3://bucket/prefix'`, see [`crate::object_storage`]) the
+//! same steps run on objects: a file is built in memory (so
+//! `target_file_size` bounds the memory a sink holds) and uploaded under
+//! `prefix/_staging/` when closed, which makes it durable; commit copies it
+//! to its final name and deletes the staged object. S3 has no rename, so a
+//! reader never sees a half-written file but a crash between the copy and
+//! the delete leaves both; the final name depends only on the epoch and the
+//! file's number, so committing again overwrites the same object with the
+//! same bytes, and recovery finishes the delete.
+//!
 //! Only append-only views can be written: a Parquet file cannot take back a
 //! row, so a retraction is an error rather than a silently wrong table.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use fluxo_dataflow::Changes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{ConnectorError, Result};
+use crate::object_storage::{Location, S3_OPTIONS};
 use crate::options::Options;
 use crate::sink::{Sink, SinkStats};
 use crate::{opt, ConnectorInfo, ConnectorKind};
@@ -44,16 +60,21 @@ pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
     description: "writes an append-only view as Parquet files, each file committed (renamed into place) at a checkpoint",
     options: &[
         opt("connector", true, "'parquet'"),
-        opt("path", true, "the directory written; relative paths are under the data directory"),
+        opt("path", true, "the directory written, or s3://bucket/prefix; relative paths are under the data directory"),
         opt("target_file_size", false, "a file is closed at about this size, e.g. '64MB' (default 128MB)"),
         opt("snapshot", false, "whether a new sink first writes the view's current rows (default 'true')"),
+        S3_OPTIONS[0],
+        S3_OPTIONS[1],
+        S3_OPTIONS[2],
+        S3_OPTIONS[3],
+        S3_OPTIONS[4],
     ],
 };
 
 /// How the options of `CREATE SINK ... WITH (connector = 'parquet', ...)` read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParquetSinkConfig {
-    pub path: PathBuf,
+    pub location: Location,
     /// A file is closed once it holds about this many bytes.
     pub target_file_size: u64,
     pub snapshot: bool,
@@ -62,12 +83,7 @@ pub struct ParquetSinkConfig {
 impl ParquetSinkConfig {
     /// Reads a sink definition; a relative `path` is under `data_dir`.
     pub fn from_options(options: &Options, data_dir: &Path) -> Result<ParquetSinkConfig> {
-        let path = PathBuf::from(options.required(&CONNECTOR.what(), "path")?);
-        let path = if path.is_absolute() {
-            path
-        } else {
-            data_dir.join(path)
-        };
+        let location = Location::from_options(options, &CONNECTOR.what(), data_dir)?;
         let target_file_size = match options.get("target_file_size") {
             None => DEFAULT_TARGET_FILE_SIZE,
             Some(s) => parse_size(s).ok_or_else(|| {
@@ -78,7 +94,7 @@ impl ParquetSinkConfig {
         };
         let snapshot = options.flag("snapshot", true)?;
         Ok(ParquetSinkConfig {
-            path,
+            location,
             target_file_size,
             snapshot,
         })
@@ -104,9 +120,41 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(factor).filter(|n| *n > 0)
 }
 
+/// Where a file being written goes: a staged file on disk, or memory until
+/// it is uploaded whole.
+enum Output {
+    File(File),
+    Memory(Vec<u8>),
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::File(f) => f.write(buf),
+            Output::Memory(m) => m.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(f) => f.flush(),
+            Output::Memory(_) => Ok(()),
+        }
+    }
+}
+
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<Output>,
+    /// The staged file's path; on S3, its key in the bucket.
     staged: PathBuf,
+}
+
+/// The bucket's client and the runtime its calls run on: the pipeline is
+/// not async. Made at first use on the pipeline's thread, as a runtime
+/// must not be dropped inside another.
+struct Remote {
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
 }
 
 pub struct ParquetSink {
@@ -121,6 +169,7 @@ pub struct ParquetSink {
     prepared: Vec<PathBuf>,
     /// The epoch the files being written will be committed in.
     epoch: u64,
+    remote: Option<Remote>,
 }
 
 impl ParquetSink {
@@ -134,11 +183,58 @@ impl ParquetSink {
             closed: Vec::new(),
             prepared: Vec::new(),
             epoch: 1,
+            remote: None,
         }
     }
 
+    /// The table's directory; on S3, its prefix in the bucket.
+    fn base(&self) -> PathBuf {
+        match &self.config.location {
+            Location::Local(path) => path.clone(),
+            Location::S3(s3) => PathBuf::from(&s3.prefix),
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self.config.location, Location::Local(_))
+    }
+
     fn staging_dir(&self) -> PathBuf {
-        self.config.path.join(STAGING)
+        self.base().join(STAGING)
+    }
+
+    fn remote(&mut self) -> Result<&Remote> {
+        if self.remote.is_none() {
+            let Location::S3(s3) = &self.config.location else {
+                return Err(ConnectorError::Internal(
+                    "a local parquet sink used S3".into(),
+                ));
+            };
+            let store = s3.store(Duration::from_secs(180))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| self.io("start the I/O runtime for", &self.base(), e))?;
+            self.remote = Some(Remote { store, runtime });
+        }
+        self.remote
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Internal("no parquet S3 client".into()))
+    }
+
+    /// Runs `f` on the bucket's client.
+    fn on_s3<T, F>(&mut self, f: impl FnOnce(Arc<dyn ObjectStore>) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let remote = self.remote()?;
+        let result = remote.runtime.block_on(f(remote.store.clone()));
+        result.map_err(|e| {
+            ConnectorError::Execution(format!(
+                "parquet sink {} ({}): {e}",
+                self.name, self.config.location
+            ))
+        })
     }
 
     fn io(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
@@ -155,7 +251,12 @@ impl ParquetSink {
             let staged = self
                 .staging_dir()
                 .join(format!("{:010}-{n:05}.parquet", self.epoch));
-            let file = File::create(&staged).map_err(|e| self.io("create", &staged, e))?;
+            let file = match self.is_local() {
+                true => {
+                    Output::File(File::create(&staged).map_err(|e| self.io("create", &staged, e))?)
+                }
+                false => Output::Memory(Vec::new()),
+            };
             let properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build();
@@ -173,12 +274,19 @@ impl ParquetSink {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
-        let file = open
+        let output = open
             .writer
             .into_inner()
             .map_err(|e| self.io("finish", &open.staged, e))?;
-        file.sync_all()
-            .map_err(|e| self.io("sync", &open.staged, e))?;
+        match output {
+            Output::File(file) => file
+                .sync_all()
+                .map_err(|e| self.io("sync", &open.staged, e))?,
+            Output::Memory(bytes) => {
+                let key = object_path(&open.staged)?;
+                self.on_s3(|store| async move { store.put(&key, bytes.into()).await })?;
+            }
+        }
         self.closed.push(open.staged);
         Ok(())
     }
@@ -189,14 +297,15 @@ impl ParquetSink {
             .and_then(|s| s.to_str())
             .and_then(|s| s.rsplit('-').next())
             .unwrap_or("00000");
-        self.config
-            .path
-            .join(format!("part-{epoch:010}-{n}.parquet"))
+        self.base().join(format!("part-{epoch:010}-{n}.parquet"))
     }
 
     /// Renames prepared files into the table; a file already renamed (the
     /// commit ran before a crash) is skipped.
-    fn publish(&self, files: &[PathBuf], epoch: u64) -> Result<()> {
+    fn publish(&mut self, files: &[PathBuf], epoch: u64) -> Result<()> {
+        if !self.is_local() {
+            return self.publish_s3(files, epoch);
+        }
         for staged in files {
             let target = self.final_path(staged, epoch);
             if staged.exists() {
@@ -210,10 +319,66 @@ impl ParquetSink {
             }
         }
         if !files.is_empty() {
-            sync_dir(&self.config.path).map_err(|e| self.io("sync", &self.config.path, e))?;
+            let base = self.base();
+            sync_dir(&base).map_err(|e| self.io("sync", &base, e))?;
         }
         Ok(())
     }
+
+    /// [`Self::publish`] on S3: copy, then delete the staged object.
+    fn publish_s3(&mut self, files: &[PathBuf], epoch: u64) -> Result<()> {
+        for staged in files {
+            let from = object_path(staged)?;
+            let to = object_path(&self.final_path(staged, epoch))?;
+            let (f, t) = (from.clone(), to.clone());
+            let done = self.on_s3(|store| async move {
+                match store.head(&f).await {
+                    Ok(_) => {
+                        store.copy(&f, &t).await?;
+                        store.delete(&f).await?;
+                        Ok(true)
+                    }
+                    Err(object_store::Error::NotFound { .. }) => match store.head(&t).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            })?;
+            if !done {
+                return Err(self.io(
+                    "find the prepared file",
+                    staged,
+                    "it is neither staged nor committed",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every staged object but `keep`.
+    fn clear_staging_s3(&mut self, keep: &[PathBuf]) -> Result<()> {
+        let staging = object_path(&self.staging_dir())?;
+        let keep: Vec<ObjectPath> = keep.iter().map(|p| object_path(p)).collect::<Result<_>>()?;
+        self.on_s3(|store| async move {
+            let staged: Vec<_> = store.list(Some(&staging)).try_collect().await?;
+            for object in staged {
+                if !keep.contains(&object.location) {
+                    store.delete(&object.location).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The object key a staged or final path stands for on S3.
+fn object_path(path: &Path) -> Result<ObjectPath> {
+    let text = path.to_str().ok_or_else(|| {
+        ConnectorError::Internal(format!("object key {} is not UTF-8", path.display()))
+    })?;
+    ObjectPath::parse(text).map_err(|e| ConnectorError::Internal(format!("object key {text}: {e}")))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -254,7 +419,7 @@ impl Sink for ParquetSink {
 
     fn prepare(&mut self, epoch: u64) -> Result<serde_json::Value> {
         self.close_file()?;
-        if !self.closed.is_empty() {
+        if !self.closed.is_empty() && self.is_local() {
             sync_dir(&self.staging_dir()).map_err(|e| self.io("sync", &self.staging_dir(), e))?;
         }
         self.prepared = std::mem::take(&mut self.closed);
@@ -276,7 +441,9 @@ impl Sink for ParquetSink {
         self.closed.clear();
         self.prepared.clear();
         let staging = self.staging_dir();
-        std::fs::create_dir_all(&staging).map_err(|e| self.io("create", &staging, e))?;
+        if self.is_local() {
+            std::fs::create_dir_all(&staging).map_err(|e| self.io("create", &staging, e))?;
+        }
         let mut keep: Vec<PathBuf> = Vec::new();
         if let Some(p) = prepared {
             let epoch = p.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0);
@@ -294,6 +461,9 @@ impl Sink for ParquetSink {
             self.epoch = epoch + 1;
         }
         // Anything else staged holds rows the pipeline writes again.
+        if !self.is_local() {
+            return self.clear_staging_s3(&keep);
+        }
         let entries = std::fs::read_dir(&staging).map_err(|e| self.io("list", &staging, e))?;
         for entry in entries.flatten() {
             let path = entry.path();
@@ -339,7 +509,7 @@ mod tests {
 
     fn sink(dir: &Path, target_file_size: u64) -> ParquetSink {
         let config = ParquetSinkConfig {
-            path: dir.to_path_buf(),
+            location: Location::Local(dir.to_path_buf()),
             target_file_size,
             snapshot: true,
         };
