@@ -266,8 +266,10 @@ impl Cluster {
             if matches!(r, Err(ClientError::Closed) | Err(ClientError::Io(_))) {
                 self.drop_client(&client);
             }
+            // A coordinator loading its state after a restart can take a
+            // while: up to about ten seconds are waited out here.
             match r {
-                Err(e) if attempt < 5 && retriable(&e, COORDINATOR_ERRORS) => {
+                Err(e) if attempt < 50 && retriable(&e, COORDINATOR_ERRORS) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 other => return other,
