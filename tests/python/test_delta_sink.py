@@ -243,8 +243,8 @@ def test_a_delta_sink_is_refused_where_it_could_not_be_exact(broker, new_topic, 
             ["unknown option 'colour'"],
         f"CREATE SINK s FROM {VIEW_NAME} WITH (connector = 'delta', path = '{path}', partition_by = 'nope')":
             ["partition_by column nope is not a column"],
-        f"CREATE SINK s FROM {VIEW_NAME} WITH (connector = 'delta', path = 's3://bucket/lake')":
-            ["local file system"],
+        f"CREATE SINK s FROM {VIEW_NAME} WITH (connector = 'delta', path = 'gs://bucket/lake')":
+            ["a local directory or to s3://bucket/prefix"],
         f"CREATE SINK s FROM {VIEW_NAME} WITH (connector = 'delta', path = '{other}')":
             ["has columns (x string)"],
         f"CREATE TABLE t WITH (connector = 'delta', path = '{tmp_path / 'missing'}')":

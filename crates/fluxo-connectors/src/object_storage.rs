@@ -29,7 +29,7 @@ use deltalake::logstore::{
 use deltalake::{DeltaResult, DeltaTableError};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{ConnectorError, Result};
@@ -73,7 +73,7 @@ const S3_KEYS: [(&str, AmazonS3ConfigKey); 5] = [
     ("s3.secret_access_key", AmazonS3ConfigKey::SecretAccessKey),
     (
         "s3.allow_http",
-        AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp),
+        AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp),
     ),
 ];
 
@@ -205,6 +205,20 @@ impl S3Location {
                 settings.push((key, value.trim_end_matches('/').to_string()));
             }
         }
+        // object_store's own refusal reads "builder error"; say what to do.
+        let endpoint = options
+            .get("s3.endpoint")
+            .map(str::to_string)
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .unwrap_or_default();
+        let allow_http = options.flag("s3.allow_http", false)?
+            || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        if endpoint.to_ascii_lowercase().starts_with("http://") && !allow_http {
+            return Err(ConnectorError::Config(format!(
+                "the S3 endpoint {endpoint} is plain http; add s3.allow_http = 'true' \
+                 (for a local S3 server) or use https"
+            )));
+        }
         Ok(S3Location {
             bucket: bucket.to_string(),
             prefix,
@@ -273,7 +287,13 @@ fn builder(
     settings: impl IntoIterator<Item = (AmazonS3ConfigKey, String)>,
     retry_for: Duration,
 ) -> AmazonS3Builder {
-    let mut builder = AmazonS3Builder::from_env().with_url(url);
+    // Without a connect timeout, an endpoint that drops packets holds a
+    // statement for minutes. Set as a key, not with `with_client_options`,
+    // which would replace the client settings (`allow_http`) given as keys.
+    let mut builder = AmazonS3Builder::from_env().with_url(url).with_config(
+        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+        "5s",
+    );
     for (key, value) in settings {
         builder = builder.with_config(key, value);
     }
@@ -286,10 +306,7 @@ fn builder(
         },
         retry_timeout: retry_for,
     };
-    // Without a connect timeout, an endpoint that drops packets holds a
-    // statement for minutes.
-    let client = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
-    builder.with_retry(retry).with_client_options(client)
+    builder.with_retry(retry)
 }
 
 /// Builds `deltalake`'s stores for `s3://` tables.
