@@ -590,6 +590,121 @@ mod tests {
         assert_eq!(committed(dir.path()), (0..9).collect::<Vec<_>>());
     }
 
+    /// A sink on `s3://lake/t`, its client an in-memory store the test keeps.
+    fn s3_sink(store: &Arc<object_store::memory::InMemory>) -> ParquetSink {
+        let options = Options::from_pairs(&[("path", "s3://lake/t")]);
+        let location = Location::from_options(&options, "a parquet sink", Path::new("/")).unwrap();
+        let config = ParquetSinkConfig {
+            location,
+            target_file_size: 1 << 30,
+            snapshot: true,
+        };
+        let mut sink = ParquetSink::new("lake".into(), config, schema());
+        sink.remote = Some(Remote {
+            store: store.clone(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        });
+        sink
+    }
+
+    /// Keys under `t/` and every value in the committed objects, sorted.
+    fn s3_state(store: &Arc<object_store::memory::InMemory>) -> (Vec<String>, Vec<i64>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let objects: Vec<_> = store
+                .list(Some(&ObjectPath::from("t")))
+                .try_collect()
+                .await
+                .unwrap();
+            let mut keys: Vec<String> = objects.iter().map(|o| o.location.to_string()).collect();
+            keys.sort();
+            let mut values = Vec::new();
+            for key in keys.iter().filter(|k| !k.contains("_staging")) {
+                let bytes = store.get(&ObjectPath::from(key.as_str())).await.unwrap();
+                let bytes = bytes.bytes().await.unwrap();
+                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let col = batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap();
+                    values.extend(col.values().iter().copied());
+                }
+            }
+            values.sort();
+            (keys, values)
+        })
+    }
+
+    #[test]
+    fn on_s3_a_crash_keeps_what_was_prepared_and_drops_what_came_after() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let mut s = s3_sink(&store);
+        s.recover(None).unwrap();
+        s.write(&rows(0..5)).unwrap();
+        let prepared = s.prepare(7).unwrap();
+        assert_eq!(
+            prepared["files"],
+            serde_json::json!(["t/_staging/0000000001-00000.parquet"])
+        );
+        assert_eq!(
+            s3_state(&store).1,
+            Vec::<i64>::new(),
+            "nothing before the commit"
+        );
+        // The crash: the commit never ran, and rows after the checkpoint
+        // were uploaded to staging.
+        s.write(&rows(5..9)).unwrap();
+        s.prepare(8).unwrap();
+        drop(s);
+        let mut restarted = s3_sink(&store);
+        restarted.recover(Some(&prepared)).unwrap();
+        assert_eq!(
+            s3_state(&store),
+            (
+                vec!["t/part-0000000007-00000.parquet".to_string()],
+                (0..5).collect()
+            )
+        );
+        // A crash between the copy and the delete leaves the staged object
+        // beside its copy: recovering again commits it once.
+        restarted.write(&rows(5..9)).unwrap();
+        let next = restarted.prepare(8).unwrap();
+        let staged = ObjectPath::from("t/_staging/0000000008-00000.parquet");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(store.copy(
+                &staged,
+                &ObjectPath::from("t/part-0000000008-00000.parquet"),
+            ))
+            .unwrap();
+        drop(restarted);
+        let mut again = s3_sink(&store);
+        again.recover(Some(&next)).unwrap();
+        again.recover(Some(&next)).unwrap();
+        let (keys, values) = s3_state(&store);
+        assert_eq!(values, (0..9).collect::<Vec<_>>());
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        // A prepared file that is neither staged nor committed is an error,
+        // not a silent loss.
+        let lost =
+            serde_json::json!({"epoch": 9, "files": ["t/_staging/0000000009-00000.parquet"]});
+        let err = again.recover(Some(&lost)).unwrap_err().to_string();
+        assert!(err.contains("neither staged nor committed"), "{err}");
+    }
+
     #[test]
     fn a_retraction_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
