@@ -15,9 +15,12 @@ commit.
   holds every window the final watermark closed exactly once, with values
   computed here from the events, and that the Delta commits carry the
   sink's application transaction.
+  Both are then registered with `CREATE TABLE` on the same S3 paths and a
+  batch query reads the same rows from the bucket.
 - The second checks that a missing bucket, an unreachable endpoint, plain
   http without `s3.allow_http` and misplaced options fail `CREATE SINK`
-  with a 400 that says what to check, and create nothing.
+  (and a missing bucket or table `CREATE TABLE`) with a 400 that says what
+  to check, and create nothing.
 """
 
 from __future__ import annotations
@@ -200,6 +203,18 @@ def test_s3_sinks_hold_every_window_exactly_once_across_kill_9(broker, new_topic
     assert files and all(f.startswith("part-") and f.endswith(".parquet") for f in files), files
     assert pipeline(broker)["status"] == "running"
 
+    # The same tables, registered for batch queries, read from the bucket.
+    listed = lambda opts: ", ".join(f"{k} = '{v}'" for k, v in opts.items())
+    sql(broker, f"CREATE TABLE delta_t WITH (connector = 'delta', path = '{delta_url}', {listed(s3.options())})")
+    sql(broker, f"CREATE TABLE parquet_t WITH (connector = 'parquet', path = 's3://{bucket}/{parquet_prefix}', "
+                f"{listed(s3.options())})")
+    total = [[sum(want.values()), sum(r[3] * n for r, n in want.items())]]
+    for table in ("delta_t", "parquet_t"):
+        body = sql(broker, f"SELECT count(*) AS n, sum(bids) AS bids FROM {table}")
+        assert body["rows"] == total, (table, body)
+    tables = {r[0]: r for r in sql(broker, "SHOW TABLES")["rows"]}
+    assert delta_url in tables["delta_t"], tables
+
 
 @pytest.mark.timeout(120)
 def test_a_wrong_bucket_or_endpoint_fails_create_sink(broker, new_topic, s3):
@@ -209,6 +224,7 @@ def test_a_wrong_bucket_or_endpoint_fails_create_sink(broker, new_topic, s3):
     sql(broker, VIEW)
     closed = f"http://127.0.0.1:{free_port()}"
     http_refused = {k: v for k, v in s3.options().items() if k != "s3.allow_http"}
+    reach = ", ".join(f"{k} = '{v}'" for k, v in s3.options().items())
     for connector in ("delta", "parquet"):
         cases = {
             sink_sql("s", connector, "s3://no-such-bucket/t", s3.options()):
@@ -223,6 +239,10 @@ def test_a_wrong_bucket_or_endpoint_fails_create_sink(broker, new_topic, s3):
                 ["s3://bucket/prefix"],
             sink_sql("s", connector, "s3://lake-checks/t", s3.options(**{"s3.allow_http": "yes"})):
                 ["s3.allow_http must be 'true' or 'false'"],
+            f"CREATE TABLE t WITH (connector = '{connector}', path = 's3://no-such-bucket/t', {reach})":
+                ["cannot list s3://no-such-bucket/t", "NoSuchBucket"],
+            f"CREATE TABLE t WITH (connector = '{connector}', path = 's3://lake-checks/empty', {reach})":
+                ["s3://lake-checks/empty"],
         }
         for statement, fragments in cases.items():
             started = time.monotonic()
@@ -231,4 +251,5 @@ def test_a_wrong_bucket_or_endpoint_fails_create_sink(broker, new_topic, s3):
                 assert fragment in body["error"], (statement, body)
             assert time.monotonic() - started < 20, f"refusing took too long: {statement}"
     assert sql(broker, "SHOW SINKS")["rows"] == [], "a refused sink was created"
+    assert sql(broker, "SHOW TABLES")["rows"] == [], "a refused table was created"
     assert s3.keys("lake-checks", "") == [], "a refused sink wrote to the bucket"

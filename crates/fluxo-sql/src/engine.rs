@@ -105,7 +105,7 @@ struct ViewEntry {
 struct TableEntry {
     def: TableDef,
     format: TableFormat,
-    path: PathBuf,
+    path: fluxo_connectors::object_storage::Location,
     /// As read at creation, for DESCRIBE; queries read it afresh.
     schema: SchemaRef,
 }
@@ -522,16 +522,6 @@ impl Engine {
         )))
     }
 
-    /// A path as users give it: relative paths are under the data dir.
-    fn resolve_path(&self, path: &str) -> PathBuf {
-        let path = PathBuf::from(path);
-        if path.is_absolute() {
-            path
-        } else {
-            self.sql_dir.parent().unwrap_or(&self.sql_dir).join(path)
-        }
-    }
-
     async fn create_table(&self, def: TableDef, persist: bool) -> Result<QueryResult> {
         if !self.check_name_free(&def.name, def.if_not_exists)? {
             return Ok(QueryResult::message(format!(
@@ -541,7 +531,12 @@ impl Engine {
         }
         def.options.check_known("a table", table::OPTIONS)?;
         let format = TableFormat::from_connector(def.options.get("connector"))?;
-        let path = self.resolve_path(def.options.required("a table", "path")?);
+        // A relative path is under the data dir.
+        let path = fluxo_connectors::object_storage::Location::from_options(
+            &def.options,
+            "a table",
+            self.sql_dir.parent().unwrap_or(&self.sql_dir),
+        )?;
         let state = batch_context(&HashMap::new(), &self.log)?.state();
         let (_, schema) = table::open(format, &path, &state).await?;
         if persist {
@@ -868,7 +863,7 @@ impl Engine {
                     (
                         t.def.name.clone(),
                         t.def.options.get("connector").unwrap_or("").to_string(),
-                        t.path.display().to_string(),
+                        t.path.to_string(),
                     )
                 })
                 .chain(objects.sources.values().filter(|s| s.is_table()).map(|s| {

@@ -12,7 +12,6 @@
 //! two streams whose state nothing bounds.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -350,8 +349,12 @@ pub type ViewQueries = Vec<(String, Box<Query>)>;
 pub struct PlanningInputs {
     pub sources: HashMap<String, Arc<SourceDef>>,
     pub views: ViewQueries,
-    /// Delta and Parquet tables: name, format, directory.
-    pub tables: Vec<(String, TableFormat, PathBuf)>,
+    /// Delta and Parquet tables: name, format, where they are.
+    pub tables: Vec<(
+        String,
+        TableFormat,
+        fluxo_connectors::object_storage::Location,
+    )>,
 }
 
 /// Makes each view a DataFusion view of its query, so that a query over
