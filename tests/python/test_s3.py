@@ -21,6 +21,8 @@ commit.
   http without `s3.allow_http` and misplaced options fail `CREATE SINK`
   (and a missing bucket or table `CREATE TABLE`) with a 400 that says what
   to check, and create nothing.
+- The third gives no `s3.*` option: the server's `AWS_*` environment
+  variables (endpoint, region, keys, allow http) reach the bucket.
 """
 
 from __future__ import annotations
@@ -253,3 +255,25 @@ def test_a_wrong_bucket_or_endpoint_fails_create_sink(broker, new_topic, s3):
     assert sql(broker, "SHOW SINKS")["rows"] == [], "a refused sink was created"
     assert sql(broker, "SHOW TABLES")["rows"] == [], "a refused table was created"
     assert s3.keys("lake-checks", "") == [], "a refused sink wrote to the bucket"
+
+
+@pytest.mark.timeout(120)
+def test_without_s3_options_the_aws_environment_variables_are_used(broker_factory, new_topic, s3, monkeypatch):
+    bucket = "lake-from-env"
+    s3.client.create_bucket(Bucket=bucket)
+    for name, value in (("AWS_ENDPOINT_URL", s3.endpoint), ("AWS_REGION", REGION), ("AWS_ACCESS_KEY_ID", KEY_ID),
+                        ("AWS_SECRET_ACCESS_KEY", SECRET), ("AWS_ALLOW_HTTP", "true")):
+        monkeypatch.setenv(name, value)
+    broker = broker_factory(name="broker")  # started with the variables above
+    topic = topic_with(broker, new_topic, 2)
+    bids = make_bids(5_000, seed=59)
+    produce_bids(broker, topic, [{k: v for k, v in b.items() if k != "_ts"} for b in bids])
+    sql(broker, SOURCE.format(topic=topic))
+    sql(broker, VIEW)
+    sql(broker, sink_sql("env_delta", "delta", f"s3://{bucket}/delta", {}))
+    sql(broker, sink_sql("env_parquet", "parquet", f"s3://{bucket}/parquet", {}))
+    watermark = source_watermark(bids)
+    wait_watermark(broker, VIEW_NAME, watermark)
+    want = expected_windows(bids, watermark)
+    assert wait_rows(broker, lambda: s3.delta_rows(f"s3://{bucket}/delta"), want, "the Delta table") == want
+    assert wait_rows(broker, lambda: s3.parquet_rows(bucket, "parquet"), want, "the Parquet files") == want
