@@ -187,10 +187,10 @@ impl S3Location {
             )));
         }
         let prefix = prefix.trim_matches('/').to_string();
-        if prefix
-            .split('/')
-            .any(|part| part == "." || part == ".." || part.is_empty())
-            && !prefix.is_empty()
+        if !prefix.is_empty()
+            && prefix
+                .split('/')
+                .any(|part| part == "." || part == ".." || part.is_empty())
         {
             return Err(ConnectorError::Config(format!(
                 "path = '{given}': a prefix cannot hold empty, '.' or '..' parts"
@@ -297,6 +297,8 @@ fn builder(
     for (key, value) in settings {
         builder = builder.with_config(key, value);
     }
+    // A statement's check retries once, so a wrong endpoint answers in
+    // seconds; a running sink retries as object_store does by default.
     let retry = RetryConfig {
         backoff: BackoffConfig::default(),
         max_retries: if retry_for < Duration::from_secs(30) {
