@@ -6,7 +6,8 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, ProduceResponse, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Record;
@@ -31,7 +32,15 @@ pub(crate) fn broker_error(what: &str, code: i16, message: Option<&StrBytes>) ->
     }
 }
 
-fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> ProduceRequest {
+/// A Produce request carrying one batch for one partition; transactional
+/// producers name their transactional id.
+pub(crate) fn produce_request(
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+    acks: i16,
+    transactional_id: Option<&str>,
+) -> ProduceRequest {
     let mut pd = PartitionProduceData::default();
     pd.index = partition;
     pd.records = Some(batch);
@@ -39,26 +48,16 @@ fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Prod
     td.name = TopicName(StrBytes::from_string(topic.to_string()));
     td.partition_data = vec![pd];
     let mut req = ProduceRequest::default();
+    req.transactional_id =
+        transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string())));
     req.acks = acks;
     req.timeout_ms = 30_000;
     req.topic_data = vec![td];
     req
 }
 
-/// Sends one batch to one partition; returns its base offset (-1 for acks=0).
-pub async fn produce(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    batch: Bytes,
-    acks: i16,
-) -> Result<i64> {
-    let req = produce_request(topic, partition, batch, acks);
-    if acks == 0 {
-        client.send_no_response(&req).await?;
-        return Ok(-1);
-    }
-    let resp = client.send(&req).await?;
+/// The base offset the broker gave the one partition of `resp`, or its error.
+pub(crate) fn produce_outcome(resp: &ProduceResponse, topic: &str, partition: i32) -> Result<i64> {
     let p = resp
         .responses
         .first()
@@ -72,6 +71,23 @@ pub async fn produce(
         ));
     }
     Ok(p.base_offset)
+}
+
+/// Sends one batch to one partition; returns its base offset (-1 for acks=0).
+pub async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+    acks: i16,
+) -> Result<i64> {
+    let req = produce_request(topic, partition, batch, acks, None);
+    if acks == 0 {
+        client.send_no_response(&req).await?;
+        return Ok(-1);
+    }
+    let resp = client.send(&req).await?;
+    produce_outcome(&resp, topic, partition)
 }
 
 /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.

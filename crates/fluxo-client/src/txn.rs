@@ -16,15 +16,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use fluxo_log::records::{encode_producer_batch, OutRecord};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, EndTxnRequest, InitProducerIdRequest, ProduceRequest, ProducerId,
-    TopicName, TransactionalId,
+    AddPartitionsToTxnRequest, ApiKey, EndTxnRequest, InitProducerIdRequest, ProducerId, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use crate::cluster::Cluster;
-use crate::records::broker_error;
+use crate::records::{broker_error, produce_outcome, produce_request};
 use crate::{ClientError, Result};
 
 /// Transactions stay open at most this long before the coordinator aborts
@@ -89,41 +88,25 @@ impl TransactionalProducer {
     /// A new producer epoch for the next transaction. The coordinator
     /// aborts whatever transaction of this id is still open.
     pub async fn begin(&mut self) -> Result<ProducerEpoch> {
-        let id = self.id.clone();
-        let mut attempt = 0;
-        let producer = loop {
-            attempt += 1;
-            let resp = self
-                .cluster
-                .with_coordinator(&id, 1, |client| {
-                    let id = id.clone();
-                    async move {
-                        let mut req = InitProducerIdRequest::default();
-                        req.transactional_id = Some(TransactionalId(StrBytes::from_string(id)));
-                        req.transaction_timeout_ms = TRANSACTION_TIMEOUT_MS;
-                        req.producer_id = ProducerId(-1);
-                        req.producer_epoch = -1;
-                        let resp = client.send(&req).await?;
-                        match resp.error_code {
-                            0 => Ok(ProducerEpoch {
-                                producer_id: resp.producer_id.0,
-                                epoch: resp.producer_epoch,
-                            }),
-                            code => Err(broker_error("InitProducerId", code, None)),
-                        }
-                    }
-                })
-                .await;
-            match resp {
-                // The coordinator is still aborting the id's last transaction.
-                Err(ClientError::Broker { code, .. })
-                    if code == CONCURRENT_TRANSACTIONS && attempt < 100 =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        let (cluster, id) = (&self.cluster, self.id.as_str());
+        let producer = while_concurrent(|| {
+            cluster.with_coordinator(id, 1, |client| async move {
+                let mut req = InitProducerIdRequest::default();
+                req.transactional_id = Some(TransactionalId(StrBytes::from_string(id.to_string())));
+                req.transaction_timeout_ms = TRANSACTION_TIMEOUT_MS;
+                req.producer_id = ProducerId(-1);
+                req.producer_epoch = -1;
+                let resp = client.send(&req).await?;
+                match resp.error_code {
+                    0 => Ok(ProducerEpoch {
+                        producer_id: resp.producer_id.0,
+                        epoch: resp.producer_epoch,
+                    }),
+                    code => Err(broker_error("InitProducerId", code, None)),
                 }
-                other => break other?,
-            }
-        };
+            })
+        })
+        .await?;
         self.producer = Some(producer);
         self.sequences.clear();
         self.added.clear();
@@ -179,97 +162,58 @@ impl TransactionalProducer {
         topic: &str,
         partition: i32,
     ) -> Result<()> {
-        let id = self.id.clone();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let r = self
-                .cluster
-                .with_coordinator(&id, 1, |client| {
-                    let (id, topic) = (id.clone(), topic.to_string());
-                    async move {
-                        let mut t = AddPartitionsToTxnTopic::default();
-                        t.name = TopicName(StrBytes::from_string(topic.clone()));
-                        t.partitions = vec![partition];
-                        let mut req = AddPartitionsToTxnRequest::default();
-                        req.v3_and_below_transactional_id =
-                            TransactionalId(StrBytes::from_string(id));
-                        req.v3_and_below_producer_id = ProducerId(producer.producer_id);
-                        req.v3_and_below_producer_epoch = producer.epoch;
-                        req.v3_and_below_topics = vec![t];
-                        // Versions 4 and up are for brokers only.
-                        let resp = client
-                            .send_version(
-                                &req,
-                                3.min(
-                                    client
-                                        .version_for(
-                                            kafka_protocol::messages::ApiKey::AddPartitionsToTxn,
-                                        )
-                                        .unwrap_or(3),
-                                ),
-                            )
-                            .await?;
-                        let code = resp
-                            .results_by_topic_v3_and_below
-                            .iter()
-                            .flat_map(|t| t.results_by_partition.iter())
-                            .map(|p| p.partition_error_code)
-                            .find(|c| *c != 0)
-                            .unwrap_or(resp.error_code);
-                        match code {
-                            0 => Ok(()),
-                            code => Err(broker_error(
-                                &format!("adding {topic}/{partition} to the transaction"),
-                                code,
-                                None,
-                            )),
-                        }
-                    }
-                })
-                .await;
-            match r {
-                Err(ClientError::Broker { code, .. })
-                    if code == CONCURRENT_TRANSACTIONS && attempt < 100 =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+        let (cluster, id) = (&self.cluster, self.id.as_str());
+        while_concurrent(|| {
+            cluster.with_coordinator(id, 1, |client| async move {
+                let mut t = AddPartitionsToTxnTopic::default();
+                t.name = TopicName(StrBytes::from_string(topic.to_string()));
+                t.partitions = vec![partition];
+                let mut req = AddPartitionsToTxnRequest::default();
+                req.v3_and_below_transactional_id =
+                    TransactionalId(StrBytes::from_string(id.to_string()));
+                req.v3_and_below_producer_id = ProducerId(producer.producer_id);
+                req.v3_and_below_producer_epoch = producer.epoch;
+                req.v3_and_below_topics = vec![t];
+                // Versions 4 and up are for brokers only.
+                let version = client
+                    .version_for(ApiKey::AddPartitionsToTxn)
+                    .map_or(3, |v| v.min(3));
+                let resp = client.send_version(&req, version).await?;
+                let code = resp
+                    .results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| t.results_by_partition.iter())
+                    .map(|p| p.partition_error_code)
+                    .find(|c| *c != 0)
+                    .unwrap_or(resp.error_code);
+                match code {
+                    0 => Ok(()),
+                    code => Err(broker_error(
+                        &format!("adding {topic}/{partition} to the transaction"),
+                        code,
+                        None,
+                    )),
                 }
-                other => return other,
-            }
-        }
+            })
+        })
+        .await
     }
 
     async fn produce(&self, topic: &str, partition: i32, batch: Bytes) -> Result<()> {
-        let id = self.id.clone();
+        let id = self.id.as_str();
         self.cluster
             .with_leader(topic, partition, |client| {
-                let (id, topic, batch) = (id.clone(), topic.to_string(), batch.clone());
+                let req = produce_request(topic, partition, batch.clone(), -1, Some(id));
                 async move {
-                    let mut pd = PartitionProduceData::default();
-                    pd.index = partition;
-                    pd.records = Some(batch);
-                    let mut td = TopicProduceData::default();
-                    td.name = TopicName(StrBytes::from_string(topic.clone()));
-                    td.partition_data = vec![pd];
-                    let mut req = ProduceRequest::default();
-                    req.transactional_id = Some(TransactionalId(StrBytes::from_string(id)));
-                    req.acks = -1;
-                    req.timeout_ms = 30_000;
-                    req.topic_data = vec![td];
                     let resp = client.send(&req).await?;
-                    let p = resp
-                        .responses
-                        .first()
-                        .and_then(|t| t.partition_responses.first())
-                        .ok_or_else(|| ClientError::Protocol("empty produce response".into()))?;
-                    match p.error_code {
+                    match produce_outcome(&resp, topic, partition) {
                         // A retry of a batch the broker already has.
-                        0 | DUPLICATE_SEQUENCE_NUMBER => Ok(()),
-                        code => Err(broker_error(
-                            &format!("produce to {topic}/{partition}"),
-                            code,
-                            p.error_message.as_ref(),
-                        )),
+                        Err(ClientError::Broker { code, .. })
+                            if code == DUPLICATE_SEQUENCE_NUMBER =>
+                        {
+                            Ok(())
+                        }
+                        other => other.map(|_| ()),
                     }
                 }
             })
@@ -309,34 +253,42 @@ impl TransactionalProducer {
 }
 
 async fn end(cluster: &Cluster, id: &str, producer: ProducerEpoch, commit: bool) -> Result<()> {
+    while_concurrent(|| {
+        cluster.with_coordinator(id, 1, |client| async move {
+            let mut req = EndTxnRequest::default();
+            req.transactional_id = TransactionalId(StrBytes::from_string(id.to_string()));
+            req.producer_id = ProducerId(producer.producer_id);
+            req.producer_epoch = producer.epoch;
+            req.committed = commit;
+            let resp = client.send(&req).await?;
+            match resp.error_code {
+                0 => Ok(()),
+                code => Err(broker_error(
+                    &format!(
+                        "{} transaction {id}",
+                        if commit { "committing" } else { "aborting" }
+                    ),
+                    code,
+                    None,
+                )),
+            }
+        })
+    })
+    .await
+}
+
+/// Runs `request` again while the coordinator answers
+/// CONCURRENT_TRANSACTIONS: it is still completing the id's last
+/// transaction (writing its markers), which takes moments.
+async fn while_concurrent<T, F, Fut>(mut request: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let r = cluster
-            .with_coordinator(id, 1, |client| {
-                let id = id.to_string();
-                async move {
-                    let mut req = EndTxnRequest::default();
-                    req.transactional_id = TransactionalId(StrBytes::from_string(id.clone()));
-                    req.producer_id = ProducerId(producer.producer_id);
-                    req.producer_epoch = producer.epoch;
-                    req.committed = commit;
-                    let resp = client.send(&req).await?;
-                    match resp.error_code {
-                        0 => Ok(()),
-                        code => Err(broker_error(
-                            &format!(
-                                "{} transaction {id}",
-                                if commit { "committing" } else { "aborting" }
-                            ),
-                            code,
-                            None,
-                        )),
-                    }
-                }
-            })
-            .await;
-        match r {
+        match request().await {
             Err(ClientError::Broker { code, .. })
                 if code == CONCURRENT_TRANSACTIONS && attempt < 100 =>
             {

@@ -389,14 +389,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
     )?);
     let broker_metrics = broker.metrics.clone();
-    let listener = tokio::net::TcpListener::bind(args.kafka_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --kafka-addr)",
-                args.kafka_addr
-            )
-        })?;
+    let listener = listen(args.kafka_addr, "--kafka-addr").await?;
     let kafka = fluxo_kafka::serve(listener, broker)?;
     println!("fluxo: kafka listening on {}", kafka.local_addr);
     // The registry is replayed before the engine opens, so what reads Avro
@@ -415,14 +408,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("cannot open the SQL engine")?;
-    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --http-addr)",
-                args.http_addr
-            )
-        })?;
+    let http_listener = listen(args.http_addr, "--http-addr").await?;
     let dashboards = Arc::new(
         fluxo_http::DashboardStore::open(&args.data_dir).context("cannot open the dashboards")?,
     );
@@ -447,14 +433,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "http: the API has no authentication, so anyone who reaches this address can run SQL, ingest records and delete topics"
         );
     }
-    let pg_listener = tokio::net::TcpListener::bind(args.pg_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --pg-addr)",
-                args.pg_addr
-            )
-        })?;
+    let pg_listener = listen(args.pg_addr, "--pg-addr").await?;
     let pg = fluxo_pg::serve(pg_listener, engine.clone(), args.pg.clone())?;
     println!("fluxo: postgres listening on {}", pg.local_addr);
     match &args.pg.password {
@@ -465,14 +444,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => {}
     }
-    let mqtt_listener = tokio::net::TcpListener::bind(args.mqtt_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --mqtt-addr)",
-                args.mqtt_addr
-            )
-        })?;
+    let mqtt_listener = listen(args.mqtt_addr, "--mqtt-addr").await?;
     let mqtt_config = fluxo_mqtt::MqttConfig {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.num_partitions,
@@ -486,14 +458,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "mqtt: no --mqtt-password, so any device that reaches this address can publish and subscribe"
         );
     }
-    let registry_listener = tokio::net::TcpListener::bind(args.registry_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --registry-addr)",
-                args.registry_addr
-            )
-        })?;
+    let registry_listener = listen(args.registry_addr, "--registry-addr").await?;
     let registry_server = fluxo_registry::serve(registry_listener, registry.clone())?;
     println!(
         "fluxo: registry listening on {}",
@@ -602,14 +567,7 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
     )
     .await
     .context("cannot open the SQL engine")?;
-    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --http-addr)",
-                args.http_addr
-            )
-        })?;
+    let http_listener = listen(args.http_addr, "--http-addr").await?;
     let dashboards = Arc::new(
         fluxo_http::DashboardStore::open(&args.data_dir).context("cannot open the dashboards")?,
     );
@@ -623,14 +581,7 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
         let _ = http_stopped.await;
     })?;
     println!("fluxo: http listening on {}", http.local_addr);
-    let pg_listener = tokio::net::TcpListener::bind(args.pg_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server using it? pick another with --pg-addr)",
-                args.pg_addr
-            )
-        })?;
+    let pg_listener = listen(args.pg_addr, "--pg-addr").await?;
     let pg = fluxo_pg::serve(pg_listener, engine.clone(), args.pg.clone())?;
     println!("fluxo: postgres listening on {}", pg.local_addr);
     tracing::info!(cluster = %cluster.bootstrap, cluster_id = %cluster.cluster_id, "fluxo is serving (engine only)");
@@ -645,6 +596,13 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// A listener on `addr`, or an error naming the flag that picks another.
+async fn listen(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another server using it? pick another with {flag})")
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
