@@ -4,6 +4,7 @@
 //! [`EventLog`] trait; topic sinks write either exactly once, with the
 //! log's own transactions or with the cluster's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fluxo_client::remote::RemoteLog;
@@ -54,6 +55,37 @@ impl Topics {
                  connector = 'topic'"
             ))
         })
+    }
+
+    /// Publishes where a pipeline's last checkpoint stands in its sources.
+    /// On a cluster these become the committed offsets of the consumer
+    /// group `fluxo-<cluster-id>-<pipeline>`, so that the cluster's own
+    /// tools (kafka-consumer-groups, lag exporters) show how far behind
+    /// each pipeline is; fluxo's log shows it in the pipeline's status
+    /// instead. Best effort and in the background: the pipeline resumes
+    /// from its checkpoint, never from the group.
+    pub fn report_progress(&self, pipeline: &str, offsets: BTreeMap<(String, i32), i64>) {
+        let Topics::Remote { log, cluster_id } = self else {
+            return;
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let group = format!("fluxo-{cluster_id}-{pipeline}");
+        let cluster = log.cluster().clone();
+        log.runtime().spawn(async move {
+            let committed = cluster
+                .with_coordinator(&group, 0, |client| {
+                    let (group, offsets) = (&group, &offsets);
+                    async move {
+                        fluxo_client::group::commit_offsets(&client, group, -1, "", offsets).await
+                    }
+                })
+                .await;
+            if let Err(e) = committed {
+                tracing::debug!(group = %group, "cannot publish the pipeline's progress: {e}");
+            }
+        });
     }
 
     /// A sink writing `config.topic` exactly once; `identity` names it

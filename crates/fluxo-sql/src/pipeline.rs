@@ -332,6 +332,8 @@ struct Runner {
     statics: Vec<StaticInput>,
     view: Option<Arc<ViewStore>>,
     log: Arc<dyn EventLog>,
+    /// Where sinks to topics write and progress is published.
+    topics: Topics,
     shared_decodes: Arc<SharedDecodes>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
@@ -524,6 +526,7 @@ impl Runner {
             statics: spec.dataflow.statics.clone(),
             view: spec.view,
             log: topics.reading(),
+            topics: topics.clone(),
             shared_decodes: spec.shared_decodes,
             stats,
             stop,
@@ -1012,6 +1015,18 @@ impl Runner {
         if let Some(late) = &mut self.late_output {
             late.commit(epoch)?;
         }
+        let progress = self
+            .inputs
+            .iter()
+            .flat_map(|input| {
+                input
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(p, c)| ((input.topic.clone(), p as i32), c.offset))
+            })
+            .collect();
+        self.topics.report_progress(&self.name, progress);
         *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
             epoch,
             taken_at_ms: checkpoint.taken_at_ms,
