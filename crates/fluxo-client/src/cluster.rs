@@ -280,13 +280,35 @@ impl Cluster {
     /// Creates `topic` with `partitions` partitions and the cluster's
     /// default replication; an existing topic is fine.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        use kafka_protocol::messages::create_topics_request::CreatableTopic;
+        self.create_topic_with(topic, partitions, &[]).await
+    }
+
+    /// The same, with topic configs (`cleanup.policy`, `retention.ms`, ...)
+    /// that apply when the topic is new.
+    pub async fn create_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
+        use kafka_protocol::messages::create_topics_request::{
+            CreatableTopic, CreatableTopicConfig,
+        };
         use kafka_protocol::messages::CreateTopicsRequest;
         let client = self.any_client().await?;
         let mut t = CreatableTopic::default();
         t.name = TopicName(StrBytes::from_string(topic.to_string()));
         t.num_partitions = partitions;
         t.replication_factor = -1;
+        t.configs = configs
+            .iter()
+            .map(|(name, value)| {
+                let mut c = CreatableTopicConfig::default();
+                c.name = StrBytes::from_string(name.to_string());
+                c.value = Some(StrBytes::from_string(value.to_string()));
+                c
+            })
+            .collect();
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = 30_000;

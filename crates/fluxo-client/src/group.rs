@@ -146,6 +146,16 @@ impl GroupMember {
         }
     }
 
+    /// A member that joins under `member_id`, as the same member again:
+    /// a process that keeps its id across a restart takes its partitions
+    /// back at once instead of after its old session times out.
+    pub fn with_member_id(group: &str, topics: Vec<String>, member_id: &str) -> GroupMember {
+        GroupMember {
+            member_id: member_id.to_string(),
+            ..GroupMember::new(group, topics)
+        }
+    }
+
     pub fn member_id(&self) -> &str {
         &self.member_id
     }

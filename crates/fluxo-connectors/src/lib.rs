@@ -35,6 +35,7 @@ pub mod parquet_sink;
 pub mod postgres_sink;
 pub mod registry_client;
 pub mod remote_topic_sink;
+pub mod shared_checkpoints;
 pub mod sink;
 pub mod source;
 pub mod topic_sink;

@@ -212,45 +212,104 @@ struct Header {
 
 const VIEW_BATCH: &str = "$view";
 
-/// A pipeline's checkpoint file.
-#[derive(Debug, Clone)]
+/// Where a pipeline's checkpoint is kept: a file in a directory (the
+/// engine's own, or one every worker of a cluster mounts), or an object in
+/// a store every worker reaches (S3), behind [`CheckpointBlobs`].
+#[derive(Clone)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    place: Place,
+}
+
+#[derive(Clone)]
+enum Place {
+    Dir(PathBuf),
+    Blobs {
+        blobs: Arc<dyn CheckpointBlobs>,
+        name: String,
+    },
+}
+
+/// A store of whole checkpoints by pipeline name, shared by the workers
+/// of a cluster: a pipeline that moves to another worker resumes there
+/// from what the last owner saved. `put` replaces a checkpoint whole (an
+/// object store's PUT is atomic), so a reader sees the old one or the new.
+pub trait CheckpointBlobs: Send + Sync {
+    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()>;
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn delete(&self, name: &str) -> Result<()>;
+    /// Where `name`'s checkpoint is, for messages (`s3://bucket/prefix/name`).
+    fn describe(&self, name: &str) -> String;
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointStore({})", self.describe())
+    }
 }
 
 impl CheckpointStore {
     pub fn new(dir: PathBuf) -> CheckpointStore {
-        CheckpointStore { dir }
+        CheckpointStore {
+            place: Place::Dir(dir),
+        }
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+    /// The checkpoint of pipeline `name` in `blobs`.
+    pub fn in_blobs(blobs: Arc<dyn CheckpointBlobs>, name: &str) -> CheckpointStore {
+        CheckpointStore {
+            place: Place::Blobs {
+                blobs,
+                name: name.to_string(),
+            },
+        }
+    }
+
+    /// Where the checkpoint is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.place {
+            Place::Dir(dir) => dir.join(FILE_NAME).display().to_string(),
+            Place::Blobs { blobs, name } => blobs.describe(name),
+        }
     }
 
     /// Writes `checkpoint`, replacing the previous one. Returns its size.
     pub fn save(&self, checkpoint: &Checkpoint) -> Result<u64> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| DataflowError::io(self.dir.display(), e))?;
         let bytes = encode(checkpoint)?;
-        let path = self.path();
-        fluxo_log::segment::write_atomically(&path, &bytes).map_err(|e| {
-            DataflowError::Execution(format!("cannot write {}: {e}", path.display()))
-        })?;
-        Ok(bytes.len() as u64)
+        let len = bytes.len() as u64;
+        match &self.place {
+            Place::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| DataflowError::io(dir.display(), e))?;
+                let path = dir.join(FILE_NAME);
+                fluxo_log::segment::write_atomically(&path, &bytes).map_err(|e| {
+                    DataflowError::Execution(format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+            Place::Blobs { blobs, name } => blobs.put(name, bytes)?,
+        }
+        Ok(len)
     }
 
     /// The last checkpoint, if there is a readable one. A damaged file is
     /// reported and treated as absent.
     pub fn load(&self) -> Result<Option<Checkpoint>> {
-        let path = self.path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DataflowError::io(path.display(), e)),
+        let bytes = match &self.place {
+            Place::Dir(dir) => {
+                let path = dir.join(FILE_NAME);
+                match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(DataflowError::io(path.display(), e)),
+                }
+            }
+            Place::Blobs { blobs, name } => match blobs.get(name)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
         };
         match decode(&bytes) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e,
+                tracing::warn!(checkpoint = %self.describe(), error = %e,
                     "ignoring a damaged checkpoint; the pipeline starts from the beginning");
                 Ok(None)
             }
@@ -259,10 +318,13 @@ impl CheckpointStore {
 
     /// Removes the checkpoint (the view was dropped or is new).
     pub fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DataflowError::io(self.dir.display(), e)),
+        match &self.place {
+            Place::Dir(dir) => match std::fs::remove_dir_all(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(DataflowError::io(dir.display(), e)),
+            },
+            Place::Blobs { blobs, name } => blobs.delete(name),
         }
     }
 }
@@ -470,12 +532,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path().join("v"));
         store.save(&sample()).unwrap();
-        let mut bytes = std::fs::read(store.path()).unwrap();
+        let file = dir.path().join("v").join(FILE_NAME);
+        let mut bytes = std::fs::read(&file).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
-        std::fs::write(store.path(), &bytes).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
         assert!(store.load().unwrap().is_none());
-        std::fs::write(store.path(), &bytes[..mid]).unwrap();
+        std::fs::write(&file, &bytes[..mid]).unwrap();
         assert!(store.load().unwrap().is_none());
         store.remove().unwrap();
         assert!(!dir.path().join("v").exists());

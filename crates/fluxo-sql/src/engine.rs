@@ -40,6 +40,8 @@ use crate::shared_decode::SharedDecodes;
 use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
 
+mod sharing;
+
 /// How often a pipeline checkpoints unless its view says otherwise.
 const DEFAULT_CHECKPOINT_INTERVAL_MS: i64 = 10_000;
 const MAX_PARALLELISM: usize = 256;
@@ -110,11 +112,27 @@ struct TableEntry {
     schema: SchemaRef,
 }
 
-/// A sink that reads a source: its own pipeline, with no view.
-struct SourceSinkEntry {
+/// A sink with a pipeline of its own, with no view: one that reads a
+/// source, or, on a cluster's worker, any sink.
+struct SinkPipeline {
     def: SinkDef,
     dataflow: Dataflow,
-    pipeline: PipelineHandle,
+    /// The pipeline, while it runs here. A cluster's worker runs it only
+    /// while it owns the sink's task.
+    pipeline: parking_lot::Mutex<Option<Arc<PipelineHandle>>>,
+    /// On a cluster's worker: what starting it (again) takes.
+    shared: Option<SharedSink>,
+    /// Set when the sink is dropped, so that an owner starting it at the
+    /// same moment lets it be.
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+struct SharedSink {
+    spec: PipelineSpec,
+    schema: SchemaRef,
+    append_only: bool,
+    /// The task partition whose owner runs it.
+    task: i32,
 }
 
 #[derive(Default)]
@@ -123,8 +141,8 @@ struct Objects {
     tables: HashMap<String, Arc<TableEntry>>,
     views: HashMap<String, Arc<ViewEntry>>,
     sinks: HashMap<String, SinkDef>,
-    /// The pipelines of sinks that read a source, by sink name.
-    source_sinks: HashMap<String, Arc<SourceSinkEntry>>,
+    /// The sinks with pipelines of their own, by sink name.
+    sink_pipelines: HashMap<String, Arc<SinkPipeline>>,
     /// The running connectors of sources that ingest into their topic
     /// (`connector = 'nexmark'`, ...), by source name.
     generators: HashMap<String, Box<dyn Ingest>>,
@@ -146,6 +164,8 @@ pub struct Engine {
     shared_decodes: Arc<SharedDecodes>,
     /// The schema registry Avro sources and sinks use, when the server runs one.
     registry: Option<Registry>,
+    /// On a worker of a cluster: the shared catalog and sinks.
+    sharing: Option<Arc<sharing::Sharing>>,
 }
 
 /// A pipeline as the status API shows it.
@@ -201,6 +221,43 @@ impl Engine {
         data_dir: &Path,
         registry: Option<Arc<dyn AvroSchemas>>,
     ) -> Result<Arc<Engine>> {
+        Engine::open_inner(topics, data_dir, registry, None).await
+    }
+
+    /// Opens the engine as a worker of the cluster `topics` names (engine
+    /// only): it shares the catalog and the sinks with the other workers of
+    /// the same cluster id (see `sharing`), keeping the sinks' checkpoints
+    /// in `checkpoints`, which every worker must reach.
+    pub async fn open_worker(
+        topics: Topics,
+        data_dir: &Path,
+        registry: Option<Arc<dyn AvroSchemas>>,
+        checkpoints: fluxo_connectors::shared_checkpoints::SharedCheckpoints,
+    ) -> Result<Arc<Engine>> {
+        let Topics::Remote { log, cluster_id } = &topics else {
+            return Err(SqlError::Internal(
+                "a worker shares a Kafka cluster; this engine runs on its own log".into(),
+            ));
+        };
+        let sharing = sharing::Sharing::join(
+            log.cluster().clone(),
+            cluster_id,
+            checkpoints,
+            &data_dir.join("sql"),
+        )
+        .await?;
+        let engine =
+            Engine::open_inner(topics, data_dir, registry, Some(Arc::new(sharing))).await?;
+        engine.start_sharing().await?;
+        Ok(engine)
+    }
+
+    async fn open_inner(
+        topics: Topics,
+        data_dir: &Path,
+        registry: Option<Arc<dyn AvroSchemas>>,
+        sharing: Option<Arc<sharing::Sharing>>,
+    ) -> Result<Arc<Engine>> {
         let sql_dir = data_dir.join("sql");
         let catalog = Catalog::open(&sql_dir)?;
         let entries = catalog.entries().to_vec();
@@ -213,13 +270,16 @@ impl Engine {
             ddl: tokio::sync::Mutex::new(()),
             shared_decodes: SharedDecodes::new(),
             registry: registry.map(Registry),
+            sharing,
         });
         for entry in entries {
+            engine.catalog.lock().begin_command(entry.command);
             let restored = async {
                 let stmt = crate::parser::parse_statement_str(&entry.sql)?;
                 engine.execute_statement(stmt, false).await
             }
             .await;
+            engine.catalog.lock().begin_command(None);
             if let Err(e) = restored {
                 tracing::error!(name = %entry.name, error = %e, "cannot restore {} from the catalog", entry.kind);
             }
@@ -228,8 +288,10 @@ impl Engine {
         for view in engine.objects.read().views.values() {
             view.pipeline.resume();
         }
-        for sink in engine.objects.read().source_sinks.values() {
-            sink.pipeline.resume();
+        for sink in engine.objects.read().sink_pipelines.values() {
+            if let Some(p) = &*sink.pipeline.lock() {
+                p.resume();
+            }
         }
         Ok(engine)
     }
@@ -239,9 +301,59 @@ impl Engine {
         let statements = parse_statements(sql)?;
         let mut results = Vec::with_capacity(statements.len());
         for stmt in statements {
-            results.push(self.execute_statement(stmt, true).await?);
+            let result = match &self.sharing {
+                Some(sharing) if changes_catalog(&stmt) => match self.check_command(&stmt)? {
+                    Some(skipped) => skipped,
+                    None => sharing.submit(stmt.to_string()).await?,
+                },
+                _ => self.execute_statement(stmt, true).await?,
+            };
+            results.push(result);
         }
         Ok(results)
+    }
+
+    /// What a worker checks before it appends a statement to the command
+    /// topic, so that plain mistakes are answered without a command: the
+    /// name is free (or IF NOT EXISTS, answered here) and a dropped object
+    /// exists (or IF EXISTS). Applying it checks everything again.
+    fn check_command(&self, stmt: &Statement) -> Result<Option<QueryResult>> {
+        let (kind, name, if_not_exists) = match stmt {
+            Statement::CreateSource(d) => ("source", &d.name, d.if_not_exists),
+            Statement::CreateTable(d) => ("table", &d.name, d.if_not_exists),
+            Statement::CreateView(d) => ("view", &d.name, d.if_not_exists),
+            Statement::CreateSink(d) => ("sink", &d.name, d.if_not_exists),
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
+                let objects = self.objects.read();
+                let exists = objects.sources.contains_key(name)
+                    || objects.tables.contains_key(name)
+                    || objects.views.contains_key(name)
+                    || objects.sinks.contains_key(name);
+                return match (exists, *if_exists) {
+                    (true, _) => Ok(None),
+                    (false, true) => Ok(Some(QueryResult::message(format!(
+                        "{} {name} does not exist, skipped",
+                        kind.as_str()
+                    )))),
+                    (false, false) => Err(SqlError::NotFound {
+                        kind: kind.as_str(),
+                        name: name.clone(),
+                    }),
+                };
+            }
+            _ => return Ok(None),
+        };
+        if self.check_name_free(name, if_not_exists)? {
+            Ok(None)
+        } else {
+            Ok(Some(QueryResult::message(format!(
+                "{kind} {name} already exists, skipped"
+            ))))
+        }
     }
 
     /// Executes a script and returns the last statement's result.
@@ -376,6 +488,7 @@ impl Engine {
                 kind: "source".into(),
                 name: def.name.clone(),
                 sql: Statement::CreateSource(def.clone()).to_string(),
+                command: None,
             });
             if let Err(e) = added {
                 if let Some(g) = generator {
@@ -442,28 +555,9 @@ impl Engine {
                 "parallelism",
             ],
         )?;
-        let parallelism = match def.options.get("parallelism") {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(p) => p
-                .parse::<usize>()
-                .ok()
-                .filter(|p| (1..=MAX_PARALLELISM).contains(p))
-                .ok_or_else(|| {
-                    SqlError::Plan(format!(
-                        "parallelism must be a whole number from 1 to {MAX_PARALLELISM}, got '{p}'"
-                    ))
-                })?,
-        };
+        let parallelism = parallelism_of(&def.options)?;
         let lateness_ms = def.options.duration_ms("allowed_lateness")?.unwrap_or(0);
-        let checkpoint_interval_ms = def
-            .options
-            .duration_ms("checkpoint_interval")?
-            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
-        if checkpoint_interval_ms < 100 {
-            return Err(SqlError::Plan(format!(
-                "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
-            )));
-        }
+        let checkpoint_interval_ms = checkpoint_interval_of(&def.options)?;
         let dataflow = plan_dataflow(&self.planning_inputs(), &def.query).await?;
         let late_topic = def.options.get("late_topic").map(str::to_string);
         if let Some(topic) = &late_topic {
@@ -480,6 +574,7 @@ impl Engine {
                 kind: "view".into(),
                 name: def.name.clone(),
                 sql: definition.clone(),
+                command: None,
             })?;
         }
         let pipeline = pipeline::start(
@@ -544,6 +639,7 @@ impl Engine {
                 kind: "table".into(),
                 name: def.name.clone(),
                 sql: Statement::CreateTable(def.clone()).to_string(),
+                command: None,
             })?;
         }
         let name = def.name.clone();
@@ -623,67 +719,161 @@ impl Engine {
             .map(|v| v.def.name.clone())
             .or_else(|| source.as_ref().map(|s| s.name.clone()))
             .unwrap_or(def.from);
-        if let Some(view) = view {
-            if persist {
-                self.catalog.lock().add(CatalogEntry {
-                    kind: "sink".into(),
-                    name: def.name.clone(),
-                    sql: Statement::CreateSink(def.clone()).to_string(),
-                })?;
+        match (&view, &self.sharing) {
+            (Some(view), None) => {
+                if persist {
+                    self.catalog.lock().add(CatalogEntry {
+                        kind: "sink".into(),
+                        name: def.name.clone(),
+                        sql: Statement::CreateSink(def.clone()).to_string(),
+                        command: None,
+                    })?;
+                }
+                view.pipeline.add_sink(sink);
             }
-            view.pipeline.add_sink(sink);
-        } else {
-            let inputs = self.planning_inputs();
-            let query = match crate::parser::parse_statement_str(&format!(
-                "SELECT * FROM {}",
-                crate::parser::quote_ident(&def.from)
-            ))? {
-                Statement::Query(q) => q,
-                _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
-            };
-            let dataflow = plan_dataflow(&inputs, &query).await?;
-            let definition = Statement::CreateSink(def.clone()).to_string();
-            let checkpoints = CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
-            if persist {
-                checkpoints.remove()?;
-                self.catalog.lock().add(CatalogEntry {
-                    kind: "sink".into(),
-                    name: def.name.clone(),
-                    sql: definition.clone(),
-                })?;
-            }
-            let pipeline = pipeline::start(
-                PipelineSpec {
+            _ => {
+                let inputs = self.planning_inputs();
+                let query = match crate::parser::parse_statement_str(&format!(
+                    "SELECT * FROM {}",
+                    crate::parser::quote_ident(&def.from)
+                ))? {
+                    Statement::Query(q) => q,
+                    _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
+                };
+                let dataflow = plan_dataflow(&inputs, &query).await?;
+                let definition = Statement::CreateSink(def.clone()).to_string();
+                // A sink of a view (on a cluster's worker) runs the view's
+                // query as the view's pipeline does.
+                let (lateness_ms, checkpoint_interval_ms, parallelism) = match &view {
+                    Some(v) => (
+                        v.lateness_ms,
+                        checkpoint_interval_of(&v.def.options)?,
+                        parallelism_of(&v.def.options)?,
+                    ),
+                    None => (0, checkpoint_interval_ms, 1),
+                };
+                let command = self.catalog.lock().applying();
+                let checkpoints = match &self.sharing {
+                    // Named by the command that made the sink, so it is
+                    // never another sink's of the same name: a worker that
+                    // applies the command late must not remove what the
+                    // owner has checkpointed since.
+                    Some(sharing) => sharing
+                        .checkpoints
+                        .store(&sharing::pipeline_key(&def.name, command)),
+                    None => CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name)),
+                };
+                if persist {
+                    if self.sharing.is_none() {
+                        checkpoints.remove()?;
+                    }
+                    self.catalog.lock().add(CatalogEntry {
+                        kind: "sink".into(),
+                        name: def.name.clone(),
+                        sql: definition.clone(),
+                        command: None,
+                    })?;
+                }
+                let spec = PipelineSpec {
                     name: def.name.clone(),
                     definition,
                     dataflow: dataflow.clone(),
                     view: None,
-                    allowed_lateness_ms: 0,
+                    allowed_lateness_ms: lateness_ms,
                     checkpoints,
                     checkpoint_interval_ms,
-                    parallelism: 1,
+                    parallelism,
                     late_topic: None,
                     shared_decodes: self.shared_decodes.clone(),
-                },
-                self.topics.clone(),
-                !persist,
-            )?;
-            pipeline.add_sink(sink);
-            self.objects.write().source_sinks.insert(
-                def.name.clone(),
-                Arc::new(SourceSinkEntry {
-                    def: def.clone(),
-                    dataflow,
-                    pipeline,
-                }),
-            );
+                };
+                let entry = match &self.sharing {
+                    None => {
+                        let pipeline = pipeline::start(spec, self.topics.clone(), !persist)?;
+                        pipeline.add_sink(sink);
+                        SinkPipeline {
+                            def: def.clone(),
+                            dataflow,
+                            pipeline: parking_lot::Mutex::new(Some(Arc::new(pipeline))),
+                            shared: None,
+                            dropped: Default::default(),
+                        }
+                    }
+                    // The worker that owns its task runs it, with a sink of its own.
+                    Some(_) => SinkPipeline {
+                        def: def.clone(),
+                        dataflow,
+                        pipeline: parking_lot::Mutex::new(None),
+                        shared: Some(SharedSink {
+                            spec,
+                            schema: schema.clone(),
+                            append_only,
+                            task: sharing::task_of(&def.name, command),
+                        }),
+                        dropped: Default::default(),
+                    },
+                };
+                self.objects
+                    .write()
+                    .sink_pipelines
+                    .insert(def.name.clone(), Arc::new(entry));
+            }
         }
         let name = def.name.clone();
         let connector = def.options.get("connector").unwrap_or("topic").to_string();
-        let mut objects = self.objects.write();
-        objects.sink_stats.insert(name.clone(), (connector, stats));
-        objects.sinks.insert(name.clone(), def);
+        {
+            let mut objects = self.objects.write();
+            objects.sink_stats.insert(name.clone(), (connector, stats));
+            objects.sinks.insert(name.clone(), def);
+        }
+        if self.sharing.is_some() {
+            self.run_owned_sinks().await;
+        }
         Ok(QueryResult::message(format!("CREATE SINK {name}")))
+    }
+
+    /// Starts a cluster's sink on this worker, which now owns its task:
+    /// from the checkpoint in the shared location, with a sink of its own.
+    async fn start_sink_pipeline(&self, entry: &Arc<SinkPipeline>) -> Result<()> {
+        let shared = entry.shared.as_ref().ok_or_else(|| {
+            SqlError::Internal(format!("sink {} is not a cluster's", entry.def.name))
+        })?;
+        let def = SinkDef {
+            options: entry.def.options.without("checkpoint_interval"),
+            ..entry.def.clone()
+        };
+        let sink = self
+            .new_sink(&def, &shared.schema, shared.append_only)
+            .await?;
+        let stats = sink.stats();
+        let (spec, topics) = (shared.spec.clone(), self.topics.clone());
+        // Starting reads the checkpoint, from object storage perhaps.
+        let pipeline = tokio::task::spawn_blocking(move || pipeline::start(spec, topics, true))
+            .await
+            .map_err(|e| SqlError::Internal(format!("starting a pipeline failed: {e}")))??;
+        pipeline.add_sink(sink);
+        let pipeline = Arc::new(pipeline);
+        let superfluous = {
+            let mut slot = entry.pipeline.lock();
+            if entry.dropped.load(Ordering::Acquire) || slot.is_some() {
+                true
+            } else {
+                pipeline.resume();
+                *slot = Some(pipeline.clone());
+                false
+            }
+        };
+        if superfluous {
+            tokio::task::spawn_blocking(move || pipeline.stop())
+                .await
+                .ok();
+            return Ok(());
+        }
+        let connector = def.options.get("connector").unwrap_or("topic").to_string();
+        self.objects
+            .write()
+            .sink_stats
+            .insert(def.name.clone(), (connector, stats));
+        Ok(())
     }
 
     /// The sink `def` describes, for rows of `schema`.
@@ -755,7 +945,7 @@ impl Engine {
                     )));
                 }
                 let mut sinks: Vec<String> = objects
-                    .source_sinks
+                    .sink_pipelines
                     .values()
                     .filter(|s| s.def.from == name)
                     .map(|s| s.def.name.clone())
@@ -827,9 +1017,21 @@ impl Engine {
                         view.pipeline.remove_sink(name);
                     }
                 }
-                if let Some(own) = objects.source_sinks.remove(name) {
-                    own.pipeline.stop();
-                    CheckpointStore::new(checkpoint_dir(&self.sql_dir, name)).remove()?;
+                if let Some(own) = objects.sink_pipelines.remove(name) {
+                    let running = {
+                        let mut slot = own.pipeline.lock();
+                        own.dropped.store(true, Ordering::Release);
+                        slot.take()
+                    };
+                    if let Some(p) = running {
+                        p.stop();
+                    }
+                    match &own.shared {
+                        Some(shared) => shared.spec.checkpoints.remove()?,
+                        None => {
+                            CheckpointStore::new(checkpoint_dir(&self.sql_dir, name)).remove()?
+                        }
+                    }
                 }
             }
         }
@@ -1145,18 +1347,26 @@ impl Engine {
                 Statement::CreateView(v.def.clone()).to_string(),
                 &v.def.name,
                 &v.dataflow,
-                &v.pipeline,
+                &v.pipeline.stats,
                 v.lateness_ms,
                 v.store.row_count(),
             )
         });
-        let sinks = objects.source_sinks.values().map(|s| {
+        let sinks = objects.sink_pipelines.values().map(|s| {
+            let running = s.pipeline.lock().clone();
+            let standby = pipeline::PipelineStats::default();
+            if running.is_none() {
+                let owner = self.sharing.as_ref().map(|sh| sh.describe_owner());
+                *standby.status.lock() = format!("standby: {}", owner.unwrap_or_default());
+            }
             status(
                 Statement::CreateSink(s.def.clone()).to_string(),
                 &s.def.name,
                 &s.dataflow,
-                &s.pipeline,
-                0,
+                running.as_ref().map_or(&standby, |p| &p.stats),
+                s.shared
+                    .as_ref()
+                    .map_or(0, |sh| sh.spec.allowed_lateness_ms),
                 0,
             )
         });
@@ -1183,20 +1393,30 @@ impl Engine {
     pub fn set_pipeline_running(&self, name: &str, running: bool) -> Result<PipelineStatus> {
         {
             let objects = self.objects.read();
-            let pipeline = match (objects.views.get(name), objects.source_sinks.get(name)) {
-                (Some(v), _) => &v.pipeline,
-                (None, Some(s)) => &s.pipeline,
+            let set = |p: &PipelineHandle| match running {
+                true => p.resume(),
+                false => p.pause(),
+            };
+            match (objects.views.get(name), objects.sink_pipelines.get(name)) {
+                (Some(v), _) => set(&v.pipeline),
+                (None, Some(s)) => {
+                    let pipeline = s.pipeline.lock().clone().ok_or_else(|| {
+                        SqlError::Execution(format!(
+                            "sink {name} does not run on this worker: {}",
+                            self.sharing
+                                .as_ref()
+                                .map(|sh| sh.describe_owner())
+                                .unwrap_or_default()
+                        ))
+                    })?;
+                    set(&pipeline)
+                }
                 (None, None) => {
                     return Err(SqlError::NotFound {
                         kind: "pipeline",
                         name: name.to_string(),
                     })
                 }
-            };
-            if running {
-                pipeline.resume();
-            } else {
-                pipeline.pause();
             }
         }
         self.pipelines()
@@ -1214,10 +1434,18 @@ impl Engine {
         for v in views {
             v.pipeline.stop();
         }
-        let sinks: Vec<Arc<SourceSinkEntry>> =
-            self.objects.read().source_sinks.values().cloned().collect();
+        let sinks: Vec<Arc<SinkPipeline>> = self
+            .objects
+            .read()
+            .sink_pipelines
+            .values()
+            .cloned()
+            .collect();
         for s in sinks {
-            s.pipeline.stop();
+            let running = s.pipeline.lock().take();
+            if let Some(p) = running {
+                p.stop();
+            }
         }
         for g in self.objects.read().generators.values() {
             g.stop();
@@ -1225,16 +1453,57 @@ impl Engine {
     }
 }
 
+/// Whether `stmt` changes the catalog (on a cluster's worker, it goes
+/// through the command topic).
+fn changes_catalog(stmt: &Statement) -> bool {
+    matches!(
+        stmt,
+        Statement::CreateSource(_)
+            | Statement::CreateTable(_)
+            | Statement::CreateView(_)
+            | Statement::CreateSink(_)
+            | Statement::Drop { .. }
+    )
+}
+
+/// A view's `parallelism` option: the machine's cores unless given.
+fn parallelism_of(options: &crate::parser::Options) -> Result<usize> {
+    match options.get("parallelism") {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(p) => p
+            .parse::<usize>()
+            .ok()
+            .filter(|p| (1..=MAX_PARALLELISM).contains(p))
+            .ok_or_else(|| {
+                SqlError::Plan(format!(
+                    "parallelism must be a whole number from 1 to {MAX_PARALLELISM}, got '{p}'"
+                ))
+            }),
+    }
+}
+
+/// A pipeline's `checkpoint_interval` option, at least 100ms.
+fn checkpoint_interval_of(options: &crate::parser::Options) -> Result<i64> {
+    let ms = options
+        .duration_ms("checkpoint_interval")?
+        .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+    if ms < 100 {
+        return Err(SqlError::Plan(format!(
+            "checkpoint_interval must be at least 100ms, got {ms}ms"
+        )));
+    }
+    Ok(ms)
+}
+
 /// What the status API shows of a pipeline.
 fn status(
     sql: String,
     name: &str,
     dataflow: &Dataflow,
-    pipeline: &PipelineHandle,
+    s: &pipeline::PipelineStats,
     lateness_ms: i64,
     view_rows: u64,
 ) -> PipelineStatus {
-    let s = &pipeline.stats;
     let wm = s.watermark.load(Ordering::Relaxed);
     PipelineStatus {
         name: name.to_string(),

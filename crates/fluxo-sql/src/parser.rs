@@ -781,7 +781,7 @@ impl fmt::Display for Statement {
         match self {
             Statement::CreateSource(s) => {
                 let what = if s.is_table() { "TABLE" } else { "SOURCE" };
-                write!(f, "CREATE {what} {} (", quote_ident(&s.name))?;
+                write!(f, "CREATE {what} {} ", quote_ident(&s.name))?;
                 let mut parts: Vec<String> = s
                     .columns
                     .iter()
@@ -801,7 +801,11 @@ impl fmt::Display for Statement {
                     let keys: Vec<String> = s.primary_key.iter().map(|k| quote_ident(k)).collect();
                     parts.push(format!("PRIMARY KEY ({})", keys.join(", ")));
                 }
-                write!(f, "{}) {}", parts.join(", "), s.options)
+                // Columns may be left to the schema registry.
+                if !parts.is_empty() {
+                    write!(f, "({}) ", parts.join(", "))?;
+                }
+                write!(f, "{}", s.options)
             }
             Statement::CreateTable(t) => {
                 write!(f, "CREATE TABLE {} {}", quote_ident(&t.name), t.options)
@@ -867,6 +871,15 @@ mod tests {
         date_time TIMESTAMP, extra TEXT,
         WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
       WITH (connector = 'topic', topic = 'bids', format = 'json')";
+
+    #[test]
+    fn a_source_without_columns_prints_as_it_parses() {
+        let sql = "CREATE SOURCE o WITH (topic = 'orders', format = 'avro')";
+        let stmt = parse_statement_str(sql).unwrap();
+        let printed = stmt.to_string();
+        assert_eq!(parse_statement_str(&printed).unwrap().to_string(), printed);
+        assert!(!printed.contains("()"), "{printed}");
+    }
 
     #[test]
     fn create_source_with_watermark_round_trips() {

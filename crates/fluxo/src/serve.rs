@@ -97,6 +97,12 @@ pub struct ServeArgs {
     /// Avro sources and sinks use: http://HOST:PORT
     #[arg(long, env = "FLUXO_SCHEMA_REGISTRY_URL", requires = "engine_only")]
     pub schema_registry_url: Option<String>,
+    /// Where the workers of an engine-only cluster keep their sinks'
+    /// checkpoints, so a sink resumes on another worker when its owner is
+    /// lost: s3://bucket/prefix (AWS_* variables) or a directory every
+    /// worker mounts [default: the data directory, for one worker]
+    #[arg(long, env = "FLUXO_CHECKPOINT_URL", requires = "engine_only")]
+    pub checkpoint_url: Option<String>,
 }
 
 /// What `serve` runs with once flags, environment and config file are merged.
@@ -132,6 +138,7 @@ pub struct EngineOnly {
     pub bootstrap: String,
     pub cluster_id: String,
     pub schema_registry_url: Option<String>,
+    pub checkpoint_url: Option<String>,
 }
 
 impl ServeSettings {
@@ -232,6 +239,7 @@ impl ServeSettings {
                     bootstrap,
                     cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
                     schema_registry_url: args.schema_registry_url,
+                    checkpoint_url: args.checkpoint_url,
                 }),
                 (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
                 (false, Some(_)) => anyhow::bail!(
@@ -557,13 +565,29 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
             )?) as Arc<dyn fluxo_sql::connectors::avro::AvroSchemas>,
         ),
     };
-    let engine = fluxo_sql::Engine::open_with_registry(
+    let checkpoints = match &cluster.checkpoint_url {
+        Some(url) => {
+            fluxo_sql::connectors::shared_checkpoints::SharedCheckpoints::open(
+                url,
+                tokio::runtime::Handle::current(),
+            )
+            .await
+        }
+        None => fluxo_sql::connectors::shared_checkpoints::SharedCheckpoints::private(
+            std::path::absolute(&args.data_dir)?
+                .join("sql")
+                .join("sink-checkpoints"),
+        ),
+    }
+    .context("cannot open --checkpoint-url")?;
+    let engine = fluxo_sql::Engine::open_worker(
         fluxo_sql::Topics::Remote {
             log,
             cluster_id: cluster.cluster_id.clone(),
         },
         &args.data_dir,
         registry,
+        checkpoints,
     )
     .await
     .context("cannot open the SQL engine")?;
@@ -590,6 +614,8 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
     let _ = http_stop.send(());
     http.abort();
     pg.abort();
+    // The other workers take this one's sinks at once.
+    engine.leave_cluster().await;
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     if let Some(e) = failure {
         return Err(e);

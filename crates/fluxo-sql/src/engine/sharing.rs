@@ -1,0 +1,578 @@
+//! Workers of one cluster: engine-only servers on the same Kafka cluster
+//! with the same `--cluster-id` share their catalog and their sinks,
+//! through the cluster and nothing else.
+//!
+//! **The catalog** is the command topic `_fluxo-<cluster-id>-commands`
+//! (one partition, kept forever), as ksqlDB's command topic: every DDL
+//! statement is a record. The worker that receives a statement checks the
+//! name, appends it, and answers once it has applied it itself; every
+//! worker applies every command in offset order, so all hold the same
+//! objects, and a statement that fails (the name was taken by an earlier
+//! command) fails on every worker alike. The local catalog file is a copy
+//! that remembers the last offset applied: a restarted worker restores its
+//! objects from it and applies only the commands after it.
+//!
+//! **Sinks** each run as their own pipeline (a sink of a view runs the
+//! view's query itself) on one worker at a time. The consumer group
+//! `fluxo-<cluster-id>-workers`, over the partitions of
+//! `_fluxo-<cluster-id>-tasks`, decides which: a sink belongs to one task
+//! partition, and the worker the group assigns it runs the sink. When a
+//! worker is lost (its session times out) or one joins, the group moves
+//! partitions; the old owner stops its pipelines before it reports them
+//! released, and the new owner starts them from the checkpoint the old one
+//! left in the shared checkpoint location (`--checkpoint-url`). A topic
+//! sink's recovery there commits or aborts the old owner's last
+//! transaction and fences it, as after a restart, so output stays exactly
+//! once across the move.
+//!
+//! **Views** run on every worker, each checkpointing locally, so any worker
+//! answers pull queries and SUBSCRIBE for the whole view.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fluxo_client::cluster::Cluster;
+use fluxo_client::group::GroupMember;
+use fluxo_client::records::{fetch, produce, Isolation};
+use fluxo_client::Client;
+use fluxo_connectors::shared_checkpoints::SharedCheckpoints;
+use fluxo_log::records::{encode_batch, OutRecord};
+use kafka_protocol::records::Compression;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{Engine, QueryResult};
+use crate::error::{Result, SqlError};
+use crate::parser::parse_statements;
+
+/// Partitions of the tasks topic: the most workers that share the sinks.
+pub const TASKS: i32 = 32;
+/// How long a statement's sender waits for its worker to apply it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One record of the command topic.
+#[derive(Debug, Serialize, Deserialize)]
+struct Command {
+    /// A DDL statement; absent on the settings record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sql: Option<String>,
+    /// The worker that appended it (its answer waits for it).
+    worker: String,
+    /// The settings record (the topic's first): where every worker keeps
+    /// its sinks' checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoints: Option<String>,
+}
+
+/// What this worker shares with the others of its cluster.
+pub(crate) struct Sharing {
+    cluster: Arc<Cluster>,
+    cluster_id: String,
+    /// This process, as the origin of the commands it appends.
+    worker: String,
+    /// This worker in the workers' group, kept in its data directory.
+    member_id: String,
+    commands_topic: String,
+    tasks_topic: String,
+    pub(super) checkpoints: SharedCheckpoints,
+    /// Answers to this worker's own commands, by offset, until taken.
+    results: Mutex<HashMap<i64, Result<QueryResult>>>,
+    applied: AtomicI64,
+    progress: Notify,
+    /// The task partitions this worker owns.
+    owned: Mutex<BTreeSet<i32>>,
+    stopping: AtomicBool,
+    membership: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One change of which sinks run here at a time (the group's and a new
+    /// sink's), so that a sink never starts twice.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+impl Sharing {
+    /// Joins cluster `cluster_id`'s command topic (creating it and the tasks
+    /// topic if this is its first worker) and checks that this worker keeps
+    /// checkpoints where the others do.
+    pub(crate) async fn join(
+        cluster: Arc<Cluster>,
+        cluster_id: &str,
+        checkpoints: SharedCheckpoints,
+        sql_dir: &Path,
+    ) -> Result<Sharing> {
+        let sharing = Sharing {
+            member_id: member_id(sql_dir)?,
+            cluster_id: cluster_id.to_string(),
+            worker: uuid::Uuid::new_v4().simple().to_string(),
+            commands_topic: format!("_fluxo-{cluster_id}-commands"),
+            tasks_topic: format!("_fluxo-{cluster_id}-tasks"),
+            checkpoints,
+            results: Mutex::default(),
+            applied: AtomicI64::new(-1),
+            progress: Notify::new(),
+            owned: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            membership: Mutex::default(),
+            reconciling: tokio::sync::Mutex::new(()),
+            cluster,
+        };
+        let failed = |what: &str, e: fluxo_client::ClientError| {
+            SqlError::Execution(format!("cannot {what} of cluster {cluster_id}: {e}"))
+        };
+        sharing
+            .cluster
+            .create_topic_with(
+                &sharing.commands_topic,
+                1,
+                &[
+                    ("cleanup.policy", "delete"),
+                    ("retention.ms", "-1"),
+                    ("retention.bytes", "-1"),
+                ],
+            )
+            .await
+            .map_err(|e| failed("create the command topic", e))?;
+        sharing
+            .cluster
+            .create_topic(&sharing.tasks_topic, TASKS)
+            .await
+            .map_err(|e| failed("create the tasks topic", e))?;
+        sharing.check_settings().await?;
+        Ok(sharing)
+    }
+
+    /// The first record of the command topic says where the cluster's
+    /// checkpoints are; the first worker writes it. A worker that would
+    /// keep them elsewhere could not resume what another one checkpointed.
+    async fn check_settings(&self) -> Result<()> {
+        let mine = self.checkpoints.url();
+        let first = match self.read(0).await?.into_iter().next() {
+            Some(first) => first,
+            None => {
+                self.append(&Command {
+                    sql: None,
+                    worker: self.worker.clone(),
+                    checkpoints: Some(mine.clone()),
+                })
+                .await?;
+                self.read(0).await?.into_iter().next().ok_or_else(|| {
+                    SqlError::Execution(format!(
+                        "the command topic {} is empty after a write",
+                        self.commands_topic
+                    ))
+                })?
+            }
+        };
+        match first.1.checkpoints {
+            Some(theirs) if theirs == mine => Ok(()),
+            Some(theirs) => Err(SqlError::Plan(format!(
+                "the workers of cluster {} keep their checkpoints at {theirs}, and this one was \
+                 given {mine}: start every worker with the same --checkpoint-url (a location \
+                 they all reach, such as s3://bucket/prefix)",
+                self.cluster_id
+            ))),
+            None => Err(SqlError::Execution(format!(
+                "the command topic {} does not start with fluxo's settings record; is another \
+                 program writing it?",
+                self.commands_topic
+            ))),
+        }
+    }
+
+    /// Appends `command` (acknowledged by every in-sync replica); returns
+    /// its offset.
+    async fn append(&self, command: &Command) -> Result<i64> {
+        let value = serde_json::to_vec(command)
+            .map_err(|e| SqlError::Internal(format!("cannot encode a command: {e}")))?;
+        let batch = encode_batch(
+            &[OutRecord {
+                key: None,
+                value: Some(Bytes::from(value)),
+                headers: Vec::new(),
+                timestamp: chrono::Utc::now().timestamp_millis(),
+            }],
+            Compression::None,
+        )
+        .map_err(|e| SqlError::Internal(format!("cannot encode a command: {e}")))?;
+        let topic = self.commands_topic.clone();
+        self.cluster
+            .with_leader(&topic, 0, |client: Arc<Client>| {
+                let (batch, topic) = (batch.clone(), topic.clone());
+                async move { produce(&client, &topic, 0, batch, -1).await }
+            })
+            .await
+            .map_err(|e| {
+                SqlError::Execution(format!(
+                    "cannot append to the command topic {}: {e}",
+                    self.commands_topic
+                ))
+            })
+    }
+
+    /// The commands from `offset` on that the topic holds now (waiting up
+    /// to half a second for one when there are none).
+    async fn read(&self, offset: i64) -> Result<Vec<(i64, Command)>> {
+        let topic = self.commands_topic.clone();
+        let fetched = self
+            .cluster
+            .with_leader(&topic, 0, |client: Arc<Client>| {
+                let topic = topic.clone();
+                async move {
+                    fetch(
+                        &client,
+                        &topic,
+                        0,
+                        offset,
+                        500,
+                        4 << 20,
+                        Isolation::ReadCommitted,
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(|e| {
+                SqlError::Execution(format!(
+                    "cannot read the command topic {}: {e}",
+                    self.commands_topic
+                ))
+            })?;
+        let mut out = Vec::new();
+        for record in fetched.records {
+            let command = record
+                .value
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<Command>(v).ok());
+            match command {
+                Some(c) => out.push((record.offset, c)),
+                None => tracing::warn!(
+                    topic = %self.commands_topic,
+                    offset = record.offset,
+                    "skipping a record of the command topic that is not a fluxo command"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offset the command topic ends at now.
+    async fn end(&self) -> Result<i64> {
+        let topic = self.commands_topic.clone();
+        self.cluster
+            .with_leader(&topic, 0, |client: Arc<Client>| {
+                let topic = topic.clone();
+                async move { fluxo_client::records::list_offset(&client, &topic, 0, -1).await }
+            })
+            .await
+            .map_err(|e| {
+                SqlError::Execution(format!(
+                    "cannot read the end of the command topic {}: {e}",
+                    self.commands_topic
+                ))
+            })
+    }
+
+    /// Appends statement `sql` and waits until this worker has applied it;
+    /// returns what applying it gave.
+    pub(super) async fn submit(&self, sql: String) -> Result<QueryResult> {
+        let offset = self
+            .append(&Command {
+                sql: Some(sql),
+                worker: self.worker.clone(),
+                checkpoints: None,
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+        loop {
+            let progressed = self.progress.notified();
+            if let Some(result) = self.results.lock().remove(&offset) {
+                return result;
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return Err(SqlError::Execution(format!(
+                    "the statement is command {offset} of {}, and this worker has not applied \
+                     it within {}s; it takes effect once applied",
+                    self.commands_topic,
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// Whether this worker runs the sinks of task partition `task`.
+    pub(super) fn owns(&self, task: i32) -> bool {
+        self.owned.lock().contains(&task)
+    }
+
+    pub(super) fn describe_owner(&self) -> String {
+        format!(
+            "another worker of cluster {} owns it (group fluxo-{}-workers)",
+            self.cluster_id, self.cluster_id
+        )
+    }
+}
+
+/// This worker's id in the workers' group: made once, then read from the
+/// data directory, so that a restarted worker is the same member.
+fn member_id(sql_dir: &Path) -> Result<String> {
+    let path = sql_dir.join("worker-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SqlError::io(path.display(), e)),
+    }
+    std::fs::create_dir_all(sql_dir).map_err(|e| SqlError::io(sql_dir.display(), e))?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    fluxo_log::segment::write_atomically(&path, id.as_bytes())
+        .map_err(|e| SqlError::Execution(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}
+
+/// The task partition of a sink made by command `command`: a sink made
+/// again under the same name is another pipeline, with its own checkpoint.
+pub(super) fn task_of(name: &str, command: Option<i64>) -> i32 {
+    (crc32c::crc32c(pipeline_key(name, command).as_bytes()) % TASKS as u32) as i32
+}
+
+/// The name of a sink's checkpoint in the shared location.
+pub(super) fn pipeline_key(name: &str, command: Option<i64>) -> String {
+    match command {
+        Some(offset) => format!("{name}.{offset}"),
+        None => name.to_string(),
+    }
+}
+
+impl Engine {
+    /// Applies every command after the last one this worker applied, up
+    /// to the topic's end now; then follows the topic, and joins the
+    /// workers' group to learn which sinks to run.
+    pub(super) async fn start_sharing(self: &Arc<Engine>) -> Result<()> {
+        let Some(sharing) = self.sharing.clone() else {
+            return Ok(());
+        };
+        let mut next = self.catalog.lock().applied_command().map_or(0, |o| o + 1);
+        let end = sharing.end().await?;
+        while next < end {
+            let commands = sharing.read(next).await?;
+            if commands.is_empty() {
+                break;
+            }
+            for (offset, command) in commands {
+                self.apply_command(offset, command).await;
+                next = offset + 1;
+            }
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(follow_commands(weak.clone(), sharing.clone(), next));
+        let membership = tokio::spawn(own_tasks(weak, sharing.clone()));
+        *sharing.membership.lock() = Some(membership);
+        Ok(())
+    }
+
+    /// Applies one command of the topic, as every worker does.
+    async fn apply_command(&self, offset: i64, command: Command) {
+        let Some(sharing) = self.sharing.clone() else {
+            return;
+        };
+        let Some(sql) = command.sql else {
+            // The settings record, checked at the start.
+            sharing.applied.store(offset, Ordering::Release);
+            return;
+        };
+        self.catalog.lock().begin_command(Some(offset));
+        let result = async {
+            let mut last = None;
+            for stmt in parse_statements(&sql)? {
+                last = Some(self.execute_statement(stmt, true).await?);
+            }
+            last.ok_or_else(|| SqlError::Syntax("empty statement".into()))
+        }
+        .await;
+        if let Err(e) = self.catalog.lock().finish_command(offset) {
+            tracing::error!(offset, error = %e, "cannot record that a command was applied");
+        }
+        if let Err(e) = &result {
+            tracing::info!(offset, sql = %sql, error = %e, "a command of the cluster failed here");
+        }
+        if command.worker == sharing.worker {
+            let mut results = sharing.results.lock();
+            // Answers nobody took (the sender gave up waiting) go in time.
+            results.retain(|o, _| *o > offset - 10_000);
+            results.insert(offset, result);
+        }
+        sharing.applied.store(offset, Ordering::Release);
+        sharing.progress.notify_waiters();
+    }
+
+    /// Starts the sinks of the tasks this worker owns, and stops those of
+    /// tasks it no longer owns (before the group hears they are released).
+    pub(super) async fn run_owned_sinks(&self) {
+        let Some(sharing) = self.sharing.clone() else {
+            return;
+        };
+        let _one_at_a_time = sharing.reconciling.lock().await;
+        let entries: Vec<_> = self
+            .objects
+            .read()
+            .sink_pipelines
+            .values()
+            .cloned()
+            .collect();
+        for entry in entries {
+            let Some(shared) = &entry.shared else {
+                continue;
+            };
+            let owned = sharing.owns(shared.task) && !sharing.stopping.load(Ordering::Acquire);
+            let running = entry.pipeline.lock().clone();
+            match (owned, running) {
+                (false, Some(pipeline)) => {
+                    *entry.pipeline.lock() = None;
+                    let name = entry.def.name.clone();
+                    let stopped = tokio::task::spawn_blocking(move || pipeline.stop()).await;
+                    if let Err(e) = stopped {
+                        tracing::error!(sink = %name, "stopping a sink's pipeline failed: {e}");
+                    }
+                    tracing::info!(sink = %name, "sink moved to another worker");
+                }
+                (true, None) => {
+                    if let Err(e) = self.start_sink_pipeline(&entry).await {
+                        tracing::error!(sink = %entry.def.name, error = %e,
+                            "cannot start a sink this worker now owns");
+                    } else {
+                        tracing::info!(sink = %entry.def.name, "this worker runs the sink now");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops this worker's sinks and leaves the workers' group, so the
+    /// others take its sinks at once instead of after its session times out.
+    pub async fn leave_cluster(&self) {
+        let Some(sharing) = self.sharing.clone() else {
+            return;
+        };
+        sharing.stopping.store(true, Ordering::Release);
+        let membership = sharing.membership.lock().take();
+        if let Some(task) = membership {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Applies the commands other workers append, as they come.
+async fn follow_commands(engine: Weak<Engine>, sharing: Arc<Sharing>, mut next: i64) {
+    let mut failures = 0u32;
+    while !sharing.stopping.load(Ordering::Acquire) {
+        let commands = match sharing.read(next).await {
+            Ok(c) => {
+                failures = 0;
+                c
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!(error = %e, "cannot follow the command topic; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for (offset, command) in commands {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            engine.apply_command(offset, command).await;
+            next = offset + 1;
+        }
+    }
+}
+
+/// This worker's membership in the workers' group: heartbeats, and the
+/// sinks to run or stop when the assignment changes.
+async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
+    let group = format!("fluxo-{}-workers", sharing.cluster_id);
+    let mut member = GroupMember::with_member_id(
+        &group,
+        vec![sharing.tasks_topic.clone()],
+        &sharing.member_id,
+    );
+    let mut coordinator: Option<Arc<Client>> = None;
+    let mut failures = 0u32;
+    loop {
+        if sharing.stopping.load(Ordering::Acquire) {
+            sharing.owned.lock().clear();
+            if let Some(engine) = engine.upgrade() {
+                engine.run_owned_sinks().await;
+            }
+            if let Some(client) = &coordinator {
+                if let Err(e) = member.leave(client).await {
+                    tracing::debug!("cannot leave the workers' group: {e}");
+                }
+            }
+            return;
+        }
+        let client = match &coordinator {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => match sharing.cluster.coordinator(&group, 0).await {
+                Ok(c) => {
+                    coordinator = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        tracing::warn!(group = %group, error = %e,
+                            "cannot reach the workers' group coordinator; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        match member.heartbeat(&client).await {
+            Ok(change) => {
+                failures = 0;
+                if !change.added.is_empty() || !change.revoked.is_empty() {
+                    *sharing.owned.lock() = member
+                        .owned()
+                        .iter()
+                        .filter(|(topic, _)| *topic == sharing.tasks_topic)
+                        .map(|(_, p)| *p)
+                        .collect();
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    engine.run_owned_sinks().await;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 30 == 0 {
+                    tracing::warn!(group = %group, error = %e, "heartbeat failed; retrying");
+                }
+                coordinator = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if !member.heartbeat_due() {
+            let wait = member.time_to_heartbeat().min(Duration::from_millis(500));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Sharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sharing")
+            .field("cluster_id", &self.cluster_id)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
