@@ -68,6 +68,8 @@ def test_workers_share_ddl_and_a_killed_workers_sinks_move_exactly_once(
     # DDL on any worker is applied by all, in one order.
     sql(w1, SOURCE.format(topic=topic))
     sql(w2, VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
+    # Each statement is checked against every command before it, whichever
+    # worker took those: the sinks go to other workers than the view did.
     for i, out in enumerate(outs):
         sql(w3 if i % 2 else w1,
             f"CREATE SINK out{i} FROM per_auction WITH (connector = 'topic', topic = '{out}')")

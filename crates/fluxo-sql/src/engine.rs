@@ -127,6 +127,14 @@ struct SinkPipeline {
     dropped: std::sync::atomic::AtomicBool,
 }
 
+struct SinkFrom {
+    view: Option<Arc<ViewEntry>>,
+    source: Option<Arc<SourceDef>>,
+    schema: SchemaRef,
+    append_only: bool,
+    checkpoint_interval_ms: i64,
+}
+
 struct SharedSink {
     spec: PipelineSpec,
     schema: SchemaRef,
@@ -302,9 +310,15 @@ impl Engine {
         let mut results = Vec::with_capacity(statements.len());
         for stmt in statements {
             let result = match &self.sharing {
-                Some(sharing) if changes_catalog(&stmt) => match self.check_command(&stmt)? {
+                Some(sharing) if changes_catalog(&stmt) => match {
+                    sharing.catch_up().await?;
+                    self.check_command(&stmt)?
+                } {
                     Some(skipped) => skipped,
-                    None => sharing.submit(stmt.to_string()).await?,
+                    None => {
+                        let stmt = self.prepare_command(stmt).await?;
+                        sharing.submit(stmt.to_string()).await?
+                    }
                 },
                 _ => self.execute_statement(stmt, true).await?,
             };
@@ -662,58 +676,29 @@ impl Engine {
                 def.name
             )));
         }
-        let (view, source) = {
-            let objects = self.objects.read();
-            (
-                objects.views.get(&def.from).cloned(),
-                objects.sources.get(&def.from).cloned(),
-            )
-        };
-        // A view's sink follows the view's checkpoints; a source's sink has
-        // its own pipeline, whose interval the sink chooses.
-        let checkpoint_interval_ms = def
-            .options
-            .duration_ms("checkpoint_interval")?
-            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
-        if def.options.get("checkpoint_interval").is_some() {
-            if view.is_some() {
-                return Err(SqlError::Plan(format!(
-                    "a sink of a view commits at the view's checkpoints: set checkpoint_interval on \
-                     view {} instead",
-                    def.from
-                )));
-            }
-            if checkpoint_interval_ms < 100 {
-                return Err(SqlError::Plan(format!(
-                    "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
-                )));
-            }
-        }
-        let (schema, append_only) = match (&view, &source) {
-            (Some(v), _) => (
-                v.store.schema().clone(),
-                v.dataflow.is_append_only(v.lateness_ms),
-            ),
-            (None, Some(s)) => (Arc::new(s.schema()), true),
-            (None, None) => {
-                return Err(SqlError::NotFound {
-                    kind: "view or source",
-                    name: def.from.clone(),
-                })
-            }
-        };
-        let sink_options = def.options.without("checkpoint_interval");
-        let sink = self
-            .new_sink(
-                &SinkDef {
-                    options: sink_options,
+        let SinkFrom {
+            view,
+            source,
+            schema,
+            append_only,
+            checkpoint_interval_ms,
+        } = self.sink_from(&def)?;
+        // A cluster's worker opens a sink where it runs it; the worker that
+        // took the statement opened it once before it became a command.
+        let opened = match &self.sharing {
+            None => {
+                let options = def.options.without("checkpoint_interval");
+                let def = SinkDef {
+                    options,
                     ..def.clone()
-                },
-                &schema,
-                append_only,
-            )
-            .await?;
-        let stats = sink.stats();
+                };
+                Some(self.new_sink(&def, &schema, append_only).await?)
+            }
+            Some(_) => None,
+        };
+        let stats = opened
+            .as_ref()
+            .map_or_else(|| Arc::new(SinkStats::default()), |s| s.stats());
         def.from = view
             .as_ref()
             .map(|v| v.def.name.clone())
@@ -729,7 +714,9 @@ impl Engine {
                         command: None,
                     })?;
                 }
-                view.pipeline.add_sink(sink);
+                if let Some(sink) = opened {
+                    view.pipeline.add_sink(sink);
+                }
             }
             _ => {
                 let inputs = self.planning_inputs();
@@ -789,7 +776,9 @@ impl Engine {
                 let entry = match &self.sharing {
                     None => {
                         let pipeline = pipeline::start(spec, self.topics.clone(), !persist)?;
-                        pipeline.add_sink(sink);
+                        if let Some(sink) = opened {
+                            pipeline.add_sink(sink);
+                        }
                         SinkPipeline {
                             def: def.clone(),
                             dataflow,
@@ -829,6 +818,85 @@ impl Engine {
             self.run_owned_sinks().await;
         }
         Ok(QueryResult::message(format!("CREATE SINK {name}")))
+    }
+
+    /// What sink `def` reads: its view or source, their rows' schema and
+    /// whether they only ever grow, and the checkpoint interval it asks for.
+    fn sink_from(&self, def: &SinkDef) -> Result<SinkFrom> {
+        let (view, source) = {
+            let objects = self.objects.read();
+            (
+                objects.views.get(&def.from).cloned(),
+                objects.sources.get(&def.from).cloned(),
+            )
+        };
+        // A view's sink follows the view's checkpoints; a source's sink has
+        // its own pipeline, whose interval the sink chooses.
+        let checkpoint_interval_ms = def
+            .options
+            .duration_ms("checkpoint_interval")?
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+        if def.options.get("checkpoint_interval").is_some() {
+            if view.is_some() {
+                return Err(SqlError::Plan(format!(
+                    "a sink of a view commits at the view's checkpoints: set checkpoint_interval on \
+                     view {} instead",
+                    def.from
+                )));
+            }
+            if checkpoint_interval_ms < 100 {
+                return Err(SqlError::Plan(format!(
+                    "checkpoint_interval must be at least 100ms, got {checkpoint_interval_ms}ms"
+                )));
+            }
+        }
+        let (schema, append_only) = match (&view, &source) {
+            (Some(v), _) => (
+                v.store.schema().clone(),
+                v.dataflow.is_append_only(v.lateness_ms),
+            ),
+            (None, Some(s)) => (Arc::new(s.schema()), true),
+            (None, None) => {
+                return Err(SqlError::NotFound {
+                    kind: "view or source",
+                    name: def.from.clone(),
+                })
+            }
+        };
+        Ok(SinkFrom {
+            view,
+            source,
+            schema,
+            append_only,
+            checkpoint_interval_ms,
+        })
+    }
+
+    /// On a cluster's worker, what a statement needs before it becomes a
+    /// command, so that every worker applies it alike and a mistake is
+    /// answered here: a source's columns from the schema registry are
+    /// fixed now, and a sink is opened once (its table or topic made, its
+    /// store reached) rather than by each worker.
+    async fn prepare_command(&self, stmt: Statement) -> Result<Statement> {
+        match stmt {
+            Statement::CreateSource(mut def) if def.columns.is_empty() => {
+                def.registry = self.registry.clone();
+                def.columns = self.columns_from_registry(&def)?;
+                Ok(Statement::CreateSource(def))
+            }
+            Statement::CreateSink(def) => {
+                let from = self.sink_from(&def)?;
+                let options = def.options.without("checkpoint_interval");
+                let opened = SinkDef {
+                    options,
+                    ..def.clone()
+                };
+                self.new_sink(&opened, &from.schema, from.append_only)
+                    .await?;
+                Ok(Statement::CreateSink(def))
+            }
+            other => Ok(other),
+        }
     }
 
     /// Starts a cluster's sink on this worker, which now owns its task:

@@ -275,6 +275,28 @@ impl Sharing {
             })
     }
 
+    /// Waits until this worker has applied every command the topic holds
+    /// now, so that a statement is checked against what any worker did
+    /// before it (a client may create a view on one worker and its sink on
+    /// another).
+    pub(super) async fn catch_up(&self) -> Result<()> {
+        let end = self.end().await?;
+        let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+        loop {
+            let progressed = self.progress.notified();
+            if self.applied.load(Ordering::Acquire) >= end - 1 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return Err(SqlError::Execution(format!(
+                    "this worker has not applied the commands of {} up to offset {end} within                      {}s; is it reaching the cluster?",
+                    self.commands_topic,
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+
     /// Appends statement `sql` and waits until this worker has applied it;
     /// returns what applying it gave.
     pub(super) async fn submit(&self, sql: String) -> Result<QueryResult> {
@@ -355,6 +377,7 @@ impl Engine {
             return Ok(());
         };
         let mut next = self.catalog.lock().applied_command().map_or(0, |o| o + 1);
+        sharing.applied.store(next - 1, Ordering::Release);
         let end = sharing.end().await?;
         while next < end {
             let commands = sharing.read(next).await?;
@@ -381,6 +404,7 @@ impl Engine {
         let Some(sql) = command.sql else {
             // The settings record, checked at the start.
             sharing.applied.store(offset, Ordering::Release);
+            sharing.progress.notify_waiters();
             return;
         };
         self.catalog.lock().begin_command(Some(offset));
