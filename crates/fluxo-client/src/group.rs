@@ -245,6 +245,20 @@ impl GroupMember {
         Ok(change)
     }
 
+    /// Keeps what this member owns out of its heartbeats until
+    /// [`GroupMember::report_owned`]: a member that needs time to let go of
+    /// revoked partitions (stopping what it runs for them) goes on
+    /// heartbeating meanwhile, and the coordinator hands those partitions
+    /// on only once it hears they are released.
+    pub fn hold_owned_report(&mut self) {
+        self.report_owned = false;
+    }
+
+    /// The next heartbeat tells the coordinator what this member owns now.
+    pub fn report_owned(&mut self) {
+        self.report_owned = true;
+    }
+
     /// Leaves the group; its partitions go to the remaining members.
     pub async fn leave(&mut self, client: &Client) -> Result<()> {
         let mut req = ConsumerGroupHeartbeatRequest::default();

@@ -518,7 +518,11 @@ async fn follow_commands(engine: Weak<Engine>, sharing: Arc<Sharing>, mut next: 
 }
 
 /// This worker's membership in the workers' group: heartbeats, and the
-/// sinks to run or stop when the assignment changes.
+/// sinks to run or stop when the assignment changes. Starting and stopping
+/// sinks can take seconds (a checkpoint to read, a transaction to finish),
+/// so it runs beside the heartbeats, which hold back the report of what
+/// this worker owns until its revoked sinks have stopped: only then does
+/// the coordinator give them to another worker.
 async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
     let group = format!("fluxo-{}-workers", sharing.cluster_id);
     let mut member = GroupMember::with_member_id(
@@ -528,8 +532,14 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
     );
     let mut coordinator: Option<Arc<Client>> = None;
     let mut failures = 0u32;
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
+    let mut must_reconcile = false;
+    let mut report_pending = false;
     loop {
         if sharing.stopping.load(Ordering::Acquire) {
+            if let Some(task) = reconciling.take() {
+                let _ = task.await;
+            }
             sharing.owned.lock().clear();
             if let Some(engine) = engine.upgrade() {
                 engine.run_owned_sinks().await;
@@ -559,34 +569,58 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
                 }
             },
         };
-        match member.heartbeat(&client).await {
-            Ok(change) => {
-                failures = 0;
-                if !change.added.is_empty() || !change.revoked.is_empty() {
-                    *sharing.owned.lock() = member
-                        .owned()
-                        .iter()
-                        .filter(|(topic, _)| *topic == sharing.tasks_topic)
-                        .map(|(_, p)| *p)
-                        .collect();
-                    let Some(engine) = engine.upgrade() else {
-                        return;
-                    };
-                    engine.run_owned_sinks().await;
+        if member.heartbeat_due() {
+            match member.heartbeat(&client).await {
+                Ok(change) => {
+                    failures = 0;
+                    if !change.added.is_empty() || !change.revoked.is_empty() {
+                        *sharing.owned.lock() = member
+                            .owned()
+                            .iter()
+                            .filter(|(topic, _)| *topic == sharing.tasks_topic)
+                            .map(|(_, p)| *p)
+                            .collect();
+                        must_reconcile = true;
+                        report_pending = true;
+                        if member.epoch() != 0 {
+                            member.hold_owned_report();
+                        }
+                    }
                 }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures % 30 == 0 {
-                    tracing::warn!(group = %group, error = %e, "heartbeat failed; retrying");
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        tracing::warn!(group = %group, error = %e, "heartbeat failed; retrying");
+                    }
+                    coordinator = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
-                coordinator = None;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
             }
         }
+        if reconciling.as_ref().is_some_and(|t| t.is_finished()) {
+            reconciling = None;
+        }
+        if must_reconcile && reconciling.is_none() {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            must_reconcile = false;
+            reconciling = Some(tokio::spawn(async move { engine.run_owned_sinks().await }));
+        }
+        if report_pending && !must_reconcile && reconciling.is_none() {
+            report_pending = false;
+            member.report_owned();
+        }
         if !member.heartbeat_due() {
-            let wait = member.time_to_heartbeat().min(Duration::from_millis(500));
+            let wait =
+                member
+                    .time_to_heartbeat()
+                    .min(Duration::from_millis(if reconciling.is_some() {
+                        50
+                    } else {
+                        500
+                    }));
             tokio::time::sleep(wait).await;
         }
     }
