@@ -1496,20 +1496,19 @@ impl Engine {
             })
     }
 
+    /// The sinks with pipelines of their own, running here or not.
+    fn sink_pipelines(&self) -> Vec<Arc<SinkPipeline>> {
+        let objects = self.objects.read();
+        objects.sink_pipelines.values().cloned().collect()
+    }
+
     /// Stops every pipeline.
     pub fn shutdown(&self) {
         let views: Vec<Arc<ViewEntry>> = self.objects.read().views.values().cloned().collect();
         for v in views {
             v.pipeline.stop();
         }
-        let sinks: Vec<Arc<SinkPipeline>> = self
-            .objects
-            .read()
-            .sink_pipelines
-            .values()
-            .cloned()
-            .collect();
-        for s in sinks {
+        for s in self.sink_pipelines() {
             let running = s.pipeline.lock().take();
             if let Some(p) = running {
                 p.stop();

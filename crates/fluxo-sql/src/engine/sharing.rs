@@ -439,14 +439,7 @@ impl Engine {
             return;
         };
         let _one_at_a_time = sharing.reconciling.lock().await;
-        let entries: Vec<_> = self
-            .objects
-            .read()
-            .sink_pipelines
-            .values()
-            .cloned()
-            .collect();
-        for entry in entries {
+        for entry in self.sink_pipelines() {
             let Some(shared) = &entry.shared else {
                 continue;
             };
