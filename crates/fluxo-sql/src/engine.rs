@@ -125,6 +125,9 @@ struct SinkPipeline {
     /// Set when the sink is dropped, so that an owner starting it at the
     /// same moment lets it be.
     dropped: std::sync::atomic::AtomicBool,
+    /// Why this worker, which owns the sink, could not start it (it tries
+    /// again every few seconds).
+    start_error: parking_lot::Mutex<Option<String>>,
 }
 
 struct SinkFrom {
@@ -785,6 +788,7 @@ impl Engine {
                             pipeline: parking_lot::Mutex::new(Some(Arc::new(pipeline))),
                             shared: None,
                             dropped: Default::default(),
+                            start_error: Default::default(),
                         }
                     }
                     // The worker that owns its task runs it, with a sink of its own.
@@ -799,6 +803,7 @@ impl Engine {
                             task: sharing::task_of(&def.name, command),
                         }),
                         dropped: Default::default(),
+                        start_error: Default::default(),
                     },
                 };
                 self.objects
@@ -1424,8 +1429,13 @@ impl Engine {
             let running = s.pipeline.lock().clone();
             let standby = pipeline::PipelineStats::default();
             if running.is_none() {
-                let owner = self.sharing.as_ref().map(|sh| sh.describe_owner());
-                *standby.status.lock() = format!("standby: {}", owner.unwrap_or_default());
+                *standby.status.lock() = match &*s.start_error.lock() {
+                    Some(e) => format!("cannot start on this worker (retrying): {e}"),
+                    None => {
+                        let owner = self.sharing.as_ref().map(|sh| sh.describe_owner());
+                        format!("standby: {}", owner.unwrap_or_default())
+                    }
+                };
             }
             status(
                 Statement::CreateSink(s.def.clone()).to_string(),

@@ -52,6 +52,8 @@ use crate::parser::parse_statements;
 
 /// Partitions of the tasks topic: the most workers that share the sinks.
 pub const TASKS: i32 = 32;
+/// How often a worker checks that it runs every sink it owns.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a statement's sender waits for its worker to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -455,15 +457,21 @@ impl Engine {
                     }
                     tracing::info!(sink = %name, "sink moved to another worker");
                 }
-                (true, None) => {
-                    if let Err(e) = self.start_sink_pipeline(&entry).await {
-                        tracing::error!(sink = %entry.def.name, error = %e,
-                            "cannot start a sink this worker now owns");
-                    } else {
+                (true, None) => match self.start_sink_pipeline(&entry).await {
+                    Err(e) => {
+                        let first = entry.start_error.lock().replace(e.to_string()).is_none();
+                        if first {
+                            tracing::error!(sink = %entry.def.name, error = %e,
+                                "cannot start a sink this worker owns; retrying");
+                        }
+                    }
+                    Ok(()) => {
+                        *entry.start_error.lock() = None;
                         tracing::info!(sink = %entry.def.name, "this worker runs the sink now");
                     }
-                }
-                _ => {}
+                },
+                (false, None) => *entry.start_error.lock() = None,
+                (true, Some(_)) => {}
             }
         }
     }
@@ -527,6 +535,9 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
     let mut failures = 0u32;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     let mut must_reconcile = false;
+    // Now and then even without a change: a sink that failed to start
+    // (its store unreachable) is tried again.
+    let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
     let mut report_pending = false;
     loop {
         if sharing.stopping.load(Ordering::Acquire) {
@@ -593,6 +604,10 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
         }
         if reconciling.as_ref().is_some_and(|t| t.is_finished()) {
             reconciling = None;
+        }
+        if tokio::time::Instant::now() >= next_sweep {
+            must_reconcile = true;
+            next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         }
         if must_reconcile && reconciling.is_none() {
             let Some(engine) = engine.upgrade() else {
