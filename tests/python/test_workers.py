@@ -125,6 +125,11 @@ def test_workers_share_ddl_and_a_killed_workers_sinks_move_exactly_once(
         # Exactly once, whichever workers wrote it.
         assert sorted(got) == expected, f"out{i}"
 
+    # A record that is not a command (another program writing the topic)
+    # is skipped, and holds no worker up.
+    p = H.producer(broker.bootstrap)
+    p.produce("_fluxo-shop-commands", b"not a fluxo command")
+    assert p.flush(10) == 0
     # DDL from the newcomer reaches the others: dropping a sink stops it everywhere.
     sql(late, "DROP SINK out5")
     for w in workers_alive.values():

@@ -151,7 +151,7 @@ impl Sharing {
     /// keep them elsewhere could not resume what another one checkpointed.
     async fn check_settings(&self) -> Result<()> {
         let mine = self.checkpoints.url();
-        let first = match self.read(0).await?.into_iter().next() {
+        let first = match self.read(0).await?.0.into_iter().next() {
             Some(first) => first,
             None => {
                 self.append(&Command {
@@ -160,7 +160,7 @@ impl Sharing {
                     checkpoints: Some(mine.clone()),
                 })
                 .await?;
-                self.read(0).await?.into_iter().next().ok_or_else(|| {
+                self.read(0).await?.0.into_iter().next().ok_or_else(|| {
                     SqlError::Execution(format!(
                         "the command topic {} is empty after a write",
                         self.commands_topic
@@ -215,8 +215,10 @@ impl Sharing {
     }
 
     /// The commands from `offset` on that the topic holds now (waiting up
-    /// to half a second for one when there are none).
-    async fn read(&self, offset: i64) -> Result<Vec<(i64, Command)>> {
+    /// to half a second for one when there are none), and the offset to
+    /// read from next: past records that are not fluxo's commands too, so
+    /// that one stray record never holds the workers up.
+    async fn read(&self, offset: i64) -> Result<(Vec<(i64, Command)>, i64)> {
         let topic = self.commands_topic.clone();
         let fetched = self
             .cluster
@@ -243,6 +245,7 @@ impl Sharing {
                 ))
             })?;
         let mut out = Vec::new();
+        let next = fetched.next_offset.max(offset);
         for record in fetched.records {
             let command = record
                 .value
@@ -257,7 +260,7 @@ impl Sharing {
                 ),
             }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The offset the command topic ends at now.
@@ -382,20 +385,30 @@ impl Engine {
         sharing.applied.store(next - 1, Ordering::Release);
         let end = sharing.end().await?;
         while next < end {
-            let commands = sharing.read(next).await?;
-            if commands.is_empty() {
+            let (commands, after) = sharing.read(next).await?;
+            if after <= next {
                 break;
             }
-            for (offset, command) in commands {
-                self.apply_command(offset, command).await;
-                next = offset + 1;
-            }
+            self.apply_commands(commands, after).await;
+            next = after;
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(follow_commands(weak.clone(), sharing.clone(), next));
         let membership = tokio::spawn(own_tasks(weak, sharing.clone()));
         *sharing.membership.lock() = Some(membership);
         Ok(())
+    }
+
+    /// Applies commands read from the topic, then counts everything before
+    /// `next` as applied (records that were not commands included).
+    async fn apply_commands(&self, commands: Vec<(i64, Command)>, next: i64) {
+        for (offset, command) in commands {
+            self.apply_command(offset, command).await;
+        }
+        if let Some(sharing) = &self.sharing {
+            sharing.applied.fetch_max(next - 1, Ordering::AcqRel);
+            sharing.progress.notify_waiters();
+        }
     }
 
     /// Applies one command of the topic, as every worker does.
@@ -494,7 +507,7 @@ impl Engine {
 async fn follow_commands(engine: Weak<Engine>, sharing: Arc<Sharing>, mut next: i64) {
     let mut failures = 0u32;
     while !sharing.stopping.load(Ordering::Acquire) {
-        let commands = match sharing.read(next).await {
+        let (commands, after) = match sharing.read(next).await {
             Ok(c) => {
                 failures = 0;
                 c
@@ -508,13 +521,11 @@ async fn follow_commands(engine: Weak<Engine>, sharing: Arc<Sharing>, mut next: 
                 continue;
             }
         };
-        for (offset, command) in commands {
-            let Some(engine) = engine.upgrade() else {
-                return;
-            };
-            engine.apply_command(offset, command).await;
-            next = offset + 1;
-        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.apply_commands(commands, after).await;
+        next = after;
     }
 }
 
