@@ -8,8 +8,11 @@
 //!
 //! Files are followed by identity (device and inode), not by name, so
 //! rotation loses nothing: when `app.log` is renamed away and a new
-//! `app.log` appears, the old file is read to its end before it is let go,
-//! and the new one is read from its start. A file that shrinks below the
+//! `app.log` appears, the new one is read from its start and the old one
+//! is still followed until it has stopped growing for `rotate_wait`
+//! (default 5 s), because a writer keeps appending to the file it has open
+//! until it reopens the name. A deleted file is let go once read to its
+//! end. A file that shrinks below the
 //! position read (truncated in place, as `copytruncate` does) is read again
 //! from its start.
 //!
@@ -29,7 +32,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fluxo_log::{LogStore, OutRecord, PartitionLog};
@@ -47,6 +50,7 @@ pub const CONNECTOR: ConnectorInfo = ConnectorInfo {
         opt("path", true, "a file, or a pattern of files such as '/var/log/app/*.log'"),
         opt("topic", false, "the topic written (default file-<source>)"),
         opt("poll_interval", false, "how often files are checked for new lines (default '200ms')"),
+        opt("rotate_wait", false, "how long a file renamed away is still followed after its last growth (default '5s')"),
     ],
 };
 
@@ -66,6 +70,7 @@ pub struct FileSourceOptions {
     pub pattern: String,
     pub topic: String,
     pub poll_interval: Duration,
+    pub rotate_wait: Duration,
 }
 
 impl FileSourceOptions {
@@ -99,10 +104,17 @@ impl FileSourceOptions {
                 .map(|ms| ms.max(10) as u64)
                 .unwrap_or(200),
         );
+        let rotate_wait = Duration::from_millis(
+            options
+                .duration_ms("rotate_wait")?
+                .map(|ms| ms.max(0) as u64)
+                .unwrap_or(5_000),
+        );
         Ok(FileSourceOptions {
             pattern,
             topic,
             poll_interval,
+            rotate_wait,
         })
     }
 }
@@ -142,6 +154,11 @@ struct Followed {
     file: File,
     /// Bytes of the file appended to the topic (always at a line's end).
     position: u64,
+    /// The file's size when last looked at, and when it last changed (or
+    /// the file was first seen): a file renamed away is let go
+    /// `rotate_wait` after that.
+    last_size: u64,
+    last_growth: Instant,
 }
 
 /// Creates the topic if needed, recovers the positions and starts tailing.
@@ -255,6 +272,8 @@ impl Tail {
                             path: path.clone(),
                             file,
                             position,
+                            last_size: 0,
+                            last_growth: Instant::now(),
                         },
                     );
                 }
@@ -267,18 +286,28 @@ impl Tail {
         // append (a full disk) reads the same lines again next round.
         let mut advanced = Vec::new();
         for (id, f) in self.followed.iter_mut() {
-            let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let meta = f.file.metadata().ok();
+            let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
             if size < f.position {
                 tracing::info!(file = %f.path.display(), "file source: the file was truncated; reading it from its start");
                 f.position = 0;
+            }
+            if size != f.last_size {
+                f.last_size = size;
+                f.last_growth = Instant::now();
             }
             let (lines, read_to, read_all) = read_lines(f, id, READ_CHUNK)?;
             more |= !read_all;
             records.extend(lines);
             advanced.push((*id, read_to));
-            // A file no longer matched (rotated away, deleted) is let go
-            // once read to its end.
-            if read_all && !current.contains_key(id) {
+            // A file no longer matched is let go once read to its end: at
+            // once when it was deleted, else after it has stayed unchanged
+            // for `rotate_wait` (its writer may still hold it open).
+            let deleted = meta.as_ref().is_none_or(|m| m.nlink() == 0);
+            if read_all
+                && !current.contains_key(id)
+                && (deleted || f.last_growth.elapsed() >= self.options.rotate_wait)
+            {
                 finished.push(*id);
             }
             if records.len() >= MAX_BATCH_LINES {
@@ -377,4 +406,85 @@ fn read_lines(
         });
     }
     Ok((records, f.position + (last_newline + 1) as u64, read_all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tail(dir: &Path, rotate_wait: Duration) -> (Tail, Arc<LogStore>) {
+        let store = Arc::new(LogStore::open(&dir.join("data")).unwrap());
+        let options = FileSourceOptions {
+            pattern: format!("{}/*.log", dir.display()),
+            topic: "lines".into(),
+            poll_interval: Duration::from_millis(10),
+            rotate_wait,
+        };
+        let log = ingest_partition(&store, &options.topic).unwrap();
+        let tail = Tail {
+            options,
+            log,
+            positions_path: dir.join("lines.positions"),
+            known: BTreeMap::new(),
+            followed: HashMap::new(),
+        };
+        (tail, store)
+    }
+
+    fn append(path: &Path, lines: &[&str]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_file_renamed_away_keeps_being_read_while_its_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut tail, _store) = tail(dir.path(), Duration::from_millis(300));
+        let app = dir.path().join("app.log");
+        append(&app, &["a", "b"]);
+        tail.round().unwrap();
+        assert_eq!(tail.log.end_offset(), 2);
+
+        // Rotated: the next round finds the old file unmatched and read to
+        // its end, but its writer has not reopened the name yet.
+        std::fs::rename(&app, dir.path().join("app.log.1")).unwrap();
+        tail.round().unwrap();
+        append(&dir.path().join("app.log.1"), &["c"]);
+        append(&app, &["d"]);
+        tail.round().unwrap();
+        assert_eq!(
+            tail.log.end_offset(),
+            4,
+            "the line written after the rename is kept"
+        );
+        assert_eq!(tail.followed.len(), 2);
+
+        // Once it has stayed unchanged for rotate_wait it is let go.
+        std::thread::sleep(Duration::from_millis(350));
+        tail.round().unwrap();
+        assert_eq!(tail.followed.len(), 1);
+        append(&dir.path().join("app.log.1"), &["too late"]);
+        tail.round().unwrap();
+        assert_eq!(tail.log.end_offset(), 4);
+    }
+
+    #[test]
+    fn a_deleted_file_is_let_go_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut tail, _store) = tail(dir.path(), Duration::from_secs(60));
+        let app = dir.path().join("app.log");
+        append(&app, &["a"]);
+        tail.round().unwrap();
+        std::fs::remove_file(&app).unwrap();
+        tail.round().unwrap();
+        assert!(tail.followed.is_empty());
+        assert_eq!(tail.log.end_offset(), 1);
+    }
 }
