@@ -8,6 +8,8 @@ nothing lost or doubled in the sink topics (read_committed)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import pytest
@@ -181,3 +183,108 @@ def test_checkpoints_on_s3_carry_a_sink_to_the_next_worker(
         return got if len({(a, s, e) for a, s, e, _, _ in got}) >= len(want) else None
     got = H.wait_for(complete, timeout=90, desc="every window in the sink topic")
     assert sorted(got) == sorted((a, s, e, n, top) for (a, s, e), (n, top) in want.items())
+
+
+def task_spread(workers: dict, sink: str) -> dict[int, list[str]] | None:
+    """task index -> the workers running that task of `sink` (from each
+    worker's pipeline status, "...: tasks 0, 3 of 6 here; ...")."""
+    spread: dict[int, list[str]] = {}
+    count = None
+    for name, w in workers.items():
+        for p in get(w, "/api/v1/pipelines")["body"]["pipelines"]:
+            if p["name"] != sink or p["status"].startswith(("standby", "cannot")):
+                continue
+            m = re.search(r"tasks ([\d, ]+) of (\d+) here", p["status"])
+            assert m, p["status"]
+            count = int(m.group(2))
+            for i in m.group(1).split(", "):
+                spread.setdefault(int(i), []).append(name)
+    return spread if count is not None and len(spread) == count else None
+
+
+def split_evenly(workers: dict, sink: str, tasks: int):
+    """Every task of `sink` running on exactly one worker, and every worker
+    running some."""
+    spread = task_spread(workers, sink)
+    if spread is None or len(spread) != tasks or any(len(o) != 1 for o in spread.values()):
+        return None
+    return spread if {o[0] for o in spread.values()} == set(workers) else None
+
+
+@pytest.mark.timeout(300)
+def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
+        broker_factory, engine_factory, new_topic, tmp_path):
+    """A sink whose rows depend on one event at a time runs as one task per
+    partition of its source, spread over the workers by their group; when a
+    worker is killed -9 its tasks move to the others and resume from their
+    checkpoints: the sink topic holds every matching bid once."""
+    broker = cluster_broker(broker_factory, tmp_path)
+    topic, out = topic_with(broker, new_topic, 6), new_topic("split-out")
+    bids = strip(make_bids(24_000, seed=47))
+
+    def produce(part: list[dict], start: int):
+        p = H.producer(broker.bootstrap, **{"linger.ms": 5})
+        for i, b in enumerate(part, start):
+            p.produce(topic, json.dumps({**b, "seq": i}).encode(), partition=i % 6)
+        assert p.flush(30) == 0
+
+    produce(bids[:3_000], 0)
+    shared = ["--cluster-id", "split", "--checkpoint-url", str(tmp_path / "checkpoints")]
+    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n)
+               for n in ("w1", "w2", "w3")}
+    w1, w2, _ = workers.values()
+    sql(w1, f"""CREATE SOURCE bids (seq BIGINT, auction BIGINT, price BIGINT, channel TEXT)
+                WITH (connector = 'topic', topic = '{topic}', format = 'json')""")
+    sql(w2, "CREATE MATERIALIZED VIEW pricey AS SELECT seq, auction, price FROM bids WHERE price > 250")
+    sql(w1, f"CREATE SINK split FROM pricey WITH (topic = '{out}')")
+    # The task count is fixed when the sink is made: one per partition.
+    (split,) = [p for p in get(w2, "/api/v1/pipelines")["body"]["pipelines"] if p["name"] == "split"]
+    assert "tasks = '6'" in split["sql"], split["sql"]
+    spread = H.wait_for(lambda: split_evenly(workers, "split", 6), timeout=60,
+                        desc="six tasks over three workers, each task on one")
+    produce(bids[3_000:10_000], 3_000)
+    time.sleep(1.5)
+    victim = spread[0][0]
+    alive = {n: w for n, w in workers.items() if n != victim}
+    workers[victim].kill9()
+    produce(bids[10_000:17_000], 10_000)
+    H.wait_for(lambda: split_evenly(alive, "split", 6), timeout=60,
+               desc="the killed worker's tasks running on the others")
+    produce(bids[17_000:], 17_000)
+
+    want = sorted((i, b["auction"], b["price"]) for i, b in enumerate(bids) if b["price"] > 250)
+
+    def complete():
+        recs = H.consume_all(broker.bootstrap, out)
+        got = [json.loads(r.value) for part in recs.values() for r in part]
+        rows = sorted((r["seq"], r["auction"], r["price"]) for r in got)
+        return rows if len(rows) >= len(want) else None
+    got = H.wait_for(complete, timeout=90, desc="every pricey bid in the sink topic")
+    assert got == want, f"{len(got)} rows, {len(want)} wanted"
+
+    # Progress is the sink's group on the cluster, every task its own
+    # partitions: together all six at the topic's end.
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    ends = H.watermarks(broker.bootstrap, topic, list(range(6)))
+    admin = H.admin(broker.bootstrap)
+
+    def caught_up():
+        req = ConsumerGroupTopicPartitions("fluxo-split-split",
+                                           [TopicPartition(topic, p) for p in range(6)])
+        res = admin.list_consumer_group_offsets([req])["fluxo-split-split"].result(10)
+        got = {tp.partition: tp.offset for tp in res.topic_partitions}
+        return got if got == {p: ends[p][1] for p in range(6)} else None
+    H.wait_for(caught_up, timeout=30, desc="the sink's group at the end of every partition")
+
+    # What cannot be split is refused by name.
+    w = next(iter(alive.values()))
+    sql(w, """CREATE MATERIALIZED VIEW counts AS SELECT auction, count(*) AS n FROM bids GROUP BY auction""")
+    err = sql(w, f"CREATE SINK s2 FROM counts WITH (topic = '{out}', key = 'auction', tasks = 2)",
+              expect_status=400)["error"]
+    assert "cannot be split into tasks" in err, err
+    err = sql(w, f"CREATE SINK s3 FROM pricey WITH (connector = 'parquet', path = '{tmp_path}/p', "
+                 "tasks = 2)", expect_status=400)["error"]
+    assert "only topic sinks" in err, err
+    err = sql(w, f"CREATE SINK s4 FROM pricey WITH (topic = '{out}', tasks = 99)",
+              expect_status=400)["error"]
+    assert "from 1 to 32" in err, err

@@ -175,6 +175,11 @@ pub struct SinkContext {
     pub data_dir: PathBuf,
     /// The schema registry Avro sinks register their schemas in.
     pub schemas: Option<Arc<dyn avro::AvroSchemas>>,
+    /// Which task of a sink this writer is, when workers split the sink
+    /// into tasks over its source's partitions: `(index, count)`. Each
+    /// task writes under its own transactional id, so that tasks never
+    /// fence each other and a task's new owner fences its old one.
+    pub task: Option<(usize, usize)>,
 }
 
 /// What a sink reads: the view's name, its columns, and whether its rows
@@ -233,9 +238,13 @@ pub async fn open_sink(
                     Some(avro::AvroEncoder::new(id, &text)?)
                 }
             };
+            let identity = match context.task {
+                Some((index, count)) if count > 1 => format!("{name}.task{index}"),
+                _ => name.to_string(),
+            };
             context
                 .topics
-                .topic_sink(name.to_string(), name, config, avro)
+                .topic_sink(name.to_string(), &identity, config, avro)
         }
         "parquet" => {
             let config = parquet_sink::ParquetSinkConfig::from_options(options, &context.data_dir)?;

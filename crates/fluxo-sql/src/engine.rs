@@ -32,7 +32,7 @@ use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::parser::{
     parse_statements, ColumnDef, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
-use crate::pipeline::{self, PipelineHandle, PipelineSpec};
+use crate::pipeline::{self, PartitionShare, PipelineHandle, PipelineSpec};
 use crate::planner::{
     batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, Stage,
 };
@@ -45,6 +45,9 @@ mod sharing;
 /// How often a pipeline checkpoints unless its view says otherwise.
 const DEFAULT_CHECKPOINT_INTERVAL_MS: i64 = 10_000;
 const MAX_PARALLELISM: usize = 256;
+/// The sink option that splits a sink into tasks over its source's
+/// partitions, on a cluster's workers.
+const SINK_TASKS_OPTION: &str = "tasks";
 
 /// What a statement returned.
 #[derive(Debug, Clone)]
@@ -117,17 +120,44 @@ struct TableEntry {
 struct SinkPipeline {
     def: SinkDef,
     dataflow: Dataflow,
-    /// The pipeline, while it runs here. A cluster's worker runs it only
-    /// while it owns the sink's task.
-    pipeline: parking_lot::Mutex<Option<Arc<PipelineHandle>>>,
-    /// On a cluster's worker: what starting it (again) takes.
+    /// The sink's pipelines: one, or on a cluster's workers one per task
+    /// when the sink is split over its source's partitions.
+    tasks: Vec<SinkTask>,
+    /// On a cluster's worker: what its sinks are opened for.
     shared: Option<SharedSink>,
     /// Set when the sink is dropped, so that an owner starting it at the
     /// same moment lets it be.
     dropped: std::sync::atomic::AtomicBool,
-    /// Why this worker, which owns the sink, could not start it (it tries
+}
+
+/// One pipeline of a sink.
+struct SinkTask {
+    /// The pipeline, while it runs here. A cluster's worker runs it only
+    /// while it owns the task's partition of the tasks topic.
+    pipeline: parking_lot::Mutex<Option<Arc<PipelineHandle>>>,
+    /// On a cluster's worker: what starting it (again) takes.
+    spec: Option<PipelineSpec>,
+    /// Its partition of the tasks topic, on a cluster's worker.
+    task: i32,
+    /// Why this worker, which owns the task, could not start it (it tries
     /// again every few seconds).
     start_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl SinkTask {
+    fn new(pipeline: Option<PipelineHandle>, spec: Option<PipelineSpec>, task: i32) -> SinkTask {
+        SinkTask {
+            pipeline: parking_lot::Mutex::new(pipeline.map(Arc::new)),
+            spec,
+            task,
+            start_error: Default::default(),
+        }
+    }
+
+    /// The task's share of the source's partitions.
+    fn share(&self) -> PartitionShare {
+        self.spec.as_ref().map_or(PartitionShare::ALL, |s| s.share)
+    }
 }
 
 struct SinkFrom {
@@ -136,14 +166,18 @@ struct SinkFrom {
     schema: SchemaRef,
     append_only: bool,
     checkpoint_interval_ms: i64,
+    /// How many tasks the sink is split into (1 unless its `tasks` option
+    /// says otherwise).
+    tasks: usize,
+    /// Whether its rows depend only on events of one partition at a time
+    /// (no aggregation, join or table), so that tasks can split the
+    /// source's partitions.
+    partition_local: bool,
 }
 
 struct SharedSink {
-    spec: PipelineSpec,
     schema: SchemaRef,
     append_only: bool,
-    /// The task partition whose owner runs it.
-    task: i32,
 }
 
 #[derive(Default)]
@@ -300,8 +334,10 @@ impl Engine {
             view.pipeline.resume();
         }
         for sink in engine.objects.read().sink_pipelines.values() {
-            if let Some(p) = &*sink.pipeline.lock() {
-                p.resume();
+            for task in &sink.tasks {
+                if let Some(p) = &*task.pipeline.lock() {
+                    p.resume();
+                }
             }
         }
         Ok(engine)
@@ -606,6 +642,7 @@ impl Engine {
                 late_topic,
                 parallelism,
                 shared_decodes: self.shared_decodes.clone(),
+                share: PartitionShare::ALL,
             },
             self.topics.clone(),
             !persist,
@@ -685,18 +722,13 @@ impl Engine {
             schema,
             append_only,
             checkpoint_interval_ms,
+            tasks,
+            ..
         } = self.sink_from(&def)?;
         // A cluster's worker opens a sink where it runs it; the worker that
         // took the statement opened it once before it became a command.
         let opened = match &self.sharing {
-            None => {
-                let options = def.options.without("checkpoint_interval");
-                let def = SinkDef {
-                    options,
-                    ..def.clone()
-                };
-                Some(self.new_sink(&def, &schema, append_only).await?)
-            }
+            None => Some(self.new_sink(&def, &schema, append_only, None).await?),
             Some(_) => None,
         };
         let stats = opened
@@ -743,19 +775,9 @@ impl Engine {
                     None => (0, checkpoint_interval_ms, 1),
                 };
                 let command = self.catalog.lock().applying();
-                let checkpoints = match &self.sharing {
-                    // Named by the command that made the sink, so it is
-                    // never another sink's of the same name: a worker that
-                    // applies the command late must not remove what the
-                    // owner has checkpointed since.
-                    Some(sharing) => sharing
-                        .checkpoints
-                        .store(&sharing::pipeline_key(&def.name, command)),
-                    None => CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name)),
-                };
                 if persist {
                     if self.sharing.is_none() {
-                        checkpoints.remove()?;
+                        CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name)).remove()?;
                     }
                     self.catalog.lock().add(CatalogEntry {
                         kind: "sink".into(),
@@ -764,9 +786,9 @@ impl Engine {
                         command: None,
                     })?;
                 }
-                let spec = PipelineSpec {
+                let spec = |checkpoints: CheckpointStore, share: PartitionShare| PipelineSpec {
                     name: def.name.clone(),
-                    definition,
+                    definition: definition.clone(),
                     dataflow: dataflow.clone(),
                     view: None,
                     allowed_lateness_ms: lateness_ms,
@@ -775,35 +797,52 @@ impl Engine {
                     parallelism,
                     late_topic: None,
                     shared_decodes: self.shared_decodes.clone(),
+                    share,
                 };
                 let entry = match &self.sharing {
                     None => {
-                        let pipeline = pipeline::start(spec, self.topics.clone(), !persist)?;
+                        let checkpoints =
+                            CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
+                        let pipeline = pipeline::start(
+                            spec(checkpoints, PartitionShare::ALL),
+                            self.topics.clone(),
+                            !persist,
+                        )?;
                         if let Some(sink) = opened {
                             pipeline.add_sink(sink);
                         }
                         SinkPipeline {
                             def: def.clone(),
                             dataflow,
-                            pipeline: parking_lot::Mutex::new(Some(Arc::new(pipeline))),
+                            tasks: vec![SinkTask::new(Some(pipeline), None, 0)],
                             shared: None,
                             dropped: Default::default(),
-                            start_error: Default::default(),
                         }
                     }
-                    // The worker that owns its task runs it, with a sink of its own.
-                    Some(_) => SinkPipeline {
+                    // The worker that owns a task runs it, with a sink of its own.
+                    Some(sharing) => SinkPipeline {
                         def: def.clone(),
-                        dataflow,
-                        pipeline: parking_lot::Mutex::new(None),
+                        dataflow: dataflow.clone(),
+                        tasks: (0..tasks)
+                            .map(|index| {
+                                // Named by the command that made the sink, so
+                                // it is never another sink's of the same name:
+                                // a worker that applies the command late must
+                                // not remove what the owner checkpointed since.
+                                let key = sharing::pipeline_key(&def.name, command, index, tasks);
+                                let share = PartitionShare {
+                                    index,
+                                    count: tasks,
+                                };
+                                let spec = spec(sharing.checkpoints.store(&key), share);
+                                SinkTask::new(None, Some(spec), sharing::task_of(&key))
+                            })
+                            .collect(),
                         shared: Some(SharedSink {
-                            spec,
                             schema: schema.clone(),
                             append_only,
-                            task: sharing::task_of(&def.name, command),
                         }),
                         dropped: Default::default(),
-                        start_error: Default::default(),
                     },
                 };
                 self.objects
@@ -868,13 +907,77 @@ impl Engine {
                 })
             }
         };
+        let partition_local = match (&view, &source) {
+            (Some(v), _) => v.dataflow.partition_local(),
+            (None, Some(s)) => !s.is_table(),
+            (None, None) => false,
+        };
+        let tasks = match def.options.get(SINK_TASKS_OPTION) {
+            None => 1,
+            Some(text) => self.check_sink_tasks(def, text, partition_local)?,
+        };
         Ok(SinkFrom {
             view,
             source,
             schema,
             append_only,
             checkpoint_interval_ms,
+            tasks,
+            partition_local,
         })
+    }
+
+    /// The number a sink's `tasks` option gives, refused where the sink
+    /// cannot be split.
+    fn check_sink_tasks(&self, def: &SinkDef, text: &str, partition_local: bool) -> Result<usize> {
+        let tasks = text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=sharing::TASKS as usize).contains(n))
+            .ok_or_else(|| {
+                SqlError::Plan(format!(
+                    "tasks = '{text}': give a number of tasks from 1 to {}",
+                    sharing::TASKS
+                ))
+            })?;
+        if tasks == 1 {
+            return Ok(1);
+        }
+        if self.sharing.is_none() {
+            return Err(SqlError::Plan(format!(
+                "tasks = {tasks} splits a sink over the workers of a cluster (fluxo serve                  --engine-only --cluster-id ...); this server runs every pipeline itself"
+            )));
+        }
+        if !partition_local {
+            return Err(SqlError::Plan(format!(
+                "sink {} cannot be split into tasks: {} keeps state over events of every                  partition (an aggregation, a join or a table), so one worker runs it whole;                  leave out tasks",
+                def.name, def.from
+            )));
+        }
+        let connector = def.options.get("connector").unwrap_or("topic");
+        if connector != "topic" {
+            return Err(SqlError::Plan(format!(
+                "a {connector} sink cannot be split into tasks: only topic sinks are (each task                  writes in transactions of its own); leave out tasks"
+            )));
+        }
+        Ok(tasks)
+    }
+
+    /// How many partitions the source a partition-local sink reads has now
+    /// (1 when that cannot be told).
+    fn source_partitions(&self, from: &SinkFrom) -> usize {
+        let topic = match (&from.view, &from.source) {
+            (Some(v), _) => v
+                .dataflow
+                .single()
+                .and_then(|chain| chain.scan.source.log_topic().ok().map(str::to_string)),
+            (None, Some(s)) => s.log_topic().ok().map(str::to_string),
+            (None, None) => None,
+        };
+        topic
+            .and_then(|t| self.topics.reading().topic(&t))
+            .map_or(1, |t| t.partitions.len().max(1))
     }
 
     /// On a cluster's worker, what a statement needs before it becomes a
@@ -889,36 +992,54 @@ impl Engine {
                 def.columns = self.columns_from_registry(&def)?;
                 Ok(Statement::CreateSource(def))
             }
-            Statement::CreateSink(def) => {
+            Statement::CreateSink(mut def) => {
                 let from = self.sink_from(&def)?;
-                let options = def.options.without("checkpoint_interval");
-                let opened = SinkDef {
-                    options,
-                    ..def.clone()
-                };
-                self.new_sink(&opened, &from.schema, from.append_only)
+                self.new_sink(&def, &from.schema, from.append_only, None)
                     .await?;
+                // A topic sink whose rows depend on one partition at a time
+                // is split into one task per partition of its source (as
+                // the source has now; the count is part of the command, so
+                // every worker splits it alike).
+                let connector = def.options.get("connector").unwrap_or("topic");
+                if def.options.get(SINK_TASKS_OPTION).is_none()
+                    && from.partition_local
+                    && connector == "topic"
+                {
+                    let tasks = self.source_partitions(&from).min(sharing::TASKS as usize);
+                    def.options
+                        .0
+                        .insert(SINK_TASKS_OPTION.into(), tasks.to_string());
+                }
                 Ok(Statement::CreateSink(def))
             }
             other => Ok(other),
         }
     }
 
-    /// Starts a cluster's sink on this worker, which now owns its task:
-    /// from the checkpoint in the shared location, with a sink of its own.
-    async fn start_sink_pipeline(&self, entry: &Arc<SinkPipeline>) -> Result<()> {
-        let shared = entry.shared.as_ref().ok_or_else(|| {
+    /// Starts task `index` of a cluster's sink on this worker, which now
+    /// owns it: from the task's checkpoint in the shared location, with a
+    /// sink of its own.
+    async fn start_sink_task(&self, entry: &Arc<SinkPipeline>, index: usize) -> Result<()> {
+        let (Some(shared), Some(task)) = (&entry.shared, entry.tasks.get(index)) else {
+            return Err(SqlError::Internal(format!(
+                "sink {} has no task {index} on a cluster",
+                entry.def.name
+            )));
+        };
+        let spec = task.spec.clone().ok_or_else(|| {
             SqlError::Internal(format!("sink {} is not a cluster's", entry.def.name))
         })?;
-        let def = SinkDef {
-            options: entry.def.options.without("checkpoint_interval"),
-            ..entry.def.clone()
-        };
+        let share = task.share();
         let sink = self
-            .new_sink(&def, &shared.schema, shared.append_only)
+            .new_sink(
+                &entry.def,
+                &shared.schema,
+                shared.append_only,
+                Some((share.index, share.count)),
+            )
             .await?;
         let stats = sink.stats();
-        let (spec, topics) = (shared.spec.clone(), self.topics.clone());
+        let topics = self.topics.clone();
         // Starting reads the checkpoint, from object storage perhaps.
         let pipeline = tokio::task::spawn_blocking(move || pipeline::start(spec, topics, true))
             .await
@@ -926,7 +1047,7 @@ impl Engine {
         pipeline.add_sink(sink);
         let pipeline = Arc::new(pipeline);
         let superfluous = {
-            let mut slot = entry.pipeline.lock();
+            let mut slot = task.pipeline.lock();
             if entry.dropped.load(Ordering::Acquire) || slot.is_some() {
                 true
             } else {
@@ -941,32 +1062,41 @@ impl Engine {
                 .ok();
             return Ok(());
         }
-        let connector = def.options.get("connector").unwrap_or("topic").to_string();
+        let connector = entry.def.options.get("connector").unwrap_or("topic");
+        // Of a sink split into tasks, this worker's last started task shows.
         self.objects
             .write()
             .sink_stats
-            .insert(def.name.clone(), (connector, stats));
+            .insert(entry.def.name.clone(), (connector.to_string(), stats));
         Ok(())
     }
 
-    /// The sink `def` describes, for rows of `schema`.
+    /// The sink `def` describes, for rows of `schema`; `task` says which of
+    /// the sink's tasks it writes for, when workers split it.
     async fn new_sink(
         &self,
         def: &SinkDef,
         schema: &SchemaRef,
         append_only: bool,
+        task: Option<(usize, usize)>,
     ) -> Result<Box<dyn Sink>> {
         let context = SinkContext {
             topics: self.topics.clone(),
             data_dir: self.sql_dir.parent().unwrap_or(&self.sql_dir).to_path_buf(),
             schemas: self.registry.as_ref().map(|r| r.0.clone()),
+            task,
         };
         let input = SinkInput {
             from: &def.from,
             schema,
             append_only,
         };
-        Ok(fluxo_connectors::open_sink(&context, &def.name, &def.options, input).await?)
+        // The engine's own options are not the connector's.
+        let options = def
+            .options
+            .without("checkpoint_interval")
+            .without(SINK_TASKS_OPTION);
+        Ok(fluxo_connectors::open_sink(&context, &def.name, &options, input).await?)
     }
 
     fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool) -> Result<QueryResult> {
@@ -1091,18 +1221,16 @@ impl Engine {
                     }
                 }
                 if let Some(own) = objects.sink_pipelines.remove(name) {
-                    let running = {
-                        let mut slot = own.pipeline.lock();
-                        own.dropped.store(true, Ordering::Release);
-                        slot.take()
-                    };
-                    if let Some(p) = running {
-                        p.stop();
-                    }
-                    match &own.shared {
-                        Some(shared) => shared.spec.checkpoints.remove()?,
-                        None => {
-                            CheckpointStore::new(checkpoint_dir(&self.sql_dir, name)).remove()?
+                    own.dropped.store(true, Ordering::Release);
+                    for task in &own.tasks {
+                        let running = task.pipeline.lock().take();
+                        if let Some(p) = running {
+                            p.stop();
+                        }
+                        match &task.spec {
+                            Some(spec) => spec.checkpoints.remove()?,
+                            None => CheckpointStore::new(checkpoint_dir(&self.sql_dir, name))
+                                .remove()?,
                         }
                     }
                 }
@@ -1426,25 +1554,48 @@ impl Engine {
             )
         });
         let sinks = objects.sink_pipelines.values().map(|s| {
-            let running = s.pipeline.lock().clone();
-            let standby = pipeline::PipelineStats::default();
-            if running.is_none() {
-                *standby.status.lock() = match &*s.start_error.lock() {
+            let running: Vec<(usize, Arc<PipelineHandle>)> = s
+                .tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.pipeline.lock().clone().map(|p| (i, p)))
+                .collect();
+            let parts: Vec<&pipeline::PipelineStats> =
+                running.iter().map(|(_, p)| &*p.stats).collect();
+            let stats = pipeline::PipelineStats::combined(&parts);
+            let owner = || {
+                let owner = self.sharing.as_ref().map(|sh| sh.describe_owner());
+                owner.unwrap_or_default()
+            };
+            let error = s.tasks.iter().find_map(|t| t.start_error.lock().clone());
+            if running.is_empty() {
+                *stats.status.lock() = match &error {
                     Some(e) => format!("cannot start on this worker (retrying): {e}"),
-                    None => {
-                        let owner = self.sharing.as_ref().map(|sh| sh.describe_owner());
-                        format!("standby: {}", owner.unwrap_or_default())
-                    }
+                    None => format!("standby: {}", owner()),
                 };
+            } else if s.tasks.len() > 1 {
+                let here: Vec<String> = running.iter().map(|(i, _)| i.to_string()).collect();
+                let status = stats.status.lock().clone();
+                *stats.status.lock() = format!(
+                    "{status}: tasks {} of {} here; {}",
+                    here.join(", "),
+                    s.tasks.len(),
+                    if running.len() == s.tasks.len() {
+                        "all of them".to_string()
+                    } else {
+                        format!("the others on other workers ({})", owner())
+                    }
+                );
             }
             status(
                 Statement::CreateSink(s.def.clone()).to_string(),
                 &s.def.name,
                 &s.dataflow,
-                running.as_ref().map_or(&standby, |p| &p.stats),
-                s.shared
-                    .as_ref()
-                    .map_or(0, |sh| sh.spec.allowed_lateness_ms),
+                &stats,
+                s.tasks
+                    .first()
+                    .and_then(|t| t.spec.as_ref())
+                    .map_or(0, |spec| spec.allowed_lateness_ms),
                 0,
             )
         });
@@ -1478,16 +1629,22 @@ impl Engine {
             match (objects.views.get(name), objects.sink_pipelines.get(name)) {
                 (Some(v), _) => set(&v.pipeline),
                 (None, Some(s)) => {
-                    let pipeline = s.pipeline.lock().clone().ok_or_else(|| {
-                        SqlError::Execution(format!(
+                    // Of a sink split into tasks: those running here.
+                    let running: Vec<Arc<PipelineHandle>> = s
+                        .tasks
+                        .iter()
+                        .filter_map(|t| t.pipeline.lock().clone())
+                        .collect();
+                    if running.is_empty() {
+                        return Err(SqlError::Execution(format!(
                             "sink {name} does not run on this worker: {}",
                             self.sharing
                                 .as_ref()
                                 .map(|sh| sh.describe_owner())
                                 .unwrap_or_default()
-                        ))
-                    })?;
-                    set(&pipeline)
+                        )));
+                    }
+                    running.iter().for_each(|p| set(p))
                 }
                 (None, None) => {
                     return Err(SqlError::NotFound {
@@ -1519,9 +1676,11 @@ impl Engine {
             v.pipeline.stop();
         }
         for s in self.sink_pipelines() {
-            let running = s.pipeline.lock().take();
-            if let Some(p) = running {
-                p.stop();
+            for task in &s.tasks {
+                let running = task.pipeline.lock().take();
+                if let Some(p) = running {
+                    p.stop();
+                }
             }
         }
         for g in self.objects.read().generators.values() {

@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::error::{Result, SqlError};
 use crate::planner::{Chain, Dataflow, Stage, StaticInput};
+pub use crate::reader::PartitionShare;
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
 use crate::view::ViewStore;
@@ -70,6 +71,55 @@ pub struct PipelineStats {
     pub restarts: AtomicU64,
     pub partitions: Mutex<Vec<PartitionProgress>>,
     pub last_checkpoint: Mutex<Option<CheckpointInfo>>,
+}
+
+impl PipelineStats {
+    /// The stats of several pipelines that make one (the tasks of a split
+    /// sink running here) as one: counters summed, the least watermark,
+    /// every partition's progress.
+    pub fn combined(parts: &[&PipelineStats]) -> PipelineStats {
+        let out = PipelineStats {
+            watermark: AtomicI64::new(i64::MIN),
+            ..Default::default()
+        };
+        let sum = |field: fn(&PipelineStats) -> &AtomicU64| {
+            let total = parts.iter().map(|p| field(p).load(Ordering::Relaxed)).sum();
+            field(&out).store(total, Ordering::Relaxed);
+        };
+        sum(|s| &s.events_in);
+        sum(|s| &s.rows_out);
+        sum(|s| &s.late_events);
+        sum(|s| &s.bad_records);
+        sum(|s| &s.chunks_decoded);
+        sum(|s| &s.chunks_shared);
+        sum(|s| &s.open_windows);
+        sum(|s| &s.state_bytes);
+        sum(|s| &s.rate_in);
+        sum(|s| &s.rate_out);
+        sum(|s| &s.restarts);
+        let watermarks = parts.iter().map(|p| p.watermark.load(Ordering::Relaxed));
+        if let Some(least) = watermarks.filter(|w| *w != i64::MIN).min() {
+            out.watermark.store(least, Ordering::Relaxed);
+        }
+        let parallelism = parts.iter().map(|p| p.parallelism.load(Ordering::Relaxed));
+        out.parallelism
+            .store(parallelism.max().unwrap_or(0), Ordering::Relaxed);
+        if let Some(first) = parts.first() {
+            *out.status.lock() = first.status.lock().clone();
+        }
+        *out.last_error.lock() = parts.iter().find_map(|p| p.last_error.lock().clone());
+        let mut partitions: Vec<PartitionProgress> = parts
+            .iter()
+            .flat_map(|p| p.partitions.lock().clone())
+            .collect();
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        *out.partitions.lock() = partitions;
+        *out.last_checkpoint.lock() = parts
+            .iter()
+            .filter_map(|p| p.last_checkpoint.lock().clone())
+            .max_by_key(|c| c.taken_at_ms);
+        out
+    }
 }
 
 /// The last checkpoint a pipeline wrote (or restored from, after a start).
@@ -183,6 +233,9 @@ pub struct PipelineSpec {
     pub late_topic: Option<String>,
     /// The decodes shared with other pipelines over the same sources.
     pub shared_decodes: Arc<SharedDecodes>,
+    /// The partitions of its sources this pipeline reads (all but for one
+    /// task of a sink split over a cluster's workers).
+    pub share: PartitionShare,
 }
 
 /// The name the late-event output's state has in checkpoints; not a valid
@@ -335,6 +388,7 @@ struct Runner {
     /// Where sinks to topics write and progress is published.
     topics: Topics,
     shared_decodes: Arc<SharedDecodes>,
+    share: PartitionShare,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     watermark: i64,
@@ -528,6 +582,7 @@ impl Runner {
             log: topics.reading(),
             topics: topics.clone(),
             shared_decodes: spec.shared_decodes,
+            share: spec.share,
             stats,
             stop,
             watermark: i64::MIN,
@@ -621,6 +676,7 @@ impl Runner {
             readers.push(Readers::start(
                 self.log.clone(),
                 input.reading.clone(),
+                self.share,
                 input.partitions.iter().map(|c| c.offset).collect(),
                 frontier.clone(),
                 cores,
@@ -1023,9 +1079,11 @@ impl Runner {
                     .partitions
                     .iter()
                     .enumerate()
+                    .filter(|(p, _)| self.share.reads(*p))
                     .map(|(p, c)| ((input.topic.clone(), p as i32), c.offset))
             })
             .collect();
+        // Tasks of a split sink share its group, each its own partitions.
         self.topics.report_progress(&self.name, progress);
         *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
             epoch,
@@ -1198,6 +1256,9 @@ impl Runner {
         let mut progress = Vec::new();
         for (input, logs) in self.inputs.iter().zip(all_logs) {
             for (i, (c, log)) in input.partitions.iter().zip(logs).enumerate() {
+                if !self.share.reads(i) {
+                    continue;
+                }
                 progress.push(PartitionProgress {
                     topic: input.topic.clone(),
                     partition: i as i32,

@@ -77,6 +77,25 @@ impl Frontier {
     }
 }
 
+/// Which partitions of its sources a pipeline reads: those `p` with
+/// `p % count == index`. A sink split over a cluster's workers runs as
+/// `count` pipelines, each on its share, so every partition (also one
+/// added later) is read by exactly one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionShare {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl PartitionShare {
+    /// Every partition.
+    pub const ALL: PartitionShare = PartitionShare { index: 0, count: 1 };
+
+    pub fn reads(&self, partition: usize) -> bool {
+        partition % self.count.max(1) == self.index
+    }
+}
+
 pub struct Readers {
     chunks: Receiver<Result<Chunk>>,
     stop: Arc<AtomicBool>,
@@ -124,10 +143,12 @@ impl SourceReading {
 impl Readers {
     /// Starts `readers` threads reading the source's topic from
     /// `start_offsets` (per partition; partitions beyond it start at their
-    /// log start).
+    /// log start), the partitions of `share` only.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         log: Arc<dyn EventLog>,
         reading: SourceReading,
+        share: PartitionShare,
         start_offsets: Vec<i64>,
         frontier: Arc<Frontier>,
         readers: usize,
@@ -144,6 +165,7 @@ impl Readers {
                 topic: reading.topic.clone(),
                 decoder: reading.decoder.clone(),
                 tombstones: reading.tombstones.clone(),
+                share,
                 start_offsets: start_offsets.clone(),
                 frontier: frontier.clone(),
                 shared: shared.clone(),
@@ -204,6 +226,7 @@ struct Reader {
     topic: String,
     decoder: RecordDecoder,
     tombstones: Option<Tombstones>,
+    share: PartitionShare,
     start_offsets: Vec<i64>,
     frontier: Arc<Frontier>,
     /// The decodes this reader shares with other pipelines' readers.
@@ -244,10 +267,16 @@ impl Reader {
             cursors.resize(logs.len(), None);
             watches.resize_with(logs.len(), || None);
             let mut progressed = false;
-            for (p, log) in logs.iter().enumerate() {
-                if p % self.readers != self.index {
+            // This reader's partitions of the pipeline's share.
+            let share = self.share;
+            let mine = (0..logs.len())
+                .filter(|p| share.reads(*p))
+                .collect::<Vec<_>>();
+            for (i, &p) in mine.iter().enumerate() {
+                if i % self.readers != self.index {
                     continue;
                 }
+                let log = &logs[p];
                 // A watch of a deleted partition would wake the wait at once.
                 if watches[p].as_ref().is_none_or(|w| w.has_changed().is_err()) {
                     watches[p] = Some(log.subscribe());

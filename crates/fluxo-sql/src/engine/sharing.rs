@@ -359,17 +359,23 @@ fn member_id(sql_dir: &Path) -> Result<String> {
     Ok(id)
 }
 
-/// The task partition of a sink made by command `command`: a sink made
-/// again under the same name is another pipeline, with its own checkpoint.
-pub(super) fn task_of(name: &str, command: Option<i64>) -> i32 {
-    (crc32c::crc32c(pipeline_key(name, command).as_bytes()) % TASKS as u32) as i32
+/// The partition of the tasks topic whose owner runs the sink task named
+/// `key` (see [`pipeline_key`]).
+pub(super) fn task_of(key: &str) -> i32 {
+    (crc32c::crc32c(key.as_bytes()) % TASKS as u32) as i32
 }
 
-/// The name of a sink's checkpoint in the shared location.
-pub(super) fn pipeline_key(name: &str, command: Option<i64>) -> String {
-    match command {
+/// The name of task `index` of `count` of a sink made by command
+/// `command`, which names its checkpoint in the shared location: a sink
+/// made again under the same name is another pipeline, with its own.
+pub(super) fn pipeline_key(name: &str, command: Option<i64>, index: usize, count: usize) -> String {
+    let made = match command {
         Some(offset) => format!("{name}.{offset}"),
         None => name.to_string(),
+    };
+    match count {
+        0 | 1 => made,
+        _ => format!("{made}.task{index}"),
     }
 }
 
@@ -455,36 +461,38 @@ impl Engine {
         };
         let _one_at_a_time = sharing.reconciling.lock().await;
         for entry in self.sink_pipelines() {
-            let Some(shared) = &entry.shared else {
+            if entry.shared.is_none() {
                 continue;
-            };
-            let owned = sharing.owns(shared.task) && !sharing.stopping.load(Ordering::Acquire);
-            let running = entry.pipeline.lock().clone();
-            match (owned, running) {
-                (false, Some(pipeline)) => {
-                    *entry.pipeline.lock() = None;
-                    let name = entry.def.name.clone();
-                    let stopped = tokio::task::spawn_blocking(move || pipeline.stop()).await;
-                    if let Err(e) = stopped {
-                        tracing::error!(sink = %name, "stopping a sink's pipeline failed: {e}");
-                    }
-                    tracing::info!(sink = %name, "sink moved to another worker");
-                }
-                (true, None) => match self.start_sink_pipeline(&entry).await {
-                    Err(e) => {
-                        let first = entry.start_error.lock().replace(e.to_string()).is_none();
-                        if first {
-                            tracing::error!(sink = %entry.def.name, error = %e,
-                                "cannot start a sink this worker owns; retrying");
+            }
+            for (index, task) in entry.tasks.iter().enumerate() {
+                let owned = sharing.owns(task.task) && !sharing.stopping.load(Ordering::Acquire);
+                let running = task.pipeline.lock().clone();
+                let name = &entry.def.name;
+                match (owned, running) {
+                    (false, Some(pipeline)) => {
+                        *task.pipeline.lock() = None;
+                        let stopped = tokio::task::spawn_blocking(move || pipeline.stop()).await;
+                        if let Err(e) = stopped {
+                            tracing::error!(sink = %name, index, "stopping a sink's pipeline failed: {e}");
                         }
+                        tracing::info!(sink = %name, index, "sink task moved to another worker");
                     }
-                    Ok(()) => {
-                        *entry.start_error.lock() = None;
-                        tracing::info!(sink = %entry.def.name, "this worker runs the sink now");
-                    }
-                },
-                (false, None) => *entry.start_error.lock() = None,
-                (true, Some(_)) => {}
+                    (true, None) => match self.start_sink_task(&entry, index).await {
+                        Err(e) => {
+                            let first = task.start_error.lock().replace(e.to_string()).is_none();
+                            if first {
+                                tracing::error!(sink = %name, index, error = %e,
+                                    "cannot start a sink task this worker owns; retrying");
+                            }
+                        }
+                        Ok(()) => {
+                            *task.start_error.lock() = None;
+                            tracing::info!(sink = %name, index, "this worker runs the sink task now");
+                        }
+                    },
+                    (false, None) => *task.start_error.lock() = None,
+                    (true, Some(_)) => {}
+                }
             }
         }
     }

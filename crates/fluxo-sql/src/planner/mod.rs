@@ -167,6 +167,16 @@ impl Dataflow {
         }
     }
 
+    /// Whether every output row depends on one input event alone: one
+    /// stream, no aggregation, join or table. Such a query runs as well
+    /// over any split of its source's partitions.
+    pub fn partition_local(&self) -> bool {
+        self.statics.is_empty()
+            && self.single().is_some_and(|chain| {
+                matches!(chain.stage, Stage::None) && !chain.scan.source.is_table()
+            })
+    }
+
     /// The query's one chain, when it reads one input and has no graph.
     pub fn single(&self) -> Option<&Chain> {
         match (&self.graph, self.inputs.as_slice()) {
