@@ -278,13 +278,59 @@ def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
 
     # What cannot be split is refused by name.
     w = next(iter(alive.values()))
-    sql(w, """CREATE MATERIALIZED VIEW counts AS SELECT auction, count(*) AS n FROM bids GROUP BY auction""")
-    err = sql(w, f"CREATE SINK s2 FROM counts WITH (topic = '{out}', key = 'auction', tasks = 2)",
-              expect_status=400)["error"]
-    assert "cannot be split into tasks" in err, err
     err = sql(w, f"CREATE SINK s3 FROM pricey WITH (connector = 'parquet', path = '{tmp_path}/p', "
                  "tasks = 2)", expect_status=400)["error"]
     assert "only topic sinks" in err, err
     err = sql(w, f"CREATE SINK s4 FROM pricey WITH (topic = '{out}', tasks = 99)",
               expect_status=400)["error"]
     assert "from 1 to 32" in err, err
+
+
+@pytest.mark.timeout(300)
+def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
+        broker_factory, engine_factory, new_topic, tmp_path):
+    """A sink of a windowed aggregation with tasks = 3 runs as three tasks,
+    each keeping the groups whose key hashes to it, on three workers; one
+    is killed -9 while windows are open and its task resumes elsewhere from
+    its checkpoint: the sink topic holds every window once, as one worker
+    would have written it."""
+    broker = cluster_broker(broker_factory, tmp_path)
+    topic, out = topic_with(broker, new_topic, 2), new_topic("groups-out")
+    bids = make_bids(20_000, seed=53)
+    clean = strip(bids)
+    produce_bids(broker, topic, clean[:4_000])
+    shared = ["--cluster-id", "groups", "--checkpoint-url", str(tmp_path / "checkpoints")]
+    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n)
+               for n in ("w1", "w2", "w3")}
+    w1, w2, w3 = workers.values()
+    sql(w1, SOURCE.format(topic=topic))
+    sql(w2, VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
+    sql(w3, f"CREATE SINK agg FROM per_auction WITH (topic = '{out}', tasks = 3)")
+    spread = H.wait_for(lambda: split_evenly(workers, "agg", 3), timeout=60,
+                        desc="three tasks, one on each worker")
+    produce_bids(broker, topic, clean[4_000:10_000])
+    time.sleep(1.5)
+    victim = spread[1][0]
+    alive = {n: w for n, w in workers.items() if n != victim}
+    workers[victim].kill9()
+    produce_bids(broker, topic, clean[10_000:15_000])
+    H.wait_for(lambda: split_evenly(alive, "agg", 3), timeout=60,
+               desc="the killed worker's task running on another")
+    produce_bids(broker, topic, clean[15_000:])
+
+    watermark = source_watermark(bids)
+    want = expected_windows(bids, watermark)
+    expected = sorted((a, s, e, n, top) for (a, s, e), (n, top) in want.items())
+
+    def complete():
+        got = sink_rows(broker, out)
+        return got if len({(a, s, e) for a, s, e, _, _ in got}) >= len(want) else None
+    got = H.wait_for(complete, timeout=120, desc="every window in the sink topic")
+    assert sorted(got) == expected
+
+    # What cannot be split is refused by name.
+    w = next(iter(alive.values()))
+    sql(w, "CREATE MATERIALIZED VIEW total AS SELECT count(*) AS n FROM bids")
+    err = sql(w, f"CREATE SINK s2 FROM total WITH (topic = '{out}', tasks = 2)",
+              expect_status=400)["error"]
+    assert "cannot be split into tasks" in err, err

@@ -12,6 +12,12 @@
 //!
 //! An aggregation without GROUP BY keys (one group per window) runs as one
 //! shard: there is nothing to split.
+//!
+//! The same hash splits an aggregation over a cluster's workers: a task
+//! that keeps the groups of share `index` of `count` lets go of every row
+//! whose key hash is not `index` modulo `count` (and spreads the rest over
+//! its shards by the hash divided by `count`), so the tasks' outputs
+//! together are the one aggregation's.
 
 use std::sync::Arc;
 
@@ -116,6 +122,9 @@ pub struct ShardedAggregation {
     factory: Factory,
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
     converter: RowConverter,
+    /// The groups this aggregation keeps, `(index, count)`, when it is one
+    /// task of several.
+    kept: Option<(u32, u32)>,
 }
 
 impl ShardedAggregation {
@@ -133,14 +142,29 @@ impl ShardedAggregation {
             factory: Box::new(factory),
             key_exprs: exprs.key_exprs.clone(),
             converter: exprs.key_converter()?,
+            kept: None,
         })
+    }
+
+    /// Keeps only the groups whose key hash is `index` modulo `count`;
+    /// rows of other groups are let go as if filtered out before. Without
+    /// keys there is one group, which every task would keep.
+    pub fn keep_groups(&mut self, index: usize, count: usize) -> Result<()> {
+        if count > 1 && self.key_exprs.is_empty() {
+            return Err(DataflowError::Internal(
+                "an aggregation without keys cannot be split into tasks".into(),
+            ));
+        }
+        self.kept = (count > 1).then_some((index as u32, count as u32));
+        Ok(())
     }
 
     pub fn shards(&self) -> usize {
         self.shards.len()
     }
 
-    /// The rows of `batch` each shard owns, by key hash.
+    /// The rows of `batch` each shard owns, by key hash (of the groups
+    /// this task keeps).
     fn split(&self, batch: &RecordBatch) -> Result<Vec<UInt32Array>> {
         let n = batch.num_rows();
         let keys = self
@@ -152,8 +176,12 @@ impl ShardedAggregation {
         let shards = self.shards.len() as u32;
         let mut parts: Vec<Vec<u32>> =
             vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
+        let (task, tasks) = self.kept.unwrap_or((0, 1));
         for (i, row) in rows.iter().enumerate() {
-            parts[(crc32c::crc32c(row.as_ref()) % shards) as usize].push(i as u32);
+            let hash = crc32c::crc32c(row.as_ref());
+            if hash % tasks == task {
+                parts[((hash / tasks) % shards) as usize].push(i as u32);
+            }
         }
         Ok(parts.into_iter().map(UInt32Array::from).collect())
     }
@@ -165,7 +193,7 @@ impl ShardedAggregation {
         times: &[i64],
         watermark: i64,
     ) -> Result<Processed> {
-        if self.shards.len() == 1 {
+        if self.shards.len() == 1 && self.kept.is_none() {
             return self.shards[0].process(batch, times, watermark);
         }
         let parts = self.split(batch)?;

@@ -32,9 +32,10 @@ use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::parser::{
     parse_statements, ColumnDef, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
-use crate::pipeline::{self, PartitionShare, PipelineHandle, PipelineSpec};
+use crate::pipeline::{self, PartitionShare, PipelineHandle, PipelineSpec, TaskShare};
 use crate::planner::{
-    batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, Stage,
+    batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, SplitBy,
+    Stage,
 };
 use crate::shared_decode::SharedDecodes;
 use crate::table::{self, TableFormat};
@@ -121,8 +122,11 @@ struct SinkPipeline {
     def: SinkDef,
     dataflow: Dataflow,
     /// The sink's pipelines: one, or on a cluster's workers one per task
-    /// when the sink is split over its source's partitions.
+    /// when the sink is split over its source's partitions or its groups.
     tasks: Vec<SinkTask>,
+    /// The group in which the workers share the tasks of a split sink
+    /// (those of a sink that is not split are the workers' group's).
+    task_group: Option<sharing::TaskGroup>,
     /// On a cluster's worker: what its sinks are opened for.
     shared: Option<SharedSink>,
     /// Set when the sink is dropped, so that an owner starting it at the
@@ -137,7 +141,8 @@ struct SinkTask {
     pipeline: parking_lot::Mutex<Option<Arc<PipelineHandle>>>,
     /// On a cluster's worker: what starting it (again) takes.
     spec: Option<PipelineSpec>,
-    /// Its partition of the tasks topic, on a cluster's worker.
+    /// Its partition of the tasks topic (the workers' or its sink's own),
+    /// on a cluster's worker.
     task: i32,
     /// Why this worker, which owns the task, could not start it (it tries
     /// again every few seconds).
@@ -154,9 +159,10 @@ impl SinkTask {
         }
     }
 
-    /// The task's share of the source's partitions.
-    fn share(&self) -> PartitionShare {
-        self.spec.as_ref().map_or(PartitionShare::ALL, |s| s.share)
+    /// Which task of how many it is, when the sink is split.
+    fn index(&self) -> Option<(usize, usize)> {
+        let task = self.spec.as_ref()?.task?;
+        Some((task.share.index, task.share.count))
     }
 }
 
@@ -169,10 +175,8 @@ struct SinkFrom {
     /// How many tasks the sink is split into (1 unless its `tasks` option
     /// says otherwise).
     tasks: usize,
-    /// Whether its rows depend only on events of one partition at a time
-    /// (no aggregation, join or table), so that tasks can split the
-    /// source's partitions.
-    partition_local: bool,
+    /// How its query can be split into tasks, if it can.
+    split_by: Option<SplitBy>,
 }
 
 struct SharedSink {
@@ -642,7 +646,7 @@ impl Engine {
                 late_topic,
                 parallelism,
                 shared_decodes: self.shared_decodes.clone(),
-                share: PartitionShare::ALL,
+                task: None,
             },
             self.topics.clone(),
             !persist,
@@ -723,7 +727,7 @@ impl Engine {
             append_only,
             checkpoint_interval_ms,
             tasks,
-            ..
+            split_by,
         } = self.sink_from(&def)?;
         // A cluster's worker opens a sink where it runs it; the worker that
         // took the statement opened it once before it became a command.
@@ -786,7 +790,7 @@ impl Engine {
                         command: None,
                     })?;
                 }
-                let spec = |checkpoints: CheckpointStore, share: PartitionShare| PipelineSpec {
+                let spec = |checkpoints: CheckpointStore, task: Option<TaskShare>| PipelineSpec {
                     name: def.name.clone(),
                     definition: definition.clone(),
                     dataflow: dataflow.clone(),
@@ -797,14 +801,14 @@ impl Engine {
                     parallelism,
                     late_topic: None,
                     shared_decodes: self.shared_decodes.clone(),
-                    share,
+                    task,
                 };
                 let entry = match &self.sharing {
                     None => {
                         let checkpoints =
                             CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
                         let pipeline = pipeline::start(
-                            spec(checkpoints, PartitionShare::ALL),
+                            spec(checkpoints, None),
                             self.topics.clone(),
                             !persist,
                         )?;
@@ -815,6 +819,7 @@ impl Engine {
                             def: def.clone(),
                             dataflow,
                             tasks: vec![SinkTask::new(Some(pipeline), None, 0)],
+                            task_group: None,
                             shared: None,
                             dropped: Default::default(),
                         }
@@ -830,14 +835,27 @@ impl Engine {
                                 // a worker that applies the command late must
                                 // not remove what the owner checkpointed since.
                                 let key = sharing::pipeline_key(&def.name, command, index, tasks);
-                                let share = PartitionShare {
-                                    index,
-                                    count: tasks,
+                                let task = split_by.filter(|_| tasks > 1).map(|by| TaskShare {
+                                    by,
+                                    share: PartitionShare {
+                                        index,
+                                        count: tasks,
+                                    },
+                                });
+                                let spec = spec(sharing.checkpoints.store(&key), task);
+                                // A split sink's tasks are the partitions of
+                                // its own tasks topic.
+                                let partition = match tasks {
+                                    1 => sharing::task_of(&key),
+                                    _ => index as i32,
                                 };
-                                let spec = spec(sharing.checkpoints.store(&key), share);
-                                SinkTask::new(None, Some(spec), sharing::task_of(&key))
+                                SinkTask::new(None, Some(spec), partition)
                             })
                             .collect(),
+                        task_group: (tasks > 1).then(|| {
+                            sharing
+                                .task_group(&sharing::pipeline_key(&def.name, command, 0, 1), tasks)
+                        }),
                         shared: Some(SharedSink {
                             schema: schema.clone(),
                             append_only,
@@ -907,14 +925,14 @@ impl Engine {
                 })
             }
         };
-        let partition_local = match (&view, &source) {
-            (Some(v), _) => v.dataflow.partition_local(),
-            (None, Some(s)) => !s.is_table(),
-            (None, None) => false,
+        let split_by = match (&view, &source) {
+            (Some(v), _) => v.dataflow.split_by(),
+            (None, Some(s)) => (!s.is_table()).then_some(SplitBy::Partitions),
+            (None, None) => None,
         };
         let tasks = match def.options.get(SINK_TASKS_OPTION) {
             None => 1,
-            Some(text) => self.check_sink_tasks(def, text, partition_local)?,
+            Some(text) => self.check_sink_tasks(def, text, split_by)?,
         };
         Ok(SinkFrom {
             view,
@@ -923,13 +941,18 @@ impl Engine {
             append_only,
             checkpoint_interval_ms,
             tasks,
-            partition_local,
+            split_by,
         })
     }
 
     /// The number a sink's `tasks` option gives, refused where the sink
     /// cannot be split.
-    fn check_sink_tasks(&self, def: &SinkDef, text: &str, partition_local: bool) -> Result<usize> {
+    fn check_sink_tasks(
+        &self,
+        def: &SinkDef,
+        text: &str,
+        split_by: Option<SplitBy>,
+    ) -> Result<usize> {
         let tasks = text
             .trim()
             .parse::<usize>()
@@ -946,19 +969,24 @@ impl Engine {
         }
         if self.sharing.is_none() {
             return Err(SqlError::Plan(format!(
-                "tasks = {tasks} splits a sink over the workers of a cluster (fluxo serve                  --engine-only --cluster-id ...); this server runs every pipeline itself"
+                "tasks = {tasks} splits a sink over the workers of a cluster (fluxo serve \
+                 --engine-only --cluster-id ...); this server runs every pipeline itself"
             )));
         }
-        if !partition_local {
+        if split_by.is_none() {
             return Err(SqlError::Plan(format!(
-                "sink {} cannot be split into tasks: {} keeps state over events of every                  partition (an aggregation, a join or a table), so one worker runs it whole;                  leave out tasks",
+                "sink {} cannot be split into tasks: {} is neither a query over one stream \
+                 without state nor one stream's aggregation with GROUP BY keys (a join, a \
+                 table, a top-N or an aggregation without keys needs every event in one \
+                 place), so one worker runs it whole; leave out tasks",
                 def.name, def.from
             )));
         }
         let connector = def.options.get("connector").unwrap_or("topic");
         if connector != "topic" {
             return Err(SqlError::Plan(format!(
-                "a {connector} sink cannot be split into tasks: only topic sinks are (each task                  writes in transactions of its own); leave out tasks"
+                "a {connector} sink cannot be split into tasks: only topic sinks are (each task \
+                 writes in transactions of its own); leave out tasks"
             )));
         }
         Ok(tasks)
@@ -1002,7 +1030,7 @@ impl Engine {
                 // every worker splits it alike).
                 let connector = def.options.get("connector").unwrap_or("topic");
                 if def.options.get(SINK_TASKS_OPTION).is_none()
-                    && from.partition_local
+                    && from.split_by == Some(SplitBy::Partitions)
                     && connector == "topic"
                 {
                     let tasks = self.source_partitions(&from).min(sharing::TASKS as usize);
@@ -1029,14 +1057,8 @@ impl Engine {
         let spec = task.spec.clone().ok_or_else(|| {
             SqlError::Internal(format!("sink {} is not a cluster's", entry.def.name))
         })?;
-        let share = task.share();
         let sink = self
-            .new_sink(
-                &entry.def,
-                &shared.schema,
-                shared.append_only,
-                Some((share.index, share.count)),
-            )
+            .new_sink(&entry.def, &shared.schema, shared.append_only, task.index())
             .await?;
         let stats = sink.stats();
         let topics = self.topics.clone();

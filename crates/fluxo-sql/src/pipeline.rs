@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::error::{Result, SqlError};
-use crate::planner::{Chain, Dataflow, Stage, StaticInput};
+use crate::planner::{Chain, Dataflow, SplitBy, Stage, StaticInput};
 pub use crate::reader::PartitionShare;
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
@@ -233,9 +233,40 @@ pub struct PipelineSpec {
     pub late_topic: Option<String>,
     /// The decodes shared with other pipelines over the same sources.
     pub shared_decodes: Arc<SharedDecodes>,
-    /// The partitions of its sources this pipeline reads (all but for one
-    /// task of a sink split over a cluster's workers).
+    /// Which task this pipeline is, when a sink is split over a cluster's
+    /// workers; `None` for the whole query.
+    pub task: Option<TaskShare>,
+}
+
+/// One task of a query split into several: what it splits by and its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskShare {
+    pub by: SplitBy,
     pub share: PartitionShare,
+}
+
+impl TaskShare {
+    /// The partitions of its sources the task reads.
+    fn partitions(task: Option<TaskShare>) -> PartitionShare {
+        match task {
+            Some(TaskShare {
+                by: SplitBy::Partitions,
+                share,
+            }) => share,
+            _ => PartitionShare::ALL,
+        }
+    }
+
+    /// The groups of its aggregation the task keeps.
+    fn groups(task: Option<TaskShare>) -> Option<PartitionShare> {
+        match task {
+            Some(TaskShare {
+                by: SplitBy::Groups,
+                share,
+            }) => Some(share),
+            _ => None,
+        }
+    }
 }
 
 /// The name the late-event output's state has in checkpoints; not a valid
@@ -388,6 +419,7 @@ struct Runner {
     /// Where sinks to topics write and progress is published.
     topics: Topics,
     shared_decodes: Arc<SharedDecodes>,
+    /// The partitions of its sources this pipeline reads.
     share: PartitionShare,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
@@ -438,7 +470,12 @@ enum InputTime {
 }
 
 impl Input {
-    fn new(chain: Chain, parallelism: usize, lateness: i64) -> Result<Input> {
+    fn new(
+        chain: Chain,
+        parallelism: usize,
+        lateness: i64,
+        groups: Option<PartitionShare>,
+    ) -> Result<Input> {
         let source = &chain.scan.source;
         let idle_timeout_ms = source
             .options
@@ -470,6 +507,10 @@ impl Input {
                     })?)
                 }
             };
+        let mut stage = stage;
+        if let (Some(stage), Some(groups)) = (&mut stage, groups) {
+            stage.keep_groups(groups.index, groups.count)?;
+        }
         let upsert = match source.is_table() {
             true => Some(Upsert::new(
                 Arc::new(source.schema()),
@@ -557,7 +598,14 @@ impl Runner {
             .dataflow
             .inputs
             .iter()
-            .map(|chain| Input::new(chain.clone(), spec.parallelism, lateness))
+            .map(|chain| {
+                Input::new(
+                    chain.clone(),
+                    spec.parallelism,
+                    lateness,
+                    TaskShare::groups(spec.task),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let graph = spec
             .dataflow
@@ -582,7 +630,7 @@ impl Runner {
             log: topics.reading(),
             topics: topics.clone(),
             shared_decodes: spec.shared_decodes,
-            share: spec.share,
+            share: TaskShare::partitions(spec.task),
             stats,
             stop,
             watermark: i64::MIN,
@@ -1567,7 +1615,7 @@ mod tests {
             _ => unreachable!(),
         };
         let dataflow = plan_dataflow(&inputs, &query).await.unwrap();
-        Input::new(dataflow.inputs[0].clone(), 1, 0).unwrap()
+        Input::new(dataflow.inputs[0].clone(), 1, 0, None).unwrap()
     }
 
     fn cursor(max_event_time: Option<i64>, idle_for_ms: u64) -> PartitionCursor {

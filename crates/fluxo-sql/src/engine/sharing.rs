@@ -25,6 +25,17 @@
 //! transaction and fences it, as after a restart, so output stays exactly
 //! once across the move.
 //!
+//! **Split sinks**: a sink whose query depends on one event at a time, or
+//! is one stream's aggregation with GROUP BY keys, can run as several
+//! tasks (its `tasks` option; a topic sink over such a query gets one per
+//! partition of its source by default). Each task is a pipeline with its
+//! own checkpoint and transactional id, reading its share of the source's
+//! partitions (or every partition and keeping its share of the groups).
+//! The sink's own consumer group `fluxo-<cluster-id>-<sink>.<command>-tasks`
+//! over a topic with one partition per task shares the tasks among the
+//! workers, as Kafka Streams shares a topology's tasks: evenly, and moved
+//! as above when a worker is lost or joins.
+//!
 //! **Views** run on every worker, each checkpointing locally, so any worker
 //! answers pull queries and SUBSCRIBE for the whole view.
 
@@ -87,7 +98,9 @@ pub(crate) struct Sharing {
     applied: AtomicI64,
     progress: Notify,
     /// The task partitions this worker owns.
-    owned: Mutex<BTreeSet<i32>>,
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    /// This worker's memberships in the groups of split sinks, by group.
+    task_groups: Mutex<HashMap<String, Membership>>,
     stopping: AtomicBool,
     membership: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// One change of which sinks run here at a time (the group's and a new
@@ -115,7 +128,8 @@ impl Sharing {
             results: Mutex::default(),
             applied: AtomicI64::new(-1),
             progress: Notify::new(),
-            owned: Mutex::default(),
+            owned: Arc::default(),
+            task_groups: Mutex::default(),
             stopping: AtomicBool::new(false),
             membership: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
@@ -294,7 +308,8 @@ impl Sharing {
             }
             if tokio::time::timeout_at(deadline, progressed).await.is_err() {
                 return Err(SqlError::Execution(format!(
-                    "this worker has not applied the commands of {} up to offset {end} within                      {}s; is it reaching the cluster?",
+                    "this worker has not applied the commands of {} up to offset {end} within \
+                     {}s; is it reaching the cluster?",
                     self.commands_topic,
                     APPLY_TIMEOUT.as_secs()
                 )));
@@ -329,9 +344,27 @@ impl Sharing {
         }
     }
 
-    /// Whether this worker runs the sinks of task partition `task`.
-    pub(super) fn owns(&self, task: i32) -> bool {
-        self.owned.lock().contains(&task)
+    /// Whether this worker runs task `task`: a partition of the workers'
+    /// tasks topic, or of a split sink's own (`group`).
+    pub(super) fn owns(&self, group: Option<&TaskGroup>, task: i32) -> bool {
+        match group {
+            None => self.owned.lock().contains(&task),
+            Some(g) => self
+                .task_groups
+                .lock()
+                .get(&g.group)
+                .is_some_and(|m| m.owned.lock().contains(&task)),
+        }
+    }
+
+    /// The group and topic in which the workers share a split sink's
+    /// tasks (its pipeline key names it, see [`pipeline_key`]).
+    pub(super) fn task_group(&self, key: &str, tasks: usize) -> TaskGroup {
+        TaskGroup {
+            group: format!("fluxo-{}-{key}-tasks", self.cluster_id),
+            topic: format!("_fluxo-{}-{key}-tasks", self.cluster_id),
+            tasks: tasks as i32,
+        }
     }
 
     pub(super) fn describe_owner(&self) -> String {
@@ -340,6 +373,23 @@ impl Sharing {
             self.cluster_id, self.cluster_id
         )
     }
+}
+
+/// A split sink's group: the workers share its tasks, the partitions of
+/// `topic`, as members of `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TaskGroup {
+    pub(super) group: String,
+    pub(super) topic: String,
+    pub(super) tasks: i32,
+}
+
+/// This worker's part in one group.
+struct Membership {
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    /// Set to leave the group (its sink was dropped).
+    leave: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// This worker's id in the workers' group: made once, then read from the
@@ -400,9 +450,61 @@ impl Engine {
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(follow_commands(weak.clone(), sharing.clone(), next));
-        let membership = tokio::spawn(own_tasks(weak, sharing.clone()));
+        let workers = TaskGroup {
+            group: format!("fluxo-{}-workers", sharing.cluster_id),
+            topic: sharing.tasks_topic.clone(),
+            tasks: TASKS,
+        };
+        let owned = sharing.owned.clone();
+        let membership = tokio::spawn(own_tasks(
+            weak,
+            sharing.clone(),
+            workers,
+            owned,
+            Arc::default(),
+        ));
         *sharing.membership.lock() = Some(membership);
+        self.follow_task_groups();
         Ok(())
+    }
+
+    /// Joins the groups of the split sinks there are now, and leaves those
+    /// of sinks that are gone.
+    pub(super) fn follow_task_groups(self: &Arc<Engine>) {
+        let Some(sharing) = self.sharing.clone() else {
+            return;
+        };
+        if sharing.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let wanted: HashMap<String, TaskGroup> = self
+            .sink_pipelines()
+            .iter()
+            .filter_map(|s| s.task_group.clone())
+            .map(|g| (g.group.clone(), g))
+            .collect();
+        let mut groups = sharing.task_groups.lock();
+        groups.retain(|group, m| {
+            let keep = wanted.contains_key(group);
+            if !keep {
+                m.leave.store(true, Ordering::Release);
+            }
+            keep
+        });
+        for (name, group) in wanted {
+            if groups.contains_key(&name) {
+                continue;
+            }
+            let (owned, leave): (Arc<Mutex<BTreeSet<i32>>>, Arc<AtomicBool>) = Default::default();
+            let task = tokio::spawn(own_tasks(
+                Arc::downgrade(self),
+                sharing.clone(),
+                group,
+                owned.clone(),
+                leave.clone(),
+            ));
+            groups.insert(name, Membership { owned, leave, task });
+        }
     }
 
     /// Applies commands read from the topic, then counts everything before
@@ -465,7 +567,8 @@ impl Engine {
                 continue;
             }
             for (index, task) in entry.tasks.iter().enumerate() {
-                let owned = sharing.owns(task.task) && !sharing.stopping.load(Ordering::Acquire);
+                let owned = sharing.owns(entry.task_group.as_ref(), task.task)
+                    && !sharing.stopping.load(Ordering::Acquire);
                 let running = task.pipeline.lock().clone();
                 let name = &entry.def.name;
                 match (owned, running) {
@@ -508,6 +611,10 @@ impl Engine {
         if let Some(task) = membership {
             let _ = task.await;
         }
+        let groups: Vec<Membership> = sharing.task_groups.lock().drain().map(|(_, m)| m).collect();
+        for m in groups {
+            let _ = m.task.await;
+        }
     }
 }
 
@@ -533,23 +640,46 @@ async fn follow_commands(engine: Weak<Engine>, sharing: Arc<Sharing>, mut next: 
             return;
         };
         engine.apply_commands(commands, after).await;
+        engine.follow_task_groups();
         next = after;
     }
 }
 
-/// This worker's membership in the workers' group: heartbeats, and the
-/// sinks to run or stop when the assignment changes. Starting and stopping
-/// sinks can take seconds (a checkpoint to read, a transaction to finish),
-/// so it runs beside the heartbeats, which hold back the report of what
-/// this worker owns until its revoked sinks have stopped: only then does
-/// the coordinator give them to another worker.
-async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
-    let group = format!("fluxo-{}-workers", sharing.cluster_id);
-    let mut member = GroupMember::with_member_id(
-        &group,
-        vec![sharing.tasks_topic.clone()],
-        &sharing.member_id,
-    );
+/// This worker's membership in a group sharing tasks (the workers' group,
+/// or a split sink's): heartbeats, and the sinks to run or stop when the
+/// assignment changes. Starting and stopping sinks can take seconds (a
+/// checkpoint to read, a transaction to finish), so it runs beside the
+/// heartbeats, which hold back the report of what this worker owns until
+/// its revoked sinks have stopped: only then does the coordinator give
+/// them to another worker.
+async fn own_tasks(
+    engine: Weak<Engine>,
+    sharing: Arc<Sharing>,
+    tasks: TaskGroup,
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    leave: Arc<AtomicBool>,
+) {
+    let group = tasks.group.clone();
+    let leaving = || sharing.stopping.load(Ordering::Acquire) || leave.load(Ordering::Acquire);
+    // The first worker to run a split sink makes its topic.
+    while tasks.topic != sharing.tasks_topic {
+        match sharing
+            .cluster
+            .create_topic(&tasks.topic, tasks.tasks)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(topic = %tasks.topic, error = %e, "cannot create a sink's tasks topic; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if leaving() {
+            return;
+        }
+    }
+    let mut member =
+        GroupMember::with_member_id(&group, vec![tasks.topic.clone()], &sharing.member_id);
     let mut coordinator: Option<Arc<Client>> = None;
     let mut failures = 0u32;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
@@ -559,17 +689,17 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
     let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
     let mut report_pending = false;
     loop {
-        if sharing.stopping.load(Ordering::Acquire) {
+        if leaving() {
             if let Some(task) = reconciling.take() {
                 let _ = task.await;
             }
-            sharing.owned.lock().clear();
+            owned.lock().clear();
             if let Some(engine) = engine.upgrade() {
                 engine.run_owned_sinks().await;
             }
             if let Some(client) = &coordinator {
                 if let Err(e) = member.leave(client).await {
-                    tracing::debug!("cannot leave the workers' group: {e}");
+                    tracing::debug!(group = %group, "cannot leave the group: {e}");
                 }
             }
             return;
@@ -585,7 +715,7 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
                     failures += 1;
                     if failures == 1 || failures % 30 == 0 {
                         tracing::warn!(group = %group, error = %e,
-                            "cannot reach the workers' group coordinator; retrying");
+                            "cannot reach the group's coordinator; retrying");
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -597,10 +727,10 @@ async fn own_tasks(engine: Weak<Engine>, sharing: Arc<Sharing>) {
                 Ok(change) => {
                     failures = 0;
                     if !change.added.is_empty() || !change.revoked.is_empty() {
-                        *sharing.owned.lock() = member
+                        *owned.lock() = member
                             .owned()
                             .iter()
-                            .filter(|(topic, _)| *topic == sharing.tasks_topic)
+                            .filter(|(topic, _)| *topic == tasks.topic)
                             .map(|(_, p)| *p)
                             .collect();
                         must_reconcile = true;

@@ -51,6 +51,15 @@ pub enum Stage {
     },
 }
 
+/// How a query splits into tasks (see [`Dataflow::split_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitBy {
+    /// Each task reads its share of the source's partitions.
+    Partitions,
+    /// Each task reads every partition and keeps its share of the groups.
+    Groups,
+}
+
 /// What one input of a query runs: a source's scan, stateless operators,
 /// at most one aggregation (windows live here, next to the event times),
 /// and more stateless operators.
@@ -167,14 +176,26 @@ impl Dataflow {
         }
     }
 
-    /// Whether every output row depends on one input event alone: one
-    /// stream, no aggregation, join or table. Such a query runs as well
-    /// over any split of its source's partitions.
-    pub fn partition_local(&self) -> bool {
-        self.statics.is_empty()
-            && self.single().is_some_and(|chain| {
-                matches!(chain.stage, Stage::None) && !chain.scan.source.is_table()
-            })
+    /// How the query can be split into tasks that together give its
+    /// output: by its source's partitions when every output row depends on
+    /// one event alone (one stream, no aggregation, join or table); by
+    /// groups when it is one stream's aggregation with GROUP BY keys (each
+    /// task reads every event and keeps its groups). `None` otherwise.
+    pub fn split_by(&self) -> Option<SplitBy> {
+        if !self.statics.is_empty() {
+            return None;
+        }
+        let chain = self.single()?;
+        if chain.scan.source.is_table() {
+            return None;
+        }
+        match &chain.stage {
+            Stage::None => Some(SplitBy::Partitions),
+            Stage::Window { exprs, .. } | Stage::Updating { exprs } if exprs.has_keys() => {
+                Some(SplitBy::Groups)
+            }
+            _ => None,
+        }
     }
 
     /// The query's one chain, when it reads one input and has no graph.

@@ -219,3 +219,39 @@ async fn graph_shards_agree_with_one_and_restore_with_their_own_count() {
     assert_eq!(expected.len(), 5);
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn tasks_keeping_their_groups_together_give_the_one_aggregation() {
+    let dataflow = updating_dataflow().await;
+    let mut one = sharded(&dataflow, 1);
+    let mut tasks: Vec<ShardedAggregation> = (0..3)
+        .map(|index| {
+            let mut task = sharded(&dataflow, 2);
+            task.keep_groups(index, 3).unwrap();
+            task
+        })
+        .collect();
+    let mut expected = BTreeMap::new();
+    let mut per_task = vec![BTreeMap::new(); 3];
+    for chunk in 0..4 {
+        let batch = input(&dataflow, chunk * 500, (chunk + 1) * 500);
+        let times = vec![0; batch.num_rows()];
+        apply(
+            &mut expected,
+            one.process(&batch, &times, 0).unwrap().changes,
+        );
+        for (task, got) in tasks.iter_mut().zip(&mut per_task) {
+            apply(got, task.process(&batch, &times, 0).unwrap().changes);
+        }
+    }
+    // Every group is kept by exactly one task.
+    let mut union = BTreeMap::new();
+    let busy = per_task.iter().filter(|got| !got.is_empty()).count();
+    assert!(busy >= 2, "the groups went to {busy} task(s) of 3");
+    for got in &per_task {
+        for (row, n) in got {
+            assert!(union.insert(row.clone(), *n).is_none(), "{row} kept twice");
+        }
+    }
+    assert_eq!(union, expected);
+}
