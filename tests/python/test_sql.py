@@ -271,7 +271,16 @@ def test_a_topic_sink_delivers_every_window_exactly_once_across_ten_kill_9s(brok
     err = sql(broker, f"CREATE SINK t FROM totals WITH (topic = '{out}-x')", expect_status=400)["error"]
     assert "key" in err, err
     sql(broker, f"CREATE SINK hot FROM per_auction WITH (connector = 'topic', topic = '{out}', format = 'json')")
-    assert sql(broker, "SHOW SINKS")["rows"] == [["hot", "per_auction", "topic"]]
+    # The same windows from a sink that runs the query itself, no view kept.
+    own_query = VIEW.split(" AS\n", 1)[1]
+    sql(broker, f"CREATE SINK hot2 WITH (topic = '{out}-q', checkpoint_interval = '300ms') AS {own_query}")
+    assert sql(broker, "SHOW SINKS")["rows"] == [["hot", "per_auction", "topic"],
+                                                 ["hot2", "(its own query)", "topic"]]
+    err = sql(broker, "DROP SOURCE bids", expect_status=400)["error"]
+    assert "views" in err or "sinks" in err, err
+    err = sql(broker, f"CREATE SINK bad FROM per_auction WITH (topic = '{out}-y', parallelism = 2)",
+              expect_status=400)["error"]
+    assert "parallelism applies to a sink's own query" in err, err
     rng = random.Random(11)
     for k in range(10):
         chunk = clean[3_000 + k * 3_000: 6_000 + k * 3_000]
@@ -287,12 +296,16 @@ def test_a_topic_sink_delivers_every_window_exactly_once_across_ten_kill_9s(brok
     pipelines = {p["name"]: p for p in get(broker, "/api/v1/pipelines")["body"]["pipelines"]}
     assert pipelines["per_auction"]["last_checkpoint"]["epoch"] >= 1
 
-    def complete():
-        got = sink_rows(broker, out)
+    def complete(topic=out):
+        got = sink_rows(broker, topic)
         return got if len({(a, s, e) for a, s, e, _, _ in got}) >= len(want) else None
     got = H.wait_for(complete, timeout=60, desc="every window in the sink topic")
     # Exactly once: every window row once, with the view's values.
     assert sorted(got) == sorted((a, s, e, n, top) for (a, s, e), (n, top) in want.items())
+    got = H.wait_for(lambda: complete(f"{out}-q"), timeout=60, desc="every window in the query sink's topic")
+    assert sorted(got) == sorted((a, s, e, n, top) for (a, s, e), (n, top) in want.items())
+    sql(broker, "DROP MATERIALIZED VIEW totals")
+    sql(broker, "DROP SINK hot2")
     # The crashes left aborted transactions behind, which read_uncommitted
     # readers see and read_committed ones skip; nothing is left open.
     uncommitted = H.consume_all(broker.bootstrap, out, **{"isolation.level": "read_uncommitted"})

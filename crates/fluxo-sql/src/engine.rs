@@ -177,6 +177,8 @@ struct SinkFrom {
     tasks: usize,
     /// How its query can be split into tasks, if it can.
     split_by: Option<SplitBy>,
+    /// The plan of the sink's own query, when it has one.
+    dataflow: Option<Dataflow>,
 }
 
 struct SharedSink {
@@ -728,7 +730,8 @@ impl Engine {
             checkpoint_interval_ms,
             tasks,
             split_by,
-        } = self.sink_from(&def)?;
+            dataflow: own_dataflow,
+        } = self.sink_from(&def).await?;
         // A cluster's worker opens a sink where it runs it; the worker that
         // took the statement opened it once before it became a command.
         let opened = match &self.sharing {
@@ -758,15 +761,23 @@ impl Engine {
                 }
             }
             _ => {
-                let inputs = self.planning_inputs();
-                let query = match crate::parser::parse_statement_str(&format!(
-                    "SELECT * FROM {}",
-                    crate::parser::quote_ident(&def.from)
-                ))? {
-                    Statement::Query(q) => q,
-                    _ => return Err(SqlError::Internal("SELECT did not parse as a query".into())),
+                let dataflow = match own_dataflow {
+                    Some(dataflow) => dataflow,
+                    None => {
+                        let query = match crate::parser::parse_statement_str(&format!(
+                            "SELECT * FROM {}",
+                            crate::parser::quote_ident(&def.from)
+                        ))? {
+                            Statement::Query(q) => q,
+                            _ => {
+                                return Err(SqlError::Internal(
+                                    "SELECT did not parse as a query".into(),
+                                ))
+                            }
+                        };
+                        plan_dataflow(&self.planning_inputs(), &query).await?
+                    }
                 };
-                let dataflow = plan_dataflow(&inputs, &query).await?;
                 let definition = Statement::CreateSink(def.clone()).to_string();
                 // A sink of a view (on a cluster's worker) runs the view's
                 // query as the view's pipeline does.
@@ -776,6 +787,10 @@ impl Engine {
                         checkpoint_interval_of(&v.def.options)?,
                         parallelism_of(&v.def.options)?,
                     ),
+                    // A sink's own query runs at the sink's parallelism.
+                    None if def.query.is_some() => {
+                        (0, checkpoint_interval_ms, parallelism_of(&def.options)?)
+                    }
                     None => (0, checkpoint_interval_ms, 1),
                 };
                 let command = self.catalog.lock().applying();
@@ -884,7 +899,7 @@ impl Engine {
 
     /// What sink `def` reads: its view or source, their rows' schema and
     /// whether they only ever grow, and the checkpoint interval it asks for.
-    fn sink_from(&self, def: &SinkDef) -> Result<SinkFrom> {
+    async fn sink_from(&self, def: &SinkDef) -> Result<SinkFrom> {
         let (view, source) = {
             let objects = self.objects.read();
             (
@@ -912,23 +927,37 @@ impl Engine {
                 )));
             }
         }
-        let (schema, append_only) = match (&view, &source) {
-            (Some(v), _) => (
+        if def.options.get("parallelism").is_some() && def.query.is_none() {
+            return Err(SqlError::Plan(
+                "parallelism applies to a sink's own query (CREATE SINK ... WITH (...) AS \
+                 SELECT ...); a sink of a view runs at the view's"
+                    .into(),
+            ));
+        }
+        // A sink with its own query plans it now, against what exists.
+        let dataflow = match &def.query {
+            Some(query) => Some(plan_dataflow(&self.planning_inputs(), query).await?),
+            None => None,
+        };
+        let (schema, append_only) = match (&dataflow, &view, &source) {
+            (Some(d), _, _) => (d.output_schema.clone(), d.is_append_only(0)),
+            (None, Some(v), _) => (
                 v.store.schema().clone(),
                 v.dataflow.is_append_only(v.lateness_ms),
             ),
-            (None, Some(s)) => (Arc::new(s.schema()), true),
-            (None, None) => {
+            (None, None, Some(s)) => (Arc::new(s.schema()), true),
+            (None, None, None) => {
                 return Err(SqlError::NotFound {
                     kind: "view or source",
                     name: def.from.clone(),
                 })
             }
         };
-        let split_by = match (&view, &source) {
-            (Some(v), _) => v.dataflow.split_by(),
-            (None, Some(s)) => (!s.is_table()).then_some(SplitBy::Partitions),
-            (None, None) => None,
+        let split_by = match (&dataflow, &view, &source) {
+            (Some(d), _, _) => d.split_by(),
+            (None, Some(v), _) => v.dataflow.split_by(),
+            (None, None, Some(s)) => (!s.is_table()).then_some(SplitBy::Partitions),
+            (None, None, None) => None,
         };
         let tasks = match def.options.get(SINK_TASKS_OPTION) {
             None => 1,
@@ -942,6 +971,7 @@ impl Engine {
             checkpoint_interval_ms,
             tasks,
             split_by,
+            dataflow,
         })
     }
 
@@ -995,9 +1025,12 @@ impl Engine {
     /// How many partitions the source a partition-local sink reads has now
     /// (1 when that cannot be told).
     fn source_partitions(&self, from: &SinkFrom) -> usize {
-        let topic = match (&from.view, &from.source) {
-            (Some(v), _) => v
-                .dataflow
+        let dataflow = from
+            .dataflow
+            .as_ref()
+            .or(from.view.as_ref().map(|v| &v.dataflow));
+        let topic = match (dataflow, &from.source) {
+            (Some(d), _) => d
                 .single()
                 .and_then(|chain| chain.scan.source.log_topic().ok().map(str::to_string)),
             (None, Some(s)) => s.log_topic().ok().map(str::to_string),
@@ -1021,7 +1054,7 @@ impl Engine {
                 Ok(Statement::CreateSource(def))
             }
             Statement::CreateSink(mut def) => {
-                let from = self.sink_from(&def)?;
+                let from = self.sink_from(&def).await?;
                 self.new_sink(&def, &from.schema, from.append_only, None)
                     .await?;
                 // A topic sink whose rows depend on one partition at a time
@@ -1109,7 +1142,12 @@ impl Engine {
             task,
         };
         let input = SinkInput {
-            from: &def.from,
+            // A sink with its own query names its rows itself.
+            from: if def.query.is_some() {
+                &def.name
+            } else {
+                &def.from
+            },
             schema,
             append_only,
         };
@@ -1117,6 +1155,7 @@ impl Engine {
         let options = def
             .options
             .without("checkpoint_interval")
+            .without("parallelism")
             .without(SINK_TASKS_OPTION);
         Ok(fluxo_connectors::open_sink(&context, &def.name, &options, input).await?)
     }
@@ -1172,7 +1211,9 @@ impl Engine {
                 let mut sinks: Vec<String> = objects
                     .sink_pipelines
                     .values()
-                    .filter(|s| s.def.from == name)
+                    .filter(|s| {
+                        s.def.from == name || s.dataflow.sources().iter().any(|r| r == name)
+                    })
                     .map(|s| s.def.name.clone())
                     .collect();
                 if !sinks.is_empty() {
@@ -1219,7 +1260,12 @@ impl Engine {
                 let users: Vec<String> = objects
                     .sinks
                     .iter()
-                    .filter(|(_, s)| s.from == name)
+                    .filter(|(_, s)| {
+                        s.from == name
+                            || s.query
+                                .as_ref()
+                                .is_some_and(|q| relations_of(q).iter().any(|r| r == name))
+                    })
                     .map(|(n, _)| n.clone())
                     .collect();
                 if !users.is_empty() {
@@ -1316,7 +1362,10 @@ impl Engine {
                 .map(|s| {
                     (
                         s.name.clone(),
-                        s.from.clone(),
+                        match &s.query {
+                            Some(_) => "(its own query)".to_string(),
+                            None => s.from.clone(),
+                        },
                         s.options.get("connector").unwrap_or("topic").to_string(),
                     )
                 })

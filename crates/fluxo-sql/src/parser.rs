@@ -202,8 +202,13 @@ pub struct ViewDef {
 pub struct SinkDef {
     pub name: String,
     pub if_not_exists: bool,
+    /// The view or source it writes out (`CREATE SINK s FROM v`); empty for
+    /// a sink with a query of its own.
     pub from: String,
     pub options: Options,
+    /// `CREATE SINK s WITH (...) AS SELECT ...`: the sink runs this query
+    /// itself, with no view kept in between.
+    pub query: Option<Box<Query>>,
 }
 
 pub use fluxo_connectors::options::{parse_duration_ms, Options};
@@ -721,14 +726,31 @@ fn parse_create_view(p: &mut Parser) -> Result<Statement> {
 fn parse_create_sink(p: &mut Parser) -> Result<Statement> {
     let if_not_exists = parse_if_not_exists(p);
     let name = parse_name(p)?;
-    p.expect_keyword(Keyword::FROM)?;
-    let from = parse_name(p)?;
+    if p.parse_keyword(Keyword::FROM) {
+        let from = parse_name(p)?;
+        let options = parse_with_options(p)?;
+        return Ok(Statement::CreateSink(SinkDef {
+            name,
+            if_not_exists,
+            from,
+            options,
+            query: None,
+        }));
+    }
     let options = parse_with_options(p)?;
+    if !p.parse_keyword(Keyword::AS) {
+        return Err(SqlError::Syntax(format!(
+            "expected FROM <view or source> or WITH (...) AS <query> after CREATE SINK {name}, found {}",
+            p.peek_token()
+        )));
+    }
+    let query = p.parse_query()?;
     Ok(Statement::CreateSink(SinkDef {
         name,
         if_not_exists,
-        from,
+        from: String::new(),
         options,
+        query: Some(query),
     }))
 }
 
@@ -817,13 +839,21 @@ impl fmt::Display for Statement {
                 }
                 write!(f, "AS {}", v.query)
             }
-            Statement::CreateSink(s) => write!(
-                f,
-                "CREATE SINK {} FROM {} {}",
-                quote_ident(&s.name),
-                quote_ident(&s.from),
-                s.options
-            ),
+            Statement::CreateSink(s) => match &s.query {
+                None => write!(
+                    f,
+                    "CREATE SINK {} FROM {} {}",
+                    quote_ident(&s.name),
+                    quote_ident(&s.from),
+                    s.options
+                ),
+                Some(query) => write!(
+                    f,
+                    "CREATE SINK {} {} AS {query}",
+                    quote_ident(&s.name),
+                    s.options
+                ),
+            },
             Statement::Show(kind) => write!(f, "SHOW {}S", kind.as_str().to_uppercase()),
             Statement::Describe(name) => write!(f, "DESCRIBE {}", quote_ident(name)),
             Statement::Drop {
@@ -933,10 +963,11 @@ mod tests {
             "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds') AS SELECT count(*) FROM bids;
              CREATE SINK out FROM v WITH (connector = 'topic', topic = 'o');
              SHOW SOURCES; show views; SHOW SINKS; DESCRIBE v; DROP MATERIALIZED VIEW IF EXISTS v;
-             DROP SINK out; SUBSCRIBE v; EXPLAIN SELECT 1; SELECT * FROM v ORDER BY 1 LIMIT 3",
+             DROP SINK out; SUBSCRIBE v; EXPLAIN SELECT 1; SELECT * FROM v ORDER BY 1 LIMIT 3;
+             CREATE SINK hot WITH (topic = 'hot', tasks = 4) AS SELECT a FROM bids WHERE a > 1",
         )
         .unwrap();
-        assert_eq!(all.len(), 11);
+        assert_eq!(all.len(), 12);
         for stmt in &all {
             assert_eq!(&parse_statement_str(&stmt.to_string()).unwrap(), stmt);
         }
@@ -944,6 +975,11 @@ mod tests {
             matches!(&all[0], Statement::CreateView(v) if v.options.duration_ms("allowed_lateness").unwrap() == Some(10_000))
         );
         assert_eq!(all[3], Statement::Show(ObjectKind::View));
+        assert!(
+            matches!(&all[11], Statement::CreateSink(s) if s.query.is_some() && s.from.is_empty())
+        );
+        let err = parse_statement_str("CREATE SINK s SELECT 1").unwrap_err();
+        assert!(err.to_string().contains("expected FROM"), "{err}");
     }
 
     #[test]
