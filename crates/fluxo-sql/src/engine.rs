@@ -256,6 +256,11 @@ pub struct PipelineStatus {
     pub partitions: Vec<pipeline::PartitionProgress>,
     /// The sinks the pipeline writes, with what each has done.
     pub sinks: Vec<SinkStatus>,
+    /// How many tasks the pipeline is split into (1 unless a sink's
+    /// `tasks` splits it over a cluster's workers) ...
+    pub tasks: usize,
+    /// ... and those running on this server.
+    pub tasks_here: Vec<usize>,
 }
 
 impl Engine {
@@ -1658,7 +1663,7 @@ impl Engine {
                     }
                 );
             }
-            status(
+            let mut status = status(
                 Statement::CreateSink(s.def.clone()).to_string(),
                 &s.def.name,
                 &s.dataflow,
@@ -1668,7 +1673,10 @@ impl Engine {
                     .and_then(|t| t.spec.as_ref())
                     .map_or(0, |spec| spec.allowed_lateness_ms),
                 0,
-            )
+            );
+            status.tasks = s.tasks.len();
+            status.tasks_here = running.iter().map(|(i, _)| *i).collect();
+            status
         });
         let mut out: Vec<PipelineStatus> = views.chain(sinks).collect();
         for p in &mut out {
@@ -1839,6 +1847,8 @@ fn status(
         last_checkpoint: s.last_checkpoint.lock().clone(),
         partitions: s.partitions.lock().clone(),
         sinks: Vec::new(),
+        tasks: 1,
+        tasks_here: vec![0],
     }
 }
 

@@ -9,7 +9,11 @@
 //! from `CREATE MATERIALIZED VIEW` until the pipeline has taken in every
 //! bid. With `--batch` each query runs instead as a batch over the topic's
 //! history (the same SQL as a SELECT over the source), timed until its last
-//! row, and DuckDB runs it over the JSON and over a Parquet copy.
+//! row, and DuckDB runs it over the JSON and over a Parquet copy. With
+//! `--workers` each query runs as a sink split over workers of a cluster
+//! (see `workers.rs`).
+
+mod workers;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +92,13 @@ pub struct NexmarkBench {
     /// its rate beside the in-process engine's: the cost of the remote path.
     #[arg(long, conflicts_with_all = ["batch", "sinks"])]
     pub remote: bool,
+    /// Instead of views, run each query as a sink with its own query split
+    /// into one task per worker, on a cluster of this many engine-only
+    /// workers (a comma-separated list, e.g. `1,2,3`) reading the bids over
+    /// the Kafka protocol, and report each count's rate against one
+    /// worker's.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["batch", "sinks", "remote", "views"])]
+    pub workers: Vec<usize>,
 }
 
 const SOURCE: &str =
@@ -458,7 +469,12 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
             }
         }
     };
-    if b.sinks {
+    if !b.workers.is_empty() {
+        if b.workers.contains(&0) || b.format != "json" {
+            bail!("--workers takes counts from 1 and runs with --format json");
+        }
+        workers::run(&b, store.clone(), &queries, &dir).await?;
+    } else if b.sinks {
         run_sinks(&b, &engine, &dir, &json_path, bytes).await?;
     } else if b.batch {
         run_batch(&b, &engine, &queries, &json_path, bytes, cores, &inputs).await?;
@@ -480,10 +496,11 @@ pub async fn run(b: NexmarkBench) -> anyhow::Result<()> {
     if let Some(remote) = remote {
         remote.stop().await;
     }
-    println!(
-        "\n(median of {} run(s) per query; ratio = fluxo / DuckDB)",
-        b.runs
-    );
+    let ratio = match b.workers.is_empty() {
+        true => "ratio = fluxo / DuckDB",
+        false => "vs 1 = the rate over one worker's",
+    };
+    println!("\n(median of {} run(s) per query; {ratio})", b.runs);
     Ok(())
 }
 
@@ -751,26 +768,31 @@ async fn run_sinks(
     Ok(())
 }
 
-/// A broker on loopback over the benchmark's log, and an engine that reads
-/// it only through the Kafka protocol.
-struct RemoteEngine {
-    engine: Arc<Engine>,
+/// A broker on loopback over the benchmark's log, as a cluster engines
+/// reach only through the Kafka protocol.
+struct LoopbackBroker {
     addr: std::net::SocketAddr,
     server: fluxo_kafka::ServerHandle,
+    /// The coordinators' timers: sessions expire, transactions finish.
+    timers: [tokio::task::JoinHandle<()>; 2],
 }
 
-impl RemoteEngine {
-    async fn start(store: Arc<LogStore>, dir: &Path) -> anyhow::Result<RemoteEngine> {
-        let groups = fluxo_groups::GroupCoordinator::open_unloaded(
-            store.clone(),
-            fluxo_groups::GroupConfig::default(),
-        )?;
+impl LoopbackBroker {
+    async fn start(store: Arc<LogStore>) -> anyhow::Result<LoopbackBroker> {
+        // Members hear of a new assignment within half a second, so that
+        // workers share tasks out quickly.
+        let config = fluxo_groups::GroupConfig {
+            consumer_heartbeat_interval: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let groups = fluxo_groups::GroupCoordinator::open_unloaded(store.clone(), config)?;
         groups.load()?;
         let transactions = fluxo_txn::TxnCoordinator::open(
             store.clone(),
             groups.clone(),
             fluxo_txn::TxnConfig::default(),
         )?;
+        let timers = [groups.spawn_timers(), transactions.spawn_timers()];
         let broker = Arc::new(fluxo_kafka::Broker::new(
             store,
             groups,
@@ -780,32 +802,59 @@ impl RemoteEngine {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let server = fluxo_kafka::serve(listener, broker)?;
         let addr = server.local_addr;
-        let cluster = fluxo_client::cluster::Cluster::connect(&addr.to_string()).await?;
+        Ok(LoopbackBroker {
+            addr,
+            server,
+            timers,
+        })
+    }
+
+    /// The broker's topics as a client of it sees them, for an engine of
+    /// cluster `cluster_id`.
+    async fn topics(&self, cluster_id: &str) -> anyhow::Result<fluxo_sql::Topics> {
+        let cluster = fluxo_client::cluster::Cluster::connect(&self.addr.to_string()).await?;
         let log =
             fluxo_client::remote::RemoteLog::start(cluster, tokio::runtime::Handle::current());
+        Ok(fluxo_sql::Topics::Remote {
+            log,
+            cluster_id: cluster_id.into(),
+        })
+    }
+
+    async fn stop(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server.shutdown()).await;
+        for timer in self.timers {
+            timer.abort();
+        }
+    }
+}
+
+/// An engine that reads the benchmark's log only through the Kafka
+/// protocol, from a broker on loopback.
+struct RemoteEngine {
+    engine: Arc<Engine>,
+    addr: std::net::SocketAddr,
+    broker: LoopbackBroker,
+}
+
+impl RemoteEngine {
+    async fn start(store: Arc<LogStore>, dir: &Path) -> anyhow::Result<RemoteEngine> {
+        let broker = LoopbackBroker::start(store).await?;
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
-        let engine = Engine::open_with_registry(
-            fluxo_sql::Topics::Remote {
-                log,
-                cluster_id: "bench".into(),
-            },
-            dir,
-            None,
-        )
-        .await?;
+        let engine = Engine::open_with_registry(broker.topics("bench").await?, dir, None).await?;
         Ok(RemoteEngine {
             engine,
-            addr,
-            server,
+            addr: broker.addr,
+            broker,
         })
     }
 
     async fn stop(self) {
         let engine = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.server.shutdown()).await;
+        self.broker.stop().await;
     }
 }
 
