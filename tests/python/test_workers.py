@@ -4,7 +4,9 @@ _fluxo-<id>-commands (DDL on any worker is seen by all) and their sinks
 through the consumer group fluxo-<id>-workers: each sink runs on one
 worker, and when that worker is killed -9 its sinks move to the others,
 which resume them from the checkpoints in the shared --checkpoint-url with
-nothing lost or doubled in the sink topics (read_committed)."""
+nothing lost or doubled in the sink topics (read_committed). A sink split
+into tasks (by its source's partitions, or by groups) runs on several
+workers at once, each task moving on its own."""
 
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ def cluster_broker(broker_factory, tmp_path):
     conf.write_text("[groups]\nconsumer_session_timeout_ms = 6000\n"
                     "consumer_heartbeat_interval_ms = 1000\n")
     return broker_factory(extra_args=["--config", str(conf)], name="broker")
+
+
+def start_workers(engine_factory, broker, tmp_path, cluster_id: str, names=("w1", "w2", "w3"),
+                  checkpoints: str | None = None) -> dict:
+    """Workers of cluster `cluster_id`, keeping checkpoints in one place."""
+    shared = ["--cluster-id", cluster_id, "--checkpoint-url", checkpoints or str(tmp_path / "checkpoints")]
+    return {n: engine_factory(broker.bootstrap, extra_args=shared, name=n) for n in names}
 
 
 def sink_owners(workers: dict) -> dict[str, list[str]]:
@@ -61,9 +70,7 @@ def test_workers_share_ddl_and_a_killed_workers_sinks_move_exactly_once(
     bids = make_bids(30_000, seed=41)
     clean = strip(bids)
     produce_bids(broker, topic, clean[:4_000])
-    shared = ["--cluster-id", "shop", "--checkpoint-url", str(tmp_path / "checkpoints")]
-    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n)
-               for n in ("w1", "w2", "w3")}
+    workers = start_workers(engine_factory, broker, tmp_path, "shop")
     w1, w2, w3 = workers.values()
 
     # DDL on any worker is applied by all, in one order.
@@ -105,7 +112,7 @@ def test_workers_share_ddl_and_a_killed_workers_sinks_move_exactly_once(
     # A worker joining takes some sinks over while they hold windows open:
     # their owners stop them, and the newcomer resumes them from the
     # checkpoints (it applies the whole command topic first).
-    late = engine_factory(broker.bootstrap, extra_args=shared, name="late")
+    (late,) = start_workers(engine_factory, broker, tmp_path, "shop", names=("late",)).values()
     workers_alive["late"] = late
     H.wait_for(lambda: settled(workers_alive), timeout=60,
                desc="each sink running on exactly one worker, the newcomer included")
@@ -155,8 +162,8 @@ def test_checkpoints_on_s3_carry_a_sink_to_the_next_worker(
     bids = make_bids(12_000, seed=43)
     clean = strip(bids)
     produce_bids(broker, topic, clean[:6_000])
-    shared = ["--cluster-id", "lake", "--checkpoint-url", f"s3://{bucket}/checkpoints"]
-    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n) for n in ("a", "b")}
+    workers = start_workers(engine_factory, broker, tmp_path, "lake", names=("a", "b"),
+                            checkpoints=f"s3://{bucket}/checkpoints")
     sql(workers["a"], SOURCE.format(topic=topic))
     sql(workers["b"], VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
     sql(workers["a"], f"CREATE SINK out0 FROM per_auction WITH (topic = '{out}')")
@@ -228,9 +235,7 @@ def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
         assert p.flush(30) == 0
 
     produce(bids[:3_000], 0)
-    shared = ["--cluster-id", "split", "--checkpoint-url", str(tmp_path / "checkpoints")]
-    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n)
-               for n in ("w1", "w2", "w3")}
+    workers = start_workers(engine_factory, broker, tmp_path, "split")
     w1, w2, _ = workers.values()
     sql(w1, f"""CREATE SOURCE bids (seq BIGINT, auction BIGINT, price BIGINT, channel TEXT)
                 WITH (connector = 'topic', topic = '{topic}', format = 'json')""")
@@ -300,9 +305,7 @@ def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
     bids = make_bids(20_000, seed=53)
     clean = strip(bids)
     produce_bids(broker, topic, clean[:4_000])
-    shared = ["--cluster-id", "groups", "--checkpoint-url", str(tmp_path / "checkpoints")]
-    workers = {n: engine_factory(broker.bootstrap, extra_args=shared, name=n)
-               for n in ("w1", "w2", "w3")}
+    workers = start_workers(engine_factory, broker, tmp_path, "groups")
     w1, w2, w3 = workers.values()
     sql(w1, SOURCE.format(topic=topic))
     sql(w2, VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
