@@ -835,12 +835,15 @@ impl Runner {
                     break;
                 }
             }
+            let share = self.share;
             for (input, logs) in self.inputs.iter_mut().zip(&all_logs) {
-                for (cursor, log) in input.partitions.iter_mut().zip(logs) {
+                for (p, (cursor, log)) in input.partitions.iter_mut().zip(logs).enumerate() {
                     // Retention may have removed records nobody read (the
                     // readers skip them too).
                     cursor.offset = cursor.offset.max(log.log_start_offset());
-                    cursor.caught_up = cursor.offset >= log.last_stable_offset();
+                    // A partition another task reads goes idle here, so it
+                    // holds back no watermark.
+                    cursor.caught_up = !share.reads(p) || cursor.offset >= log.last_stable_offset();
                 }
             }
             let replayed = self.replay_reached();
