@@ -1,8 +1,15 @@
 //! A Kafka cluster seen through its brokers: the metadata (which broker
-//! leads each partition), one connection per broker made when first
-//! needed and made again after it breaks, and the coordinators of
+//! leads each partition), connections to each broker made when first
+//! needed and made again after they break, and the coordinators of
 //! transactions. Requests for a partition go to its leader; a leader error
 //! refreshes the metadata and tries again.
+//!
+//! A broker answers the requests of one connection in the order they came,
+//! so a fetch that waits on the broker for data (`max_wait_ms` > 0) holds
+//! up every request sent after it on its connection: a produce queued
+//! behind a half-second long poll waits half a second. Requests that wait
+//! therefore go on a connection of their own ([`Lane::Waiting`]), as Kafka's
+//! own clients keep a consumer's fetches apart from a producer's writes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,11 +56,22 @@ struct Known {
     topics: HashMap<String, TopicMetadata>,
 }
 
+/// Which of a broker's connections a request goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Requests the broker answers at once: produce, fetch without a wait,
+    /// metadata, coordinator requests, heartbeats.
+    Prompt,
+    /// Requests the broker may hold (long-poll fetches), kept off the
+    /// prompt connection so that they delay nothing else.
+    Waiting,
+}
+
 /// A cluster reached through `bootstrap` (HOST:PORT, comma-separated).
 pub struct Cluster {
     bootstrap: Vec<String>,
     known: Mutex<Known>,
-    connections: Mutex<HashMap<String, Arc<Client>>>,
+    connections: Mutex<HashMap<(String, Lane), Arc<Client>>>,
 }
 
 impl Cluster {
@@ -83,23 +101,29 @@ impl Cluster {
         self.bootstrap.join(",")
     }
 
-    /// The connection to `addr`, made when there is none or it broke.
+    /// The prompt connection to `addr`, made when there is none or it broke.
     async fn client_at(&self, addr: &str) -> Result<Arc<Client>> {
-        if let Some(c) = self.connections.lock().get(addr) {
+        self.client_on(addr, Lane::Prompt).await
+    }
+
+    /// The connection to `addr` for `lane`, made when there is none or it broke.
+    async fn client_on(&self, addr: &str, lane: Lane) -> Result<Arc<Client>> {
+        let key = (addr.to_string(), lane);
+        if let Some(c) = self.connections.lock().get(&key) {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
         }
         let client = Arc::new(Client::connect(addr).await?);
-        self.connections
-            .lock()
-            .insert(addr.to_string(), client.clone());
+        self.connections.lock().insert(key, client.clone());
         Ok(client)
     }
 
     /// Forgets a connection that failed, so that the next request makes a new one.
-    fn drop_client(&self, client: &Client) {
-        self.connections.lock().remove(&client.addr);
+    fn drop_client(&self, client: &Arc<Client>) {
+        self.connections
+            .lock()
+            .retain(|_, c| !Arc::ptr_eq(c, client));
     }
 
     /// Some broker: a known one, else a bootstrap one.
@@ -115,10 +139,10 @@ impl Cluster {
         Err(last.unwrap_or(ClientError::Closed))
     }
 
-    async fn node_client(&self, node: i32) -> Result<Arc<Client>> {
+    async fn node_client(&self, node: i32, lane: Lane) -> Result<Arc<Client>> {
         let addr = self.known.lock().brokers.get(&node).cloned();
         match addr {
-            Some(addr) => self.client_at(&addr).await,
+            Some(addr) => self.client_on(&addr, lane).await,
             None => Err(ClientError::Protocol(format!(
                 "broker {node} is not in the cluster's metadata"
             ))),
@@ -159,13 +183,18 @@ impl Cluster {
             .collect()
     }
 
-    /// The connection to `topic`/`partition`'s leader.
+    /// The prompt connection to `topic`/`partition`'s leader.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<Arc<Client>> {
+        self.leader_on(topic, partition, Lane::Prompt).await
+    }
+
+    /// The connection for `lane` to `topic`/`partition`'s leader.
+    async fn leader_on(&self, topic: &str, partition: i32, lane: Lane) -> Result<Arc<Client>> {
         let leader = self
             .topic(topic)
             .and_then(|t| t.leaders.get(partition as usize).copied());
         match leader {
-            Some(node) if node >= 0 => self.node_client(node).await,
+            Some(node) if node >= 0 => self.node_client(node, lane).await,
             _ => {
                 self.refresh().await?;
                 let leader = self
@@ -175,7 +204,7 @@ impl Cluster {
                     .ok_or_else(|| {
                         ClientError::Protocol(format!("{topic}/{partition} has no leader"))
                     })?;
-                self.node_client(leader).await
+                self.node_client(leader, lane).await
             }
         }
     }
@@ -188,10 +217,27 @@ impl Cluster {
         F: Fn(Arc<Client>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        self.with_leader_on(Lane::Prompt, topic, partition, request)
+            .await
+    }
+
+    /// [`Cluster::with_leader`] on the connection of `lane`: a request that
+    /// may wait on the broker goes on [`Lane::Waiting`].
+    pub async fn with_leader_on<T, F, Fut>(
+        &self,
+        lane: Lane,
+        topic: &str,
+        partition: i32,
+        request: F,
+    ) -> Result<T>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = match self.leader(topic, partition).await {
+            let outcome = match self.leader_on(topic, partition, lane).await {
                 Ok(client) => {
                     let r = request(client.clone()).await;
                     if matches!(r, Err(ClientError::Closed) | Err(ClientError::Io(_))) {

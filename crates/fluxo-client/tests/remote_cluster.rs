@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo_client::cluster::Cluster;
+use fluxo_client::cluster::{Cluster, Lane};
 use fluxo_client::remote::RemoteLog;
 use fluxo_client::txn::{Ended, TransactionalProducer};
 use fluxo_client::Isolation;
@@ -141,4 +141,55 @@ async fn a_crashed_producers_checkpointed_transaction_is_committed_and_later_one
         .unwrap();
     let values: Vec<Bytes> = all.records.into_iter().filter_map(|r| r.value).collect();
     assert!(values.contains(&Bytes::from_static(b"d1")));
+}
+
+/// A broker answers one connection's requests in order, so a fetch that
+/// waits for data must not share a connection with a sink's writes: with
+/// a two-second long poll open on an idle topic, a transactional write and
+/// its commit still finish at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_the_waiting_lane_holds_up_no_write() {
+    let server = broker().await;
+    let cluster = Cluster::connect(&server.addr).await.unwrap();
+    cluster.create_topic("idle", 1).await.unwrap();
+    cluster.create_topic("out", 1).await.unwrap();
+
+    let polling = cluster.clone();
+    let long_poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        polling
+            .with_leader_on(Lane::Waiting, "idle", 0, |client| async move {
+                fluxo_client::fetch(
+                    &client,
+                    "idle",
+                    0,
+                    0,
+                    2_000,
+                    1 << 20,
+                    Isolation::ReadCommitted,
+                )
+                .await
+            })
+            .await
+            .unwrap();
+        started.elapsed()
+    });
+    // Let the fetch reach the broker first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    let mut producer = TransactionalProducer::new(cluster.clone(), "sink-b".into());
+    producer.send("out", 0, &records(&["x"])).await.unwrap();
+    producer.commit().await.unwrap();
+    let writing = started.elapsed();
+
+    let polled = long_poll.await.unwrap();
+    assert!(
+        polled >= Duration::from_millis(1_900),
+        "the fetch did not wait: {polled:?}"
+    );
+    assert!(
+        writing < Duration::from_millis(1_000),
+        "the write waited behind the long poll: {writing:?}"
+    );
 }

@@ -46,7 +46,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxo_client::cluster::Cluster;
+use fluxo_client::cluster::{Cluster, Lane};
 use fluxo_client::group::GroupMember;
 use fluxo_client::records::{fetch, produce, Isolation};
 use fluxo_client::Client;
@@ -234,9 +234,11 @@ impl Sharing {
     /// that one stray record never holds the workers up.
     async fn read(&self, offset: i64) -> Result<(Vec<(i64, Command)>, i64)> {
         let topic = self.commands_topic.clone();
+        // The fetch waits on the broker, so it keeps off the connection
+        // that sinks produce and readers fetch on.
         let fetched = self
             .cluster
-            .with_leader(&topic, 0, |client: Arc<Client>| {
+            .with_leader_on(Lane::Waiting, &topic, 0, |client: Arc<Client>| {
                 let topic = topic.clone();
                 async move {
                     fetch(
