@@ -11,6 +11,7 @@ workers at once, each task moving on its own."""
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -19,7 +20,7 @@ import fluxo_helpers as H
 from conftest import BrokerStartError
 from test_engine_only import strip
 from test_s3 import s3  # noqa: F401  (the moto server fixture)
-from test_sql import (SOURCE, VIEW, expected_windows, get, make_bids, produce_bids, sink_rows,
+from test_sql import (SOURCE, T0, VIEW, expected_windows, get, make_bids, produce_bids, sink_rows,
                       source_watermark, sql, topic_with, view_rows, wait_watermark)
 
 SINKS = 6
@@ -336,5 +337,77 @@ def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
     w = next(iter(alive.values()))
     sql(w, "CREATE MATERIALIZED VIEW total AS SELECT count(*) AS n FROM bids")
     err = sql(w, f"CREATE SINK s2 FROM total WITH (topic = '{out}', tasks = 2)",
+              expect_status=400)["error"]
+    assert "cannot be split into tasks" in err, err
+
+
+@pytest.mark.timeout(300)
+def test_a_join_splits_by_key_over_the_workers_exactly_once(
+        broker_factory, engine_factory, new_topic, tmp_path):
+    """A sink of a join of two streams within a time bound, tasks = 3: each
+    task keeps the join keys whose hash falls to it (its share of the join's
+    state), on three workers; one is killed -9 while the join holds state
+    and its task resumes on another from its checkpoint: the sink topic
+    holds every joined pair once, as one worker would have written it."""
+    broker = cluster_broker(broker_factory, tmp_path)
+    views, buys = topic_with(broker, new_topic, 3), topic_with(broker, new_topic, 3)
+    out = new_topic("join-out")
+    rng = random.Random(59)
+    n = 9_000
+    # A view and a buy every 20 ms of event time, by one of 150 users.
+    view_events = [{"seq": i, "user_id": rng.randrange(150), "ts": T0 + i * 20} for i in range(n)]
+    buy_events = [{"seq": i, "user_id": rng.randrange(150), "ts": T0 + i * 20 + 7} for i in range(n)]
+
+    def produce(lo: int, hi: int):
+        p = H.producer(broker.bootstrap, **{"linger.ms": 5})
+        for i in range(lo, hi):
+            p.produce(views, json.dumps(view_events[i]).encode(), partition=i % 3)
+            p.produce(buys, json.dumps(buy_events[i]).encode(), partition=i % 3)
+        assert p.flush(30) == 0
+
+    produce(0, 1_500)
+    workers = start_workers(engine_factory, broker, tmp_path, "join")
+    w1, w2, w3 = workers.values()
+    for name, topic in (("page_views", views), ("buys", buys)):
+        sql(w1, f"""CREATE SOURCE {name} (seq BIGINT, user_id BIGINT, ts TIMESTAMP,
+                      WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)
+                    WITH (connector = 'topic', topic = '{topic}', format = 'json',
+                          idle_timeout = '1 minute')""")
+    sql(w2, f"""CREATE SINK bought WITH (topic = '{out}', tasks = 3, checkpoint_interval = '300ms') AS
+                SELECT v.seq AS view_seq, b.seq AS buy_seq, v.user_id
+                FROM page_views v JOIN buys b
+                  ON v.user_id = b.user_id AND b.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND""")
+    spread = H.wait_for(lambda: split_evenly(workers, "bought", 3), timeout=60,
+                        desc="three tasks, one on each worker")
+    produce(1_500, 4_500)
+    time.sleep(1.5)
+    victim = spread[2][0]
+    alive = {name: w for name, w in workers.items() if name != victim}
+    workers[victim].kill9()
+    produce(4_500, 6_500)
+    H.wait_for(lambda: split_evenly(alive, "bought", 3), timeout=60,
+               desc="the killed worker's task running on another")
+    produce(6_500, n)
+
+    by_user: dict[int, list[dict]] = {}
+    for v in view_events:
+        by_user.setdefault(v["user_id"], []).append(v)
+    want = sorted((v["seq"], b["seq"], b["user_id"]) for b in buy_events
+                  for v in by_user.get(b["user_id"], ()) if v["ts"] <= b["ts"] <= v["ts"] + 2_000)
+    assert len(want) > 1_000
+
+    def complete():
+        recs = H.consume_all(broker.bootstrap, out)
+        got = [json.loads(r.value) for part in recs.values() for r in part]
+        rows = sorted((r["view_seq"], r["buy_seq"], r["user_id"]) for r in got)
+        return rows if len(rows) >= len(want) else None
+    got = H.wait_for(complete, timeout=120, desc="every joined pair in the sink topic")
+    assert got == want, f"{len(got)} rows, {len(want)} wanted"
+
+    # A keyless aggregation over the join needs every pair in one place.
+    w = next(iter(alive.values()))
+    err = sql(w, f"""CREATE SINK n_bought WITH (topic = '{out}', tasks = 2) AS
+                     SELECT count(*) AS n FROM page_views v JOIN buys b
+                       ON v.user_id = b.user_id AND b.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND""",
               expect_status=400)["error"]
     assert "cannot be split into tasks" in err, err

@@ -68,6 +68,19 @@ pub struct GraphNode {
 }
 
 impl Node {
+    /// Whether tasks can share the graph by key ([`Graph::keep_groups`]):
+    /// below stateless operators only, a join on keys, an aggregation with
+    /// GROUP BY keys, or a top-N with PARTITION BY.
+    pub fn splits_by_key(&self) -> bool {
+        match self {
+            Node::Stateless { input, .. } => input.splits_by_key(),
+            Node::Aggregate { exprs, .. } => exprs.has_keys(),
+            Node::Join { spec, .. } => !spec.on.is_empty(),
+            Node::TopN { spec, .. } => !spec.partition_by.is_empty(),
+            Node::Input(_) | Node::Union { .. } => false,
+        }
+    }
+
     /// Appends this node's operators to `nodes` (after their inputs) and
     /// returns the index of the last, the node's output; `chain_ends` are
     /// the input chains' last nodes.
@@ -338,6 +351,40 @@ impl Graph {
             }
         }
         Ok(())
+    }
+
+    /// Shares the graph between tasks: the keyed operator nearest the root
+    /// (with only stateless ones above it) keeps the keys whose hash is
+    /// `index` modulo `count`. Every task feeds it every input row, so each
+    /// computes what lies below in full; above it a row depends on one key,
+    /// so the tasks' outputs together are the whole graph's.
+    pub fn keep_groups(&mut self, index: usize, count: usize) -> Result<()> {
+        let mut id = 0;
+        loop {
+            match self.nodes.get_mut(id).map(|n| &mut n.operator) {
+                Some(Operator::Stateless(_)) => {
+                    id = self
+                        .nodes
+                        .iter()
+                        .position(|n| n.parent == Some((id, 0)))
+                        .ok_or_else(|| {
+                            DataflowError::Internal(
+                                "the query has no keyed operator to split into tasks".into(),
+                            )
+                        })?;
+                }
+                Some(Operator::Aggregate(shards)) => return shards.keep(index, count),
+                Some(Operator::Join(shards)) => return shards.keep(index, count),
+                Some(Operator::TopN(shards)) => return shards.keep(index, count),
+                Some(Operator::Union(_)) | None => {
+                    return Err(DataflowError::Internal(
+                        "only a query whose last keyed operator has nothing but stateless \
+                         ones above it can be split into tasks"
+                            .into(),
+                    ))
+                }
+            }
+        }
     }
 
     /// What the graph emits before any input (a global aggregate's row).

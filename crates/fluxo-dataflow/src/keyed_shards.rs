@@ -10,6 +10,11 @@
 //!
 //! The shard count is fixed when the state is: a checkpoint keeps its own
 //! count, as `sharded.rs` does for the chains' aggregations.
+//!
+//! The same split by key hash shares one keyed operator between the tasks
+//! of a pipeline on several workers ([`Shards::keep`]): a task keeps the
+//! keys whose hash is its index modulo the task count and lets the other
+//! rows go, so that the tasks' outputs together are the one operator's.
 
 use std::sync::Arc;
 
@@ -48,8 +53,15 @@ impl Router {
         }))
     }
 
-    /// The rows of `batch` (arriving on `port`) each of `shards` owns.
-    fn split(&self, port: usize, batch: &RecordBatch, shards: usize) -> Result<Vec<UInt32Array>> {
+    /// The rows of `batch` (arriving on `port`) each of `shards` owns, of
+    /// the keys this task keeps (`kept`: its index and the task count).
+    fn split(
+        &self,
+        port: usize,
+        batch: &RecordBatch,
+        shards: usize,
+        kept: Option<(u32, u32)>,
+    ) -> Result<Vec<UInt32Array>> {
         let n = batch.num_rows();
         let exprs = self
             .keys
@@ -70,8 +82,12 @@ impl Router {
             .collect::<Result<Vec<_>>>()?;
         let rows = self.converter.convert_columns(&columns)?;
         let mut parts = vec![Vec::with_capacity(n / shards + 1); shards];
+        let (task, tasks) = kept.unwrap_or((0, 1));
         for (i, row) in rows.iter().enumerate() {
-            parts[crc32c::crc32c(row.as_ref()) as usize % shards].push(i as u32);
+            let hash = crc32c::crc32c(row.as_ref());
+            if hash % tasks == task {
+                parts[(hash / tasks) as usize % shards].push(i as u32);
+            }
         }
         Ok(parts.into_iter().map(UInt32Array::from).collect())
     }
@@ -95,6 +111,8 @@ pub struct Shards<T> {
     shards: Vec<T>,
     router: Option<Router>,
     make: Box<dyn Fn() -> Result<T> + Send>,
+    /// This task's index and the task count, when tasks share the keys.
+    kept: Option<(u32, u32)>,
 }
 
 impl<T: ShardedOperator> Shards<T> {
@@ -109,7 +127,21 @@ impl<T: ShardedOperator> Shards<T> {
             shards: (0..count).map(|_| make()).collect::<Result<_>>()?,
             router,
             make: Box::new(make),
+            kept: None,
         })
+    }
+
+    /// Keeps only the keys whose hash is `index` modulo `count`; rows of
+    /// other keys are let go as if filtered out before. An operator without
+    /// keys has one key, which every task would keep: it cannot be split.
+    pub fn keep(&mut self, index: usize, count: usize) -> Result<()> {
+        if count > 1 && self.router.is_none() {
+            return Err(DataflowError::Internal(
+                "an operator without keys cannot be split into tasks".into(),
+            ));
+        }
+        self.kept = (count > 1).then_some((index as u32, count as u32));
+        Ok(())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
@@ -127,10 +159,10 @@ impl<T: ShardedOperator> Shards<T> {
         watermark: i64,
     ) -> Result<(Vec<Changes>, u64)> {
         let router = match &self.router {
-            Some(r) if self.shards.len() > 1 => r,
+            Some(r) if self.shards.len() > 1 || self.kept.is_some() => r,
             _ => return self.shards[0].apply(port, changes, watermark),
         };
-        let parts = router.split(port, &changes.batch, self.shards.len())?;
+        let parts = router.split(port, &changes.batch, self.shards.len(), self.kept)?;
         let inputs = parts
             .iter()
             .map(|rows| -> Result<Changes> {

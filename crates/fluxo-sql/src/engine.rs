@@ -1011,9 +1011,11 @@ impl Engine {
         if split_by.is_none() {
             return Err(SqlError::Plan(format!(
                 "sink {} cannot be split into tasks: {} is neither a query over one stream \
-                 without state nor one stream's aggregation with GROUP BY keys (a join, a \
-                 table, a top-N or an aggregation without keys needs every event in one \
-                 place), so one worker runs it whole; leave out tasks",
+                 without state nor one whose last keyed operator (a join on keys, an \
+                 aggregation with GROUP BY keys, a top-N with PARTITION BY) has only \
+                 stateless ones above it (an aggregation without keys, or a union or a second \
+                 keyed operator above one, needs every event in one place), so one worker \
+                 runs it whole; leave out tasks",
                 def.name, def.from
             )));
         }

@@ -508,8 +508,15 @@ impl Input {
                 }
             };
         let mut stage = stage;
-        if let (Some(stage), Some(groups)) = (&mut stage, groups) {
-            stage.keep_groups(groups.index, groups.count)?;
+        match (&mut stage, groups) {
+            (Some(stage), Some(groups)) => stage.keep_groups(groups.index, groups.count)?,
+            (None, Some(_)) => {
+                return Err(SqlError::Execution(format!(
+                    "a task of {} was to keep its groups, but the query has no aggregation",
+                    source.name
+                )))
+            }
+            _ => {}
         }
         let upsert = match source.is_table() {
             true => Some(Upsert::new(
@@ -594,30 +601,31 @@ impl Runner {
         control: Arc<Control>,
     ) -> Result<Runner> {
         let lateness = spec.allowed_lateness_ms;
+        let groups = TaskShare::groups(spec.task);
+        // A task of a graph keeps its keys in the graph's last keyed
+        // operator; its chains run whole.
+        let chain_groups = groups.filter(|_| spec.dataflow.graph.is_none());
         let inputs = spec
             .dataflow
             .inputs
             .iter()
-            .map(|chain| {
-                Input::new(
-                    chain.clone(),
-                    spec.parallelism,
-                    lateness,
-                    TaskShare::groups(spec.task),
-                )
-            })
+            .map(|chain| Input::new(chain.clone(), spec.parallelism, lateness, chain_groups))
             .collect::<Result<Vec<_>>>()?;
         let graph = spec
             .dataflow
             .graph
             .as_ref()
-            .map(|root| {
-                Graph::new(
+            .map(|root| -> Result<Graph> {
+                let mut graph = Graph::new(
                     root,
                     inputs.len() + spec.dataflow.statics.len(),
                     lateness,
                     spec.parallelism,
-                )
+                )?;
+                if let Some(groups) = groups {
+                    graph.keep_groups(groups.index, groups.count)?;
+                }
+                Ok(graph)
             })
             .transpose()?;
         let late_identity = format!("{}/late", spec.name);

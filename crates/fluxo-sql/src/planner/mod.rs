@@ -179,9 +179,14 @@ impl Dataflow {
     /// How the query can be split into tasks that together give its
     /// output: by its source's partitions when every output row depends on
     /// one event alone (one stream, no aggregation, join or table); by
-    /// groups when it is one stream's aggregation with GROUP BY keys (each
-    /// task reads every event and keeps its groups). `None` otherwise.
+    /// groups when it is one stream's aggregation with GROUP BY keys, or
+    /// when its last keyed operator (a join on keys, an aggregation with
+    /// keys, a top-N with PARTITION BY) has only stateless ones above it:
+    /// each task reads every event and keeps its keys. `None` otherwise.
     pub fn split_by(&self) -> Option<SplitBy> {
+        if let Some(root) = &self.graph {
+            return root.splits_by_key().then_some(SplitBy::Groups);
+        }
         if !self.statics.is_empty() {
             return None;
         }

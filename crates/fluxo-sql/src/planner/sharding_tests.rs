@@ -255,3 +255,86 @@ async fn tasks_keeping_their_groups_together_give_the_one_aggregation() {
     }
     assert_eq!(union, expected);
 }
+
+/// A join of two streams within a time bound, split into three tasks by
+/// join key: each pair of rows is joined by exactly one task, and the
+/// tasks' outputs together are the one join's. A keyless aggregation over
+/// the join, or a union above it, is not split.
+#[tokio::test]
+async fn tasks_keeping_their_join_keys_together_give_the_one_join() {
+    let sources = "CREATE SOURCE s (k BIGINT, v BIGINT, t TIMESTAMP,
+                     WATERMARK FOR t AS t - INTERVAL '1' SECOND) WITH (topic = 't');
+                   CREATE SOURCE r (k BIGINT, v BIGINT, t TIMESTAMP,
+                     WATERMARK FOR t AS t - INTERVAL '1' SECOND) WITH (topic = 'u');";
+    let keyless = dataflow(&format!(
+        "{sources}
+         CREATE MATERIALIZED VIEW v AS
+           SELECT count(*) AS n FROM s JOIN r
+             ON s.k = r.k AND r.t BETWEEN s.t AND s.t + INTERVAL '1' SECOND",
+    ))
+    .await;
+    assert_eq!(keyless.split_by(), None);
+    let dataflow = dataflow(&format!(
+        "{sources}
+         CREATE MATERIALIZED VIEW v AS
+           SELECT s.k, s.v AS left_v, r.v AS right_v FROM s JOIN r
+             ON s.k = r.k AND r.t BETWEEN s.t AND s.t + INTERVAL '1' SECOND",
+    ))
+    .await;
+    assert_eq!(dataflow.split_by(), Some(crate::planner::SplitBy::Groups));
+
+    let root = dataflow.graph.as_ref().expect("a graph");
+    let graph = |shards| fluxo_dataflow::graph::Graph::new(root, 2, 0, shards).unwrap();
+    let mut one = graph(1);
+    let mut tasks: Vec<_> = (0..3)
+        .map(|index| {
+            let mut task = graph(2);
+            task.keep_groups(index, 3).unwrap();
+            task
+        })
+        .collect();
+    let chain_input = |input: usize, from: i64, to: i64| {
+        let k: Int64Array = (from..to).map(|i| (i * 7919 + input as i64) % 40).collect();
+        let v: Int64Array = (from..to).collect();
+        let t = TimestampMillisecondArray::from((from..to).map(|i| i * 10).collect::<Vec<i64>>());
+        let chain = &dataflow.inputs[input];
+        let batch = RecordBatch::try_new(
+            Arc::new(chain.scan.source.schema()),
+            vec![Arc::new(k), Arc::new(v), Arc::new(t)],
+        )
+        .unwrap();
+        let mut changes = Changes::inserts(batch.project(&chain.scan.projection).unwrap());
+        for op in chain.pre.iter().chain(&chain.post) {
+            changes = op.apply(changes).unwrap();
+        }
+        changes
+    };
+    let mut expected = BTreeMap::new();
+    let mut per_task = vec![BTreeMap::new(); 3];
+    for round in 0..5 {
+        for input in 0..2 {
+            let changes = chain_input(input, round * 400, (round + 1) * 400);
+            apply(&mut expected, one.push(input, changes.clone(), 0).unwrap());
+            for (task, got) in tasks.iter_mut().zip(&mut per_task) {
+                apply(got, task.push(input, changes.clone(), 0).unwrap());
+            }
+        }
+    }
+    assert!(
+        expected.len() > 100,
+        "the join gave {} rows",
+        expected.len()
+    );
+    let busy = per_task.iter().filter(|got| !got.is_empty()).count();
+    assert_eq!(busy, 3, "the keys went to {busy} task(s) of 3");
+    let mut union = BTreeMap::new();
+    for got in &per_task {
+        for (row, n) in got {
+            assert!(
+                union.insert(row.clone(), *n).is_none(),
+                "{row} joined twice"
+            );
+        }
+    }
+    assert_eq!(union, expected);
+}
