@@ -347,8 +347,9 @@ def test_a_join_splits_by_key_over_the_workers_exactly_once(
     """A sink of a join of two streams within a time bound, tasks = 3: each
     task keeps the join keys whose hash falls to it (its share of the join's
     state), on three workers; one is killed -9 while the join holds state
-    and its task resumes on another from its checkpoint: the sink topic
-    holds every joined pair once, as one worker would have written it."""
+    and its task resumes on another from its checkpoint; then it restarts
+    and takes a task back: the sink topic holds every joined pair once, as
+    one worker would have written it."""
     broker = cluster_broker(broker_factory, tmp_path)
     views, buys = topic_with(broker, new_topic, 3), topic_with(broker, new_topic, 3)
     out = new_topic("join-out")
@@ -384,10 +385,17 @@ def test_a_join_splits_by_key_over_the_workers_exactly_once(
     victim = spread[2][0]
     alive = {name: w for name, w in workers.items() if name != victim}
     workers[victim].kill9()
-    produce(4_500, 6_500)
+    produce(4_500, 6_000)
     H.wait_for(lambda: split_evenly(alive, "bought", 3), timeout=60,
                desc="the killed worker's task running on another")
-    produce(6_500, n)
+    # The killed worker comes back on its data directory: it catches up
+    # with the command topic, rejoins the sink's group and takes a task
+    # again, from the checkpoint the other left.
+    produce(6_000, 7_000)
+    workers[victim].start()
+    H.wait_for(lambda: split_evenly(workers, "bought", 3), timeout=60,
+               desc="the restarted worker running a task again")
+    produce(7_000, n)
 
     by_user: dict[int, list[dict]] = {}
     for v in view_events:
