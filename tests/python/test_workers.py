@@ -419,3 +419,11 @@ def test_a_join_splits_by_key_over_the_workers_exactly_once(
                        ON v.user_id = b.user_id AND b.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND""",
               expect_status=400)["error"]
     assert "cannot be split into tasks" in err, err
+
+    # Dropping the sink deletes the topic its tasks were shared through.
+    def tasks_topics():
+        topics = H.admin(broker.bootstrap).list_topics(timeout=10).topics
+        return {t for t in topics if t.startswith("_fluxo-join-bought.") and t.endswith("-tasks")}
+    assert len(tasks_topics()) == 1, tasks_topics()
+    sql(w, "DROP SINK bought")
+    H.wait_for(lambda: not tasks_topics(), timeout=30, desc="the tasks topic deleted")

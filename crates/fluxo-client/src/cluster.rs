@@ -323,6 +323,29 @@ impl Cluster {
         }
     }
 
+    /// Deletes `topic`; a topic that is not there is fine.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        use kafka_protocol::messages::DeleteTopicsRequest;
+        let client = self.any_client().await?;
+        let mut req = DeleteTopicsRequest::default();
+        req.topic_names = vec![TopicName(StrBytes::from_string(topic.to_string()))];
+        req.timeout_ms = 30_000;
+        let resp = client.send(&req).await?;
+        // 3: UNKNOWN_TOPIC_OR_PARTITION
+        if let Some(r) = resp
+            .responses
+            .iter()
+            .find(|r| r.error_code != 0 && r.error_code != 3)
+        {
+            return Err(broker_error(
+                &format!("deleting topic {topic}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            ));
+        }
+        self.refresh().await
+    }
+
     /// Creates `topic` with `partitions` partitions and the cluster's
     /// default replication; an existing topic is fine.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {

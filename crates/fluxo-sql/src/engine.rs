@@ -367,7 +367,12 @@ impl Engine {
                     Some(skipped) => skipped,
                     None => {
                         let stmt = self.prepare_command(stmt).await?;
-                        sharing.submit(stmt.to_string()).await?
+                        let dropped_tasks = self.dropped_task_group(&stmt);
+                        let result = sharing.submit(stmt.to_string()).await?;
+                        if let Some(tasks) = dropped_tasks {
+                            sharing.delete_tasks_topic(&tasks).await;
+                        }
+                        result
                     }
                 },
                 _ => self.execute_statement(stmt, true).await?,
@@ -375,6 +380,24 @@ impl Engine {
             results.push(result);
         }
         Ok(results)
+    }
+
+    /// The tasks of the split sink `stmt` drops, if it drops one: the
+    /// worker that submits the DROP deletes their topic once it applied it.
+    fn dropped_task_group(&self, stmt: &Statement) -> Option<sharing::TaskGroup> {
+        match stmt {
+            Statement::Drop {
+                kind: ObjectKind::Sink,
+                name,
+                ..
+            } => self
+                .objects
+                .read()
+                .sink_pipelines
+                .get(name)
+                .and_then(|s| s.task_group.clone()),
+            _ => None,
+        }
     }
 
     /// What a worker checks before it appends a statement to the command

@@ -346,6 +346,20 @@ impl Sharing {
         }
     }
 
+    /// Deletes a dropped split sink's tasks topic. Best effort: a topic left
+    /// behind is one small empty topic, so a failure is only logged.
+    pub(super) async fn delete_tasks_topic(&self, tasks: &TaskGroup) {
+        if tasks.topic == self.tasks_topic {
+            return;
+        }
+        match self.cluster.delete_topic(&tasks.topic).await {
+            Ok(()) => tracing::info!(topic = %tasks.topic, "deleted a dropped sink's tasks topic"),
+            Err(e) => {
+                tracing::warn!(topic = %tasks.topic, error = %e, "cannot delete a dropped sink's tasks topic")
+            }
+        }
+    }
+
     /// Whether this worker runs task `task`: a partition of the workers'
     /// tasks topic, or of a split sink's own (`group`).
     pub(super) fn owns(&self, group: Option<&TaskGroup>, task: i32) -> bool {
