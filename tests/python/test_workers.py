@@ -427,3 +427,74 @@ def test_a_join_splits_by_key_over_the_workers_exactly_once(
     assert len(tasks_topics()) == 1, tasks_topics()
     sql(w, "DROP SINK bought")
     H.wait_for(lambda: not tasks_topics(), timeout=30, desc="the tasks topic deleted")
+
+
+@pytest.mark.timeout(300)
+def test_a_delta_sink_splits_over_the_workers_onto_s3_exactly_once(
+        broker_factory, engine_factory, new_topic, tmp_path, s3, monkeypatch):
+    """A Delta sink on S3 (moto's server) split into three tasks by its
+    source's partitions, on three workers: each task appends its own files
+    in Delta commits of its own application id, concurrently with the
+    others. One worker is killed -9 mid-stream and its task resumes on
+    another from its checkpoint: read back with the `deltalake` package,
+    the table holds every matching bid once."""
+    from deltalake import DeltaTable
+    from test_s3 import KEY_ID, REGION, SECRET
+    bucket = "fluxo-lake"
+    s3.client.create_bucket(Bucket=bucket)
+    for name, value in zip(S3_ENV, (s3.endpoint, REGION, KEY_ID, SECRET, "true")):
+        monkeypatch.setenv(name, value)
+    broker = cluster_broker(broker_factory, tmp_path)
+    topic = topic_with(broker, new_topic, 6)
+    bids = strip(make_bids(18_000, seed=61))
+
+    def produce(lo: int, hi: int):
+        p = H.producer(broker.bootstrap, **{"linger.ms": 5})
+        for i in range(lo, hi):
+            p.produce(topic, json.dumps({**bids[i], "seq": i}).encode(), partition=i % 6)
+        assert p.flush(30) == 0
+
+    produce(0, 3_000)
+    workers = start_workers(engine_factory, broker, tmp_path, "lake")
+    w1, w2, _ = workers.values()
+    sql(w1, f"""CREATE SOURCE bids (seq BIGINT, auction BIGINT, price BIGINT, channel TEXT)
+                WITH (connector = 'topic', topic = '{topic}', format = 'json')""")
+    sql(w2, f"""CREATE SINK lake WITH (connector = 'delta', path = 's3://{bucket}/lake', tasks = 3,
+                  checkpoint_interval = '300ms') AS
+                SELECT seq, auction, price FROM bids WHERE price > 250""")
+    spread = H.wait_for(lambda: split_evenly(workers, "lake", 3), timeout=60,
+                        desc="three tasks, one on each worker")
+    produce(3_000, 8_000)
+    time.sleep(1.5)
+    victim = spread[0][0]
+    alive = {n: w for n, w in workers.items() if n != victim}
+    workers[victim].kill9()
+    produce(8_000, 12_000)
+    H.wait_for(lambda: split_evenly(alive, "lake", 3), timeout=60,
+               desc="the killed worker's task running on another")
+    produce(12_000, len(bids))
+
+    want = sorted((i, b["auction"], b["price"]) for i, b in enumerate(bids) if b["price"] > 250)
+    options = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": KEY_ID,
+               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ALLOW_HTTP": "true"}
+
+    def complete():
+        try:
+            table = DeltaTable(f"s3://{bucket}/lake", storage_options=options).to_pyarrow_table()
+        except Exception:
+            return None
+        rows = sorted(zip(*(table.column(c).to_pylist() for c in ("seq", "auction", "price"))))
+        return rows if len(rows) >= len(want) else None
+    got = H.wait_for(complete, timeout=120, desc="every pricey bid in the Delta table")
+    assert got == want, f"{len(got)} rows, {len(want)} wanted"
+
+    # The commits came from the three tasks, each under its own application id.
+    app_ids = set()
+    for key in s3.keys(bucket, "lake/_delta_log/"):
+        if key.endswith(".json"):
+            body = s3.client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            for line in body.splitlines():
+                action = json.loads(line)
+                if "txn" in action:
+                    app_ids.add(action["txn"]["appId"])
+    assert len(app_ids) >= 3, app_ids

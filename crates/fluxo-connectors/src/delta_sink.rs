@@ -186,19 +186,46 @@ pub async fn open_or_create(
             s3.storage_options()
         }
     };
-    let table = DeltaTable::try_from_url_with_storage_options(location.url()?, storage_options)
-        .await
-        .map_err(|e| delta_error("open it", location, e))?;
+    let table =
+        DeltaTable::try_from_url_with_storage_options(location.url()?, storage_options.clone())
+            .await
+            .map_err(|e| delta_error("open it", location, e))?;
     if table.version().is_none() {
-        return table
+        let created = table
             .create()
             .with_table_name(table_name)
             .with_columns(columns.fields().cloned())
             .with_partition_columns(config.partition_by.clone())
             .with_save_mode(SaveMode::ErrorIfExists)
-            .await
-            .map_err(|e| delta_error("create it", location, e));
+            .await;
+        let table = match created {
+            Ok(table) => return Ok(table),
+            // The tasks of a split sink start together: another may have
+            // created the table first, and its version 0 is then the
+            // table to check and append to.
+            Err(e) => {
+                let table =
+                    DeltaTable::try_from_url_with_storage_options(location.url()?, storage_options)
+                        .await
+                        .map_err(|e| delta_error("open it", location, e))?;
+                if table.version().is_none() {
+                    return Err(delta_error("create it", location, e));
+                }
+                table
+            }
+        };
+        return check_table(table, &columns, config);
     }
+    check_table(table, &columns, config)
+}
+
+/// `table` if its columns and partitioning are the sink's.
+fn check_table(
+    table: DeltaTable,
+    columns: &StructType,
+    config: &DeltaSinkConfig,
+) -> Result<DeltaTable> {
+    let location = &config.location;
     let state = table
         .snapshot()
         .map_err(|e| delta_error("read its state", location, e))?;

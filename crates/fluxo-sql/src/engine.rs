@@ -1042,11 +1042,14 @@ impl Engine {
                 def.name, def.from
             )));
         }
+        // Each task commits on its own: a topic sink in Kafka transactions
+        // of its own transactional id, a Delta sink in Delta commits with
+        // its own application id (concurrent appends do not conflict).
         let connector = def.options.get("connector").unwrap_or("topic");
-        if connector != "topic" {
+        if !matches!(connector, "topic" | "delta") {
             return Err(SqlError::Plan(format!(
-                "a {connector} sink cannot be split into tasks: only topic sinks are (each task \
-                 writes in transactions of its own); leave out tasks"
+                "a {connector} sink cannot be split into tasks: only topic and Delta sinks are \
+                 (each task commits on its own); leave out tasks"
             )));
         }
         Ok(tasks)
