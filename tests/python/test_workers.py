@@ -11,7 +11,9 @@ workers at once, each task moving on its own."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 
 import pytest
@@ -209,6 +211,14 @@ def task_spread(workers: dict, sink: str) -> dict[int, list[str]] | None:
     return spread if count is not None and len(spread) == count else None
 
 
+def task_spread_here(worker, sink: str) -> list[int]:
+    """The tasks of `sink` running on `worker`."""
+    for p in get(worker, "/api/v1/pipelines")["body"]["pipelines"]:
+        if p["name"] == sink:
+            return p["tasks_here"]
+    return []
+
+
 def split_evenly(workers: dict, sink: str, tasks: int):
     """Every task of `sink` running on exactly one worker, and every worker
     running some."""
@@ -287,7 +297,7 @@ def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
     sql(w, "CREATE MATERIALIZED VIEW pricey AS SELECT seq, auction, price FROM bids WHERE price > 250")
     err = sql(w, f"CREATE SINK s3 FROM pricey WITH (connector = 'parquet', path = '{tmp_path}/p', "
                  "tasks = 2)", expect_status=400)["error"]
-    assert "only topic sinks" in err, err
+    assert "only topic and Delta sinks" in err, err
     err = sql(w, f"CREATE SINK s4 FROM pricey WITH (topic = '{out}', tasks = 99)",
               expect_status=400)["error"]
     assert "from 1 to 32" in err, err
@@ -472,6 +482,18 @@ def test_a_delta_sink_splits_over_the_workers_onto_s3_exactly_once(
     produce(8_000, 12_000)
     H.wait_for(lambda: split_evenly(alive, "lake", 3), timeout=60,
                desc="the killed worker's task running on another")
+    # The broker stops answering: the workers, cut off from the group's
+    # coordinator for three heartbeat intervals, stop their tasks (before
+    # the coordinator could hand them on) and take them back once it
+    # answers again.
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        H.wait_for(lambda: all(not task_spread_here(w, "lake") for w in alive.values()),
+                   timeout=20, desc="every task stopped while the coordinator is silent")
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    H.wait_for(lambda: split_evenly(alive, "lake", 3), timeout=60,
+               desc="the tasks running again")
     produce(12_000, len(bids))
 
     want = sorted((i, b["auction"], b["price"]) for i, b in enumerate(bids) if b["price"] > 250)

@@ -245,6 +245,29 @@ impl GroupMember {
         Ok(change)
     }
 
+    /// How long without a successful heartbeat before this member takes
+    /// itself for lost ([`GroupMember::give_up`]): three heartbeat
+    /// intervals, well within any session timeout a coordinator allows
+    /// (Kafka's defaults are 5 s and 45 s), so that the member stops what
+    /// it runs for its partitions before the coordinator hands them on.
+    pub fn lost_after(&self) -> Duration {
+        self.interval * 3
+    }
+
+    /// Gives up every partition, as the coordinator will once this
+    /// member's session expires: a member cut off from its coordinator
+    /// must stop working on them before another member takes them over.
+    /// The next heartbeat rejoins under the same member id (epoch 0), and
+    /// takes the partitions back if the coordinator kept them.
+    pub fn give_up(&mut self) -> AssignmentChange {
+        self.epoch = 0;
+        self.report_owned = true;
+        AssignmentChange {
+            revoked: std::mem::take(&mut self.owned).into_iter().collect(),
+            added: Vec::new(),
+        }
+    }
+
     /// Keeps what this member owns out of its heartbeats until
     /// [`GroupMember::report_owned`]: a member that needs time to let go of
     /// revoked partitions (stopping what it runs for them) goes on

@@ -73,6 +73,8 @@ pub struct Client {
     next_correlation: AtomicI32,
     versions: HashMap<i16, (i16, i16)>,
     pub addr: String,
+    /// Given up on: a request went unanswered too long (see [`Client::abandon`]).
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 /// The highest version of each request this client knows how to fill.
@@ -142,6 +144,7 @@ impl Client {
             next_correlation: AtomicI32::new(1),
             versions: HashMap::new(),
             addr: addr.to_string(),
+            abandoned: Default::default(),
         };
         let api_versions: ApiVersionsResponse = client
             .send_version(&ApiVersionsRequest::default(), 0)
@@ -160,9 +163,18 @@ impl Client {
         Ok(client)
     }
 
-    /// Whether the connection is gone (a request on it fails at once).
+    /// Whether the connection is gone (a request on it fails at once), or
+    /// was given up on.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.abandoned.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Gives the connection up after a request on it went unanswered too
+    /// long (a broker that hangs, or a network that drops everything): the
+    /// answers on it come in order, so nothing after that request would
+    /// come sooner. Whoever keeps connections makes a new one.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
     }
 
     /// The version to use for `key`, if the broker speaks one we do.

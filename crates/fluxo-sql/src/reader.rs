@@ -29,6 +29,9 @@ use crate::shared_decode::{DecodedChunks, DecodedRange};
 /// How much of a partition one read takes.
 const READ_BYTES: usize = 1 << 20;
 
+/// How long a pipeline's stop waits for its readers to end.
+const READER_STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// Decoded records of one partition.
 pub struct Chunk {
     pub partition: usize,
@@ -215,8 +218,20 @@ impl Drop for Readers {
         self.stop.store(true, Ordering::Release);
         // Unblock readers waiting on a full channel.
         while self.chunks.try_recv().is_ok() {}
+        // A reader waiting on a cluster that stopped answering would hold
+        // the pipeline's stop (and a worker that lost its group must stop
+        // its tasks before the coordinator hands them on): readers only
+        // read, so one still busy after a moment is left to end on its own
+        // once its read returns and it sees the stop.
+        let deadline = std::time::Instant::now() + READER_STOP_GRACE;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -704,6 +704,27 @@ async fn own_tasks(
     // (its store unreachable) is tried again.
     let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
     let mut report_pending = false;
+    let mut last_contact = tokio::time::Instant::now();
+    // Cut off from the coordinator for longer than the member may be, it
+    // stops its tasks: the coordinator hands them on once the session
+    // expires, and nothing may then write for them here.
+    let give_up_if_lost =
+        |member: &mut GroupMember,
+         last_contact: tokio::time::Instant,
+         reconciling: &mut Option<tokio::task::JoinHandle<()>>| {
+            if member.owned().is_empty() || last_contact.elapsed() < member.lost_after() {
+                return;
+            }
+            tracing::warn!(group = %group, "no heartbeat answered for {:?}: stopping this worker's tasks until it rejoins", last_contact.elapsed());
+            member.give_up();
+            owned.lock().clear();
+            if reconciling.as_ref().is_none_or(|t| t.is_finished()) {
+                if let Some(engine) = engine.upgrade() {
+                    *reconciling =
+                        Some(tokio::spawn(async move { engine.run_owned_sinks().await }));
+                }
+            }
+        };
     loop {
         if leaving() {
             if let Some(task) = reconciling.take() {
@@ -720,9 +741,15 @@ async fn own_tasks(
             }
             return;
         }
+        // A coordinator that does not answer within the time the member
+        // may go without a heartbeat counts as unreachable.
+        let answer_within = member.lost_after();
         let client = match &coordinator {
             Some(c) if !c.is_closed() => c.clone(),
-            _ => match sharing.cluster.coordinator(&group, 0).await {
+            _ => match tokio::time::timeout(answer_within, sharing.cluster.coordinator(&group, 0))
+                .await
+                .unwrap_or_else(|_| Err(unanswered(answer_within)))
+            {
                 Ok(c) => {
                     coordinator = Some(c.clone());
                     c
@@ -733,15 +760,21 @@ async fn own_tasks(
                         tracing::warn!(group = %group, error = %e,
                             "cannot reach the group's coordinator; retrying");
                     }
+                    give_up_if_lost(&mut member, last_contact, &mut reconciling);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
         };
         if member.heartbeat_due() {
-            match member.heartbeat(&client).await {
+            let beat = tokio::time::timeout(answer_within, member.heartbeat(&client)).await;
+            if beat.is_err() {
+                client.abandon();
+            }
+            match beat.unwrap_or_else(|_| Err(unanswered(answer_within))) {
                 Ok(change) => {
                     failures = 0;
+                    last_contact = tokio::time::Instant::now();
                     if !change.added.is_empty() || !change.revoked.is_empty() {
                         *owned.lock() = member
                             .owned()
@@ -761,6 +794,7 @@ async fn own_tasks(
                     if failures == 1 || failures % 30 == 0 {
                         tracing::warn!(group = %group, error = %e, "heartbeat failed; retrying");
                     }
+                    give_up_if_lost(&mut member, last_contact, &mut reconciling);
                     coordinator = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -797,6 +831,14 @@ async fn own_tasks(
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// A request to the cluster that got no answer within `limit`.
+fn unanswered(limit: Duration) -> fluxo_client::ClientError {
+    fluxo_client::ClientError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {limit:?}"),
+    ))
 }
 
 impl std::fmt::Debug for Sharing {
