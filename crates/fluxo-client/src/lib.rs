@@ -68,6 +68,13 @@ struct Outgoing {
     reply: Option<oneshot::Sender<Bytes>>,
 }
 
+/// How long a request may go unanswered before its connection is given
+/// up (Kafka's clients: `request.timeout.ms`, 30 s). Longer than any wait
+/// this client asks a broker for (a fetch's `max_wait_ms`, a CreateTopics
+/// timeout of 30 s), so only a broker or network that stopped answering
+/// reaches it.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 pub struct Client {
     tx: mpsc::Sender<Outgoing>,
     next_correlation: AtomicI32,
@@ -75,6 +82,7 @@ pub struct Client {
     pub addr: String,
     /// Given up on: a request went unanswered too long (see [`Client::abandon`]).
     abandoned: std::sync::atomic::AtomicBool,
+    request_timeout: std::time::Duration,
 }
 
 /// The highest version of each request this client knows how to fill.
@@ -145,6 +153,7 @@ impl Client {
             versions: HashMap::new(),
             addr: addr.to_string(),
             abandoned: Default::default(),
+            request_timeout: REQUEST_TIMEOUT,
         };
         let api_versions: ApiVersionsResponse = client
             .send_version(&ApiVersionsRequest::default(), 0)
@@ -167,6 +176,11 @@ impl Client {
     /// was given up on.
     pub fn is_closed(&self) -> bool {
         self.abandoned.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// How long a request may go unanswered ([`REQUEST_TIMEOUT`] unless set).
+    pub fn set_request_timeout(&mut self, timeout: std::time::Duration) {
+        self.request_timeout = timeout;
     }
 
     /// Gives the connection up after a request on it went unanswered too
@@ -239,7 +253,21 @@ impl Client {
             })
             .await
             .map_err(|_| ClientError::Closed)?;
-        let mut bytes = reply_rx.await.map_err(|_| ClientError::Closed)?;
+        let mut bytes = match tokio::time::timeout(self.request_timeout, reply_rx).await {
+            Ok(reply) => reply.map_err(|_| ClientError::Closed)?,
+            Err(_) => {
+                self.abandon();
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} did not answer a {:?} request within {:?}",
+                        self.addr,
+                        ApiKey::try_from(R::KEY),
+                        self.request_timeout
+                    ),
+                )));
+            }
+        };
         ResponseHeader::decode(&mut bytes, R::Response::header_version(version))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         R::Response::decode(&mut bytes, version).map_err(|e| {
@@ -261,4 +289,56 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr> {
             addr: addr.to_string(),
             reason: std::io::Error::other("no address"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{MetadataRequest, ResponseHeader};
+    use kafka_protocol::protocol::Encodable;
+    use tokio::net::TcpListener;
+
+    /// A broker that answers ApiVersions, then never anything again.
+    async fn silent_broker() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let size = socket.read_i32().await.unwrap();
+            let mut request = vec![0; size as usize];
+            socket.read_exact(&mut request).await.unwrap();
+            let correlation = i32::from_be_bytes([request[4], request[5], request[6], request[7]]);
+            let mut header = ResponseHeader::default();
+            header.correlation_id = correlation;
+            let mut response = ApiVersionsResponse::default();
+            let mut metadata = ApiVersion::default();
+            metadata.api_key = ApiKey::Metadata as i16;
+            metadata.max_version = 12;
+            response.api_keys = vec![metadata];
+            let mut body = BytesMut::new();
+            header.encode(&mut body, 0).unwrap();
+            response.encode(&mut body, 0).unwrap();
+            socket.write_i32(body.len() as i32).await.unwrap();
+            socket.write_all(&body).await.unwrap();
+            // Holds the connection open and says nothing more.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_request_left_unanswered_times_out_and_gives_the_connection_up() {
+        let mut client = Client::connect(&silent_broker().await).await.unwrap();
+        client.set_request_timeout(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let err = client.send(&MetadataRequest::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(client.is_closed());
+    }
 }
