@@ -295,9 +295,9 @@ def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
     # What cannot be split is refused by name.
     w = next(iter(alive.values()))
     sql(w, "CREATE MATERIALIZED VIEW pricey AS SELECT seq, auction, price FROM bids WHERE price > 250")
-    err = sql(w, f"CREATE SINK s3 FROM pricey WITH (connector = 'parquet', path = '{tmp_path}/p', "
-                 "tasks = 2)", expect_status=400)["error"]
-    assert "only topic and Delta sinks" in err, err
+    err = sql(w, "CREATE SINK s3 FROM pricey WITH (connector = 'webhook', "
+                 "url = 'http://127.0.0.1:9/hook', tasks = 2)", expect_status=400)["error"]
+    assert "only topic, Delta and Parquet sinks" in err, err
     err = sql(w, f"CREATE SINK s4 FROM pricey WITH (topic = '{out}', tasks = 99)",
               expect_status=400)["error"]
     assert "from 1 to 32" in err, err
@@ -472,28 +472,35 @@ def test_a_delta_sink_splits_over_the_workers_onto_s3_exactly_once(
     sql(w2, f"""CREATE SINK lake WITH (connector = 'delta', path = 's3://{bucket}/lake', tasks = 3,
                   checkpoint_interval = '300ms') AS
                 SELECT seq, auction, price FROM bids WHERE price > 250""")
+    # Parquet files of the same rows, from three tasks into one prefix.
+    sql(w1, f"""CREATE SINK files WITH (connector = 'parquet', path = 's3://{bucket}/files',
+                  tasks = 3, checkpoint_interval = '300ms') AS
+                SELECT seq, auction, price FROM bids WHERE price > 250""")
     spread = H.wait_for(lambda: split_evenly(workers, "lake", 3), timeout=60,
                         desc="three tasks, one on each worker")
+    H.wait_for(lambda: split_evenly(workers, "files", 3), timeout=60,
+               desc="three Parquet tasks, one on each worker")
     produce(3_000, 8_000)
     time.sleep(1.5)
     victim = spread[0][0]
     alive = {n: w for n, w in workers.items() if n != victim}
     workers[victim].kill9()
     produce(8_000, 12_000)
-    H.wait_for(lambda: split_evenly(alive, "lake", 3), timeout=60,
-               desc="the killed worker's task running on another")
+    H.wait_for(lambda: split_evenly(alive, "lake", 3) and split_evenly(alive, "files", 3),
+               timeout=60, desc="the killed worker's tasks running on the others")
     # The broker stops answering: the workers, cut off from the group's
     # coordinator for three heartbeat intervals, stop their tasks (before
     # the coordinator could hand them on) and take them back once it
     # answers again.
     os.kill(broker.proc.pid, signal.SIGSTOP)
     try:
-        H.wait_for(lambda: all(not task_spread_here(w, "lake") for w in alive.values()),
+        H.wait_for(lambda: all(not task_spread_here(w, s) for w in alive.values()
+                               for s in ("lake", "files")),
                    timeout=20, desc="every task stopped while the coordinator is silent")
     finally:
         os.kill(broker.proc.pid, signal.SIGCONT)
-    H.wait_for(lambda: split_evenly(alive, "lake", 3), timeout=60,
-               desc="the tasks running again")
+    H.wait_for(lambda: split_evenly(alive, "lake", 3) and split_evenly(alive, "files", 3),
+               timeout=60, desc="the tasks running again")
     produce(12_000, len(bids))
 
     want = sorted((i, b["auction"], b["price"]) for i, b in enumerate(bids) if b["price"] > 250)
@@ -520,3 +527,20 @@ def test_a_delta_sink_splits_over_the_workers_onto_s3_exactly_once(
                 if "txn" in action:
                     app_ids.add(action["txn"]["appId"])
     assert len(app_ids) >= 3, app_ids
+
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    def files_complete():
+        fs = pafs.S3FileSystem(access_key=KEY_ID, secret_key=SECRET, region=REGION, scheme="http",
+                               endpoint_override=f"127.0.0.1:{s3.port}")
+        try:
+            table = ds.dataset(f"{bucket}/files", filesystem=fs, format="parquet").to_table()
+        except (FileNotFoundError, OSError):
+            return None
+        rows = sorted(zip(*(table.column(c).to_pylist() for c in ("seq", "auction", "price"))))
+        return rows if len(rows) >= len(want) else None
+    got = H.wait_for(files_complete, timeout=120, desc="every pricey bid in the Parquet files")
+    assert got == want, f"{len(got)} rows in Parquet, {len(want)} wanted"
+    names = [k.rsplit("/", 1)[1] for k in s3.keys(bucket, "files/") if "/_staging/" not in k]
+    assert {n.split("-")[2] for n in names} == {"task0", "task1", "task2"}, names

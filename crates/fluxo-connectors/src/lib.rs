@@ -257,11 +257,12 @@ pub async fn open_sink(
             if let object_storage::Location::S3(s3) = &config.location {
                 s3.check().await?;
             }
-            Box::new(parquet_sink::ParquetSink::new(
-                name.to_string(),
-                config,
-                input.schema.clone(),
-            ))
+            let sink =
+                parquet_sink::ParquetSink::new(name.to_string(), config, input.schema.clone());
+            Box::new(match context.task {
+                Some((index, count)) if count > 1 => sink.for_task(index),
+                _ => sink,
+            })
         }
         "delta" => {
             let config = delta_sink::DeltaSinkConfig::from_options(

@@ -27,6 +27,11 @@
 //! file's number, so committing again overwrites the same object with the
 //! same bytes, and recovery finishes the delete.
 //!
+//! A sink split into tasks over several workers writes one directory from
+//! all of them: task `i` stages under `_staging/task<i>/` and commits files
+//! named `part-<epoch>-task<i>-<n>.parquet`, so that no task's recovery
+//! touches another's files and no two tasks' names meet.
+//!
 //! Only append-only views can be written: a Parquet file cannot take back a
 //! row, so a retraction is an error rather than a silently wrong table.
 
@@ -170,6 +175,8 @@ pub struct ParquetSink {
     /// The epoch the files being written will be committed in.
     epoch: u64,
     remote: Option<Remote>,
+    /// Which task of a split sink this writer is.
+    task: Option<usize>,
 }
 
 impl ParquetSink {
@@ -184,7 +191,14 @@ impl ParquetSink {
             prepared: Vec::new(),
             epoch: 1,
             remote: None,
+            task: None,
         }
+    }
+
+    /// The writer of task `index` of a sink split into tasks.
+    pub fn for_task(mut self, index: usize) -> ParquetSink {
+        self.task = Some(index);
+        self
     }
 
     /// The table's directory; on S3, its prefix in the bucket.
@@ -200,7 +214,10 @@ impl ParquetSink {
     }
 
     fn staging_dir(&self) -> PathBuf {
-        self.base().join(STAGING)
+        match self.task {
+            Some(i) => self.base().join(STAGING).join(format!("task{i}")),
+            None => self.base().join(STAGING),
+        }
     }
 
     fn remote(&mut self) -> Result<&Remote> {
@@ -297,7 +314,12 @@ impl ParquetSink {
             .and_then(|s| s.to_str())
             .and_then(|s| s.rsplit('-').next())
             .unwrap_or("00000");
-        self.base().join(format!("part-{epoch:010}-{n}.parquet"))
+        match self.task {
+            Some(i) => self
+                .base()
+                .join(format!("part-{epoch:010}-task{i}-{n}.parquet")),
+            None => self.base().join(format!("part-{epoch:010}-{n}.parquet")),
+        }
     }
 
     /// Renames prepared files into the table; a file already renamed (the
@@ -363,8 +385,11 @@ impl ParquetSink {
         let keep: Vec<ObjectPath> = keep.iter().map(|p| object_path(p)).collect::<Result<_>>()?;
         self.on_s3(|store| async move {
             let staged: Vec<_> = store.list(Some(&staging)).try_collect().await?;
+            // Objects right in the staging prefix are this writer's; those
+            // in a task's directory below it belong to that task.
+            let depth = staging.parts().count() + 1;
             for object in staged {
-                if !keep.contains(&object.location) {
+                if object.location.parts().count() == depth && !keep.contains(&object.location) {
                     store.delete(&object.location).await?;
                 }
             }
@@ -467,7 +492,8 @@ impl Sink for ParquetSink {
         let entries = std::fs::read_dir(&staging).map_err(|e| self.io("list", &staging, e))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if !keep.contains(&path) {
+            // A task's directory holds that task's staged files.
+            if !keep.contains(&path) && !path.is_dir() {
                 std::fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))?;
             }
         }
@@ -561,6 +587,39 @@ mod tests {
         );
         s.commit(1).unwrap();
         assert_eq!(committed(dir.path()), (0..20).collect::<Vec<_>>());
+    }
+
+    /// Two tasks of a split sink write one directory at the same epochs:
+    /// their files do not meet, and one task's recovery after a crash
+    /// leaves the other's staged file alone.
+    #[test]
+    fn tasks_of_a_split_sink_keep_to_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = sink(dir.path(), 1 << 30).for_task(0);
+        let mut b = sink(dir.path(), 1 << 30).for_task(1);
+        a.recover(None).unwrap();
+        b.recover(None).unwrap();
+        a.write(&rows(0..5)).unwrap();
+        b.write(&rows(100..105)).unwrap();
+        a.prepare(1).unwrap();
+        b.prepare(1).unwrap();
+        a.commit(1).unwrap();
+        b.commit(1).unwrap();
+        // b has staged its next file when a crashes and recovers.
+        b.write(&rows(105..107)).unwrap();
+        let b_prepared = b.prepare(2).unwrap();
+        a.write(&rows(5..8)).unwrap();
+        drop(a);
+        let mut a = sink(dir.path(), 1 << 30).for_task(0);
+        a.recover(None).unwrap();
+        b.commit(2).unwrap();
+        let mut want: Vec<i64> = (0..5).chain(100..107).collect();
+        want.sort();
+        assert_eq!(committed(dir.path()), want, "b prepared {b_prepared}");
+        // A writer of the whole sink recovering there leaves the tasks' directories.
+        let mut whole = sink(dir.path(), 1 << 30);
+        whole.recover(None).unwrap();
+        assert!(dir.path().join(STAGING).join("task1").is_dir());
     }
 
     #[test]

@@ -1044,12 +1044,13 @@ impl Engine {
         }
         // Each task commits on its own: a topic sink in Kafka transactions
         // of its own transactional id, a Delta sink in Delta commits with
-        // its own application id (concurrent appends do not conflict).
+        // its own application id (concurrent appends do not conflict), a
+        // Parquet sink in files and a staging directory of its own.
         let connector = def.options.get("connector").unwrap_or("topic");
-        if !matches!(connector, "topic" | "delta") {
+        if !matches!(connector, "topic" | "delta" | "parquet") {
             return Err(SqlError::Plan(format!(
-                "a {connector} sink cannot be split into tasks: only topic and Delta sinks are \
-                 (each task commits on its own); leave out tasks"
+                "a {connector} sink cannot be split into tasks: only topic, Delta and Parquet \
+                 sinks are (each task commits on its own); leave out tasks"
             )));
         }
         Ok(tasks)
