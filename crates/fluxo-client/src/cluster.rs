@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use crate::records::broker_error;
+use crate::security::Security;
 use crate::{Client, ClientError, Result};
 
 /// Kafka error codes that mean "ask the metadata again".
@@ -70,6 +71,7 @@ pub enum Lane {
 /// A cluster reached through `bootstrap` (HOST:PORT, comma-separated).
 pub struct Cluster {
     bootstrap: Vec<String>,
+    security: Security,
     known: Mutex<Known>,
     connections: Mutex<HashMap<(String, Lane), Arc<Client>>>,
 }
@@ -78,6 +80,11 @@ impl Cluster {
     /// Connects to the first bootstrap broker that answers and reads the
     /// metadata of every topic.
     pub async fn connect(bootstrap: &str) -> Result<Arc<Cluster>> {
+        Cluster::connect_with(bootstrap, Security::plaintext()).await
+    }
+
+    /// The same, every connection secured as `security` says.
+    pub async fn connect_with(bootstrap: &str, security: Security) -> Result<Arc<Cluster>> {
         let bootstrap: Vec<String> = bootstrap
             .split(',')
             .map(|s| s.trim().to_string())
@@ -90,6 +97,7 @@ impl Cluster {
         }
         let cluster = Arc::new(Cluster {
             bootstrap,
+            security,
             known: Mutex::default(),
             connections: Mutex::default(),
         });
@@ -114,7 +122,7 @@ impl Cluster {
                 return Ok(c.clone());
             }
         }
-        let client = Arc::new(Client::connect(addr).await?);
+        let client = Arc::new(Client::connect_with(addr, &self.security).await?);
         self.connections.lock().insert(key, client.clone());
         Ok(client)
     }

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,7 +28,10 @@ pub mod group;
 pub use fluxo_log::partitioner;
 pub mod records;
 pub mod remote;
+pub mod security;
 pub mod txn;
+
+use security::{Security, Stream};
 
 pub use records::{encode_batch, fetch, list_offset, produce, Fetched, Isolation, OutRecord};
 
@@ -101,7 +104,13 @@ fn client_max(key: ApiKey) -> i16 {
 }
 
 impl Client {
+    /// A plaintext connection to `addr`.
     pub async fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, &Security::plaintext()).await
+    }
+
+    /// A connection to `addr`, secured as `security` says.
+    pub async fn connect_with(addr: &str, security: &Security) -> Result<Client> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|reason| ClientError::Connect {
@@ -109,7 +118,19 @@ impl Client {
                 reason,
             })?;
         stream.set_nodelay(true)?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match security.secure(stream, addr).await? {
+            Stream::Plain(stream) => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Stream::Tls(stream) => {
+                let (rd, wr) = tokio::io::split(*stream);
+                (Box::new(rd), Box::new(wr))
+            }
+        };
         let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);
         let waiters: Waiters = Arc::default();
         let w = waiters.clone();

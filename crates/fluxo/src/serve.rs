@@ -103,6 +103,16 @@ pub struct ServeArgs {
     /// worker mounts [default: the data directory, for one worker]
     #[arg(long, env = "FLUXO_CHECKPOINT_URL", requires = "engine_only")]
     pub checkpoint_url: Option<String>,
+    /// How an engine-only server reaches the cluster: plaintext, or ssl
+    /// (TLS; Kafka's security.protocol) [default: plaintext]
+    #[arg(long, env = "FLUXO_KAFKA_SECURITY_PROTOCOL", requires = "engine_only",
+          value_parser = ["plaintext", "ssl", "PLAINTEXT", "SSL"])]
+    pub kafka_security_protocol: Option<String>,
+    /// With --kafka-security-protocol ssl: a PEM file of the CA
+    /// certificates the brokers' certificates are checked against
+    /// (Kafka's ssl.ca.location) [default: the system's CA certificates]
+    #[arg(long, env = "FLUXO_KAFKA_SSL_CA_LOCATION", requires = "engine_only")]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
 }
 
 /// What `serve` runs with once flags, environment and config file are merged.
@@ -132,12 +142,20 @@ pub struct ServeSettings {
     pub engine_only: Option<EngineOnly>,
 }
 
+/// TLS to the cluster: the CA file, or the system's roots.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub ca_location: Option<PathBuf>,
+}
+
 /// Where an engine-only server's topics live.
 #[derive(Debug, Clone)]
 pub struct EngineOnly {
     pub bootstrap: String,
     pub cluster_id: String,
     pub schema_registry_url: Option<String>,
+    /// TLS to the cluster, when the security protocol is ssl.
+    pub tls: Option<TlsSettings>,
     pub checkpoint_url: Option<String>,
 }
 
@@ -240,6 +258,15 @@ impl ServeSettings {
                     cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
                     schema_registry_url: args.schema_registry_url,
                     checkpoint_url: args.checkpoint_url,
+                    tls: match args.kafka_security_protocol.as_deref().map(str::to_ascii_lowercase) {
+                        Some(p) if p == "ssl" => Some(TlsSettings {
+                            ca_location: args.kafka_ssl_ca_location,
+                        }),
+                        _ if args.kafka_ssl_ca_location.is_some() => anyhow::bail!(
+                            "--kafka-ssl-ca-location is for --kafka-security-protocol ssl"
+                        ),
+                        _ => None,
+                    },
                 }),
                 (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
                 (false, Some(_)) => anyhow::bail!(
@@ -551,7 +578,11 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
             args.data_dir.display()
         )
     })?;
-    let remote = fluxo_client::cluster::Cluster::connect(&cluster.bootstrap)
+    let security = match &cluster.tls {
+        Some(tls) => fluxo_client::security::Security::tls(tls.ca_location.as_deref())?,
+        None => fluxo_client::security::Security::plaintext(),
+    };
+    let remote = fluxo_client::cluster::Cluster::connect_with(&cluster.bootstrap, security)
         .await
         .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;
     let log = fluxo_client::remote::RemoteLog::start(remote, tokio::runtime::Handle::current());

@@ -1,0 +1,123 @@
+//! How connections to a cluster are secured: plaintext, or TLS (Kafka's
+//! `security.protocol = SSL`) checked against a CA file or the system's
+//! roots. Certificates are checked the way a browser checks them: the
+//! broker's certificate must name the host (or IP address) dialled.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::{ClientError, Result};
+
+/// The security of every connection a client makes.
+#[derive(Clone, Default)]
+pub struct Security {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.tls {
+            Some(_) => "SSL",
+            None => "PLAINTEXT",
+        })
+    }
+}
+
+impl Security {
+    /// Plain TCP (Kafka's `PLAINTEXT`).
+    pub fn plaintext() -> Security {
+        Security::default()
+    }
+
+    /// TLS, trusting the certificates in the PEM file `ca` (Kafka's
+    /// `ssl.ca.location`), or the system's roots without one.
+    pub fn tls(ca: Option<&Path>) -> Result<Security> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        ClientError::Protocol(format!(
+                            "cannot read the CA certificates in {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                if certs.is_empty() {
+                    return Err(ClientError::Protocol(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        ClientError::Protocol(format!(
+                            "a certificate in {} is not usable as a CA: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(ClientError::Protocol(
+                        "no CA certificates found on this system; give a CA file".into(),
+                    ));
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Protocol(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Security {
+            tls: Some(Arc::new(config)),
+        })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Secures `stream`, a connection to `addr` (HOST:PORT), if TLS is on.
+    pub(crate) async fn secure(&self, stream: TcpStream, addr: &str) -> Result<Stream> {
+        let Some(config) = &self.tls else {
+            return Ok(Stream::Plain(stream));
+        };
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            ClientError::Protocol(format!("{host} is not a name TLS can check: {e}"))
+        })?;
+        let stream = TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|reason| ClientError::Connect {
+                addr: addr.to_string(),
+                reason: std::io::Error::new(
+                    reason.kind(),
+                    format!("TLS handshake failed: {reason}"),
+                ),
+            })?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+/// A connection, plain or under TLS.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
