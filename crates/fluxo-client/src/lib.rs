@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +47,8 @@ pub enum ClientError {
     },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
+    #[error("SASL authentication to {addr} failed: {message}")]
+    Authentication { addr: String, message: String },
     #[error("the broker does not support {0:?}")]
     Unsupported(ApiKey),
     #[error("protocol error: {0}")]
@@ -190,7 +193,55 @@ impl Client {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        if let Some(credentials) = security.sasl() {
+            client.authenticate(credentials).await?;
+        }
         Ok(client)
+    }
+
+    /// SASL/PLAIN: SaslHandshake v1, then SaslAuthenticate with RFC 4616's
+    /// `NUL user NUL password`.
+    async fn authenticate(&self, credentials: &security::PlainCredentials) -> Result<()> {
+        let failed = |message: String| ClientError::Authentication {
+            addr: self.addr.clone(),
+            message,
+        };
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str("PLAIN");
+        if self.version_for(ApiKey::SaslHandshake) != Some(1)
+            || self.version_for(ApiKey::SaslAuthenticate).is_none()
+        {
+            return Err(failed(
+                "the broker does not offer SaslHandshake v1 and SaslAuthenticate".into(),
+            ));
+        }
+        let response = self.send_version(&handshake, 1).await?;
+        if response.error_code != 0 {
+            let offered: Vec<&str> = response.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(failed(format!(
+                "the broker does not take PLAIN (error {}; it offers {offered:?})",
+                response.error_code
+            )));
+        }
+        let mut message = Vec::new();
+        message.push(0);
+        message.extend_from_slice(credentials.username.as_bytes());
+        message.push(0);
+        message.extend_from_slice(credentials.password.as_bytes());
+        let mut authenticate = SaslAuthenticateRequest::default();
+        authenticate.auth_bytes = Bytes::from(message);
+        let response = self.send(&authenticate).await?;
+        if response.error_code != 0 {
+            return Err(failed(format!(
+                "{} (error {})",
+                response
+                    .error_message
+                    .as_ref()
+                    .map_or("no reason given", |m| m.as_str()),
+                response.error_code
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the connection is gone (a request on it fails at once), or

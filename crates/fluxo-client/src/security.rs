@@ -1,7 +1,8 @@
 //! How connections to a cluster are secured: plaintext, or TLS (Kafka's
 //! `security.protocol = SSL`) checked against a CA file or the system's
-//! roots. Certificates are checked the way a browser checks them: the
-//! broker's certificate must name the host (or IP address) dialled.
+//! roots, and with or without SASL/PLAIN (`SASL_PLAINTEXT`, `SASL_SSL`).
+//! Certificates are checked the way a browser checks them: the broker's
+//! certificate must name the host (or IP address) dialled.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,13 +19,23 @@ use crate::{ClientError, Result};
 #[derive(Clone, Default)]
 pub struct Security {
     tls: Option<Arc<rustls::ClientConfig>>,
+    sasl: Option<PlainCredentials>,
+}
+
+/// A SASL/PLAIN user and password.
+#[derive(Clone)]
+pub struct PlainCredentials {
+    pub username: String,
+    pub password: String,
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.tls {
-            Some(_) => "SSL",
-            None => "PLAINTEXT",
+        f.write_str(match (&self.tls, &self.sasl) {
+            (Some(_), Some(_)) => "SASL_SSL",
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (None, None) => "PLAINTEXT",
         })
     }
 }
@@ -82,11 +93,22 @@ impl Security {
             .with_no_client_auth();
         Ok(Security {
             tls: Some(Arc::new(config)),
+            sasl: None,
         })
     }
 
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The same, authenticating every connection with SASL/PLAIN.
+    pub fn with_sasl_plain(mut self, username: String, password: String) -> Security {
+        self.sasl = Some(PlainCredentials { username, password });
+        self
+    }
+
+    pub(crate) fn sasl(&self) -> Option<&PlainCredentials> {
+        self.sasl.as_ref()
     }
 
     /// Secures `stream`, a connection to `addr` (HOST:PORT), if TLS is on.

@@ -41,6 +41,8 @@ pub struct BrokerConfig {
     /// Host and port given to clients in Metadata; when None, the address
     /// the client connected to.
     pub advertised_addr: Option<SocketAddr>,
+    /// SASL/PLAIN users; when set, every connection authenticates first.
+    pub sasl_plain: Option<handlers::sasl::PlainUsers>,
 }
 
 impl Default for BrokerConfig {
@@ -51,6 +53,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
             advertised_addr: None,
+            sasl_plain: None,
         }
     }
 }

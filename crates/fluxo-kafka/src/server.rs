@@ -124,6 +124,7 @@ async fn handle_connection(
     });
 
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut session = handlers::sasl::Session::default();
     let result = loop {
         let frame = tokio::select! {
             _ = stop.changed() => break Ok(()),
@@ -138,9 +139,9 @@ async fn handle_connection(
             local_addr: local,
             peer,
         };
-        match decode_and_dispatch(frame, &broker, &ctx) {
-            Ok(pending) => {
-                if tx.send(pending).await.is_err() {
+        match decode_and_dispatch(frame, &broker, &ctx, &mut session) {
+            Ok((pending, close)) => {
+                if tx.send(pending).await.is_err() || close {
                     break Ok(());
                 }
             }
@@ -179,12 +180,15 @@ async fn read_frame(
     Ok(Some(buf.freeze()))
 }
 
-/// Decodes a frame and starts its handler. An Err closes the connection.
+/// Decodes a frame and starts its handler; true when the connection is to
+/// close once that is answered (a failed authentication). An Err closes the
+/// connection at once.
 fn decode_and_dispatch(
     mut frame: Bytes,
     broker: &Arc<Broker>,
     ctx: &RequestContext,
-) -> Result<Pending, String> {
+    session: &mut handlers::sasl::Session,
+) -> Result<(Pending, bool), String> {
     if frame.len() < 8 {
         return Err(format!(
             "a {}-byte frame is too short for a request header",
@@ -205,13 +209,16 @@ fn decode_and_dispatch(
             // KIP-511: answer an ApiVersions we cannot parse with v0 and
             // UNSUPPORTED_VERSION, so the client retries with a version we know.
             let response = handlers::api_versions::unsupported_version_response();
-            return Ok(Pending {
-                started,
-                correlation_id,
-                api_key,
-                version: 0,
-                response: Box::pin(async move { Some(response) }),
-            });
+            return Ok((
+                Pending {
+                    started,
+                    correlation_id,
+                    api_key,
+                    version: 0,
+                    response: Box::pin(async move { Some(response) }),
+                },
+                false,
+            ));
         }
         return Err(format!(
             "{api_key:?} v{version} is not supported (supported: {supported:?})"
@@ -225,14 +232,42 @@ fn decode_and_dispatch(
     if frame.has_remaining() {
         tracing::debug!(peer = %ctx.peer, ?api_key, version, "{} trailing bytes after request", frame.remaining());
     }
-    let response = handlers::dispatch(broker, ctx, &header, request);
-    Ok(Pending {
-        started,
-        correlation_id,
-        api_key,
-        version,
-        response,
-    })
+    let users = broker.config.sasl_plain.as_ref();
+    let mut close = false;
+    let response: ResponseFuture = match request {
+        RequestKind::SaslHandshake(r) => {
+            let answer = handlers::sasl::handshake(users, session, &r);
+            Box::pin(async move { Some(ResponseKind::SaslHandshake(answer)) })
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let (answer, ok) = handlers::sasl::authenticate(users, session, &r);
+            if ok {
+                tracing::debug!(peer = %ctx.peer, "authenticated: {session:?}");
+            } else {
+                tracing::warn!(peer = %ctx.peer, "SASL authentication failed; closing the connection");
+                close = true;
+            }
+            Box::pin(async move { Some(ResponseKind::SaslAuthenticate(answer)) })
+        }
+        request => {
+            if users.is_some() && !session.is_authenticated() && api_key != ApiKey::ApiVersions {
+                return Err(format!(
+                    "{api_key:?} before SASL authentication (this broker requires SASL/PLAIN)"
+                ));
+            }
+            handlers::dispatch(broker, ctx, &header, request)
+        }
+    };
+    Ok((
+        Pending {
+            started,
+            correlation_id,
+            api_key,
+            version,
+            response,
+        },
+        close,
+    ))
 }
 
 fn encode_response(

@@ -54,6 +54,9 @@ pub struct KafkaSection {
     pub auto_create_topics: Option<bool>,
     pub num_partitions: Option<i32>,
     pub max_request_bytes: Option<usize>,
+    /// SASL/PLAIN users (`{ alice = "password" }`); set, every client
+    /// authenticates. Its Debug shows the names only.
+    pub sasl_plain_users: Option<fluxo_kafka::handlers::sasl::PlainUsers>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

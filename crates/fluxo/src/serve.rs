@@ -103,11 +103,30 @@ pub struct ServeArgs {
     /// worker mounts [default: the data directory, for one worker]
     #[arg(long, env = "FLUXO_CHECKPOINT_URL", requires = "engine_only")]
     pub checkpoint_url: Option<String>,
-    /// How an engine-only server reaches the cluster: plaintext, or ssl
-    /// (TLS; Kafka's security.protocol) [default: plaintext]
+    /// How an engine-only server reaches the cluster (Kafka's
+    /// security.protocol): plaintext, ssl (TLS), sasl_plaintext or sasl_ssl
+    /// (SASL/PLAIN with --kafka-sasl-username and --kafka-sasl-password)
+    /// [default: plaintext]
     #[arg(long, env = "FLUXO_KAFKA_SECURITY_PROTOCOL", requires = "engine_only",
-          value_parser = ["plaintext", "ssl", "PLAINTEXT", "SSL"])]
+          value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl",
+                          "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])]
     pub kafka_security_protocol: Option<String>,
+    /// With a sasl_* protocol: the SASL mechanism; PLAIN is the one spoken
+    #[arg(long, env = "FLUXO_KAFKA_SASL_MECHANISM", requires = "engine_only",
+          value_parser = ["PLAIN", "plain"])]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// With a sasl_* protocol: the user to authenticate as
+    #[arg(long, env = "FLUXO_KAFKA_SASL_USERNAME", requires = "engine_only")]
+    pub kafka_sasl_username: Option<String>,
+    /// With a sasl_* protocol: the password (better given through the
+    /// environment than on a command line others can list)
+    #[arg(
+        long,
+        env = "FLUXO_KAFKA_SASL_PASSWORD",
+        requires = "engine_only",
+        hide_env_values = true
+    )]
+    pub kafka_sasl_password: Option<String>,
     /// With --kafka-security-protocol ssl: a PEM file of the CA
     /// certificates the brokers' certificates are checked against
     /// (Kafka's ssl.ca.location) [default: the system's CA certificates]
@@ -129,6 +148,8 @@ pub struct ServeSettings {
     /// Who may connect to the MQTT listener (its Debug hides the password).
     pub mqtt: fluxo_mqtt::MqttConfig,
     pub advertised_kafka_addr: Option<SocketAddr>,
+    /// SASL/PLAIN users the broker requires, from the config file.
+    pub sasl_plain_users: Option<fluxo_kafka::handlers::sasl::PlainUsers>,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub max_request_bytes: usize,
@@ -148,14 +169,32 @@ pub struct TlsSettings {
     pub ca_location: Option<PathBuf>,
 }
 
+/// SASL/PLAIN to the cluster.
+#[derive(Clone)]
+pub struct SaslSettings {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslSettings")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Where an engine-only server's topics live.
 #[derive(Debug, Clone)]
 pub struct EngineOnly {
     pub bootstrap: String,
     pub cluster_id: String,
     pub schema_registry_url: Option<String>,
-    /// TLS to the cluster, when the security protocol is ssl.
+    /// TLS to the cluster, when the security protocol is ssl or sasl_ssl.
     pub tls: Option<TlsSettings>,
+    /// SASL/PLAIN, when the security protocol is sasl_*.
+    pub sasl: Option<SaslSettings>,
     pub checkpoint_url: Option<String>,
 }
 
@@ -206,6 +245,7 @@ impl ServeSettings {
                 .or(file.registry.addr)
                 .unwrap_or(([127, 0, 0, 1], 8081).into()),
             advertised_kafka_addr: args.advertised_kafka_addr.or(file.kafka.advertised_addr),
+            sasl_plain_users: file.kafka.sasl_plain_users.clone(),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.kafka.auto_create_topics)
@@ -253,21 +293,46 @@ impl ServeSettings {
             transactions: file.transaction_config(),
             demo: args.demo,
             engine_only: match (args.engine_only, args.kafka_bootstrap) {
-                (true, Some(bootstrap)) => Some(EngineOnly {
+                (true, Some(bootstrap)) => {
+                    let protocol = args
+                        .kafka_security_protocol
+                        .as_deref()
+                        .unwrap_or("plaintext")
+                        .to_ascii_lowercase();
+                    Some(EngineOnly {
                     bootstrap,
                     cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
                     schema_registry_url: args.schema_registry_url,
                     checkpoint_url: args.checkpoint_url,
-                    tls: match args.kafka_security_protocol.as_deref().map(str::to_ascii_lowercase) {
-                        Some(p) if p == "ssl" => Some(TlsSettings {
+                    tls: match protocol.as_str() {
+                        "ssl" | "sasl_ssl" => Some(TlsSettings {
                             ca_location: args.kafka_ssl_ca_location,
                         }),
                         _ if args.kafka_ssl_ca_location.is_some() => anyhow::bail!(
-                            "--kafka-ssl-ca-location is for --kafka-security-protocol ssl"
+                            "--kafka-ssl-ca-location is for --kafka-security-protocol ssl or sasl_ssl"
                         ),
                         _ => None,
                     },
-                }),
+                    sasl: match (
+                        protocol.starts_with("sasl_"),
+                        args.kafka_sasl_username,
+                        args.kafka_sasl_password,
+                    ) {
+                        (true, Some(username), Some(password)) => {
+                            Some(SaslSettings { username, password })
+                        }
+                        (true, _, _) => anyhow::bail!(
+                            "--kafka-security-protocol {protocol} needs --kafka-sasl-username and \
+                             --kafka-sasl-password (or FLUXO_KAFKA_SASL_PASSWORD)"
+                        ),
+                        (false, None, None) => None,
+                        (false, _, _) => anyhow::bail!(
+                            "--kafka-sasl-username and --kafka-sasl-password are for \
+                             --kafka-security-protocol sasl_plaintext or sasl_ssl"
+                        ),
+                    },
+                    })
+                }
                 (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
                 (false, Some(_)) => anyhow::bail!(
                     "--kafka-bootstrap is for --engine-only servers; without it fluxo runs its own broker"
@@ -275,6 +340,16 @@ impl ServeSettings {
                 (false, None) => None,
             },
         };
+        if settings
+            .sasl_plain_users
+            .as_ref()
+            .is_some_and(|users| users.0.is_empty())
+        {
+            anyhow::bail!(
+                "[kafka] sasl_plain_users lists no user, so no client could connect; \
+                 add users or leave it out"
+            );
+        }
         if let Some(e) = &settings.engine_only {
             if settings.demo {
                 anyhow::bail!(
@@ -397,6 +472,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         default_partitions: args.num_partitions,
         max_request_bytes: args.max_request_bytes,
         advertised_addr: args.advertised_kafka_addr,
+        sasl_plain: args.sasl_plain_users.clone(),
         ..BrokerConfig::default()
     };
     // Produce and fetch are served at once; group requests answer
@@ -578,10 +654,13 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
             args.data_dir.display()
         )
     })?;
-    let security = match &cluster.tls {
+    let mut security = match &cluster.tls {
         Some(tls) => fluxo_client::security::Security::tls(tls.ca_location.as_deref())?,
         None => fluxo_client::security::Security::plaintext(),
     };
+    if let Some(sasl) = &cluster.sasl {
+        security = security.with_sasl_plain(sasl.username.clone(), sasl.password.clone());
+    }
     let remote = fluxo_client::cluster::Cluster::connect_with(&cluster.bootstrap, security)
         .await
         .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;

@@ -444,6 +444,16 @@ fn request_for(broker: &Broker, key: ApiKey, v: i16) -> RequestKind {
             ];
             RequestKind::ConsumerGroupDescribe(r)
         }
+        ApiKey::SaslHandshake => {
+            let mut r = SaslHandshakeRequest::default();
+            r.mechanism = StrBytes::from_static_str("PLAIN");
+            RequestKind::SaslHandshake(r)
+        }
+        ApiKey::SaslAuthenticate => {
+            let mut r = SaslAuthenticateRequest::default();
+            r.auth_bytes = bytes::Bytes::from_static(b"\0alice\0s3cret");
+            RequestKind::SaslAuthenticate(r)
+        }
         other => panic!("the sweep has no request for {other:?}; add one"),
     }
 }
