@@ -62,6 +62,17 @@ def test_clients_authenticate_and_a_wrong_password_or_none_is_refused(sasl_broke
             other.list_topics(timeout=5)
     assert "SASL authentication failed" in sasl_broker.log_tail()
 
+    # fluxo's own CLI, with the password from the environment.
+    cli = [H.fluxo_bin(), "topic", "list", "-b", bootstrap, "--security-protocol", "sasl_plaintext",
+           "--sasl-username", USER]
+    listed = subprocess.run(cli, env={"FLUXO_SASL_PASSWORD": PASSWORD, "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and topic in listed.stdout, listed.stderr
+    refused = subprocess.run(cli, env={"FLUXO_SASL_PASSWORD": "wrong", "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "Invalid username or password" in refused.stderr, \
+        refused.stderr
+
 
 @pytest.mark.timeout(120)
 def test_an_engine_only_server_authenticates_to_its_cluster(sasl_broker, engine_factory,

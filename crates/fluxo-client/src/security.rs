@@ -46,6 +46,50 @@ impl Security {
         Security::default()
     }
 
+    /// From Kafka's client settings, checked together: `security.protocol`
+    /// (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`, any case),
+    /// `ssl.ca.location`, and the SASL/PLAIN user and password. `flag`
+    /// names the settings in messages (`--kafka-` for `serve`).
+    pub fn from_settings(
+        protocol: &str,
+        ca_location: Option<&Path>,
+        username: Option<String>,
+        password: Option<String>,
+        flag: &str,
+    ) -> Result<Security> {
+        let protocol = protocol.to_ascii_lowercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "plaintext" => (false, false),
+            "ssl" => (true, false),
+            "sasl_plaintext" => (false, true),
+            "sasl_ssl" => (true, true),
+            other => return Err(ClientError::Protocol(format!(
+                "{flag}security-protocol {other}: use plaintext, ssl, sasl_plaintext or sasl_ssl"
+            ))),
+        };
+        if !tls && ca_location.is_some() {
+            return Err(ClientError::Protocol(format!(
+                "{flag}ssl-ca-location is for {flag}security-protocol ssl or sasl_ssl"
+            )));
+        }
+        let security = match tls {
+            true => Security::tls(ca_location)?,
+            false => Security::plaintext(),
+        };
+        match (sasl, username, password) {
+            (true, Some(user), Some(password)) => Ok(security.with_sasl_plain(user, password)),
+            (true, _, _) => Err(ClientError::Protocol(format!(
+                "{flag}security-protocol {protocol} needs {flag}sasl-username and \
+                 {flag}sasl-password"
+            ))),
+            (false, None, None) => Ok(security),
+            (false, _, _) => Err(ClientError::Protocol(format!(
+                "{flag}sasl-username and {flag}sasl-password are for {flag}security-protocol \
+                 sasl_plaintext or sasl_ssl"
+            ))),
+        }
+    }
+
     /// TLS, trusting the certificates in the PEM file `ca` (Kafka's
     /// `ssl.ca.location`), or the system's roots without one.
     pub fn tls(ca: Option<&Path>) -> Result<Security> {

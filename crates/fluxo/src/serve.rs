@@ -163,38 +163,14 @@ pub struct ServeSettings {
     pub engine_only: Option<EngineOnly>,
 }
 
-/// TLS to the cluster: the CA file, or the system's roots.
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    pub ca_location: Option<PathBuf>,
-}
-
-/// SASL/PLAIN to the cluster.
-#[derive(Clone)]
-pub struct SaslSettings {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for SaslSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SaslSettings")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
 /// Where an engine-only server's topics live.
 #[derive(Debug, Clone)]
 pub struct EngineOnly {
     pub bootstrap: String,
     pub cluster_id: String,
     pub schema_registry_url: Option<String>,
-    /// TLS to the cluster, when the security protocol is ssl or sasl_ssl.
-    pub tls: Option<TlsSettings>,
-    /// SASL/PLAIN, when the security protocol is sasl_*.
-    pub sasl: Option<SaslSettings>,
+    /// How connections to the cluster are secured (TLS, SASL/PLAIN).
+    pub security: fluxo_client::security::Security,
     pub checkpoint_url: Option<String>,
 }
 
@@ -304,33 +280,13 @@ impl ServeSettings {
                     cluster_id: args.cluster_id.unwrap_or_else(|| "fluxo".to_string()),
                     schema_registry_url: args.schema_registry_url,
                     checkpoint_url: args.checkpoint_url,
-                    tls: match protocol.as_str() {
-                        "ssl" | "sasl_ssl" => Some(TlsSettings {
-                            ca_location: args.kafka_ssl_ca_location,
-                        }),
-                        _ if args.kafka_ssl_ca_location.is_some() => anyhow::bail!(
-                            "--kafka-ssl-ca-location is for --kafka-security-protocol ssl or sasl_ssl"
-                        ),
-                        _ => None,
-                    },
-                    sasl: match (
-                        protocol.starts_with("sasl_"),
+                    security: fluxo_client::security::Security::from_settings(
+                        &protocol,
+                        args.kafka_ssl_ca_location.as_deref(),
                         args.kafka_sasl_username,
                         args.kafka_sasl_password,
-                    ) {
-                        (true, Some(username), Some(password)) => {
-                            Some(SaslSettings { username, password })
-                        }
-                        (true, _, _) => anyhow::bail!(
-                            "--kafka-security-protocol {protocol} needs --kafka-sasl-username and \
-                             --kafka-sasl-password (or FLUXO_KAFKA_SASL_PASSWORD)"
-                        ),
-                        (false, None, None) => None,
-                        (false, _, _) => anyhow::bail!(
-                            "--kafka-sasl-username and --kafka-sasl-password are for \
-                             --kafka-security-protocol sasl_plaintext or sasl_ssl"
-                        ),
-                    },
+                        "--kafka-",
+                    )?,
                     })
                 }
                 (true, None) => anyhow::bail!("--engine-only needs --kafka-bootstrap HOST:PORT"),
@@ -654,16 +610,10 @@ async fn run_engine_only(args: ServeSettings, cluster: EngineOnly) -> anyhow::Re
             args.data_dir.display()
         )
     })?;
-    let mut security = match &cluster.tls {
-        Some(tls) => fluxo_client::security::Security::tls(tls.ca_location.as_deref())?,
-        None => fluxo_client::security::Security::plaintext(),
-    };
-    if let Some(sasl) = &cluster.sasl {
-        security = security.with_sasl_plain(sasl.username.clone(), sasl.password.clone());
-    }
-    let remote = fluxo_client::cluster::Cluster::connect_with(&cluster.bootstrap, security)
-        .await
-        .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;
+    let remote =
+        fluxo_client::cluster::Cluster::connect_with(&cluster.bootstrap, cluster.security.clone())
+            .await
+            .with_context(|| format!("cannot reach the Kafka cluster at {}", cluster.bootstrap))?;
     let log = fluxo_client::remote::RemoteLog::start(remote, tokio::runtime::Handle::current());
     println!("fluxo: engine on kafka cluster {}", cluster.bootstrap);
     let registry = match &cluster.schema_registry_url {

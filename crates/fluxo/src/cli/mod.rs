@@ -16,7 +16,7 @@ use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 /// The server to talk to.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct Connection {
     /// Kafka address of a running fluxo (or any Kafka broker).
     #[arg(
@@ -26,11 +26,47 @@ pub struct Connection {
         env = "FLUXO_BOOTSTRAP"
     )]
     pub bootstrap: String,
+    /// plaintext, ssl (TLS), sasl_plaintext or sasl_ssl (SASL/PLAIN with
+    /// --sasl-username and --sasl-password), as Kafka's security.protocol
+    #[arg(long, default_value = "plaintext", env = "FLUXO_SECURITY_PROTOCOL")]
+    pub security_protocol: String,
+    /// With ssl or sasl_ssl: a PEM file of the CA certificates the broker's
+    /// certificate must chain to [default: the system's]
+    #[arg(long, env = "FLUXO_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<std::path::PathBuf>,
+    /// With sasl_*: the user to authenticate as
+    #[arg(long, env = "FLUXO_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// With sasl_*: the password (better through the environment)
+    #[arg(long, env = "FLUXO_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap", &self.bootstrap)
+            .field("security_protocol", &self.security_protocol)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Connection {
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.bootstrap).await?)
+        let security = fluxo_client::security::Security::from_settings(
+            &self.security_protocol,
+            self.ssl_ca_location.as_deref(),
+            self.sasl_username.clone(),
+            self.sasl_password.clone(),
+            "--",
+        )?;
+        Ok(Client::connect_with(&self.bootstrap, &security).await?)
     }
 }
 
