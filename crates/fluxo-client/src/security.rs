@@ -63,9 +63,11 @@ impl Security {
             "ssl" => (true, false),
             "sasl_plaintext" => (false, true),
             "sasl_ssl" => (true, true),
-            other => return Err(ClientError::Protocol(format!(
+            other => {
+                return Err(ClientError::Protocol(format!(
                 "{flag}security-protocol {other}: use plaintext, ssl, sasl_plaintext or sasl_ssl"
-            ))),
+            )))
+            }
         };
         if !tls && ca_location.is_some() {
             return Err(ClientError::Protocol(format!(
