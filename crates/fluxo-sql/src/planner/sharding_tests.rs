@@ -67,6 +67,37 @@ fn input(dataflow: &Dataflow, from: i64, to: i64) -> RecordBatch {
     changes.batch
 }
 
+/// What input chain `input` gives for rows `rows` of a deterministic
+/// stream (keys spread over `keys`, times `step` ms apart): its rows before
+/// its aggregation, or through all its operators with `post`.
+fn chain_rows(
+    dataflow: &Dataflow,
+    input: usize,
+    keys: i64,
+    step: i64,
+    rows: std::ops::Range<i64>,
+    post: bool,
+) -> Changes {
+    let k: Int64Array = rows
+        .clone()
+        .map(|i| (i * 7919 + input as i64) % keys)
+        .collect();
+    let v: Int64Array = rows.clone().collect();
+    let t = TimestampMillisecondArray::from(rows.map(|i| i * step).collect::<Vec<i64>>());
+    let chain = &dataflow.inputs[input];
+    let batch = RecordBatch::try_new(
+        Arc::new(chain.scan.source.schema()),
+        vec![Arc::new(k), Arc::new(v), Arc::new(t)],
+    )
+    .unwrap();
+    let mut changes = Changes::inserts(batch.project(&chain.scan.projection).unwrap());
+    let after: &[_] = if post { &chain.post } else { &[] };
+    for op in chain.pre.iter().chain(after) {
+        changes = op.apply(changes).unwrap();
+    }
+    changes
+}
+
 /// The relation a changelog leaves: each row with its multiplicity.
 fn apply(table: &mut BTreeMap<String, i64>, changes: Vec<Changes>) {
     for c in changes {
@@ -171,22 +202,8 @@ async fn graph_shards_agree_with_one_and_restore_with_their_own_count() {
     let graph = |shards| fluxo_dataflow::graph::Graph::new(root, 2, 0, shards).unwrap();
     let (mut one, mut three) = (graph(1), graph(3));
     // What each input chain gives: the per-key counts, as updates.
-    let chain_input = |input: usize, from: i64, to: i64| {
-        let k: Int64Array = (from..to).map(|i| (i * 7919 + input as i64) % 50).collect();
-        let v: Int64Array = (from..to).collect();
-        let t = TimestampMillisecondArray::from((from..to).collect::<Vec<i64>>());
-        let chain = &dataflow.inputs[input];
-        let batch = RecordBatch::try_new(
-            Arc::new(chain.scan.source.schema()),
-            vec![Arc::new(k), Arc::new(v), Arc::new(t)],
-        )
-        .unwrap();
-        let mut changes = Changes::inserts(batch.project(&chain.scan.projection).unwrap());
-        for op in &chain.pre {
-            changes = op.apply(changes).unwrap();
-        }
-        changes
-    };
+    let chain_input =
+        |input: usize, from: i64, to: i64| chain_rows(&dataflow, input, 50, 1, from..to, false);
     let mut aggregates: Vec<UpdatingAggregate> = (0..2)
         .map(|i| {
             let Stage::Updating { exprs } = &dataflow.inputs[i].stage else {
@@ -293,22 +310,8 @@ async fn tasks_keeping_their_join_keys_together_give_the_one_join() {
             task
         })
         .collect();
-    let chain_input = |input: usize, from: i64, to: i64| {
-        let k: Int64Array = (from..to).map(|i| (i * 7919 + input as i64) % 40).collect();
-        let v: Int64Array = (from..to).collect();
-        let t = TimestampMillisecondArray::from((from..to).map(|i| i * 10).collect::<Vec<i64>>());
-        let chain = &dataflow.inputs[input];
-        let batch = RecordBatch::try_new(
-            Arc::new(chain.scan.source.schema()),
-            vec![Arc::new(k), Arc::new(v), Arc::new(t)],
-        )
-        .unwrap();
-        let mut changes = Changes::inserts(batch.project(&chain.scan.projection).unwrap());
-        for op in chain.pre.iter().chain(&chain.post) {
-            changes = op.apply(changes).unwrap();
-        }
-        changes
-    };
+    let chain_input =
+        |input: usize, from: i64, to: i64| chain_rows(&dataflow, input, 40, 10, from..to, true);
     let mut expected = BTreeMap::new();
     let mut per_task = vec![BTreeMap::new(); 3];
     for round in 0..5 {
