@@ -7,6 +7,8 @@ the broker as its cluster with --kafka-security-protocol sasl_plaintext."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 
 import pytest
@@ -61,6 +63,17 @@ def test_clients_authenticate_and_a_wrong_password_or_none_is_refused(sasl_broke
         with pytest.raises(KafkaException):
             other.list_topics(timeout=5)
     assert "SASL authentication failed" in sasl_broker.log_tail()
+
+    # Before authenticating, a frame larger than SASL needs closes the
+    # connection unread (the broker holds no large unauthenticated request).
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(struct.pack(">i", 1 << 20) + b"\0" * 4096)
+        try:
+            assert raw.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    assert sasl_broker.is_alive()
 
     # fluxo's own CLI, with the password from the environment.
     cli = [H.fluxo_bin(), "topic", "list", "-b", bootstrap, "--security-protocol", "sasl_plaintext",

@@ -128,7 +128,7 @@ async fn handle_connection(
     let result = loop {
         let frame = tokio::select! {
             _ = stop.changed() => break Ok(()),
-            f = read_frame(&mut reader, broker.config.max_request_bytes, peer) => f,
+            f = read_frame(&mut reader, frame_limit(&broker, &session), peer) => f,
         };
         let frame = match frame {
             Ok(Some(f)) => f,
@@ -155,6 +155,18 @@ async fn handle_connection(
     // Let already-accepted requests finish and be answered.
     let _ = writer.await;
     result
+}
+
+/// The largest frame a connection may send now: before it has
+/// authenticated (on a broker that asks for it), only what ApiVersions and
+/// SASL need, as Kafka's `sasl.server.max.receive.size` (512 KiB), so that
+/// no one unauthenticated makes the broker hold a large request.
+fn frame_limit(broker: &Broker, session: &handlers::sasl::Session) -> usize {
+    const BEFORE_AUTHENTICATION: usize = 512 * 1024;
+    match broker.config.sasl_plain.is_some() && !session.is_authenticated() {
+        true => BEFORE_AUTHENTICATION.min(broker.config.max_request_bytes),
+        false => broker.config.max_request_bytes,
+    }
 }
 
 /// Reads one size-prefixed frame; None on a clean end of stream.
