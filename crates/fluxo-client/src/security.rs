@@ -143,10 +143,6 @@ impl Security {
         })
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The same, authenticating every connection with SASL/PLAIN.
     pub fn with_sasl_plain(mut self, username: String, password: String) -> Security {
         self.sasl = Some(PlainCredentials { username, password });

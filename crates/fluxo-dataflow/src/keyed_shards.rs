@@ -28,6 +28,36 @@ use crate::checkpoint::OperatorState;
 use crate::error::{DataflowError, Result};
 use crate::Changes;
 
+/// The keys one task of a split pipeline keeps: those whose hash is its
+/// index modulo the task count. Chains' aggregations (`sharded.rs`) and
+/// graph operators split by this one rule, and spread a kept key over
+/// their shards by what is left of the hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptKeys {
+    index: u32,
+    count: u32,
+}
+
+impl KeptKeys {
+    /// Task `index` of `count`; `None` when one task keeps everything.
+    pub fn of(index: usize, count: usize) -> Option<KeptKeys> {
+        (count > 1).then_some(KeptKeys {
+            index: index as u32,
+            count: count as u32,
+        })
+    }
+
+    /// The shard (of `shards`) that a row whose key hashes to `hash` goes
+    /// to, or `None` when another task keeps that key.
+    pub fn shard_of(kept: Option<KeptKeys>, hash: u32, shards: usize) -> Option<usize> {
+        match kept {
+            None => Some(hash as usize % shards),
+            Some(k) if hash % k.count == k.index => Some((hash / k.count) as usize % shards),
+            Some(_) => None,
+        }
+    }
+}
+
 /// How rows find their shard: per input port, the key expressions, and
 /// the types both ports' keys are compared as.
 pub struct Router {
@@ -54,13 +84,13 @@ impl Router {
     }
 
     /// The rows of `batch` (arriving on `port`) each of `shards` owns, of
-    /// the keys this task keeps (`kept`: its index and the task count).
+    /// the keys this task keeps.
     fn split(
         &self,
         port: usize,
         batch: &RecordBatch,
         shards: usize,
-        kept: Option<(u32, u32)>,
+        kept: Option<KeptKeys>,
     ) -> Result<Vec<UInt32Array>> {
         let n = batch.num_rows();
         let exprs = self
@@ -82,11 +112,9 @@ impl Router {
             .collect::<Result<Vec<_>>>()?;
         let rows = self.converter.convert_columns(&columns)?;
         let mut parts = vec![Vec::with_capacity(n / shards + 1); shards];
-        let (task, tasks) = kept.unwrap_or((0, 1));
         for (i, row) in rows.iter().enumerate() {
-            let hash = crc32c::crc32c(row.as_ref());
-            if hash % tasks == task {
-                parts[(hash / tasks) as usize % shards].push(i as u32);
+            if let Some(shard) = KeptKeys::shard_of(kept, crc32c::crc32c(row.as_ref()), shards) {
+                parts[shard].push(i as u32);
             }
         }
         Ok(parts.into_iter().map(UInt32Array::from).collect())
@@ -111,8 +139,8 @@ pub struct Shards<T> {
     shards: Vec<T>,
     router: Option<Router>,
     make: Box<dyn Fn() -> Result<T> + Send>,
-    /// This task's index and the task count, when tasks share the keys.
-    kept: Option<(u32, u32)>,
+    /// The keys this task keeps, when tasks share them.
+    kept: Option<KeptKeys>,
 }
 
 impl<T: ShardedOperator> Shards<T> {
@@ -140,7 +168,7 @@ impl<T: ShardedOperator> Shards<T> {
                 "an operator without keys cannot be split into tasks".into(),
             ));
         }
-        self.kept = (count > 1).then_some((index as u32, count as u32));
+        self.kept = KeptKeys::of(index, count);
         Ok(())
     }
 

@@ -33,6 +33,7 @@ use super::window_aggregate::WindowAggregate;
 use super::Changes;
 use crate::checkpoint::OperatorState;
 use crate::error::{DataflowError, Result};
+use crate::keyed_shards::KeptKeys;
 
 /// One stateful aggregation operator.
 pub enum Aggregation {
@@ -122,9 +123,8 @@ pub struct ShardedAggregation {
     factory: Factory,
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
     converter: RowConverter,
-    /// The groups this aggregation keeps, `(index, count)`, when it is one
-    /// task of several.
-    kept: Option<(u32, u32)>,
+    /// The groups this aggregation keeps, when it is one task of several.
+    kept: Option<KeptKeys>,
 }
 
 impl ShardedAggregation {
@@ -155,7 +155,7 @@ impl ShardedAggregation {
                 "an aggregation without keys cannot be split into tasks".into(),
             ));
         }
-        self.kept = (count > 1).then_some((index as u32, count as u32));
+        self.kept = KeptKeys::of(index, count);
         Ok(())
     }
 
@@ -176,11 +176,10 @@ impl ShardedAggregation {
         let shards = self.shards.len() as u32;
         let mut parts: Vec<Vec<u32>> =
             vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
-        let (task, tasks) = self.kept.unwrap_or((0, 1));
         for (i, row) in rows.iter().enumerate() {
             let hash = crc32c::crc32c(row.as_ref());
-            if hash % tasks == task {
-                parts[((hash / tasks) % shards) as usize].push(i as u32);
+            if let Some(shard) = KeptKeys::shard_of(self.kept, hash, shards as usize) {
+                parts[shard].push(i as u32);
             }
         }
         Ok(parts.into_iter().map(UInt32Array::from).collect())
