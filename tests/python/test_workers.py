@@ -306,11 +306,14 @@ def test_a_sink_splits_its_source_partitions_over_the_workers_exactly_once(
 @pytest.mark.timeout(300)
 def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
         broker_factory, engine_factory, new_topic, tmp_path):
-    """A sink of a windowed aggregation with tasks = 3 runs as three tasks,
-    each keeping the groups whose key hashes to it, on three workers; one
-    is killed -9 while windows are open and its task resumes elsewhere from
-    its checkpoint: the sink topic holds every window once, as one worker
-    would have written it."""
+    """A sink of a windowed aggregation with tasks = 3 runs as three writer
+    tasks, each decoding its share of the source's partitions and sending
+    the rows to an exchange topic by group key, and three reader tasks,
+    each aggregating one partition of the exchange, spread over three
+    workers. One worker is killed -9 while windows are open and its tasks
+    resume elsewhere from their checkpoints: the sink topic holds every
+    window once, as one worker would have written it. The exchange lets go
+    of what its readers checkpointed, and goes with the sink."""
     broker = cluster_broker(broker_factory, tmp_path)
     topic, out = topic_with(broker, new_topic, 2), new_topic("groups-out")
     bids = make_bids(20_000, seed=53)
@@ -321,16 +324,16 @@ def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
     sql(w1, SOURCE.format(topic=topic))
     sql(w2, VIEW.replace("AS\n", "WITH (checkpoint_interval = '300ms') AS\n", 1))
     sql(w3, f"CREATE SINK agg FROM per_auction WITH (topic = '{out}', tasks = 3)")
-    spread = H.wait_for(lambda: split_evenly(workers, "agg", 3), timeout=60,
-                        desc="three tasks, one on each worker")
+    spread = H.wait_for(lambda: split_evenly(workers, "agg", 6), timeout=60,
+                        desc="six tasks (three readers, three writers) over the three workers")
     produce_bids(broker, topic, clean[4_000:10_000])
     time.sleep(1.5)
     victim = spread[1][0]
     alive = {n: w for n, w in workers.items() if n != victim}
     workers[victim].kill9()
     produce_bids(broker, topic, clean[10_000:15_000])
-    H.wait_for(lambda: split_evenly(alive, "agg", 3), timeout=60,
-               desc="the killed worker's task running on another")
+    H.wait_for(lambda: split_evenly(alive, "agg", 6), timeout=60,
+               desc="the killed worker's tasks running on the others")
     produce_bids(broker, topic, clean[15_000:])
 
     watermark = source_watermark(bids)
@@ -343,8 +346,21 @@ def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
     got = H.wait_for(complete, timeout=120, desc="every window in the sink topic")
     assert sorted(got) == expected
 
-    # What cannot be split is refused by name.
+    def exchanges():
+        return {t for t in H.all_topics(broker.bootstrap)
+                if t.startswith("_fluxo-groups-agg.") and t.endswith("-exchange")}
+    (exchange,) = exchanges()
+    assert H.topic_partition_count(broker.bootstrap, exchange) == 3
+    # Each reader deletes from its partition what it checkpointed.
+    H.wait_for(lambda: all(low > 0 for low, _ in
+                           H.watermarks(broker.bootstrap, exchange, range(3)).values()),
+               timeout=30, desc="the exchange purged up to the readers' checkpoints")
+
     w = next(iter(alive.values()))
+    sql(w, "DROP SINK agg")
+    H.wait_for(lambda: not exchanges(), timeout=30, desc="the exchange topic deleted")
+
+    # What cannot be split is refused by name.
     sql(w, "CREATE MATERIALIZED VIEW total AS SELECT count(*) AS n FROM bids")
     err = sql(w, f"CREATE SINK s2 FROM total WITH (topic = '{out}', tasks = 2)",
               expect_status=400)["error"]

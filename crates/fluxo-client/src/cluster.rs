@@ -354,6 +354,41 @@ impl Cluster {
         self.refresh().await
     }
 
+    /// Deletes the records of `topic`/`partition` before `offset`
+    /// (DeleteRecords): its log start moves there for good.
+    pub async fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        use kafka_protocol::messages::delete_records_request::{
+            DeleteRecordsPartition, DeleteRecordsTopic,
+        };
+        use kafka_protocol::messages::DeleteRecordsRequest;
+        self.with_leader(topic, partition, |client| async move {
+            let mut p = DeleteRecordsPartition::default();
+            p.partition_index = partition;
+            p.offset = offset;
+            let mut t = DeleteRecordsTopic::default();
+            t.name = TopicName(StrBytes::from_string(topic.to_string()));
+            t.partitions = vec![p];
+            let mut req = DeleteRecordsRequest::default();
+            req.topics = vec![t];
+            req.timeout_ms = 30_000;
+            let resp = client.send(&req).await?;
+            let failed = resp
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .find(|p| p.error_code != 0);
+            match failed {
+                Some(p) => Err(broker_error(
+                    &format!("deleting records of {topic}/{partition}"),
+                    p.error_code,
+                    None,
+                )),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
     /// Creates `topic` with `partitions` partitions and the cluster's
     /// default replication; an existing topic is fine.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {

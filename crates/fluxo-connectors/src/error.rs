@@ -37,3 +37,9 @@ impl From<arrow::error::ArrowError> for ConnectorError {
 }
 
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+impl From<fluxo_dataflow::error::DataflowError> for ConnectorError {
+    fn from(e: fluxo_dataflow::error::DataflowError) -> ConnectorError {
+        ConnectorError::Execution(e.to_string())
+    }
+}

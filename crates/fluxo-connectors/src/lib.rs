@@ -25,6 +25,7 @@
 pub mod avro;
 pub mod delta_sink;
 pub mod error;
+pub mod exchange;
 pub mod file_source;
 pub mod json;
 pub mod mqtt_source;

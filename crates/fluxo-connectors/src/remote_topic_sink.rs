@@ -11,14 +11,17 @@
 //! `fluxo_client::txn::TRANSACTION_TIMEOUT_MS`: a crashed sink must be back
 //! within that.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fluxo_client::remote::{block_on, RemoteLog};
 use fluxo_client::txn::{Ended, ProducerEpoch, TransactionalProducer};
 use fluxo_dataflow::Changes;
+use fluxo_log::OutRecord;
 
 use crate::avro::AvroEncoder;
 use crate::error::{ConnectorError, Result};
+use crate::exchange::ExchangeWriter;
 use crate::sink::{Sink, SinkStats};
 use crate::topic_sink::{records_for, spread, TopicSinkConfig};
 
@@ -31,6 +34,9 @@ pub struct RemoteTopicSink {
     /// Spreads unkeyed records over partitions, one batch at a time.
     next_partition: i32,
     avro: Option<AvroEncoder>,
+    /// When the sink is the exchange of a split aggregation, how its rows
+    /// become records.
+    exchange: Option<ExchangeWriter>,
 }
 
 /// What `prepare` returns: the open transaction, if anything was written.
@@ -59,7 +65,26 @@ impl RemoteTopicSink {
             log,
             next_partition: 0,
             avro,
+            exchange: None,
         }
+    }
+
+    /// The sink as the exchange of a split aggregation (`exchange.rs`).
+    pub fn into_exchange(mut self, exchange: ExchangeWriter) -> RemoteTopicSink {
+        self.exchange = Some(exchange);
+        self
+    }
+
+    /// Produces records to partitions, in the open transaction.
+    fn send(&mut self, by_partition: BTreeMap<i32, Vec<OutRecord>>) -> Result<()> {
+        let runtime = self.log.runtime().clone();
+        for (p, records) in by_partition {
+            let topic = self.config.topic.clone();
+            let producer = &mut self.producer;
+            block_on(&runtime, producer.send(&topic, p, &records))
+                .map_err(|e| self.failed("cannot write to", e))?;
+        }
+        Ok(())
     }
 
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
@@ -101,22 +126,35 @@ impl Sink for RemoteTopicSink {
         if changes.num_rows() == 0 {
             return Ok(());
         }
-        let records = records_for(&self.name, &self.config, self.avro.as_ref(), changes)?;
-        if records.is_empty() {
-            return Ok(());
-        }
-        let n = self.partitions()?;
-        let unkeyed = self.next_partition % n;
-        self.next_partition = (self.next_partition + 1) % n;
-        let runtime = self.log.runtime().clone();
-        for (p, records) in spread(records, n, unkeyed) {
-            let topic = self.config.topic.clone();
-            let producer = &mut self.producer;
-            block_on(&runtime, producer.send(&topic, p, &records))
-                .map_err(|e| self.failed("cannot write to", e))?;
-        }
+        let by_partition = match &self.exchange {
+            Some(exchange) => {
+                // The topic must be there with the exchange's partitions.
+                self.partitions()?;
+                exchange.records(&changes.batch)?
+            }
+            None => {
+                let records = records_for(&self.name, &self.config, self.avro.as_ref(), changes)?;
+                if records.is_empty() {
+                    return Ok(());
+                }
+                let n = self.partitions()?;
+                let unkeyed = self.next_partition % n;
+                self.next_partition = (self.next_partition + 1) % n;
+                spread(records, n, unkeyed)
+            }
+        };
+        self.send(by_partition)?;
         self.stats.add_rows(changes.num_rows());
         Ok(())
+    }
+
+    fn mark_watermark(&mut self, watermark: Option<i64>) -> Result<()> {
+        let Some(exchange) = &self.exchange else {
+            return Ok(());
+        };
+        let marks = exchange.marks(watermark);
+        self.partitions()?;
+        self.send(marks)
     }
 
     fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {

@@ -25,6 +25,7 @@ use fluxo_log::{LogStore, PartitionLog, TopicConfig};
 
 use crate::avro::AvroEncoder;
 use crate::error::{ConnectorError, Result};
+use crate::exchange::ExchangeWriter;
 use crate::json::objects_json;
 use crate::options::Options;
 use crate::sink::{Sink, SinkStats};
@@ -115,6 +116,9 @@ pub struct TopicSink {
     next_partition: i32,
     /// Writes values as Avro, when the sink's format is avro.
     avro: Option<AvroEncoder>,
+    /// When the sink is the exchange of a split aggregation, how its rows
+    /// become records.
+    exchange: Option<ExchangeWriter>,
 }
 
 /// The sink's transactions use epoch 0 and no sequence numbers: the sink is
@@ -162,7 +166,40 @@ impl TopicSink {
             dirty: BTreeMap::new(),
             prepared: BTreeMap::new(),
             next_partition: 0,
+            exchange: None,
         }
+    }
+
+    /// The sink as the exchange of a split aggregation (`exchange.rs`).
+    pub fn into_exchange(mut self, exchange: ExchangeWriter) -> TopicSink {
+        self.exchange = Some(exchange);
+        self
+    }
+
+    /// Appends records to partitions, in the open epoch's transaction.
+    fn append(&mut self, by_partition: BTreeMap<i32, Vec<OutRecord>>) -> Result<()> {
+        let partitions = self.partitions()?;
+        for (p, records) in by_partition {
+            let log = partitions.get(p as usize).ok_or_else(|| {
+                ConnectorError::Execution(format!(
+                    "sink {} writes to partition {p} of {}, which has {}",
+                    self.name,
+                    self.config.topic,
+                    partitions.len()
+                ))
+            })?;
+            // Split under the topic's max.message.bytes by the log: a
+            // view's first write (its whole snapshot) may be large.
+            log.append_records(&records, Some((self.producer_id, SINK_EPOCH)))
+                .map_err(|e| {
+                    ConnectorError::Execution(format!(
+                        "sink {} cannot write to {}/{p}: {e}",
+                        self.name, self.config.topic
+                    ))
+                })?;
+            self.dirty.insert(p, log.clone());
+        }
+        Ok(())
     }
 
     fn write_marker(&self, p: i32, log: &PartitionLog, marker: ControlType) -> Result<()> {
@@ -313,28 +350,28 @@ impl Sink for TopicSink {
             return Ok(());
         }
         self.stats.add_rows(changes.num_rows());
+        if let Some(exchange) = &self.exchange {
+            let records = exchange.records(&changes.batch)?;
+            return self.append(records);
+        }
         let records = records_for(&self.name, &self.config, self.avro.as_ref(), changes)?;
         if records.is_empty() {
             return Ok(());
         }
-        let partitions = self.partitions()?;
-        let n = partitions.len() as i32;
+        let n = self.partitions()?.len() as i32;
         let unkeyed = self.next_partition % n;
         self.next_partition = (self.next_partition + 1) % n;
-        for (p, records) in spread(records, n, unkeyed) {
-            let log = &partitions[p as usize];
-            // Split under the topic's max.message.bytes by the log: a
-            // view's first write (its whole snapshot) may be large.
-            log.append_records(&records, Some((self.producer_id, SINK_EPOCH)))
-                .map_err(|e| {
-                    ConnectorError::Execution(format!(
-                        "sink {} cannot write to {}/{p}: {e}",
-                        self.name, self.config.topic
-                    ))
-                })?;
-            self.dirty.insert(p, log.clone());
+        self.append(spread(records, n, unkeyed))
+    }
+
+    fn mark_watermark(&mut self, watermark: Option<i64>) -> Result<()> {
+        match &self.exchange {
+            Some(exchange) => {
+                let marks = exchange.marks(watermark);
+                self.append(marks)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn prepare(&mut self, _epoch: u64) -> Result<serde_json::Value> {

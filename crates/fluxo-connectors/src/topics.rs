@@ -12,6 +12,7 @@ use fluxo_log::{EventLog, LogStore};
 
 use crate::avro::AvroEncoder;
 use crate::error::{ConnectorError, Result};
+use crate::exchange::ExchangeWriter;
 use crate::remote_topic_sink::RemoteTopicSink;
 use crate::sink::Sink;
 use crate::topic_sink::{TopicSink, TopicSinkConfig};
@@ -86,6 +87,69 @@ impl Topics {
                 tracing::debug!(group = %group, "cannot publish the pipeline's progress: {e}");
             }
         });
+    }
+
+    /// Lets go of what a pipeline read from `topic` and checkpointed, when
+    /// nobody else reads it (an exchange between tasks: each partition has
+    /// one reader), as Kafka Streams purges its repartition topics. Best
+    /// effort and in the background: a purge that fails is done by the
+    /// next one.
+    pub fn purge(&self, topic: &str, offsets: BTreeMap<i32, i64>) {
+        match self {
+            Topics::Local(store) => {
+                for (p, offset) in offsets {
+                    if let Some(log) = store.partition(topic, p) {
+                        if let Err(e) = log.delete_records(offset) {
+                            tracing::debug!(topic, partition = p, "cannot purge: {e}");
+                        }
+                    }
+                }
+            }
+            Topics::Remote { log, .. } => {
+                let (cluster, topic) = (log.cluster().clone(), topic.to_string());
+                log.runtime().spawn(async move {
+                    for (p, offset) in offsets {
+                        if let Err(e) = cluster.delete_records(&topic, p, offset).await {
+                            tracing::debug!(topic = %topic, partition = p, "cannot purge: {e}");
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The exchange of an aggregation split into tasks (`exchange.rs`):
+    /// writes `topic`, made with the exchange's partitions when missing,
+    /// exactly once as a topic sink does.
+    pub fn exchange_sink(
+        &self,
+        name: String,
+        identity: &str,
+        topic: String,
+        exchange: ExchangeWriter,
+    ) -> Box<dyn Sink> {
+        let config = TopicSinkConfig {
+            topic,
+            key: Vec::new(),
+            snapshot: false,
+            partitions: exchange.partitions(),
+            avro: false,
+        };
+        match self {
+            Topics::Local(store) => Box::new(
+                TopicSink::new(name, identity, config, store.clone(), None).into_exchange(exchange),
+            ),
+            Topics::Remote { log, cluster_id } => Box::new(
+                RemoteTopicSink::new(
+                    name,
+                    &format!("fluxo-{cluster_id}-{identity}"),
+                    config,
+                    log.clone(),
+                    None,
+                )
+                .into_exchange(exchange),
+            ),
+        }
     }
 
     /// A sink writing `config.topic` exactly once; `identity` names it

@@ -24,6 +24,7 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use rayon::prelude::*;
 
+use crate::aggregate::AggregateExprs;
 use crate::checkpoint::OperatorState;
 use crate::error::{DataflowError, Result};
 use crate::Changes;
@@ -55,6 +56,45 @@ impl KeptKeys {
             Some(k) if hash % k.count == k.index => Some((hash / k.count) as usize % shards),
             Some(_) => None,
         }
+    }
+}
+
+/// The hash of each row's group key, as every split by key takes it: the
+/// CRC-32C of the key's columns in Arrow's row format. An aggregation's
+/// shards, the tasks of a split pipeline and the partitions of a split
+/// pipeline's exchange topic all divide keys by it.
+pub struct KeyHashes {
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+}
+
+impl KeyHashes {
+    /// The hashes of `aggregation`'s group keys.
+    pub fn of(aggregation: &AggregateExprs) -> Result<KeyHashes> {
+        Ok(KeyHashes {
+            exprs: aggregation.key_exprs.clone(),
+            converter: aggregation.key_converter()?,
+        })
+    }
+
+    /// Whether there is no key (one group holds every row).
+    pub fn is_empty(&self) -> bool {
+        self.exprs.is_empty()
+    }
+
+    /// One hash per row of `batch`.
+    pub fn hashes(&self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        let n = batch.num_rows();
+        let keys = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&keys)?;
+        Ok(rows
+            .iter()
+            .map(|row| crc32c::crc32c(row.as_ref()))
+            .collect())
     }
 }
 

@@ -19,11 +19,7 @@
 //! its shards by the hash divided by `count`), so the tasks' outputs
 //! together are the one aggregation's.
 
-use std::sync::Arc;
-
 use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
-use arrow::row::RowConverter;
-use datafusion::physical_expr::PhysicalExpr;
 use rayon::prelude::*;
 
 use super::aggregate::AggregateExprs;
@@ -33,7 +29,7 @@ use super::window_aggregate::WindowAggregate;
 use super::Changes;
 use crate::checkpoint::OperatorState;
 use crate::error::{DataflowError, Result};
-use crate::keyed_shards::KeptKeys;
+use crate::keyed_shards::{KeptKeys, KeyHashes};
 
 /// One stateful aggregation operator.
 pub enum Aggregation {
@@ -121,8 +117,7 @@ type Factory = Box<dyn Fn() -> Result<Aggregation> + Send>;
 pub struct ShardedAggregation {
     shards: Vec<Aggregation>,
     factory: Factory,
-    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    converter: RowConverter,
+    keys: KeyHashes,
     /// The groups this aggregation keeps, when it is one task of several.
     kept: Option<KeptKeys>,
 }
@@ -140,8 +135,7 @@ impl ShardedAggregation {
         Ok(ShardedAggregation {
             shards,
             factory: Box::new(factory),
-            key_exprs: exprs.key_exprs.clone(),
-            converter: exprs.key_converter()?,
+            keys: KeyHashes::of(exprs)?,
             kept: None,
         })
     }
@@ -150,7 +144,7 @@ impl ShardedAggregation {
     /// rows of other groups are let go as if filtered out before. Without
     /// keys there is one group, which every task would keep.
     pub fn keep_groups(&mut self, index: usize, count: usize) -> Result<()> {
-        if count > 1 && self.key_exprs.is_empty() {
+        if count > 1 && self.keys.is_empty() {
             return Err(DataflowError::Internal(
                 "an aggregation without keys cannot be split into tasks".into(),
             ));
@@ -166,19 +160,11 @@ impl ShardedAggregation {
     /// The rows of `batch` each shard owns, by key hash (of the groups
     /// this task keeps).
     fn split(&self, batch: &RecordBatch) -> Result<Vec<UInt32Array>> {
-        let n = batch.num_rows();
-        let keys = self
-            .key_exprs
-            .iter()
-            .map(|e| e.evaluate(batch)?.into_array(n))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let rows = self.converter.convert_columns(&keys)?;
-        let shards = self.shards.len() as u32;
+        let shards = self.shards.len();
         let mut parts: Vec<Vec<u32>> =
-            vec![Vec::with_capacity(n / shards as usize + 1); shards as usize];
-        for (i, row) in rows.iter().enumerate() {
-            let hash = crc32c::crc32c(row.as_ref());
-            if let Some(shard) = KeptKeys::shard_of(self.kept, hash, shards as usize) {
+            vec![Vec::with_capacity(batch.num_rows() / shards + 1); shards];
+        for (i, hash) in self.keys.hashes(batch)?.into_iter().enumerate() {
+            if let Some(shard) = KeptKeys::shard_of(self.kept, hash, shards) {
                 parts[shard].push(i as u32);
             }
         }

@@ -32,7 +32,9 @@ use crate::json::{columns_json, iso_utc, rows_json, sql_type_name};
 use crate::parser::{
     parse_statements, ColumnDef, ObjectKind, SinkDef, SourceDef, Statement, TableDef, ViewDef,
 };
-use crate::pipeline::{self, PartitionShare, PipelineHandle, PipelineSpec, TaskShare};
+use crate::pipeline::{
+    self, ExchangeRole, PartitionShare, PipelineHandle, PipelineSpec, TaskShare,
+};
 use crate::planner::{
     batch_context, plan_dataflow, query_statement, relations_of, Dataflow, PlanningInputs, SplitBy,
     Stage,
@@ -40,6 +42,8 @@ use crate::planner::{
 use crate::shared_decode::SharedDecodes;
 use crate::table::{self, TableFormat};
 use crate::view::{Subscription, ViewStore};
+use fluxo_connectors::exchange::ExchangeWriter;
+use fluxo_dataflow::keyed_shards::KeyHashes;
 
 mod sharing;
 
@@ -135,6 +139,10 @@ struct SinkPipeline {
 }
 
 /// One pipeline of a sink.
+/// The name a writer task's sink, the exchange, has in its checkpoints;
+/// not a valid SQL identifier, so no sink can take it.
+const EXCHANGE_SINK: &str = "(exchange)";
+
 struct SinkTask {
     /// The pipeline, while it runs here. A cluster's worker runs it only
     /// while it owns the task's partition of the tasks topic.
@@ -677,6 +685,7 @@ impl Engine {
                 parallelism,
                 shared_decodes: self.shared_decodes.clone(),
                 task: None,
+                exchange: None,
             },
             self.topics.clone(),
             !persist,
@@ -833,25 +842,29 @@ impl Engine {
                         command: None,
                     })?;
                 }
-                let spec = |checkpoints: CheckpointStore, task: Option<TaskShare>| PipelineSpec {
-                    name: def.name.clone(),
-                    definition: definition.clone(),
-                    dataflow: dataflow.clone(),
-                    view: None,
-                    allowed_lateness_ms: lateness_ms,
-                    checkpoints,
-                    checkpoint_interval_ms,
-                    parallelism,
-                    late_topic: None,
-                    shared_decodes: self.shared_decodes.clone(),
-                    task,
-                };
+                let spec =
+                    |checkpoints: CheckpointStore,
+                     task: Option<TaskShare>,
+                     exchange: Option<ExchangeRole>| PipelineSpec {
+                        name: def.name.clone(),
+                        definition: definition.clone(),
+                        dataflow: dataflow.clone(),
+                        view: None,
+                        allowed_lateness_ms: lateness_ms,
+                        checkpoints,
+                        checkpoint_interval_ms,
+                        parallelism,
+                        late_topic: None,
+                        shared_decodes: self.shared_decodes.clone(),
+                        task,
+                        exchange,
+                    };
                 let entry = match &self.sharing {
                     None => {
                         let checkpoints =
                             CheckpointStore::new(checkpoint_dir(&self.sql_dir, &def.name));
                         let pipeline = pipeline::start(
-                            spec(checkpoints, None),
+                            spec(checkpoints, None, None),
                             self.topics.clone(),
                             !persist,
                         )?;
@@ -868,15 +881,25 @@ impl Engine {
                         }
                     }
                     // The worker that owns a task runs it, with a sink of its own.
-                    Some(sharing) => SinkPipeline {
-                        def: def.clone(),
-                        dataflow: dataflow.clone(),
-                        tasks: (0..tasks)
-                            .map(|index| {
-                                // Named by the command that made the sink, so
-                                // it is never another sink's of the same name:
-                                // a worker that applies the command late must
-                                // not remove what the owner checkpointed since.
+                    Some(sharing) => {
+                        // Named by the command that made the sink, so that
+                        // it is never another sink's of the same name: a
+                        // worker that applies the command late must not
+                        // remove what the owner checkpointed since.
+                        let made = sharing::pipeline_key(&def.name, command, 0, 1);
+                        // An aggregation split by key goes over an exchange:
+                        // `tasks` writers decode their share of the source,
+                        // `tasks` readers aggregate their share of the keys.
+                        let exchange = (tasks > 1
+                            && split_by == Some(SplitBy::Groups)
+                            && dataflow.exchange().is_some())
+                        .then(|| sharing.exchange_topic(&made));
+                        let layout = match exchange {
+                            Some(_) => 2 * tasks,
+                            None => tasks,
+                        };
+                        let task_spec = |index: usize| match &exchange {
+                            None => {
                                 let key = sharing::pipeline_key(&def.name, command, index, tasks);
                                 let task = split_by.filter(|_| tasks > 1).map(|by| TaskShare {
                                     by,
@@ -885,26 +908,67 @@ impl Engine {
                                         count: tasks,
                                     },
                                 });
-                                let spec = spec(sharing.checkpoints.store(&key), task);
-                                // A split sink's tasks are the partitions of
-                                // its own tasks topic.
-                                let partition = match tasks {
-                                    1 => sharing::task_of(&key),
-                                    _ => index as i32,
+                                spec(sharing.checkpoints.store(&key), task, None)
+                            }
+                            Some(topic) => {
+                                let (role, key, share) = match index.checked_sub(tasks) {
+                                    None => (
+                                        ExchangeRole::Read {
+                                            topic: topic.clone(),
+                                            writers: tasks,
+                                        },
+                                        format!("{made}.reader{index}"),
+                                        index,
+                                    ),
+                                    Some(writer) => (
+                                        ExchangeRole::Write {
+                                            topic: topic.clone(),
+                                            writer,
+                                            writers: tasks,
+                                            readers: tasks,
+                                        },
+                                        format!("{made}.writer{writer}"),
+                                        writer,
+                                    ),
                                 };
-                                SinkTask::new(None, Some(spec), partition)
-                            })
-                            .collect(),
-                        task_group: (tasks > 1).then(|| {
-                            sharing
-                                .task_group(&sharing::pipeline_key(&def.name, command, 0, 1), tasks)
-                        }),
-                        shared: Some(SharedSink {
-                            schema: schema.clone(),
-                            append_only,
-                        }),
-                        dropped: Default::default(),
-                    },
+                                let task = TaskShare {
+                                    by: SplitBy::Partitions,
+                                    share: PartitionShare {
+                                        index: share,
+                                        count: tasks,
+                                    },
+                                };
+                                spec(sharing.checkpoints.store(&key), Some(task), Some(role))
+                            }
+                        };
+                        let mut task_group =
+                            (layout > 1).then(|| sharing.task_group(&made, layout));
+                        if let Some(group) = &mut task_group {
+                            group.exchange = exchange.clone();
+                        }
+                        SinkPipeline {
+                            def: def.clone(),
+                            dataflow: dataflow.clone(),
+                            tasks: (0..layout)
+                                .map(|index| {
+                                    let spec = task_spec(index);
+                                    // A split sink's tasks are the partitions
+                                    // of its own tasks topic.
+                                    let partition = match layout {
+                                        1 => sharing::task_of(&made),
+                                        _ => index as i32,
+                                    };
+                                    SinkTask::new(None, Some(spec), partition)
+                                })
+                                .collect(),
+                            task_group,
+                            shared: Some(SharedSink {
+                                schema: schema.clone(),
+                                append_only,
+                            }),
+                            dropped: Default::default(),
+                        }
+                    }
                 };
                 self.objects
                     .write()
@@ -1124,9 +1188,35 @@ impl Engine {
         let spec = task.spec.clone().ok_or_else(|| {
             SqlError::Internal(format!("sink {} is not a cluster's", entry.def.name))
         })?;
-        let sink = self
-            .new_sink(&entry.def, &shared.schema, shared.append_only, task.index())
-            .await?;
+        let sink = match &spec.exchange {
+            // A writer of an exchange writes the exchange, not the sink.
+            Some(ExchangeRole::Write {
+                topic,
+                writer,
+                writers,
+                readers,
+            }) => {
+                let keys = spec.dataflow.exchange().ok_or_else(|| {
+                    SqlError::Internal(format!(
+                        "sink {} has exchange writers but no aggregation to split",
+                        entry.def.name
+                    ))
+                })?;
+                let exchange =
+                    ExchangeWriter::new(*writer, *writers, *readers, KeyHashes::of(keys)?);
+                self.topics.exchange_sink(
+                    EXCHANGE_SINK.to_string(),
+                    &format!("{topic}.writer{writer}"),
+                    topic.clone(),
+                    exchange,
+                )
+            }
+            _ => {
+                self.new_sink(&entry.def, &shared.schema, shared.append_only, task.index())
+                    .await?
+            }
+        };
+        let writes_exchange = matches!(spec.exchange, Some(ExchangeRole::Write { .. }));
         let stats = sink.stats();
         let topics = self.topics.clone();
         // Starting reads the checkpoint, from object storage perhaps.
@@ -1149,6 +1239,9 @@ impl Engine {
             tokio::task::spawn_blocking(move || pipeline.stop())
                 .await
                 .ok();
+            return Ok(());
+        }
+        if writes_exchange {
             return Ok(());
         }
         let connector = entry.def.options.get("connector").unwrap_or("topic");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use fluxo_connectors::avro::{AvroDecoder, AvroSchemas};
+use fluxo_connectors::exchange::{ExchangeRecord, WriterMark};
 
 use crate::error::{Result, SqlError};
 
@@ -20,6 +21,9 @@ pub enum Format {
     Lines,
     /// Confluent's Avro: a schema id, then the datum of that schema.
     Avro,
+    /// The exchange between the tasks of a split aggregation
+    /// (`fluxo_connectors::exchange`); not a format sources name.
+    Exchange,
 }
 
 impl Format {
@@ -43,6 +47,9 @@ pub struct Decoded {
     /// Records that could not be decoded.
     pub bad: usize,
     pub first_error: Option<String>,
+    /// Of an exchange: the writers' marks, in the order read (each after
+    /// the rows before it).
+    pub marks: Vec<WriterMark>,
 }
 
 /// The schema registry that Avro sources decode through, as the engine
@@ -110,13 +117,18 @@ impl RecordDecoder {
                 batch: RecordBatch::new_empty(self.schema.clone()),
                 bad: 0,
                 first_error: None,
+                marks: Vec::new(),
             });
+        }
+        if self.format == Format::Exchange {
+            return self.decode_exchange(values);
         }
         match self.decode_all(values) {
             Ok(batch) if batch.num_rows() == values.len() => Ok(Decoded {
                 batch,
                 bad: 0,
                 first_error: None,
+                marks: Vec::new(),
             }),
             _ => {
                 let mut good = Vec::with_capacity(values.len());
@@ -142,13 +154,43 @@ impl RecordDecoder {
                     batch,
                     bad,
                     first_error,
+                    marks: Vec::new(),
                 })
             }
         }
     }
 
+    /// Exchange records: their rows in one batch (as the writers made
+    /// them), their marks apart. A record that is neither is counted bad.
+    fn decode_exchange(&self, values: &[&[u8]]) -> Result<Decoded> {
+        let mut batches = Vec::new();
+        let mut marks = Vec::new();
+        let (mut bad, mut first_error) = (0, None);
+        for value in values {
+            match ExchangeRecord::decode(value) {
+                Ok(ExchangeRecord::Rows(rows)) => batches.extend(rows),
+                Ok(ExchangeRecord::Mark(mark)) => marks.push(mark),
+                Err(e) => {
+                    bad += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        let batch = match batches.first() {
+            Some(first) => arrow::compute::concat_batches(&first.schema(), &batches)?,
+            None => RecordBatch::new_empty(self.schema.clone()),
+        };
+        Ok(Decoded {
+            batch,
+            bad,
+            first_error,
+            marks,
+        })
+    }
+
     fn decode_all(&self, values: &[&[u8]]) -> Result<RecordBatch> {
         match self.format {
+            Format::Exchange => Err(SqlError::Internal("exchange records decode apart".into())),
             Format::Avro => {
                 let decoder = self.avro.as_ref().ok_or_else(|| {
                     SqlError::Internal("an Avro decoder without a registry".into())

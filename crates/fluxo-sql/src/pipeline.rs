@@ -11,6 +11,7 @@
 //! goes back. Sources without a WATERMARK run on processing time: an event's
 //! time is when the pipeline reads it, and the watermark is the clock.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ pub use crate::reader::PartitionShare;
 use crate::reader::{Chunk, Frontier, Readers, SourceReading};
 use crate::shared_decode::SharedDecodes;
 use crate::view::ViewStore;
+use fluxo_connectors::exchange::{split_event_time, with_event_time, WriterMark};
 use fluxo_connectors::topic_sink::TopicSinkConfig;
 use fluxo_connectors::{Sink, Topics};
 
@@ -236,6 +238,28 @@ pub struct PipelineSpec {
     /// Which task this pipeline is, when a sink is split over a cluster's
     /// workers; `None` for the whole query.
     pub task: Option<TaskShare>,
+    /// The task's part, when its aggregation is split over an exchange
+    /// topic.
+    pub exchange: Option<ExchangeRole>,
+}
+
+/// A task's part in an aggregation split by key over an exchange topic
+/// (`fluxo_connectors::exchange`). The engine gives a writer the exchange
+/// as its sink, and a reader the query's sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeRole {
+    /// Reads its share of the source's partitions (its task's), runs the
+    /// operators before the aggregation and sends their rows to `topic`:
+    /// writer `writer` of `writers`, over `readers` partitions.
+    Write {
+        topic: String,
+        writer: usize,
+        writers: usize,
+        readers: usize,
+    },
+    /// Runs the aggregation, and what follows it, over its share of the
+    /// partitions of `topic`, which `writers` writers fill.
+    Read { topic: String, writers: usize },
 }
 
 /// One task of a query split into several: what it splits by and its share.
@@ -421,6 +445,9 @@ struct Runner {
     shared_decodes: Arc<SharedDecodes>,
     /// The partitions of its sources this pipeline reads.
     share: PartitionShare,
+    /// Whether it is a writer of an exchange: the rows that reach its
+    /// aggregation go to its sink (the exchange) with their event times.
+    exchange_write: bool,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     watermark: i64,
@@ -457,6 +484,61 @@ struct Input {
     /// The chain's aggregation, if it has one.
     stage: Option<ShardedAggregation>,
     partitions: Vec<PartitionCursor>,
+    /// When the input is an exchange: what its writers said of time.
+    marks: Option<Marks>,
+}
+
+/// What the writers of an exchange said of time, in the partitions one
+/// reader task reads (see `fluxo_connectors::exchange`).
+struct Marks {
+    writers: usize,
+    /// Per partition: each writer's last watermark, `None` for a writer
+    /// that holds nothing back.
+    partitions: BTreeMap<usize, BTreeMap<u32, Option<i64>>>,
+}
+
+impl Marks {
+    fn new(writers: usize, partitions: impl Iterator<Item = usize>) -> Marks {
+        Marks {
+            writers,
+            partitions: partitions.map(|p| (p, BTreeMap::new())).collect(),
+        }
+    }
+
+    /// A mark read in partition `p`, after every row before it was taken.
+    fn note(&mut self, p: usize, mark: WriterMark) {
+        if mark.writers as usize != self.writers {
+            tracing::warn!(
+                partition = p,
+                "an exchange mark of writer {} of {} in an exchange of {} writers is ignored",
+                mark.writer,
+                mark.writers,
+                self.writers
+            );
+            return;
+        }
+        if let Some(writers) = self.partitions.get_mut(&p) {
+            writers.insert(mark.writer, mark.watermark);
+        }
+    }
+
+    /// The least of every writer's watermark; nothing moves until every
+    /// writer has marked every partition.
+    fn time(&self) -> InputTime {
+        let mut least: Option<i64> = None;
+        for writers in self.partitions.values() {
+            if writers.len() < self.writers {
+                return InputTime::Event(i64::MIN);
+            }
+            for w in writers.values().flatten() {
+                least = Some(least.map_or(*w, |l| l.min(*w)));
+            }
+        }
+        match least {
+            Some(w) => InputTime::Event(w),
+            None => InputTime::Empty,
+        }
+    }
 }
 
 /// What an input says about time.
@@ -533,6 +615,7 @@ impl Input {
             idle_timeout_ms,
             stage,
             partitions: Vec::new(),
+            marks: None,
             chain,
         })
     }
@@ -542,6 +625,9 @@ impl Input {
     }
 
     fn time(&self) -> InputTime {
+        if let Some(marks) = &self.marks {
+            return marks.time();
+        }
         let Some(w) = &self.chain.scan.source.watermark else {
             return InputTime::Clock;
         };
@@ -605,12 +691,38 @@ impl Runner {
         // A task of a graph keeps its keys in the graph's last keyed
         // operator; its chains run whole.
         let chain_groups = groups.filter(|_| spec.dataflow.graph.is_none());
-        let inputs = spec
+        let mut inputs = spec
             .dataflow
             .inputs
             .iter()
             .map(|chain| Input::new(chain.clone(), spec.parallelism, lateness, chain_groups))
             .collect::<Result<Vec<_>>>()?;
+        let share = TaskShare::partitions(spec.task);
+        match (&spec.exchange, inputs.as_mut_slice()) {
+            (None, _) => {}
+            // The aggregation runs in the reader tasks.
+            (Some(ExchangeRole::Write { .. }), [input]) => input.stage = None,
+            (Some(ExchangeRole::Read { topic, writers }), [input]) => {
+                input.reading = SourceReading::exchange(topic)?;
+                input.topic = topic.clone();
+                // One partition per reader.
+                let mine = (0..share.count).filter(|p| share.reads(*p));
+                input.marks = Some(Marks::new(*writers, mine));
+                // The writers sent it the groups whose hash is its index
+                // modulo the readers: spread over its shards as a task
+                // that keeps them does.
+                if let Some(stage) = &mut input.stage {
+                    stage.keep_groups(share.index, share.count)?;
+                }
+            }
+            (Some(_), _) => {
+                return Err(SqlError::Internal(format!(
+                    "{} reads {} inputs; only one stream's aggregation is split over an exchange",
+                    spec.name,
+                    inputs.len()
+                )))
+            }
+        }
         let graph = spec
             .dataflow
             .graph
@@ -638,7 +750,8 @@ impl Runner {
             log: topics.reading(),
             topics: topics.clone(),
             shared_decodes: spec.shared_decodes,
-            share: TaskShare::partitions(spec.task),
+            share,
+            exchange_write: matches!(spec.exchange, Some(ExchangeRole::Write { .. })),
             stats,
             stop,
             watermark: i64::MIN,
@@ -993,7 +1106,13 @@ impl Runner {
         self.stats
             .events_in
             .fetch_add(decoded.batch.num_rows() as u64, Ordering::Relaxed);
-        self.process(i, decoded.batch, p)
+        self.process(i, decoded.batch, p)?;
+        if let Some(marks) = &mut self.inputs[i].marks {
+            for mark in decoded.marks {
+                marks.note(p, mark);
+            }
+        }
+        Ok(())
     }
 
     /// Runs the query's static parts (tables that are no stream) once and
@@ -1091,8 +1210,14 @@ impl Runner {
         let started = Instant::now();
         let operator = self.operator_state()?;
         let epoch = self.epoch + 1;
+        // What an exchange's readers may take as this task's watermark.
+        let mark = match self.inputs.first().map(Input::time) {
+            Some(InputTime::Empty) => None,
+            _ => Some(self.watermark),
+        };
         let mut sinks = serde_json::Map::new();
         for sink in &mut self.sinks {
+            sink.mark_watermark(mark)?;
             sinks.insert(sink.name().to_string(), sink.prepare(epoch)?);
         }
         if let Some(late) = &mut self.late_output {
@@ -1144,6 +1269,17 @@ impl Runner {
             .collect();
         // Tasks of a split sink share its group, each its own partitions.
         self.topics.report_progress(&self.name, progress);
+        // What a reader of an exchange checkpointed nobody reads again.
+        for input in self.inputs.iter().filter(|i| i.marks.is_some()) {
+            let read = input
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| self.share.reads(*p))
+                .map(|(p, c)| (p as i32, c.offset))
+                .collect();
+            self.topics.purge(&input.topic, read);
+        }
         *self.stats.last_checkpoint.lock() = Some(CheckpointInfo {
             epoch,
             taken_at_ms: checkpoint.taken_at_ms,
@@ -1367,6 +1503,9 @@ impl Runner {
         if self.inputs[i].upsert.is_some() {
             return self.process_table(i, &batch);
         }
+        if self.inputs[i].marks.is_some() {
+            return self.process_exchanged(i, &batch);
+        }
         let input = &self.inputs[i];
         let source = &input.chain.scan.source;
         let event_time = source
@@ -1436,6 +1575,10 @@ impl Runner {
         for op in &self.inputs[i].chain.pre {
             changes = op.apply_tracking(changes, &mut [&mut times, &mut source_rows])?;
         }
+        if self.exchange_write {
+            let rows = with_event_time(&changes.batch, &times)?;
+            return self.emit(vec![Changes::inserts(rows)]);
+        }
         let watermark = self.watermark;
         let Some(stage) = &mut self.inputs[i].stage else {
             return self.emit_chain(i, vec![changes]);
@@ -1462,6 +1605,29 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Rows a writer task sent through the exchange, decoded and through
+    /// the operators before the aggregation already, with their event
+    /// times: into the aggregation.
+    fn process_exchanged(&mut self, i: usize, batch: &RecordBatch) -> Result<()> {
+        let (rows, times) = split_event_time(batch)?;
+        let watermark = self.watermark;
+        let Some(stage) = &mut self.inputs[i].stage else {
+            return Err(SqlError::Internal(
+                "a reader of an exchange without an aggregation".into(),
+            ));
+        };
+        if self.lateness_ms > 0 {
+            self.updated_closed_windows = true;
+        }
+        let processed = stage.process(&rows, &times, watermark)?;
+        if let Some(late) = &processed.late {
+            self.stats
+                .late_events
+                .fetch_add(late.true_count() as u64, Ordering::Relaxed);
+        }
+        self.emit_chain(i, processed.changes)
     }
 
     /// Records of a table: its changes (newest row per key), through the
@@ -1497,7 +1663,8 @@ impl Runner {
             return Ok((batch.project(&scan.projection)?, None));
         };
         // Without aggregation a hopping window repeats each row per window.
-        let mode = match (spec, input.stage.is_some()) {
+        let aggregated = !matches!(input.chain.stage, Stage::None);
+        let mode = match (spec, aggregated) {
             (WindowSpec::Hop { .. }, false) => Assign::Windows,
             _ => Assign::Panes,
         };
@@ -1670,5 +1837,220 @@ mod tests {
         assert_eq!(combine_times([Empty, Clock].into_iter()), i64::MIN);
         let before = now_ms();
         assert!(combine_times([Clock].into_iter()) >= before);
+    }
+
+    #[test]
+    fn an_exchange_reader_waits_for_every_writer_and_takes_the_least() {
+        use fluxo_connectors::exchange::WriterMark;
+        let mark = |writer, watermark| WriterMark {
+            writer,
+            writers: 2,
+            watermark,
+        };
+        let mut marks = Marks::new(2, [1].into_iter());
+        assert_eq!(event(marks.time()), Some(i64::MIN));
+        marks.note(1, mark(0, Some(5_000)));
+        assert_eq!(
+            event(marks.time()),
+            Some(i64::MIN),
+            "writer 1 not heard yet"
+        );
+        // A partition this reader does not read says nothing.
+        marks.note(0, mark(1, Some(9_000)));
+        assert_eq!(event(marks.time()), Some(i64::MIN));
+        marks.note(1, mark(1, Some(7_000)));
+        assert_eq!(event(marks.time()), Some(5_000));
+        // A writer with nothing read holds nothing back.
+        marks.note(1, mark(0, None));
+        assert_eq!(event(marks.time()), Some(7_000));
+        marks.note(1, mark(1, None));
+        assert!(matches!(marks.time(), InputTime::Empty));
+        // A mark of another layout is not counted.
+        marks.note(
+            1,
+            WriterMark {
+                writer: 0,
+                writers: 3,
+                watermark: Some(1),
+            },
+        );
+        assert!(matches!(marks.time(), InputTime::Empty));
+    }
+
+    /// Each row of `batch` as text, sorted.
+    fn rows_of(batch: &RecordBatch) -> Vec<String> {
+        let mut rows: Vec<String> = (0..batch.num_rows())
+            .map(|i| {
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Two writers and two readers of an exchange, on this process's log,
+    /// give what the whole query gives, and each event is decoded once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aggregation_split_over_an_exchange_gives_the_whole_query() {
+        use fluxo_connectors::exchange::ExchangeWriter;
+        use fluxo_dataflow::keyed_shards::KeyHashes;
+        use fluxo_log::{LogStore, OutRecord, TopicConfig};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(&dir.path().join("log")).unwrap());
+        let topic = store.create_topic("t", 4, TopicConfig::default()).unwrap();
+        // 4,000 events of 13 keys over 20 seconds, a little out of order.
+        let events = 4_000;
+        for (p, log) in topic.partitions().iter().enumerate() {
+            let records: Vec<OutRecord> = (0..events / 4)
+                .map(|i| {
+                    let n = i * 4 + p;
+                    let ms = (n * 5 + (n % 7) * 40) as i64;
+                    let value = format!(
+                        r#"{{"k": {}, "v": {}, "ts": "2026-01-01T00:00:{:02}.{:03}"}}"#,
+                        n % 13,
+                        n,
+                        ms / 1000,
+                        ms % 1000
+                    );
+                    OutRecord {
+                        key: None,
+                        value: Some(value.into()),
+                        headers: Vec::new(),
+                        timestamp: 0,
+                    }
+                })
+                .collect();
+            log.append_records(&records, None).unwrap();
+        }
+        let mut inputs = PlanningInputs::default();
+        let Statement::CreateSource(def) = parse_statements(
+            "CREATE SOURCE s (k BIGINT, v BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (topic = 't', idle_timeout = '200ms')",
+        )
+        .unwrap()
+        .remove(0) else {
+            unreachable!()
+        };
+        inputs.sources.insert(def.name.clone(), Arc::new(def));
+        let Statement::Query(query) = parse_statements(
+            "SELECT k, window_start, count(*) AS n, sum(v) AS total
+               FROM TUMBLE(s, ts, INTERVAL '1' SECOND) WHERE v % 5 <> 0
+               GROUP BY k, window_start",
+        )
+        .unwrap()
+        .remove(0) else {
+            unreachable!()
+        };
+        let dataflow = plan_dataflow(&inputs, &query).await.unwrap();
+        let keys = dataflow.exchange().unwrap().clone();
+        let topics = Topics::Local(store.clone());
+        let shared_decodes = SharedDecodes::new();
+        let spec =
+            |name: &str, task: Option<TaskShare>, exchange: Option<ExchangeRole>| PipelineSpec {
+                name: name.to_string(),
+                definition: name.to_string(),
+                dataflow: dataflow.clone(),
+                view: exchange
+                    .as_ref()
+                    .is_none_or(|e| matches!(e, ExchangeRole::Read { .. }))
+                    .then(|| Arc::new(ViewStore::new(dataflow.output_schema.clone()).unwrap())),
+                allowed_lateness_ms: 0,
+                checkpoints: CheckpointStore::new(dir.path().join(name)),
+                checkpoint_interval_ms: 100,
+                parallelism: 2,
+                late_topic: None,
+                shared_decodes: shared_decodes.clone(),
+                task,
+                exchange,
+            };
+        let share = |index| {
+            Some(TaskShare {
+                by: SplitBy::Partitions,
+                share: PartitionShare { index, count: 2 },
+            })
+        };
+        let whole = spec("whole", None, None);
+        let mut pipelines = vec![start(whole.clone(), topics.clone(), false).unwrap()];
+        let mut readers = Vec::new();
+        for i in 0..2 {
+            let writer = ExchangeRole::Write {
+                topic: "x".into(),
+                writer: i,
+                writers: 2,
+                readers: 2,
+            };
+            let handle = start(
+                spec(&format!("w{i}"), share(i), Some(writer)),
+                topics.clone(),
+                false,
+            )
+            .unwrap();
+            handle.add_sink(topics.exchange_sink(
+                "(exchange)".into(),
+                &format!("x.writer{i}"),
+                "x".into(),
+                ExchangeWriter::new(i, 2, 2, KeyHashes::of(&keys).unwrap()),
+            ));
+            pipelines.push(handle);
+            let reader = spec(
+                &format!("r{i}"),
+                share(i),
+                Some(ExchangeRole::Read {
+                    topic: "x".into(),
+                    writers: 2,
+                }),
+            );
+            readers.push(reader.view.clone().unwrap());
+            pipelines.push(start(reader, topics.clone(), false).unwrap());
+        }
+        let whole_view = whole.view.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (want, got) = loop {
+            let want = rows_of(&whole_view.snapshot().unwrap());
+            let mut got: Vec<String> = readers
+                .iter()
+                .flat_map(|v| rows_of(&v.snapshot().unwrap()))
+                .collect();
+            got.sort();
+            // 20 one-second windows of 13 keys; the last ones stay open.
+            if (want.len() >= 13 * 18 && want == got) || Instant::now() > deadline {
+                break (want, got);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(want.len() >= 13 * 18, "{} windows", want.len());
+        assert_eq!(want, got);
+        // Each event was decoded by one writer.
+        let decoded: u64 = [1, 3]
+            .iter()
+            .map(|i| pipelines[*i].stats.events_in.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(decoded, events as u64);
+        // What the readers checkpointed, the exchange lets go of.
+        let purged = || {
+            (0..2).all(|p| {
+                store
+                    .partition("x", p)
+                    .is_some_and(|l| l.log_start_offset() > 0)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !purged() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            purged(),
+            "the exchange still holds what its readers checkpointed"
+        );
+        for p in &pipelines {
+            p.stop();
+        }
     }
 }

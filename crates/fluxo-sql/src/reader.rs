@@ -130,6 +130,20 @@ impl SourceReading {
         })
     }
 
+    /// How a task of an aggregation split over an exchange topic reads it
+    /// (`fluxo_connectors::exchange`).
+    pub fn exchange(topic: &str) -> Result<SourceReading> {
+        Ok(SourceReading {
+            topic: topic.to_string(),
+            decoder: RecordDecoder::new(
+                Arc::new(arrow::datatypes::Schema::empty()),
+                Format::Exchange,
+                None,
+            )?,
+            tombstones: None,
+        })
+    }
+
     /// What makes two readings decode a record the same way: readers with
     /// the same identity share their decodes.
     pub fn identity(&self) -> String {

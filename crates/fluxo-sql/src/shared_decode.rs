@@ -209,6 +209,7 @@ mod tests {
                 batch: RecordBatch::try_new(schema, vec![Arc::new(values)]).unwrap(),
                 bad: 0,
                 first_error: None,
+                marks: Vec::new(),
             },
             next_offset: to,
             shared: false,

@@ -352,10 +352,12 @@ impl Sharing {
         if tasks.topic == self.tasks_topic {
             return;
         }
-        match self.cluster.delete_topic(&tasks.topic).await {
-            Ok(()) => tracing::info!(topic = %tasks.topic, "deleted a dropped sink's tasks topic"),
-            Err(e) => {
-                tracing::warn!(topic = %tasks.topic, error = %e, "cannot delete a dropped sink's tasks topic")
+        for topic in std::iter::once(&tasks.topic).chain(&tasks.exchange) {
+            match self.cluster.delete_topic(topic).await {
+                Ok(()) => tracing::info!(topic = %topic, "deleted a dropped sink's topic"),
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "cannot delete a dropped sink's topic")
+                }
             }
         }
     }
@@ -380,7 +382,14 @@ impl Sharing {
             group: format!("fluxo-{}-{key}-tasks", self.cluster_id),
             topic: format!("_fluxo-{}-{key}-tasks", self.cluster_id),
             tasks: tasks as i32,
+            exchange: None,
         }
+    }
+
+    /// The exchange topic of a split aggregation (its pipeline key names
+    /// it, see `fluxo_connectors::exchange`).
+    pub(super) fn exchange_topic(&self, key: &str) -> String {
+        format!("_fluxo-{}-{key}-exchange", self.cluster_id)
     }
 
     pub(super) fn describe_owner(&self) -> String {
@@ -398,6 +407,8 @@ pub(super) struct TaskGroup {
     pub(super) group: String,
     pub(super) topic: String,
     pub(super) tasks: i32,
+    /// The exchange topic between its tasks, when they have one.
+    pub(super) exchange: Option<String>,
 }
 
 /// This worker's part in one group.
@@ -470,6 +481,7 @@ impl Engine {
             group: format!("fluxo-{}-workers", sharing.cluster_id),
             topic: sharing.tasks_topic.clone(),
             tasks: TASKS,
+            exchange: None,
         };
         let owned = sharing.owned.clone();
         let membership = tokio::spawn(own_tasks(

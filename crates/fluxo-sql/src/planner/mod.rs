@@ -203,6 +203,25 @@ impl Dataflow {
         }
     }
 
+    /// The aggregation whose input a query split by groups sends over an
+    /// exchange topic (`fluxo_connectors::exchange`), so that each event is
+    /// decoded by one task rather than by every task: that of one stream
+    /// grouped by keys, windowed on event time or updating. `None` where
+    /// every task reads every event (a graph's keyed operator, windows on
+    /// processing time).
+    pub fn exchange(&self) -> Option<&AggregateExprs> {
+        if self.split_by() != Some(SplitBy::Groups) {
+            return None;
+        }
+        let chain = self.single()?;
+        let exprs = match &chain.stage {
+            Stage::Window { exprs, .. } if !chain.processing_time() => exprs,
+            Stage::Updating { exprs } => exprs,
+            _ => return None,
+        };
+        exprs.has_keys().then_some(exprs)
+    }
+
     /// The query's one chain, when it reads one input and has no graph.
     pub fn single(&self) -> Option<&Chain> {
         match (&self.graph, self.inputs.as_slice()) {
