@@ -10,12 +10,14 @@
 //! A record's value is either rows or a mark, told apart by its first byte:
 //! - rows: an Arrow IPC stream whose last column is each row's event time
 //!   ([`EVENT_TIME_COLUMN`], milliseconds);
-//! - a mark: which writer of how many, and that writer's watermark. Each
-//!   writer marks every partition at each of its checkpoints, inside the
-//!   same transaction as its rows, so a reader that reaches the mark has
-//!   every row the writer sent that partition before it. A reader's
-//!   watermark is the least of its writers' last marks, and nothing until
-//!   every writer has marked.
+//! - a mark: which writer of how many, that writer's watermark, and
+//!   whether every partition it reads is idle. Each writer marks every
+//!   partition at each of its checkpoints, inside the same transaction as
+//!   its rows, so a reader that reaches the mark has every row the writer
+//!   sent that partition before it. A reader's watermark is the least of
+//!   its writers' last marks, leaving out idle writers (the greatest of
+//!   theirs when all are idle), as a pipeline's is over its partitions; and
+//!   nothing until every writer has marked.
 //!
 //! Writers write in Kafka transactions, one per checkpoint (the topic
 //! sink's), and readers read committed records only: a writer that
@@ -39,6 +41,9 @@ pub const EVENT_TIME_COLUMN: &str = "__fluxo_event_time";
 
 const ROWS: u8 = 0;
 const MARK: u8 = 1;
+/// Flags of a mark.
+const HAS_WATERMARK: u8 = 1;
+const IDLE: u8 = 2;
 
 /// Rows are sent in records of about this size at most, well under the
 /// 1 MiB a Kafka topic takes by default.
@@ -60,6 +65,9 @@ pub struct WriterMark {
     /// `None` while the writer has read nothing and every partition it
     /// reads is idle: it holds nothing back.
     pub watermark: Option<i64>,
+    /// Whether every partition the writer reads is idle (caught up and
+    /// quiet for the source's idle timeout).
+    pub idle: bool,
 }
 
 /// What one exchange record holds.
@@ -86,7 +94,8 @@ impl ExchangeRecord {
                 Ok(ExchangeRecord::Mark(WriterMark {
                     writer: u32_at(0),
                     writers: u32_at(4),
-                    watermark: (body[8] == 1).then(|| i64::from_be_bytes(time)),
+                    watermark: (body[8] & HAS_WATERMARK != 0).then(|| i64::from_be_bytes(time)),
+                    idle: body[8] & IDLE != 0,
                 }))
             }
             _ => Err(ConnectorError::Execution(format!(
@@ -170,11 +179,12 @@ impl ExchangeWriter {
     }
 
     /// This writer's mark for every partition.
-    pub fn marks(&self, watermark: Option<i64>) -> BTreeMap<i32, Vec<OutRecord>> {
+    pub fn marks(&self, watermark: Option<i64>, idle: bool) -> BTreeMap<i32, Vec<OutRecord>> {
         let value = encode_mark(WriterMark {
             writer: self.writer,
             writers: self.writers,
             watermark,
+            idle,
         });
         let now = crate::now_ms();
         (0..self.partitions as i32)
@@ -196,7 +206,14 @@ fn encode_mark(mark: WriterMark) -> Bytes {
     value.push(MARK);
     value.extend_from_slice(&mark.writer.to_be_bytes());
     value.extend_from_slice(&mark.writers.to_be_bytes());
-    value.push(mark.watermark.is_some() as u8);
+    let mut flags = 0;
+    if mark.watermark.is_some() {
+        flags |= HAS_WATERMARK;
+    }
+    if mark.idle {
+        flags |= IDLE;
+    }
+    value.push(flags);
     value.extend_from_slice(&mark.watermark.unwrap_or(0).to_be_bytes());
     Bytes::from(value)
 }
@@ -268,11 +285,16 @@ mod tests {
 
     #[test]
     fn a_mark_says_which_writer_and_its_watermark_or_none() {
-        for watermark in [Some(-7), Some(1_700_000_000_000), None] {
+        for (watermark, idle) in [
+            (Some(-7), false),
+            (Some(1_700_000_000_000), true),
+            (None, true),
+        ] {
             let mark = WriterMark {
                 writer: 2,
                 writers: 3,
                 watermark,
+                idle,
             };
             match ExchangeRecord::decode(&encode_mark(mark)).unwrap() {
                 ExchangeRecord::Mark(got) => assert_eq!(got, mark),

@@ -148,11 +148,11 @@ impl Sink for RemoteTopicSink {
         Ok(())
     }
 
-    fn mark_watermark(&mut self, watermark: Option<i64>) -> Result<()> {
+    fn mark_watermark(&mut self, watermark: Option<i64>, idle: bool) -> Result<()> {
         let Some(exchange) = &self.exchange else {
             return Ok(());
         };
-        let marks = exchange.marks(watermark);
+        let marks = exchange.marks(watermark, idle);
         self.partitions()?;
         self.send(marks)
     }

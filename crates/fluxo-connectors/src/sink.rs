@@ -30,10 +30,11 @@ pub trait Sink: Send {
     /// sink that lived through a failed run gets this too, and drops what
     /// that run wrote but did not commit.
     fn recover(&mut self, prepared: Option<&serde_json::Value>) -> Result<()>;
-    /// At a checkpoint, before `prepare`: the pipeline's watermark, `None`
-    /// while it has read nothing and holds nothing back. Only an exchange
-    /// between tasks (see `exchange.rs`) writes it down.
-    fn mark_watermark(&mut self, _watermark: Option<i64>) -> Result<()> {
+    /// At a checkpoint, before `prepare`: the pipeline's watermark (`None`
+    /// while it has read nothing and holds nothing back), and whether all
+    /// it reads is idle. Only an exchange between tasks (see
+    /// `exchange.rs`) writes it down.
+    fn mark_watermark(&mut self, _watermark: Option<i64>, _idle: bool) -> Result<()> {
         Ok(())
     }
     /// Whether a new sink first gets the rows its view already holds.

@@ -364,10 +364,10 @@ impl Sink for TopicSink {
         self.append(spread(records, n, unkeyed))
     }
 
-    fn mark_watermark(&mut self, watermark: Option<i64>) -> Result<()> {
+    fn mark_watermark(&mut self, watermark: Option<i64>, idle: bool) -> Result<()> {
         match &self.exchange {
             Some(exchange) => {
-                let marks = exchange.marks(watermark);
+                let marks = exchange.marks(watermark, idle);
                 self.append(marks)
             }
             None => Ok(()),

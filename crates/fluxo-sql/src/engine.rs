@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch, StringArray};
@@ -167,6 +167,13 @@ impl SinkTask {
         }
     }
 
+    /// Whether it is a writer of its sink's exchange.
+    fn writes_exchange(&self) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|s| matches!(s.exchange, Some(ExchangeRole::Write { .. })))
+    }
+
     /// Which task of how many it is, when the sink is split.
     fn index(&self) -> Option<(usize, usize)> {
         let task = self.spec.as_ref()?.task?;
@@ -269,6 +276,19 @@ pub struct PipelineStatus {
     pub tasks: usize,
     /// ... and those running on this server.
     pub tasks_here: Vec<usize>,
+    /// Of an aggregation split over an exchange topic: what its tasks on
+    /// this server sent and took. Its `events_in` are then what the writer
+    /// tasks read from the source, its `rows_out` what the readers wrote.
+    pub exchange: Option<ExchangeProgress>,
+}
+
+/// Rows through an exchange topic, by the tasks on one server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExchangeProgress {
+    /// Rows the writer tasks sent (in transactions not yet committed, too).
+    pub sent: u64,
+    /// Rows the reader tasks took.
+    pub received: u64,
 }
 
 impl Engine {
@@ -1798,6 +1818,31 @@ impl Engine {
             );
             status.tasks = s.tasks.len();
             status.tasks_here = running.iter().map(|(i, _)| *i).collect();
+            if s.tasks.iter().any(|t| t.writes_exchange()) {
+                let (mut writers, mut readers) = (Vec::new(), Vec::new());
+                for (i, p) in &running {
+                    match s.tasks[*i].writes_exchange() {
+                        true => writers.push(&*p.stats),
+                        false => readers.push(&*p.stats),
+                    }
+                }
+                let sum =
+                    |parts: &[&pipeline::PipelineStats],
+                     field: fn(&pipeline::PipelineStats) -> &AtomicU64| {
+                        parts
+                            .iter()
+                            .map(|p| field(p).load(Ordering::Relaxed))
+                            .sum::<u64>()
+                    };
+                status.events_in = sum(&writers, |s| &s.events_in);
+                status.events_in_per_sec = sum(&writers, |s| &s.rate_in);
+                status.rows_out = sum(&readers, |s| &s.rows_out);
+                status.rows_out_per_sec = sum(&readers, |s| &s.rate_out);
+                status.exchange = Some(ExchangeProgress {
+                    sent: sum(&writers, |s| &s.rows_out),
+                    received: sum(&readers, |s| &s.events_in),
+                });
+            }
             status
         });
         let mut out: Vec<PipelineStatus> = views.chain(sinks).collect();
@@ -1971,6 +2016,7 @@ fn status(
         sinks: Vec::new(),
         tasks: 1,
         tasks_here: vec![0],
+        exchange: None,
     }
 }
 

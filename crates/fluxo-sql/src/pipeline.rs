@@ -492,9 +492,8 @@ struct Input {
 /// reader task reads (see `fluxo_connectors::exchange`).
 struct Marks {
     writers: usize,
-    /// Per partition: each writer's last watermark, `None` for a writer
-    /// that holds nothing back.
-    partitions: BTreeMap<usize, BTreeMap<u32, Option<i64>>>,
+    /// Per partition: each writer's last mark.
+    partitions: BTreeMap<usize, BTreeMap<u32, WriterMark>>,
 }
 
 impl Marks {
@@ -518,23 +517,28 @@ impl Marks {
             return;
         }
         if let Some(writers) = self.partitions.get_mut(&p) {
-            writers.insert(mark.writer, mark.watermark);
+            writers.insert(mark.writer, mark);
         }
     }
 
-    /// The least of every writer's watermark; nothing moves until every
-    /// writer has marked every partition.
+    /// The writers' watermark as a pipeline's over its partitions: the
+    /// least of those not idle, the greatest when all are; nothing moves
+    /// until every writer has marked every partition.
     fn time(&self) -> InputTime {
-        let mut least: Option<i64> = None;
+        let (mut active, mut idle): (Option<i64>, Option<i64>) = (None, None);
         for writers in self.partitions.values() {
             if writers.len() < self.writers {
                 return InputTime::Event(i64::MIN);
             }
-            for w in writers.values().flatten() {
-                least = Some(least.map_or(*w, |l| l.min(*w)));
+            for mark in writers.values() {
+                match (mark.watermark, mark.idle) {
+                    (None, _) => {}
+                    (Some(w), false) => active = Some(active.map_or(w, |a| a.min(w))),
+                    (Some(w), true) => idle = Some(idle.map_or(w, |i| i.max(w))),
+                }
             }
         }
-        match least {
+        match active.or(idle) {
             Some(w) => InputTime::Event(w),
             None => InputTime::Empty,
         }
@@ -622,6 +626,11 @@ impl Input {
 
     fn is_idle(&self, c: &PartitionCursor) -> bool {
         c.caught_up && c.last_data.elapsed().as_millis() as i64 >= self.idle_timeout_ms
+    }
+
+    /// Whether every partition it knows is idle.
+    fn all_idle(&self) -> bool {
+        !self.partitions.is_empty() && self.partitions.iter().all(|c| self.is_idle(c))
     }
 
     fn time(&self) -> InputTime {
@@ -1215,9 +1224,10 @@ impl Runner {
             Some(InputTime::Empty) => None,
             _ => Some(self.watermark),
         };
+        let idle = self.inputs.first().is_some_and(Input::all_idle);
         let mut sinks = serde_json::Map::new();
         for sink in &mut self.sinks {
-            sink.mark_watermark(mark)?;
+            sink.mark_watermark(mark, idle)?;
             sinks.insert(sink.name().to_string(), sink.prepare(epoch)?);
         }
         if let Some(late) = &mut self.late_output {
@@ -1842,28 +1852,36 @@ mod tests {
     #[test]
     fn an_exchange_reader_waits_for_every_writer_and_takes_the_least() {
         use fluxo_connectors::exchange::WriterMark;
-        let mark = |writer, watermark| WriterMark {
+        let mark = |writer, watermark, idle| WriterMark {
             writer,
             writers: 2,
             watermark,
+            idle,
         };
         let mut marks = Marks::new(2, [1].into_iter());
         assert_eq!(event(marks.time()), Some(i64::MIN));
-        marks.note(1, mark(0, Some(5_000)));
+        marks.note(1, mark(0, Some(5_000), false));
         assert_eq!(
             event(marks.time()),
             Some(i64::MIN),
             "writer 1 not heard yet"
         );
         // A partition this reader does not read says nothing.
-        marks.note(0, mark(1, Some(9_000)));
+        marks.note(0, mark(1, Some(9_000), false));
         assert_eq!(event(marks.time()), Some(i64::MIN));
-        marks.note(1, mark(1, Some(7_000)));
+        marks.note(1, mark(1, Some(7_000), false));
         assert_eq!(event(marks.time()), Some(5_000));
-        // A writer with nothing read holds nothing back.
-        marks.note(1, mark(0, None));
+        // An idle writer holds nothing back; when all are idle, the
+        // furthest one's time.
+        marks.note(1, mark(0, Some(5_000), true));
         assert_eq!(event(marks.time()), Some(7_000));
-        marks.note(1, mark(1, None));
+        marks.note(1, mark(1, Some(7_000), true));
+        marks.note(1, mark(0, Some(8_000), true));
+        assert_eq!(event(marks.time()), Some(8_000));
+        // A writer with nothing read holds nothing back either.
+        marks.note(1, mark(0, None, true));
+        assert_eq!(event(marks.time()), Some(7_000));
+        marks.note(1, mark(1, None, true));
         assert!(matches!(marks.time(), InputTime::Empty));
         // A mark of another layout is not counted.
         marks.note(
@@ -1872,6 +1890,7 @@ mod tests {
                 writer: 0,
                 writers: 3,
                 watermark: Some(1),
+                idle: false,
             },
         );
         assert!(matches!(marks.time(), InputTime::Empty));
@@ -1893,10 +1912,12 @@ mod tests {
         rows
     }
 
-    /// Two writers and two readers of an exchange, on this process's log,
-    /// give what the whole query gives, and each event is decoded once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_aggregation_split_over_an_exchange_gives_the_whole_query() {
+    /// Runs `query` over 4,000 events of 13 keys in 20 s (a little out of
+    /// order) as a whole pipeline and as two writers and two readers of an
+    /// exchange on this process's log, until both give the same rows, at
+    /// least `windows` of them. Checks that each event was decoded once and
+    /// that the readers purged the exchange.
+    async fn split_over_an_exchange(query: &str, windows: usize) {
         use fluxo_connectors::exchange::ExchangeWriter;
         use fluxo_dataflow::keyed_shards::KeyHashes;
         use fluxo_log::{LogStore, OutRecord, TopicConfig};
@@ -1904,7 +1925,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LogStore::open(&dir.path().join("log")).unwrap());
         let topic = store.create_topic("t", 4, TopicConfig::default()).unwrap();
-        // 4,000 events of 13 keys over 20 seconds, a little out of order.
         let events = 4_000;
         for (p, log) in topic.partitions().iter().enumerate() {
             let records: Vec<OutRecord> = (0..events / 4)
@@ -1939,13 +1959,7 @@ mod tests {
             unreachable!()
         };
         inputs.sources.insert(def.name.clone(), Arc::new(def));
-        let Statement::Query(query) = parse_statements(
-            "SELECT k, window_start, count(*) AS n, sum(v) AS total
-               FROM TUMBLE(s, ts, INTERVAL '1' SECOND) WHERE v % 5 <> 0
-               GROUP BY k, window_start",
-        )
-        .unwrap()
-        .remove(0) else {
+        let Statement::Query(query) = parse_statements(query).unwrap().remove(0) else {
             unreachable!()
         };
         let dataflow = plan_dataflow(&inputs, &query).await.unwrap();
@@ -1986,10 +2000,11 @@ mod tests {
                 writers: 2,
                 readers: 2,
             };
+            // Paused until its sink is attached, as the engine starts it.
             let handle = start(
                 spec(&format!("w{i}"), share(i), Some(writer)),
                 topics.clone(),
-                false,
+                true,
             )
             .unwrap();
             handle.add_sink(topics.exchange_sink(
@@ -1998,6 +2013,7 @@ mod tests {
                 "x".into(),
                 ExchangeWriter::new(i, 2, 2, KeyHashes::of(&keys).unwrap()),
             ));
+            handle.resume();
             pipelines.push(handle);
             let reader = spec(
                 &format!("r{i}"),
@@ -2011,6 +2027,13 @@ mod tests {
             pipelines.push(start(reader, topics.clone(), false).unwrap());
         }
         let whole_view = whole.view.unwrap();
+        // Each event is decoded by one writer.
+        let decoded = || -> u64 {
+            [1, 3]
+                .iter()
+                .map(|i| pipelines[*i].stats.events_in.load(Ordering::Relaxed))
+                .sum()
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         let (want, got) = loop {
             let want = rows_of(&whole_view.snapshot().unwrap());
@@ -2019,20 +2042,24 @@ mod tests {
                 .flat_map(|v| rows_of(&v.snapshot().unwrap()))
                 .collect();
             got.sort();
-            // 20 one-second windows of 13 keys; the last ones stay open.
-            if (want.len() >= 13 * 18 && want == got) || Instant::now() > deadline {
+            let done = want.len() >= windows && want == got && decoded() == events as u64;
+            if done || Instant::now() > deadline {
                 break (want, got);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(want.len() >= 13 * 18, "{} windows", want.len());
-        assert_eq!(want, got);
-        // Each event was decoded by one writer.
-        let decoded: u64 = [1, 3]
+        assert!(want.len() >= windows, "{} rows", want.len());
+        let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).collect();
+        let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).collect();
+        let late: Vec<u64> = pipelines
             .iter()
-            .map(|i| pipelines[*i].stats.events_in.load(Ordering::Relaxed))
-            .sum();
-        assert_eq!(decoded, events as u64);
+            .map(|p| p.stats.late_events.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(
+            want, got,
+            "LATE {late:?} missing {missing:?}, extra {extra:?}"
+        );
+        assert_eq!(decoded(), events as u64);
         // What the readers checkpointed, the exchange lets go of.
         let purged = || {
             (0..2).all(|p| {
@@ -2052,5 +2079,46 @@ mod tests {
         for p in &pipelines {
             p.stop();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tumbling_windows_split_over_an_exchange_give_the_whole_query() {
+        // 20 one-second windows of 13 keys; the last ones stay open.
+        split_over_an_exchange(
+            "SELECT k, window_start, count(*) AS n, sum(v) AS total
+               FROM TUMBLE(s, ts, INTERVAL '1' SECOND) WHERE v % 5 <> 0
+               GROUP BY k, window_start",
+            13 * 18,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hopping_and_session_windows_split_over_an_exchange_give_the_whole_query() {
+        split_over_an_exchange(
+            "SELECT k, window_end, count(*) AS n, max(v) AS top
+               FROM HOP(s, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND)
+               GROUP BY k, window_end",
+            13 * 16,
+        )
+        .await;
+        // Each key's events are 65 ms apart: one session per key until the
+        // gap, closed once the watermark passes its end.
+        split_over_an_exchange(
+            "SELECT k, window_start, window_end, count(*) AS n
+               FROM SESSION(s, ts, INTERVAL '50' MILLISECOND)
+               GROUP BY k, window_start, window_end",
+            13,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_updating_aggregation_split_over_an_exchange_gives_the_whole_query() {
+        split_over_an_exchange(
+            "SELECT k, count(*) AS n, sum(v) AS total FROM s GROUP BY k",
+            13,
+        )
+        .await;
     }
 }

@@ -22,6 +22,17 @@ use fluxo_sql::Engine;
 
 use super::{median, LoopbackBroker, NexmarkBench, Query, SOURCE};
 
+/// Where a split sink stands, over every worker.
+#[derive(Default)]
+struct Progress {
+    /// Tasks running, and tasks the sink has.
+    running: usize,
+    tasks: usize,
+    events: u64,
+    /// Rows sent into the exchange and taken from it, when there is one.
+    exchange: Option<(u64, u64)>,
+}
+
 pub(super) async fn run(
     b: &NexmarkBench,
     store: Arc<LogStore>,
@@ -40,7 +51,7 @@ pub(super) async fn run(
     }
     println!();
     for q in queries {
-        // Each task of a split aggregation reads every event.
+        // Each task of a split join reads every event (see `run_once`).
         let grouped = q.sql.to_ascii_uppercase().contains("GROUP BY");
         if !q.reads.is_empty() {
             println!("{:<8} (reads more than the bids; not split)", q.name);
@@ -117,9 +128,10 @@ async fn run_once(
         ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let target = b.events * if grouped { n as u64 } else { 1 };
-    let read = |workers: &[Arc<Engine>]| -> anyhow::Result<(usize, u64)> {
-        let (mut running, mut events) = (0, 0);
+    // Tasks of an aggregation split over an exchange decode each event
+    // once; those of one split otherwise (a join's) each read every event.
+    let read = |workers: &[Arc<Engine>]| -> anyhow::Result<Progress> {
+        let mut progress = Progress::default();
         for w in workers {
             if let Some(p) = w.pipelines().into_iter().find(|p| p.name == "bench") {
                 if let Some(e) = &p.last_error {
@@ -127,17 +139,27 @@ async fn run_once(
                         bail!("the sink failed: {e}");
                     }
                 }
-                running += p.tasks_here.len();
-                events += p.events_in;
+                progress.running += p.tasks_here.len();
+                progress.tasks = p.tasks;
+                progress.events += p.events_in;
+                if let Some(x) = &p.exchange {
+                    let (sent, received) = progress.exchange.get_or_insert((0, 0));
+                    *sent += x.sent;
+                    *received += x.received;
+                }
             }
         }
-        Ok((running, events))
+        Ok(progress)
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    let (started, read_before) = loop {
-        let (running, events) = read(&workers)?;
-        if running >= n {
-            break (Instant::now(), events);
+    let (started, read_before, target) = loop {
+        let p = read(&workers)?;
+        if p.tasks > 0 && p.running >= p.tasks {
+            let target = match p.exchange {
+                None if grouped => b.events * n as u64,
+                _ => b.events,
+            };
+            break (Instant::now(), p.events, target);
         }
         if Instant::now() > deadline {
             bail!("the workers did not share the sink's tasks within 10 minutes");
@@ -145,8 +167,12 @@ async fn run_once(
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     loop {
-        let (_, events) = read(&workers)?;
-        if events >= target {
+        let p = read(&workers)?;
+        // Over an exchange, done once the readers took all that was sent.
+        let exchanged = p
+            .exchange
+            .is_none_or(|(sent, received)| sent > 0 && received >= sent);
+        if p.events >= target && exchanged {
             break;
         }
         if Instant::now() > deadline {
