@@ -9,8 +9,10 @@
 //! would give.
 //!
 //! The rate counts from the moment every task runs somewhere (the group
-//! has shared them out) to the moment every task has read all it reads,
-//! minus what was read before that moment.
+//! has shared them out) to the moment every task has read all it reads
+//! (for an aggregation split over an exchange topic: the writers every
+//! bid, the readers every row the writers sent), minus what was read
+//! before that moment.
 
 use std::path::Path;
 use std::sync::Arc;
