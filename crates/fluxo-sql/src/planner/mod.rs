@@ -206,18 +206,17 @@ impl Dataflow {
     /// The aggregation whose input a query split by groups sends over an
     /// exchange topic (`fluxo_connectors::exchange`), so that each event is
     /// decoded by one task rather than by every task: that of one stream
-    /// grouped by keys, windowed on event time or updating. `None` where
-    /// every task reads every event (a graph's keyed operator, windows on
-    /// processing time).
+    /// grouped by keys, windowed (on event or processing time: the writers
+    /// assign the windows, and their clocks are their watermarks) or
+    /// updating. `None` where every task reads every event (a graph's
+    /// keyed operator).
     pub fn exchange(&self) -> Option<&AggregateExprs> {
         if self.split_by() != Some(SplitBy::Groups) {
             return None;
         }
-        let chain = self.single()?;
-        let exprs = match &chain.stage {
-            Stage::Window { exprs, .. } if !chain.processing_time() => exprs,
-            Stage::Updating { exprs } => exprs,
-            _ => return None,
+        let exprs = match &self.single()?.stage {
+            Stage::Window { exprs, .. } | Stage::Updating { exprs } => exprs,
+            Stage::None => return None,
         };
         exprs.has_keys().then_some(exprs)
     }
