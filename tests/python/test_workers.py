@@ -354,6 +354,9 @@ def test_a_windowed_aggregation_splits_by_groups_over_the_workers_exactly_once(
                 if t.startswith("_fluxo-groups-agg.") and t.endswith("-exchange")}
     (exchange,) = exchanges()
     assert H.topic_partition_count(broker.bootstrap, exchange) == 3
+    # Kept until its readers purge it, however long one is away.
+    configs = H.describe_topic_configs(broker.bootstrap, exchange)
+    assert configs["retention.ms"].value == "-1", configs["retention.ms"]
     # Each reader deletes from its partition what it checkpointed.
     H.wait_for(lambda: all(low > 0 for low, _ in
                            H.watermarks(broker.bootstrap, exchange, range(3)).values()),

@@ -102,9 +102,17 @@ impl RemoteTopicSink {
             }
         }
         let (topic, partitions) = (self.config.topic.clone(), self.config.partitions);
+        // An exchange keeps its rows until its readers purge them (as Kafka
+        // Streams' repartition topics do), however long a reader is away.
+        let configs: &[(&str, &str)] = match self.exchange {
+            Some(_) => &[("cleanup.policy", "delete"), ("retention.ms", "-1")],
+            None => &[],
+        };
         let runtime = self.log.runtime().clone();
         block_on(&runtime, async move {
-            cluster.create_topic(&topic, partitions).await?;
+            cluster
+                .create_topic_with(&topic, partitions, configs)
+                .await?;
             Ok::<_, fluxo_client::ClientError>(
                 cluster.topic(&topic).map_or(0, |t| t.leaders.len() as i32),
             )
