@@ -138,11 +138,11 @@ struct SinkPipeline {
     dropped: std::sync::atomic::AtomicBool,
 }
 
-/// One pipeline of a sink.
 /// The name a writer task's sink, the exchange, has in its checkpoints;
 /// not a valid SQL identifier, so no sink can take it.
 const EXCHANGE_SINK: &str = "(exchange)";
 
+/// One pipeline of a sink.
 struct SinkTask {
     /// The pipeline, while it runs here. A cluster's worker runs it only
     /// while it owns the task's partition of the tasks topic.
@@ -1236,7 +1236,6 @@ impl Engine {
                     .await?
             }
         };
-        let writes_exchange = matches!(spec.exchange, Some(ExchangeRole::Write { .. }));
         let stats = sink.stats();
         let topics = self.topics.clone();
         // Starting reads the checkpoint, from object storage perhaps.
@@ -1261,7 +1260,8 @@ impl Engine {
                 .ok();
             return Ok(());
         }
-        if writes_exchange {
+        // A writer's rows are the exchange's, not the sink's.
+        if task.writes_exchange() {
             return Ok(());
         }
         let connector = entry.def.options.get("connector").unwrap_or("topic");
